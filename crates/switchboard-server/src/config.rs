@@ -1,0 +1,737 @@
+//! Server configuration: a TOML file (`--config`), then `SWITCHBOARD_*` environment variables,
+//! then command-line flags, each overriding the one before. `docs/configuration.md` documents
+//! every key with its default; this module is the source of truth for both.
+//!
+//! Environment variables name a key path in upper case with `__` between sections:
+//! `SWITCHBOARD_LISTEN`, `SWITCHBOARD_WEBSOCKET__MAX_MESSAGE_SIZE`. Values are read as TOML
+//! values where they parse as one (numbers, booleans, arrays) and as strings otherwise.
+//!
+//! Every error names the key and where it came from (the file, the variable or the flag).
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer, de};
+use switchboard_protocol::deflate::DeflateConfig;
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the HTTP and WebSocket listener. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Development mode: a generated secret kept in a file, anonymous-friendly defaults and a
+    /// loud log line saying so. On by default only when no configuration is given at all.
+    pub dev: Option<bool>,
+    /// Logging.
+    pub log: LogConfig,
+    /// The WebSocket transport defaults, shared by every route unless a route overrides them.
+    pub websocket: WebSocketConfig,
+    /// The built-in echo route used by conformance tests and benchmarks.
+    pub echo: EchoConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Authentication of connections (`PROTOCOL.md` section 2).
+    pub auth: crate::auth::AuthConfig,
+    /// Per-namespace room options (`PROTOCOL.md` section 4.1), keyed by namespace name; the
+    /// default namespace (rooms without `:`) is `""`... written as `[namespaces.default]`.
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// Reject rooms of namespaces not listed in `namespaces`.
+    pub strict_namespaces: bool,
+    /// Subscribe every authenticated connection to its `user:<id>` room.
+    pub personal_rooms: bool,
+    /// Per-connection limits.
+    pub limits: LimitsConfig,
+    /// The node's id in logs and `welcome` (default: a random one).
+    pub node_id: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            dev: None,
+            log: LogConfig::default(),
+            websocket: WebSocketConfig::default(),
+            echo: EchoConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            auth: crate::auth::AuthConfig::default(),
+            namespaces: BTreeMap::new(),
+            strict_namespaces: false,
+            personal_rooms: true,
+            limits: LimitsConfig::default(),
+            node_id: None,
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+    /// A tracing filter directive, e.g. `info` or `switchboard_server=debug`. Default `info`.
+    /// `RUST_LOG`, when set, wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// WebSocket transport options.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Path of the protocol route (`PROTOCOL.md` section 1). Default `/ws`.
+    pub path: String,
+    /// Largest message accepted, after decompression; larger ones close the connection with
+    /// 1009. Default 64 KiB.
+    pub max_message_size: ByteSize,
+    /// Bound of a connection's outbound queue; a connection whose queue passes it is closed
+    /// with 4500 (slow consumer). Default 1 MiB.
+    pub outbound_queue: ByteSize,
+    /// Interval of server pings. Default 25 s.
+    #[serde(deserialize_with = "duration")]
+    pub ping_interval: Duration,
+    /// Close with 4504 when nothing arrives for this long. Default 60 s.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// permessage-deflate.
+    pub compression: CompressionConfig,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            path: "/ws".into(),
+            max_message_size: ByteSize(64 * 1024),
+            outbound_queue: ByteSize(1024 * 1024),
+            ping_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+            compression: CompressionConfig::default(),
+        }
+    }
+}
+
+/// permessage-deflate options (RFC 7692). The defaults keep no zlib state on idle connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionConfig {
+    /// Negotiate permessage-deflate when a client offers it. Default true.
+    pub enabled: bool,
+    /// Messages shorter than this many bytes are sent uncompressed. Default 128.
+    pub threshold: ByteSize,
+    /// Keep the server's compression context between messages (hundreds of KiB per
+    /// connection; compressed bytes can then no longer be shared across recipients). Default false.
+    pub server_context_takeover: bool,
+    /// Let clients keep their compression context (the server keeps an inflater per
+    /// connection). Default false.
+    pub client_context_takeover: bool,
+    /// Largest window the server compresses with, 9..=15. Default 15.
+    pub server_max_window_bits: u8,
+    /// Largest window clients may compress with, 8..=15. Default 15.
+    pub client_max_window_bits: u8,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        let d = DeflateConfig::default();
+        CompressionConfig {
+            enabled: d.enabled,
+            threshold: ByteSize(d.threshold as u64),
+            server_context_takeover: d.server_context_takeover,
+            client_context_takeover: d.client_context_takeover,
+            server_max_window_bits: d.server_max_window_bits,
+            client_max_window_bits: d.client_max_window_bits,
+        }
+    }
+}
+
+impl CompressionConfig {
+    /// The protocol layer's view of these options.
+    pub fn deflate_config(&self) -> DeflateConfig {
+        let mut d = if self.enabled {
+            DeflateConfig::default()
+        } else {
+            DeflateConfig::disabled()
+        };
+        d.threshold = self.threshold.0 as usize;
+        d.server_context_takeover = self.server_context_takeover;
+        d.client_context_takeover = self.client_context_takeover;
+        d.server_max_window_bits = self.server_max_window_bits;
+        d.client_max_window_bits = self.client_max_window_bits;
+        d
+    }
+}
+
+/// The echo route.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EchoConfig {
+    /// Path of the echo route; off when absent.
+    pub path: Option<String>,
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long connections get to finish their close handshake after SIGTERM/SIGINT before
+    /// the process exits anyway. Default 10 s.
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Who may subscribe to a namespace's rooms (`PROTOCOL.md` 4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscribePolicy {
+    /// Anyone, including anonymous connections.
+    Anyone,
+    /// Any authenticated user.
+    Authenticated,
+    /// Only with a subscription token.
+    Token,
+    /// Only rooms in the connection token's `rooms` claim.
+    Claim,
+}
+
+/// Who may publish to a namespace's rooms from a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishPolicy {
+    /// Connections subscribed to the room.
+    Subscribers,
+    /// Any authenticated connection.
+    Authenticated,
+    /// Nobody: the server API only.
+    None,
+}
+
+/// Options of one namespace.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamespaceConfig {
+    /// Who may subscribe. Default `authenticated`.
+    pub subscribe: SubscribePolicy,
+    /// Who may publish. Default `subscribers`.
+    pub publish: PublishPolicy,
+    /// Publications kept per room; 0 turns history off. Default 100.
+    pub history_size: usize,
+    /// How long a publication is kept. Default 5 min.
+    #[serde(deserialize_with = "duration")]
+    pub history_ttl: Duration,
+    /// Whether `presence` answers. Default true.
+    pub presence: bool,
+    /// Whether join/leave pushes are sent. Default true.
+    pub join_leave: bool,
+    /// Subscribers per room; none by default.
+    pub max_subscribers: Option<usize>,
+}
+
+impl Default for NamespaceConfig {
+    fn default() -> Self {
+        NamespaceConfig {
+            subscribe: SubscribePolicy::Authenticated,
+            publish: PublishPolicy::Subscribers,
+            history_size: 100,
+            history_ttl: Duration::from_secs(300),
+            presence: true,
+            join_leave: true,
+            max_subscribers: None,
+        }
+    }
+}
+
+/// Per-connection limits (`docs/security.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Subscriptions per connection. Default 128.
+    pub subscriptions_per_connection: usize,
+    /// Time a first-message-auth connection has to authenticate. Default 5 s.
+    #[serde(deserialize_with = "duration")]
+    pub auth_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            subscriptions_per_connection: 128,
+            auth_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A size in bytes, written as an integer or a string with a unit: `"64KiB"`, `"16 MiB"`,
+/// `"1GiB"`, `"512B"` (KB/MB/GB are taken as powers of 1024 too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// The size as `usize`.
+    pub fn as_usize(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("'{s}' is not a size (examples: 65536, \"64KiB\", \"16MiB\")"))?;
+        let mult = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            other => {
+                return Err(format!(
+                    "unknown size unit '{other}' (use B, KiB, MiB or GiB)"
+                ));
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size '{s}' is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size in bytes: an integer or a string such as \"64KiB\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Deserializes a duration from a number of seconds or a string such as `"25s"`, `"5m"`, `"1h 30m"`.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    struct V;
+    impl de::Visitor<'_> for V {
+        type Value = Duration;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration: seconds as a number or a string such as \"25s\" or \"5m\"")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(v))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom("a duration cannot be negative"))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
+            Duration::try_from_secs_f64(v).map_err(|e| E::custom(e.to_string()))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+            humantime::parse_duration(v).map_err(|e| E::custom(format!("'{v}': {e}")))
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// A configuration error, for people: it names the key and its source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A key is unknown or has a bad value.
+    #[error("{source_name}: key '{key}': {message}")]
+    Key {
+        /// Where the bad value came from: the file, an environment variable or a flag.
+        source_name: String,
+        /// The key's dotted path.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// Where configuration values come from, merged in order.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// A TOML file.
+    pub file: Option<PathBuf>,
+    /// Environment variables (name, value); those not starting with `SWITCHBOARD_` are ignored.
+    pub env: Vec<(String, String)>,
+    /// Flag overrides as (dotted key, TOML value), e.g. `("listen", "127.0.0.1:9000")`.
+    pub flags: Vec<(String, toml::Value)>,
+}
+
+/// Environment variables that are not configuration keys (read by the CLI itself).
+const NON_KEY_ENV: &[&str] = &[
+    "SWITCHBOARD_CONFIG",
+    "SWITCHBOARD_DEV_SECRET_FILE",
+    "SWITCHBOARD_URL",
+];
+
+impl Config {
+    /// Loads and merges the sources; validates the result.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let mut table = toml::Table::new();
+        let mut origin: BTreeMap<String, String> = BTreeMap::new();
+        if let Some(path) = &sources.file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            table = text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Syntax {
+                    path: path.clone(),
+                    message: e.to_string().trim_end().to_string(),
+                })?;
+            // Check the file on its own first so its errors name the file.
+            deserialize(toml::Value::Table(table.clone()), &|_| {
+                format!("config file {}", path.display())
+            })?;
+        }
+        for (name, value) in &sources.env {
+            let Some(rest) = name.strip_prefix("SWITCHBOARD_") else {
+                continue;
+            };
+            if NON_KEY_ENV.contains(&name.as_str()) || rest.is_empty() {
+                continue;
+            }
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            insert(&mut table, &key, env_value(value));
+            origin.insert(key, format!("environment variable {name}"));
+        }
+        for (key, value) in &sources.flags {
+            insert(&mut table, key, value.clone());
+            origin.insert(
+                key.clone(),
+                format!("flag --{}", key.replace(['.', '_'], "-")),
+            );
+        }
+        let file_name = sources
+            .file
+            .as_ref()
+            .map(|p| format!("config file {}", p.display()))
+            .unwrap_or_else(|| "configuration".into());
+        let config = deserialize(toml::Value::Table(table), &|key: &str| {
+            origin
+                .iter()
+                .find(|(k, _)| key == k.as_str() || key.starts_with(&format!("{k}.")))
+                .map(|(_, o)| o.clone())
+                .unwrap_or_else(|| file_name.clone())
+        })?;
+        config.validate(&file_name)?;
+        Ok(config)
+    }
+
+    /// Whether this configuration runs in development mode: asked for with `dev = true`, or
+    /// implied when nothing at all was configured.
+    pub fn is_dev(&self, configured: bool) -> bool {
+        self.dev.unwrap_or(!configured)
+    }
+
+    /// The options of the namespace of `room`.
+    pub fn namespace(&self, ns: &str) -> Option<&NamespaceConfig> {
+        self.namespaces
+            .get(if ns.is_empty() { "default" } else { ns })
+    }
+
+    fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, message: String| ConfigError::Key {
+            source_name: source_name.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        for (key, path) in [
+            ("websocket.path", Some(&self.websocket.path)),
+            ("echo.path", self.echo.path.as_ref()),
+        ] {
+            if let Some(p) = path {
+                if !p.starts_with('/') {
+                    return Err(err(key, format!("'{p}' must start with '/'")));
+                }
+            }
+        }
+        if self.echo.path.as_deref() == Some(self.websocket.path.as_str()) {
+            return Err(err("echo.path", "must differ from websocket.path".into()));
+        }
+        let c = &self.websocket.compression;
+        if !(9..=15).contains(&c.server_max_window_bits) {
+            return Err(err(
+                "websocket.compression.server_max_window_bits",
+                format!("{} is outside 9..=15", c.server_max_window_bits),
+            ));
+        }
+        if !(8..=15).contains(&c.client_max_window_bits) {
+            return Err(err(
+                "websocket.compression.client_max_window_bits",
+                format!("{} is outside 8..=15", c.client_max_window_bits),
+            ));
+        }
+        if self.websocket.max_message_size.0 == 0 {
+            return Err(err(
+                "websocket.max_message_size",
+                "must be at least 1 byte".into(),
+            ));
+        }
+        if self.websocket.ping_interval.is_zero() {
+            return Err(err("websocket.ping_interval", "must be positive".into()));
+        }
+        if self.websocket.idle_timeout <= self.websocket.ping_interval {
+            return Err(err(
+                "websocket.idle_timeout",
+                format!(
+                    "{:?} must be longer than websocket.ping_interval ({:?}) or every connection times out",
+                    self.websocket.idle_timeout, self.websocket.ping_interval
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Deserializes with the failing key's path in the error.
+fn deserialize(
+    value: toml::Value,
+    source_of: &dyn Fn(&str) -> String,
+) -> Result<Config, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = e.path().to_string();
+        let message = e.into_inner().to_string();
+        // toml appends "in `key`" on a second line; the key is named separately.
+        let message = message
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        // serde names an unknown field in the message; make sure it ends the key path.
+        let key = match unknown_field(&message) {
+            Some(field) if key == "." || key.is_empty() => field.to_string(),
+            Some(field) if !key.ends_with(field) => format!("{key}.{field}"),
+            _ => key,
+        };
+        ConfigError::Key {
+            source_name: source_of(&key),
+            key,
+            message,
+        }
+    })
+}
+
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+/// Reads an environment value as TOML where it is one, else as a string.
+fn env_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+fn insert(table: &mut toml::Table, dotted: &str, value: toml::Value) {
+    let mut parts = dotted.split('.').peekable();
+    let mut cur = table;
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            cur.insert(part.to_string(), value);
+            return;
+        }
+        let entry = cur
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(Default::default());
+        }
+        cur = entry.as_table_mut().expect("just made a table");
+    }
+}
+
+/// The default location of the development secret: `$SWITCHBOARD_DEV_SECRET_FILE`, else
+/// `.switchboard/dev-secret` in the current directory.
+pub fn dev_secret_path() -> PathBuf {
+    std::env::var_os("SWITCHBOARD_DEV_SECRET_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(".switchboard").join("dev-secret"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sb.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&Sources {
+            file: Some(path),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::load(&Sources::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.websocket.max_message_size, ByteSize(65536));
+        assert_eq!(c.websocket.ping_interval, Duration::from_secs(25));
+        assert!(c.echo.path.is_none());
+    }
+
+    #[test]
+    fn file_values_sizes_and_durations() {
+        let c = load_str(
+            "listen = \"127.0.0.1:9000\"\n[websocket]\nmax_message_size = \"16MiB\"\nping_interval = \"5s\"\nidle_timeout = 12\n[echo]\npath = \"/echo\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.websocket.max_message_size, ByteSize(16 << 20));
+        assert_eq!(c.websocket.idle_timeout, Duration::from_secs(12));
+        assert_eq!(c.echo.path.as_deref(), Some("/echo"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let e = load_str("[websocket]\nmax_mesage_size = 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("websocket.max_mesage_size"), "{e}");
+        assert!(e.contains("sb.toml"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_key() {
+        let e = load_str("[websocket]\nmax_message_size = \"12 parsecs\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("websocket.max_message_size"), "{e}");
+        let e = load_str("listen = \"nowhere\"\n").unwrap_err().to_string();
+        assert!(e.contains("'listen'"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_names_file() {
+        let e = load_str("listen = \n").unwrap_err().to_string();
+        assert!(e.contains("sb.toml"), "{e}");
+    }
+
+    #[test]
+    fn env_and_flags_override_in_order() {
+        let sources = Sources {
+            file: None,
+            env: vec![
+                ("SWITCHBOARD_LISTEN".into(), "127.0.0.1:7000".into()),
+                (
+                    "SWITCHBOARD_WEBSOCKET__MAX_MESSAGE_SIZE".into(),
+                    "1024".into(),
+                ),
+                ("PATH".into(), "/bin".into()),
+            ],
+            flags: vec![(
+                "listen".into(),
+                toml::Value::String("127.0.0.1:7001".into()),
+            )],
+        };
+        let c = Config::load(&sources).unwrap();
+        assert_eq!(c.listen.port(), 7001);
+        assert_eq!(c.websocket.max_message_size, ByteSize(1024));
+    }
+
+    #[test]
+    fn env_error_names_variable() {
+        let sources = Sources {
+            env: vec![("SWITCHBOARD_WEBSOCKET__PING_INTERVALL".into(), "3".into())],
+            ..Default::default()
+        };
+        let e = Config::load(&sources).unwrap_err().to_string();
+        assert!(e.contains("SWITCHBOARD_WEBSOCKET__PING_INTERVALL"), "{e}");
+        assert!(e.contains("websocket.ping_intervall"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_key() {
+        let e = load_str("[websocket]\nping_interval = 30\nidle_timeout = 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("websocket.idle_timeout"), "{e}");
+        let e = load_str("[echo]\npath = \"echo\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("echo.path"), "{e}");
+    }
+
+    #[test]
+    fn byte_size_parsing() {
+        assert_eq!("64KiB".parse::<ByteSize>().unwrap(), ByteSize(65536));
+        assert_eq!("16 MiB".parse::<ByteSize>().unwrap(), ByteSize(16 << 20));
+        assert!("-3".parse::<ByteSize>().is_err());
+        assert!("3 furlongs".parse::<ByteSize>().is_err());
+    }
+}

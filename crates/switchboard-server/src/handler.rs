@@ -1,0 +1,274 @@
+//! The library API: what an application implements to run its own protocol on Switchboard's
+//! transport (`PROTOCOL.md` section 10). The standalone v1 protocol and the echo route are
+//! themselves handlers built on it.
+//!
+//! A [`Handler`] is attached to a path with [`crate::route::Route`]. For each upgrade request
+//! the route calls [`Handler::authenticate`]; an accepted connection then gets its own task,
+//! which calls the other hooks in order with a [`Connection`] it owns: no locks, and replies
+//! sent from a hook are written together with everything else queued for the connection in
+//! one vectored write when the hook returns.
+
+use std::{collections::BTreeSet, future::Future, net::SocketAddr, sync::Arc};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, StatusCode, Uri};
+use switchboard_protocol::{
+    CloseCode, CloseFrame, PreparedMessage,
+    codec::{Encoder, Utf8Bytes},
+    deflate::DeflateParams,
+    frame::OpCode,
+};
+
+use crate::transport::outbound::{Outbound, PushError};
+
+/// What an upgrade request shows to [`Handler::authenticate`].
+#[derive(Debug)]
+pub struct UpgradeContext<'a> {
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+    /// The request URI (path and query).
+    pub uri: &'a Uri,
+    /// The peer's address.
+    pub peer: Option<SocketAddr>,
+    /// Every offered subprotocol, `bearer.*` entries included (for token extraction).
+    pub protocols: &'a [String],
+}
+
+/// The identity of an accepted connection.
+#[derive(Debug, Clone, Default)]
+pub struct User {
+    /// The user id (`sub`); `""` for anonymous connections.
+    pub id: Arc<str>,
+    /// Raw JSON object shown to others in presence (`info` claim).
+    pub info: Option<Bytes>,
+    /// Token expiry (unix seconds).
+    pub expires: Option<u64>,
+    /// Rooms from the token's `rooms` claim.
+    pub rooms: Vec<String>,
+}
+
+/// An accepted upgrade: who connects and the handler's state for the connection.
+#[derive(Debug)]
+pub struct Accepted<S> {
+    /// Who connects.
+    pub user: User,
+    /// The handler's per-connection state.
+    pub state: S,
+}
+
+/// A refused upgrade: the HTTP status and JSON body to answer with.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The status (401, 403, 429, 503, ...).
+    pub status: StatusCode,
+    /// The JSON body, `{"error": ..., "reason": ...}` by convention.
+    pub body: serde_json::Value,
+    /// Extra headers (e.g. `Retry-After`).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl Refusal {
+    /// A refusal with `{"error": error, "reason": reason}`.
+    pub fn new(status: StatusCode, error: &str, reason: &str) -> Self {
+        Refusal {
+            status,
+            body: serde_json::json!({"error": error, "reason": reason}),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// A data message from the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// Text (valid UTF-8).
+    Text(Utf8Bytes),
+    /// Binary.
+    Binary(Bytes),
+}
+
+/// An application's protocol on one route. Each hook runs in the connection's own task.
+pub trait Handler: Send + Sync + 'static {
+    /// Per-connection state, owned by the connection task.
+    type State: Send + 'static;
+
+    /// Decides on an upgrade request before anything is allocated for the connection.
+    fn authenticate(
+        &self,
+        request: &UpgradeContext<'_>,
+    ) -> impl Future<Output = Result<Accepted<Self::State>, Refusal>> + Send;
+
+    /// The connection is open; nothing has been received yet.
+    fn on_connect(&self, conn: &mut Connection<Self::State>) -> impl Future<Output = ()> + Send {
+        let _ = conn;
+        async {}
+    }
+
+    /// A whole text or binary message arrived.
+    fn on_message(
+        &self,
+        conn: &mut Connection<Self::State>,
+        message: Incoming,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// The connection closed: `close` is the peer's close frame, or the one the server sent,
+    /// or `None` when the TCP connection ended without a close handshake (1006).
+    fn on_close(
+        &self,
+        conn: &mut Connection<Self::State>,
+        close: Option<&CloseFrame>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (conn, close);
+        async {}
+    }
+
+    /// The peer broke the protocol or the socket failed; the connection is being closed.
+    fn on_error(
+        &self,
+        conn: &mut Connection<Self::State>,
+        error: &crate::Error,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (conn, error);
+        async {}
+    }
+}
+
+/// The part of a connection that other tasks may hold: its queue and what fan-out needs to
+/// choose the bytes to send it.
+#[derive(Debug)]
+pub struct ConnShared {
+    pub(crate) id: Arc<str>,
+    pub(crate) user: Arc<str>,
+    pub(crate) outbound: Outbound,
+    pub(crate) deflate: Option<DeflateParams>,
+}
+
+impl ConnShared {
+    pub(crate) fn new(
+        id: Arc<str>,
+        user: Arc<str>,
+        limit: usize,
+        deflate: Option<DeflateParams>,
+    ) -> Self {
+        ConnShared {
+            id,
+            user,
+            outbound: Outbound::new(limit),
+            deflate,
+        }
+    }
+
+    /// The connection id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Queues a message prepared once for many recipients: a reference count, no copy.
+    pub(crate) fn send_prepared(&self, message: &PreparedMessage) -> Result<(), PushError> {
+        self.outbound.push(message.frame_for(self.deflate.as_ref()))
+    }
+}
+
+/// An open connection, as its handler sees it.
+#[derive(Debug)]
+pub struct Connection<S> {
+    pub(crate) shared: Arc<ConnShared>,
+    pub(crate) user: User,
+    pub(crate) rooms: BTreeSet<Arc<str>>,
+    pub(crate) encoder: Encoder,
+    /// Frames are encoded here and split off, so consecutive sends share one allocation.
+    pub(crate) scratch: BytesMut,
+    pub(crate) close: Option<CloseFrame>,
+    pub(crate) hub: Option<crate::hub::Hub>,
+    /// The handler's state.
+    pub state: S,
+}
+
+impl<S> Connection<S> {
+    /// The connection id (`c_…`), also in every log line of the connection.
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// Who is connected.
+    pub fn user(&self) -> &User {
+        &self.user
+    }
+
+    /// The rooms this connection has joined.
+    pub fn rooms(&self) -> impl Iterator<Item = &str> {
+        self.rooms.iter().map(|r| &**r)
+    }
+
+    /// Sends a text message to this connection.
+    pub fn send_text(&mut self, text: &str) {
+        self.send(OpCode::Text, text.as_bytes());
+    }
+
+    /// Sends a binary message to this connection.
+    pub fn send_binary(&mut self, data: &[u8]) {
+        self.send(OpCode::Binary, data);
+    }
+
+    /// Sends a message prepared once for many recipients.
+    pub fn send_prepared(&mut self, message: &PreparedMessage) {
+        let _ = self.shared.send_prepared(message);
+    }
+
+    pub(crate) fn send(&mut self, opcode: OpCode, payload: &[u8]) {
+        self.encoder.encode(opcode, payload, &mut self.scratch);
+        let frame = self.scratch.split().freeze();
+        let _ = self.shared.outbound.push(frame);
+    }
+
+    /// Joins a room: later broadcasts to it reach this connection.
+    pub fn join(&mut self, room: &str) {
+        if let Some(hub) = &self.hub {
+            let room: Arc<str> = room.into();
+            if self.rooms.insert(room.clone()) {
+                hub.join(&room, &self.shared);
+            }
+        }
+    }
+
+    /// Leaves a room.
+    pub fn leave(&mut self, room: &str) {
+        if let (Some(hub), Some(room)) = (&self.hub, self.rooms.take(room)) {
+            hub.leave(&room, &self.shared.id);
+        }
+    }
+
+    /// Sends `payload` (text or binary) to every member of `rooms` on this node, framed and
+    /// compressed once, including this connection only when `include_self` is set.
+    pub fn broadcast(&self, rooms: &[&str], payload: Incoming, include_self: bool) {
+        let Some(hub) = &self.hub else { return };
+        let threshold = self.encoder_threshold();
+        let message = match payload {
+            Incoming::Text(t) => PreparedMessage::new(OpCode::Text, t.into_bytes(), threshold),
+            Incoming::Binary(b) => PreparedMessage::new(OpCode::Binary, b, threshold),
+        };
+        let message = Arc::new(message);
+        let exclude = if include_self {
+            None
+        } else {
+            Some(&*self.shared.id)
+        };
+        for room in rooms {
+            hub.broadcast(room, &message, exclude);
+        }
+    }
+
+    fn encoder_threshold(&self) -> usize {
+        self.hub
+            .as_ref()
+            .map(|h| h.compression_threshold())
+            .unwrap_or(usize::MAX)
+    }
+
+    /// Closes the connection with `code` and `reason` once everything queued before is written.
+    pub fn close(&mut self, code: u16, reason: &str) {
+        if self.close.is_none() {
+            self.close = Some(CloseFrame::new(CloseCode(code), reason));
+        }
+    }
+}

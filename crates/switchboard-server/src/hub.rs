@@ -1,0 +1,163 @@
+//! The hub: this node's registry of rooms and their local members.
+//!
+//! The hub is local and says so: it knows the connections of this node only. Delivery across
+//! nodes goes through the broker, which hands each publication to the hub of every node
+//! subscribed to the room; the hub then fans it out to local members.
+//!
+//! Fan-out takes a room's member list by cloning an `Arc` under a shard lock held for that
+//! clone only, then pushes one shared frame to each member's queue with no lock held: joins
+//! and leaves (copy-on-write of the list) never wait for a broadcast, and a broadcast never
+//! waits for a slow member (see [`crate::transport::outbound`]).
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+    sync::{Arc, Mutex},
+};
+
+use switchboard_protocol::PreparedMessage;
+
+use crate::handler::ConnShared;
+
+const SHARDS: usize = 64;
+
+type Members = Arc<Vec<Arc<ConnShared>>>;
+
+/// This node's rooms and their local members. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    shards: Box<[Mutex<HashMap<Arc<str>, Members>>]>,
+    hasher: RandomState,
+    threshold: usize,
+}
+
+/// What a join or leave did to the room on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The first local member arrived (the node should subscribe to the room's stream).
+    First,
+    /// The last local member left (the node may unsubscribe).
+    Last,
+    /// Neither.
+    Other,
+    /// Nothing changed (already a member, or not one).
+    None,
+}
+
+impl Hub {
+    /// An empty hub; `threshold` is the compression threshold for messages it prepares.
+    pub fn new(threshold: usize) -> Self {
+        let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
+        Hub {
+            inner: Arc::new(Inner {
+                shards,
+                hasher: RandomState::new(),
+                threshold,
+            }),
+        }
+    }
+
+    fn shard(&self, room: &str) -> &Mutex<HashMap<Arc<str>, Members>> {
+        let i = self.inner.hasher.hash_one(room) as usize % SHARDS;
+        &self.inner.shards[i]
+    }
+
+    /// The compression threshold for messages prepared for fan-out.
+    pub fn compression_threshold(&self) -> usize {
+        self.inner.threshold
+    }
+
+    /// Adds a member to a room.
+    pub fn join(&self, room: &Arc<str>, conn: &Arc<ConnShared>) -> Change {
+        let mut shard = self.shard(room).lock().unwrap_or_else(|e| e.into_inner());
+        let members = shard.entry(room.clone()).or_default();
+        if members.iter().any(|m| m.id == conn.id) {
+            return Change::None;
+        }
+        let mut next = Vec::with_capacity(members.len() + 1);
+        next.extend(members.iter().cloned());
+        next.push(conn.clone());
+        let first = next.len() == 1;
+        *members = Arc::new(next);
+        if first { Change::First } else { Change::Other }
+    }
+
+    /// Removes a member from a room.
+    pub fn leave(&self, room: &str, conn_id: &str) -> Change {
+        let mut shard = self.shard(room).lock().unwrap_or_else(|e| e.into_inner());
+        let Some(members) = shard.get_mut(room) else {
+            return Change::None;
+        };
+        if !members.iter().any(|m| &*m.id == conn_id) {
+            return Change::None;
+        }
+        let next: Vec<_> = members
+            .iter()
+            .filter(|m| &*m.id != conn_id)
+            .cloned()
+            .collect();
+        if next.is_empty() {
+            shard.remove(room);
+            Change::Last
+        } else {
+            *members = Arc::new(next);
+            Change::Other
+        }
+    }
+
+    /// The local members of a room (a snapshot).
+    pub fn members(&self, room: &str) -> Option<Members> {
+        self.shard(room)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room)
+            .cloned()
+    }
+
+    /// Queues `message` to every local member of `room` but `exclude`; returns how many got it.
+    pub fn broadcast(&self, room: &str, message: &PreparedMessage, exclude: Option<&str>) -> usize {
+        let Some(members) = self.members(room) else {
+            return 0;
+        };
+        let mut sent = 0;
+        for m in members.iter() {
+            if Some(&*m.id) == exclude {
+                continue;
+            }
+            if m.send_prepared(message).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    /// Number of rooms with local members.
+    pub fn room_count(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
+    /// Active rooms on this node whose name starts with `prefix`, with their local member counts.
+    pub fn rooms(&self, prefix: &str) -> Vec<(Arc<str>, usize)> {
+        let mut out = Vec::new();
+        for shard in self.inner.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            out.extend(
+                shard
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, v)| (k.clone(), v.len())),
+            );
+        }
+        out.sort();
+        out
+    }
+}

@@ -1,0 +1,276 @@
+//! Routes: a path, a [`Handler`] and its transport options, and the upgrade that connects them.
+//!
+//! The upgrade is validated by the protocol crate; every refusal answers with its documented
+//! status and a JSON body (`PROTOCOL.md` section 7): 400 for a malformed upgrade or an
+//! unsupported subprotocol, 426 for a version other than 13, and whatever the handler's
+//! `authenticate` refuses with.
+
+use std::{
+    collections::BTreeSet, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+};
+
+use axum::body::Body;
+use bytes::BytesMut;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use switchboard_protocol::{
+    HandshakeError, Role,
+    codec::{DecoderConfig, Encoder},
+    deflate::{self, DeflateConfig},
+    handshake,
+};
+use tokio::net::TcpStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+use crate::{
+    config::WebSocketConfig,
+    handler::{ConnShared, Connection, Handler, Refusal, UpgradeContext},
+    hub::Hub,
+    transport::ws::{self, WsSettings},
+};
+
+/// Transport options of one route.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RouteOptions {
+    /// Largest message accepted (after decompression); 1009 beyond it.
+    pub max_message_size: usize,
+    /// Outbound queue bound in bytes; 4500 beyond it.
+    pub outbound_queue: usize,
+    /// Server ping interval.
+    pub ping_interval: Duration,
+    /// Close with 4504 after this long without any frame from the peer.
+    pub idle_timeout: Duration,
+    /// permessage-deflate.
+    pub deflate: DeflateConfig,
+    /// Subprotocols this route speaks. Empty: it selects none and refuses none.
+    pub protocols: Vec<&'static str>,
+}
+
+impl RouteOptions {
+    /// Options from the `[websocket]` configuration section.
+    pub fn from_config(ws: &WebSocketConfig) -> Self {
+        RouteOptions {
+            max_message_size: ws.max_message_size.as_usize(),
+            outbound_queue: ws.outbound_queue.as_usize(),
+            ping_interval: ws.ping_interval,
+            idle_timeout: ws.idle_timeout,
+            deflate: ws.compression.deflate_config(),
+            protocols: Vec::new(),
+        }
+    }
+
+    /// Sets the subprotocols the route speaks.
+    pub fn with_protocols(mut self, protocols: &[&'static str]) -> Self {
+        self.protocols = protocols.to_vec();
+        self
+    }
+}
+
+impl Default for RouteOptions {
+    fn default() -> Self {
+        Self::from_config(&WebSocketConfig::default())
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type UpgradeFn = dyn Fn(Request<Body>, RouteContext) -> BoxFuture<Response<Body>> + Send + Sync;
+
+/// What the server lends a route for each upgrade.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteContext {
+    pub(crate) hub: Hub,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+}
+
+/// A path served by a [`Handler`].
+#[derive(Clone)]
+pub struct Route {
+    pub(crate) path: String,
+    pub(crate) upgrade: Arc<UpgradeFn>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Route {
+    /// Serves `handler` at `path` with `options`.
+    pub fn new<H: Handler>(path: &str, handler: H, options: RouteOptions) -> Self {
+        let handler = Arc::new(handler);
+        let options = Arc::new(options);
+        let upgrade = move |req: Request<Body>, ctx: RouteContext| -> BoxFuture<Response<Body>> {
+            let handler = handler.clone();
+            let options = options.clone();
+            Box::pin(async move { upgrade(handler, options, req, ctx).await })
+        };
+        Route {
+            path: path.to_string(),
+            upgrade: Arc::new(upgrade),
+        }
+    }
+}
+
+/// A JSON response `{"error": error, "reason": reason}`.
+pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("static response parts are valid")
+}
+
+fn handshake_refusal(e: &HandshakeError, supported: &[&str]) -> Response<Body> {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut body = serde_json::json!({
+        "error": if status == StatusCode::UPGRADE_REQUIRED { "upgrade_required" } else { "bad_request" },
+        "reason": e.to_string(),
+    });
+    if matches!(e, HandshakeError::Subprotocol) {
+        body["supported"] = serde_json::json!(supported);
+    }
+    let mut resp = json_response(status, &body);
+    if status == StatusCode::UPGRADE_REQUIRED {
+        resp.headers_mut()
+            .insert("sec-websocket-version", HeaderValue::from_static("13"));
+    }
+    resp
+}
+
+fn refusal_response(r: Refusal) -> Response<Body> {
+    let mut resp = json_response(r.status, &r.body);
+    for (k, v) in r.headers {
+        resp.headers_mut().insert(k, v);
+    }
+    resp
+}
+
+/// The peer address, inserted into each request by the server.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerAddr(pub(crate) SocketAddr);
+
+async fn upgrade<H: Handler>(
+    handler: Arc<H>,
+    options: Arc<RouteOptions>,
+    mut req: Request<Body>,
+    ctx: RouteContext,
+) -> Response<Body> {
+    if ctx.shutdown.is_cancelled() {
+        let mut r = Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "shutting_down",
+        );
+        r.headers
+            .push((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        return refusal_response(r);
+    }
+    let up = match handshake::validate_request(req.method(), req.headers()) {
+        Ok(up) => up,
+        Err(e) => return handshake_refusal(&e, &options.protocols),
+    };
+    let protocol = match handshake::select_subprotocol(&up.protocols, &options.protocols) {
+        Ok(p) => p,
+        Err(e) => return handshake_refusal(&e, &options.protocols),
+    };
+    let deflate =
+        match deflate::negotiate(up.extensions.iter().map(String::as_str), &options.deflate) {
+            Ok(d) => d,
+            Err(e) => return handshake_refusal(&e, &options.protocols),
+        };
+    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
+    let accepted = {
+        let cx = UpgradeContext {
+            headers: req.headers(),
+            uri: req.uri(),
+            peer,
+            protocols: &up.protocols,
+        };
+        match handler.authenticate(&cx).await {
+            Ok(a) => a,
+            Err(r) => return refusal_response(r),
+        }
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({"error": "internal", "reason": "connection cannot be upgraded"}),
+        );
+    };
+
+    let mut resp = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "Upgrade")
+        .header("sec-websocket-accept", &up.accept);
+    if let Some(p) = protocol {
+        resp = resp.header("sec-websocket-protocol", p);
+    }
+    let params = deflate.as_ref().map(|(p, _)| *p);
+    if let Some((_, h)) = &deflate {
+        resp = resp.header("sec-websocket-extensions", h.as_str());
+    }
+
+    let id = crate::ids::connection_id();
+    let span = tracing::info_span!("conn", id = %id);
+    let settings = WsSettings {
+        decoder: DecoderConfig::default().with_max_message_size(options.max_message_size),
+        ping_interval: options.ping_interval,
+        idle_timeout: options.idle_timeout,
+    };
+    let threshold = options.deflate.threshold;
+    ctx.tracker.spawn(
+        async move {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade failed");
+                    return;
+                }
+            };
+            let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(p) => p,
+                Err(_) => {
+                    tracing::error!("upgraded connection is not a TCP stream");
+                    return;
+                }
+            };
+            let stream = parts.io.into_inner();
+            let user = accepted.user;
+            tracing::debug!(peer = ?peer, user = %user.id, deflate = params.is_some(), "connected");
+            let shared = Arc::new(ConnShared::new(
+                id,
+                user.id.clone(),
+                options.outbound_queue,
+                params,
+            ));
+            let conn = Connection {
+                shared,
+                user,
+                rooms: BTreeSet::new(),
+                encoder: Encoder::new(Role::Server, params, threshold),
+                scratch: BytesMut::new(),
+                close: None,
+                hub: Some(ctx.hub.clone()),
+                state: accepted.state,
+            };
+            ws::run(
+                handler,
+                stream,
+                parts.read_buf,
+                conn,
+                settings,
+                ctx.shutdown.clone(),
+            )
+            .await;
+        }
+        .instrument(span),
+    );
+    resp.body(Body::empty()).expect("valid upgrade response")
+}

@@ -1,0 +1,267 @@
+//! The listener: HTTP/1.1 and WebSocket on one port, health endpoints, and graceful shutdown.
+//!
+//! Shutdown (SIGTERM/SIGINT or the future given to [`Server::run`]): stop accepting, answer
+//! new upgrade requests with 503, close every WebSocket with 1001, let in-flight HTTP requests
+//! finish, and wait at most `shutdown.drain_timeout` for all of it before returning.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Router, body::Body, extract::State, routing::get};
+use http::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::Service;
+
+use crate::{
+    hub::Hub,
+    route::{PeerAddr, Route, RouteContext, json_response},
+};
+
+/// A bound server, ready to run.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    drain_timeout: Duration,
+    health: Arc<Health>,
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    ready: AtomicBool,
+}
+
+/// Builds a [`Server`] from routes.
+#[derive(Debug)]
+pub struct ServerBuilder {
+    listen: SocketAddr,
+    routes: Vec<Route>,
+    http: Option<Router>,
+    drain_timeout: Duration,
+    hub: Hub,
+}
+
+impl Server {
+    /// A builder listening on `listen`.
+    pub fn builder(listen: SocketAddr) -> ServerBuilder {
+        ServerBuilder {
+            listen,
+            routes: Vec::new(),
+            http: None,
+            drain_timeout: Duration::from_secs(10),
+            hub: Hub::new(128),
+        }
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A token that, when cancelled, starts the graceful shutdown.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until `signal` completes (or the shutdown token is cancelled), then shuts down
+    /// gracefully. Returns whether every connection finished within the drain timeout.
+    pub async fn run(self, signal: impl Future<Output = ()> + Send) -> bool {
+        let Server {
+            listener,
+            router,
+            shutdown,
+            tracker,
+            drain_timeout,
+            health,
+        } = self;
+        health.ready.store(true, Ordering::Relaxed);
+        let mut signal = std::pin::pin!(signal);
+        loop {
+            tokio::select! {
+                _ = &mut signal => break,
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // EMFILE and friends: back off briefly instead of spinning.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let router = router.clone();
+                    let shutdown = shutdown.clone();
+                    tracker.spawn(serve_http(stream, peer, router, shutdown));
+                }
+            }
+        }
+        health.ready.store(false, Ordering::Relaxed);
+        shutdown.cancel();
+        drop(listener);
+        tracker.close();
+        tracing::info!(connections = tracker.len(), drain_timeout = ?drain_timeout, "shutting down");
+        let drained = tokio::time::timeout(drain_timeout, tracker.wait())
+            .await
+            .is_ok();
+        if drained {
+            tracing::info!("shutdown complete");
+        } else {
+            tracing::warn!(
+                remaining = tracker.len(),
+                "drain timeout passed; exiting with connections open"
+            );
+        }
+        drained
+    }
+}
+
+async fn serve_http(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        let mut router = router.clone();
+        async move { router.call(req.map(Body::new)).await }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, %peer, "http connection error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// Adds a WebSocket route.
+    pub fn route(mut self, route: Route) -> Self {
+        self.routes.push(route);
+        self
+    }
+
+    /// Merges plain HTTP routes (e.g. the server API).
+    pub fn http(mut self, router: Router) -> Self {
+        self.http = Some(match self.http.take() {
+            Some(r) => r.merge(router),
+            None => router,
+        });
+        self
+    }
+
+    /// How long shutdown waits for connections to close.
+    pub fn drain_timeout(mut self, d: Duration) -> Self {
+        self.drain_timeout = d;
+        self
+    }
+
+    /// Uses this hub (shared with handlers that fan out).
+    pub fn hub(mut self, hub: Hub) -> Self {
+        self.hub = hub;
+        self
+    }
+
+    /// Binds the listener.
+    pub async fn bind(self) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(self.listen).await?;
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let health = Arc::new(Health::default());
+        let ctx = RouteContext {
+            hub: self.hub,
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        };
+        let mut router = Router::new()
+            .route(
+                "/healthz",
+                get(|| async {
+                    json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+                }),
+            )
+            .route("/readyz", get(readyz).with_state(health.clone()));
+        for route in self.routes {
+            let upgrade = route.upgrade.clone();
+            let ctx = ctx.clone();
+            router = router.route(
+                &route.path,
+                axum::routing::any(move |req: Request<Body>| {
+                    let upgrade = upgrade.clone();
+                    let ctx = ctx.clone();
+                    async move { upgrade(req, ctx).await }
+                }),
+            );
+        }
+        if let Some(http) = self.http {
+            router = router.merge(http);
+        }
+        router = router.fallback(|| async {
+            json_response(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": "not_found", "reason": "no such route"}),
+            )
+        });
+        Ok(Server {
+            listener,
+            router,
+            shutdown,
+            tracker,
+            drain_timeout: self.drain_timeout,
+            health,
+        })
+    }
+}
+
+async fn readyz(State(health): State<Arc<Health>>) -> axum::response::Response {
+    if health.ready.load(Ordering::Relaxed) {
+        json_response(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+    } else {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "not_ready"}),
+        )
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

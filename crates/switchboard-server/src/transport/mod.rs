@@ -1,0 +1,5 @@
+//! Transports: WebSocket connections (and, later, SSE streams) writing already-encoded bytes
+//! from one bounded queue per connection.
+
+pub(crate) mod outbound;
+pub(crate) mod ws;
