@@ -4,10 +4,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Args;
 use switchboard_server::{
-    Route, RouteOptions, Server,
+    Node, auth,
     config::{ByteSize, Config, LogFormat, Sources},
-    echo::Echo,
-    hub::Hub,
     server::shutdown_signal,
 };
 
@@ -66,31 +64,42 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error
     })
 }
 
-async fn serve(config: Config, has_file: bool) -> Result<bool, Box<dyn std::error::Error>> {
-    let dev = config.is_dev(has_file || config.auth.secret.is_some());
-    if dev {
-        tracing::warn!("development mode: no configuration given; do not expose this server");
+async fn serve(mut config: Config, has_file: bool) -> Result<bool, Box<dyn std::error::Error>> {
+    let configured_auth = config.auth.secret.is_some() || !config.auth.public_keys.is_empty();
+    if config.is_dev(has_file || configured_auth) {
+        let path = auth::default_dev_secret_path();
+        let secret = auth::load_or_create_dev_secret(&path).map_err(|e| {
+            format!(
+                "development mode: cannot keep the secret in {}: {e}",
+                path.display()
+            )
+        })?;
+        if config.auth.secret.is_none() {
+            config.auth.secret = Some(secret);
+        }
+        tracing::warn!(
+            secret_file = %path.display(),
+            "development mode: no configuration given; tokens are signed with the generated secret \
+             (`switchboard token --user alice` mints one); do not expose this server"
+        );
     }
-    let hub = Hub::new(config.websocket.compression.threshold.as_usize());
-    let mut builder = Server::builder(config.listen)
-        .hub(hub)
-        .drain_timeout(config.shutdown.drain_timeout);
-    if let Some(path) = &config.echo.path {
-        builder = builder.route(Route::new(
-            path,
-            Echo,
-            RouteOptions::from_config(&config.websocket),
-        ));
-    }
-    let server = builder
+    let listen = config.listen;
+    let echo = config.echo.path.clone();
+    let ws_path = config.websocket.path.clone();
+    let json = config.log.format == LogFormat::Json;
+    let node = Node::new(config)?;
+    let server = node
+        .server()
         .bind()
         .await
-        .map_err(|e| format!("cannot listen on {} (key 'listen'): {e}", config.listen))?;
+        .map_err(|e| format!("cannot listen on {listen} (key 'listen'): {e}"))?;
     let addr = server.local_addr()?;
     tracing::info!(
         %addr,
-        echo = config.echo.path.as_deref().unwrap_or("off"),
-        format = if config.log.format == LogFormat::Json { "json" } else { "text" },
+        node = node.id(),
+        websocket = %ws_path,
+        echo = echo.as_deref().unwrap_or("off"),
+        format = if json { "json" } else { "text" },
         "listening"
     );
     Ok(server.run(shutdown_signal()).await)

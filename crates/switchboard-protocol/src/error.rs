@@ -60,7 +60,11 @@ pub enum ProtocolError {
 impl ProtocolError {
     /// The close code to send for this error: 1009 for size, 1007 for UTF-8, 1002 otherwise.
     pub fn close_code(&self) -> CloseCode {
-        todo!()
+        match self {
+            ProtocolError::MessageTooBig { .. } => CloseCode::TOO_BIG,
+            ProtocolError::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            _ => CloseCode::PROTOCOL_ERROR,
+        }
     }
 }
 
@@ -100,6 +104,52 @@ pub enum HandshakeError {
 impl HandshakeError {
     /// The HTTP status a server answers with: 426 for [`HandshakeError::Version`], 400 otherwise.
     pub fn status(&self) -> u16 {
-        todo!()
+        match self {
+            HandshakeError::Version => 426,
+            _ => 400,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes() {
+        let too_big = ProtocolError::MessageTooBig {
+            size: 70_000,
+            max: 65_536,
+        };
+        assert_eq!(too_big.close_code(), CloseCode::TOO_BIG);
+        assert_eq!(
+            ProtocolError::InvalidUtf8.close_code(),
+            CloseCode::INVALID_PAYLOAD
+        );
+        for err in [
+            ProtocolError::ReservedBits {
+                rsv1: false,
+                rsv2: true,
+                rsv3: false,
+            },
+            ProtocolError::ReservedOpCode(3),
+            ProtocolError::BadMasking,
+            ProtocolError::ControlFrameTooLong(126),
+            ProtocolError::FragmentedControlFrame,
+            ProtocolError::UnexpectedContinuation,
+            ProtocolError::ExpectedContinuation,
+            ProtocolError::BadLength,
+            ProtocolError::BadClosePayload(Some(1005)),
+            ProtocolError::BadDeflate("invalid block type".into()),
+        ] {
+            assert_eq!(err.close_code(), CloseCode::PROTOCOL_ERROR, "{err}");
+        }
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(HandshakeError::Version.status(), 426);
+        assert_eq!(HandshakeError::Key.status(), 400);
+        assert_eq!(HandshakeError::Subprotocol.status(), 400);
     }
 }

@@ -27,6 +27,7 @@ pub mod frame;
 pub mod handshake;
 pub mod prepared;
 pub mod utf8;
+pub mod wire;
 
 pub use close::{CloseCode, CloseFrame};
 pub use error::{HandshakeError, ProtocolError};

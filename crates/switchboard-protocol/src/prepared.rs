@@ -8,34 +8,135 @@
 //! every message) and get the plain frame from [`PreparedMessage::frame_for`] only when uncompressed
 //! is acceptable; callers with such peers use their own [`crate::codec::Encoder`].
 
-use bytes::Bytes;
+use std::sync::OnceLock;
 
-use crate::{deflate::DeflateParams, frame::OpCode};
+use bytes::{Bytes, BytesMut};
+
+use crate::{
+    codec::write_compressed_frame,
+    deflate::{DeflateParams, pool},
+    frame::{OpCode, write_frame},
+};
 
 /// A message framed once for many recipients (server role: unmasked).
 #[derive(Debug)]
 pub struct PreparedMessage {
-    _private: (),
+    opcode: OpCode,
+    payload: Bytes,
+    threshold: usize,
+    plain: Bytes,
+    /// The compressed frame per compression window, 9 to 15 bits (8 is compressed as 9).
+    compressed: [OnceLock<Bytes>; 7],
 }
 
 impl PreparedMessage {
     /// Prepares `payload` as a message with `opcode` (Text or Binary). `threshold`: payloads
     /// shorter than this are never compressed.
     pub fn new(opcode: OpCode, payload: Bytes, threshold: usize) -> Self {
-        let _ = (opcode, payload, threshold);
-        todo!()
+        let mut plain = BytesMut::new();
+        write_frame(&mut plain, true, false, opcode, None, &payload);
+        PreparedMessage {
+            opcode,
+            payload,
+            threshold,
+            plain: plain.freeze(),
+            compressed: Default::default(),
+        }
     }
 
     /// The payload.
     pub fn payload(&self) -> &Bytes {
-        todo!()
+        &self.payload
     }
 
     /// The frame bytes for a peer with these negotiated parameters (`None`: no deflate):
     /// compressed (built once per window size, then shared) when the peer negotiated deflate
     /// with `server_no_context_takeover` and the payload reaches the threshold, plain otherwise.
     pub fn frame_for(&self, deflate: Option<&DeflateParams>) -> Bytes {
-        let _ = deflate;
-        todo!()
+        match deflate {
+            Some(params)
+                if params.server_no_context_takeover && self.payload.len() >= self.threshold =>
+            {
+                let bits = pool::compress_bits(params.server_max_window_bits);
+                self.compressed[usize::from(bits - 9)]
+                    .get_or_init(|| {
+                        let mut frame = BytesMut::new();
+                        pool::with_compressor(bits, |c| {
+                            write_compressed_frame(c, self.opcode, &self.payload, None, &mut frame)
+                        });
+                        frame.freeze()
+                    })
+                    .clone()
+            }
+            _ => self.plain.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        Role,
+        codec::{Decoder, DecoderConfig, Message},
+    };
+
+    fn params(server_no_context_takeover: bool, bits: u8) -> DeflateParams {
+        DeflateParams {
+            server_no_context_takeover,
+            client_no_context_takeover: true,
+            server_max_window_bits: bits,
+            client_max_window_bits: 15,
+        }
+    }
+
+    fn decode(frame: &Bytes, deflate: Option<DeflateParams>) -> Message {
+        let mut buf = BytesMut::from(&frame[..]);
+        let mut decoder = Decoder::new(Role::Client, DecoderConfig::default(), deflate);
+        let message = decoder.decode(&mut buf).unwrap().unwrap();
+        assert!(buf.is_empty());
+        message
+    }
+
+    #[test]
+    fn shared_frames() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<PreparedMessage>();
+
+        let payload = Bytes::from("{\"type\":\"message\",\"data\":\"hello\"}".repeat(10));
+        let prepared = PreparedMessage::new(OpCode::Text, payload.clone(), 128);
+        assert_eq!(prepared.payload(), &payload);
+        let expected = Message::Text(crate::codec::Utf8Bytes::from_checked(payload.clone()));
+
+        let plain = prepared.frame_for(None);
+        assert_eq!(plain[0], 0x81);
+        assert_eq!(decode(&plain, None), expected);
+        // Context takeover peers cannot share compressed bytes.
+        assert_eq!(prepared.frame_for(Some(&params(false, 15))), plain);
+
+        let compressed = prepared.frame_for(Some(&params(true, 15)));
+        assert_eq!(compressed[0], 0xC1);
+        assert!(compressed.len() < plain.len());
+        assert_eq!(decode(&compressed, Some(params(true, 15))), expected);
+        // Built once: later peers share the same allocation.
+        assert_eq!(
+            prepared.frame_for(Some(&params(true, 15))).as_ptr(),
+            compressed.as_ptr()
+        );
+        // 8 bits is compressed with 9, like 9.
+        let small = prepared.frame_for(Some(&params(true, 8)));
+        assert_eq!(
+            prepared.frame_for(Some(&params(true, 9))).as_ptr(),
+            small.as_ptr()
+        );
+        assert_eq!(decode(&small, Some(params(true, 8))), expected);
+    }
+
+    #[test]
+    fn below_threshold_is_plain() {
+        let prepared = PreparedMessage::new(OpCode::Binary, Bytes::from_static(&[1; 100]), 128);
+        let frame = prepared.frame_for(Some(&params(true, 15)));
+        assert_eq!(frame, prepared.frame_for(None));
+        assert_eq!(frame[..2], [0x82, 100]);
     }
 }

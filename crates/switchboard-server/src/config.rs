@@ -8,13 +8,7 @@
 //!
 //! Every error names the key and where it came from (the file, the variable or the flag).
 
-use std::{
-    collections::BTreeMap,
-    fmt,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Deserializer, de};
 use switchboard_protocol::deflate::DeflateConfig;
@@ -612,14 +606,6 @@ fn insert(table: &mut toml::Table, dotted: &str, value: toml::Value) {
         }
         cur = entry.as_table_mut().expect("just made a table");
     }
-}
-
-/// The default location of the development secret: `$SWITCHBOARD_DEV_SECRET_FILE`, else
-/// `.switchboard/dev-secret` in the current directory.
-pub fn dev_secret_path() -> PathBuf {
-    std::env::var_os("SWITCHBOARD_DEV_SECRET_FILE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(".switchboard").join("dev-secret"))
 }
 
 #[cfg(test)]

@@ -8,7 +8,15 @@
 //! sent from a hook are written together with everything else queued for the connection in
 //! one vectored write when the hook returns.
 
-use std::{collections::BTreeSet, future::Future, net::SocketAddr, sync::Arc};
+use std::{
+    collections::BTreeSet,
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode, Uri};
@@ -122,6 +130,12 @@ pub trait Handler: Send + Sync + 'static {
         async {}
     }
 
+    /// The time set with [`Connection::set_timer`] has come.
+    fn on_timer(&self, conn: &mut Connection<Self::State>) -> impl Future<Output = ()> + Send {
+        let _ = conn;
+        async {}
+    }
+
     /// The peer broke the protocol or the socket failed; the connection is being closed.
     fn on_error(
         &self,
@@ -138,23 +152,30 @@ pub trait Handler: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct ConnShared {
     pub(crate) id: Arc<str>,
-    pub(crate) user: Arc<str>,
     pub(crate) outbound: Outbound,
     pub(crate) deflate: Option<DeflateParams>,
+    /// Set while at least one subscribe of this connection is reading history: live
+    /// publications of those rooms are held back until the reply is queued (see
+    /// [`ConnShared::begin_subscribe`]). One atomic load on the fan-out path otherwise.
+    pending: AtomicBool,
+    held: Mutex<Vec<Held>>,
+}
+
+#[derive(Debug)]
+struct Held {
+    room: Arc<str>,
+    /// Held frames with their stream position (`None`: ephemeral, join, leave).
+    frames: Vec<(Option<(Arc<str>, u64)>, Bytes)>,
 }
 
 impl ConnShared {
-    pub(crate) fn new(
-        id: Arc<str>,
-        user: Arc<str>,
-        limit: usize,
-        deflate: Option<DeflateParams>,
-    ) -> Self {
+    pub(crate) fn new(id: Arc<str>, limit: usize, deflate: Option<DeflateParams>) -> Self {
         ConnShared {
             id,
-            user,
             outbound: Outbound::new(limit),
             deflate,
+            pending: AtomicBool::new(false),
+            held: Mutex::new(Vec::new()),
         }
     }
 
@@ -166,6 +187,66 @@ impl ConnShared {
     /// Queues a message prepared once for many recipients: a reference count, no copy.
     pub(crate) fn send_prepared(&self, message: &PreparedMessage) -> Result<(), PushError> {
         self.outbound.push(message.frame_for(self.deflate.as_ref()))
+    }
+
+    /// Delivers an event of `room`: a publication at `position` (epoch, offset), or an
+    /// ephemeral publication or join/leave (`None`). While a subscribe to `room` is reading
+    /// history, the event is held back instead.
+    pub(crate) fn deliver(
+        &self,
+        room: &str,
+        position: Option<(&Arc<str>, u64)>,
+        message: &PreparedMessage,
+    ) -> Result<(), PushError> {
+        if self.pending.load(Ordering::Acquire) {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(h) = held.iter_mut().find(|h| &*h.room == room) {
+                let position = position.map(|(e, o)| (e.clone(), o));
+                h.frames
+                    .push((position, message.frame_for(self.deflate.as_ref())));
+                return Ok(());
+            }
+        }
+        self.send_prepared(message)
+    }
+
+    /// Starts holding back events of `room`. Call before joining the room in the hub, then
+    /// make sure the node is subscribed, read the stream position or history, and call
+    /// [`ConnShared::end_subscribe`] (the procedure of `broker`'s module docs).
+    pub(crate) fn begin_subscribe(&self, room: &Arc<str>) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.push(Held {
+            room: room.clone(),
+            frames: Vec::new(),
+        });
+        self.pending.store(true, Ordering::Release);
+    }
+
+    /// Queues `first` (the subscribe reply or `subscribed` push), then the held events in
+    /// order, dropping publications of the reply's epoch at or below its offset (the reply
+    /// covers them), and stops holding `room`. Runs under the hold lock, so a concurrent
+    /// delivery waits and lands after them: in order, no gap, no duplicate. `top: None`
+    /// (the subscribe failed) drops what was held.
+    pub(crate) fn end_subscribe(&self, room: &str, top: Option<(&str, u64)>, first: Option<Bytes>) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(frame) = first {
+            let _ = self.outbound.push(frame);
+        }
+        if let Some(i) = held.iter().position(|h| &*h.room == room) {
+            let h = held.swap_remove(i);
+            if let Some((epoch, offset)) = top {
+                for (position, frame) in h.frames {
+                    let covered =
+                        matches!(&position, Some((e, o)) if &**e == epoch && *o <= offset);
+                    if !covered {
+                        let _ = self.outbound.push(frame);
+                    }
+                }
+            }
+        }
+        if held.is_empty() {
+            self.pending.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -180,6 +261,7 @@ pub struct Connection<S> {
     pub(crate) scratch: BytesMut,
     pub(crate) close: Option<CloseFrame>,
     pub(crate) hub: Option<crate::hub::Hub>,
+    pub(crate) timer: Option<tokio::time::Instant>,
     /// The handler's state.
     pub state: S,
 }
@@ -219,6 +301,23 @@ impl<S> Connection<S> {
         self.encoder.encode(opcode, payload, &mut self.scratch);
         let frame = self.scratch.split().freeze();
         let _ = self.shared.outbound.push(frame);
+    }
+
+    /// Sends JSON we encoded ourselves (always UTF-8) as a text message.
+    pub(crate) fn send_json(&mut self, json: &[u8]) {
+        self.send(OpCode::Text, json);
+    }
+
+    /// Frames a text message for this connection without queueing it.
+    pub(crate) fn frame_text(&mut self, payload: &[u8]) -> Bytes {
+        self.encoder
+            .encode(OpCode::Text, payload, &mut self.scratch);
+        self.scratch.split().freeze()
+    }
+
+    /// Asks for [`Handler::on_timer`] at `at` (replacing an earlier request); `None` cancels.
+    pub fn set_timer(&mut self, at: Option<tokio::time::Instant>) {
+        self.timer = at;
     }
 
     /// Joins a room: later broadcasts to it reach this connection.

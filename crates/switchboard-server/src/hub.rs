@@ -136,6 +136,28 @@ impl Hub {
         sent
     }
 
+    /// Delivers an event of `room` (a publication at `position`, or `None` for ephemeral
+    /// publications and join/leave) to every local member but `exclude`, holding it back for
+    /// members whose subscribe is still reading history.
+    pub(crate) fn deliver(
+        &self,
+        room: &str,
+        position: Option<(&Arc<str>, u64)>,
+        message: &PreparedMessage,
+        exclude: Option<&str>,
+    ) -> usize {
+        let Some(members) = self.members(room) else {
+            return 0;
+        };
+        let mut sent = 0;
+        for m in members.iter() {
+            if Some(&*m.id) != exclude && m.deliver(room, position, message).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
     /// Number of rooms with local members.
     pub fn room_count(&self) -> usize {
         self.inner

@@ -9,18 +9,22 @@
 //! [`route::Route`]; the standalone protocol and the echo route are handlers too.
 
 pub mod auth;
+pub mod broker;
 pub mod config;
 pub mod echo;
 mod error;
 pub mod handler;
 pub mod hub;
 pub mod ids;
+pub mod node;
 pub mod route;
 pub mod server;
+pub mod session;
 pub mod telemetry;
 pub(crate) mod transport;
 
 pub use error::Error;
 pub use handler::{Accepted, Connection, Handler, Incoming, Refusal, UpgradeContext, User};
+pub use node::Node;
 pub use route::{Route, RouteOptions};
 pub use server::Server;

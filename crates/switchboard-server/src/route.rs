@@ -244,12 +244,7 @@ async fn upgrade<H: Handler>(
             let stream = parts.io.into_inner();
             let user = accepted.user;
             tracing::debug!(peer = ?peer, user = %user.id, deflate = params.is_some(), "connected");
-            let shared = Arc::new(ConnShared::new(
-                id,
-                user.id.clone(),
-                options.outbound_queue,
-                params,
-            ));
+            let shared = Arc::new(ConnShared::new(id, options.outbound_queue, params));
             let conn = Connection {
                 shared,
                 user,
@@ -258,6 +253,7 @@ async fn upgrade<H: Handler>(
                 scratch: BytesMut::new(),
                 close: None,
                 hub: Some(ctx.hub.clone()),
+                timer: None,
                 state: accepted.state,
             };
             ws::run(

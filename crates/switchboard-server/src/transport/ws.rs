@@ -178,21 +178,26 @@ pub(crate) async fn run<H: Handler>(
             _ = tokio::time::sleep_until(deadline), if close_deadline.is_some() => {
                 break 'conn End::Closed(sent_close);
             }
+            _ = tokio::time::sleep_until(conn.timer.unwrap_or(deadline)), if conn.timer.is_some() && sent_close.is_none() => {
+                conn.timer = None;
+                handler.on_timer(&mut conn).await;
+            }
         }
     };
 
     conn.shared.outbound.close();
-    if let Some(hub) = conn.hub.clone() {
-        for room in std::mem::take(&mut conn.rooms) {
-            hub.leave(&room, &conn.shared.id);
-        }
-    }
     let close = match &end {
         End::Closed(f) => f.clone(),
         End::Abnormal => None,
     };
     tracing::debug!(code = close.as_ref().map(|c| c.code.0), "connection closed");
     handler.on_close(&mut conn, close.as_ref()).await;
+    // Rooms the handler did not leave itself (library API joins).
+    if let Some(hub) = conn.hub.clone() {
+        for room in std::mem::take(&mut conn.rooms) {
+            hub.leave(&room, &conn.shared.id);
+        }
+    }
     // Server closes TCP first after the close handshake (RFC 6455 7.1.1); wait briefly for the
     // peer's FIN so unread bytes do not turn our close into a reset that loses the close frame.
     if matches!(end, End::Closed(_)) {

@@ -1,0 +1,551 @@
+//! Server messages: encoders that append one JSON object to a buffer, and the result types of
+//! replies.
+
+use std::borrow::Cow;
+use std::io;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::command::CommandError;
+use super::server::Welcome;
+use super::{ErrorCode, Id};
+
+/// A buffer the encoders append to: implemented for `Vec<u8>` and `bytes::BytesMut`. Both
+/// become a `bytes::Bytes` without copying (`Bytes::from(vec)`, `bytes_mut.freeze()`).
+pub trait WireBuf {
+    /// Appends `bytes`.
+    fn write_bytes(&mut self, bytes: &[u8]);
+    /// Reserves room for at least `additional` more bytes.
+    fn reserve_bytes(&mut self, additional: usize);
+    /// The number of bytes in the buffer.
+    fn written_len(&self) -> usize;
+    /// Shortens the buffer to `len` bytes (to undo a failed encode).
+    fn truncate_bytes(&mut self, len: usize);
+}
+
+impl WireBuf for Vec<u8> {
+    fn write_bytes(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    fn reserve_bytes(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
+    fn written_len(&self) -> usize {
+        self.len()
+    }
+    fn truncate_bytes(&mut self, len: usize) {
+        self.truncate(len);
+    }
+}
+
+impl WireBuf for bytes::BytesMut {
+    fn write_bytes(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    fn reserve_bytes(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
+    fn written_len(&self) -> usize {
+        self.len()
+    }
+    fn truncate_bytes(&mut self, len: usize) {
+        self.truncate(len);
+    }
+}
+
+/// `io::Write` over a [`WireBuf`], for serde_json. Never fails.
+struct IoWriter<'b, B: ?Sized>(&'b mut B);
+
+impl<B: WireBuf + ?Sized> io::Write for IoWriter<'_, B> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_bytes(buf);
+        Ok(buf.len())
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.write_bytes(buf);
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub(super) fn put<B: WireBuf + ?Sized>(out: &mut B, bytes: &[u8]) {
+    out.write_bytes(bytes);
+}
+
+/// A JSON string, escaped by serde_json.
+pub(super) fn put_str<B: WireBuf + ?Sized>(out: &mut B, s: &str) {
+    // Serialising a `str` fails only when the writer does, and `IoWriter` never does.
+    let _ = serde_json::to_writer(IoWriter(out), s);
+}
+
+pub(super) fn put_u64<B: WireBuf + ?Sized>(out: &mut B, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.write_bytes(&digits[start..]);
+}
+
+pub(super) fn put_raw<B: WireBuf + ?Sized>(out: &mut B, raw: &RawValue) {
+    out.write_bytes(raw.get().as_bytes());
+}
+
+pub(super) fn put_id<B: WireBuf + ?Sized>(out: &mut B, id: &Id) {
+    match id {
+        Id::Number(n) => put_u64(out, *n),
+        Id::String(s) => put_str(out, s),
+    }
+}
+
+fn put_opt_u64<B: WireBuf + ?Sized>(out: &mut B, n: Option<u64>) {
+    match n {
+        Some(n) => put_u64(out, n),
+        None => put(out, b"null"),
+    }
+}
+
+/// Writes `{"type":"reply","id":…,"result":…}`. `result` is any `Serialize` value: one of the
+/// result structs of this module, or a `&RawValue` spliced as is.
+///
+/// Fails only when `result`'s `Serialize` does (never for this module's types or a
+/// `RawValue`); then nothing is left in `out`.
+pub fn encode_reply<B, T>(out: &mut B, id: &Id, result: &T) -> Result<(), serde_json::Error>
+where
+    B: WireBuf + ?Sized,
+    T: Serialize + ?Sized,
+{
+    let start = out.written_len();
+    put(out, b"{\"type\":\"reply\",\"id\":");
+    put_id(out, id);
+    put(out, b",\"result\":");
+    if let Err(e) = serde_json::to_writer(IoWriter(&mut *out), result) {
+        out.truncate_bytes(start);
+        return Err(e);
+    }
+    put(out, b"}");
+    Ok(())
+}
+
+/// Writes `{"type":"error","id":…|null,"code":…,"message":…}`, with `"retry_after_ms"` when
+/// given (for `rate_limited`).
+pub fn encode_error<B: WireBuf + ?Sized>(
+    out: &mut B,
+    id: Option<&Id>,
+    code: ErrorCode,
+    message: &str,
+    retry_after_ms: Option<u64>,
+) {
+    put(out, b"{\"type\":\"error\",\"id\":");
+    match id {
+        Some(id) => put_id(out, id),
+        None => put(out, b"null"),
+    }
+    put(out, b",\"code\":\"");
+    put(out, code.as_str().as_bytes());
+    put(out, b"\",\"message\":");
+    put_str(out, message);
+    if let Some(ms) = retry_after_ms {
+        put(out, b",\"retry_after_ms\":");
+        put_u64(out, ms);
+    }
+    put(out, b"}");
+}
+
+/// Writes the `error` answering a [`CommandError`].
+pub fn encode_command_error<B: WireBuf + ?Sized>(out: &mut B, error: &CommandError) {
+    encode_error(out, error.id.as_ref(), error.code, &error.message, None);
+}
+
+/// Writes the `welcome` push: `{"type":"welcome","connection":…,"user":…,"node":…,
+/// "expires":…|null,"ping_interval":…,"version":…,"rooms":{room: {"epoch","offset"}, …}}`.
+pub fn encode_welcome<B: WireBuf + ?Sized>(out: &mut B, welcome: &Welcome) {
+    put(out, b"{\"type\":\"welcome\",\"connection\":");
+    put_str(out, &welcome.connection);
+    put(out, b",\"user\":");
+    put_str(out, &welcome.user);
+    put(out, b",\"node\":");
+    put_str(out, &welcome.node);
+    put(out, b",\"expires\":");
+    put_opt_u64(out, welcome.expires);
+    put(out, b",\"ping_interval\":");
+    put_u64(out, welcome.ping_interval);
+    put(out, b",\"version\":");
+    put_str(out, &welcome.version);
+    put(out, b",\"rooms\":{");
+    for (i, (room, position)) in welcome.rooms.iter().enumerate() {
+        if i > 0 {
+            put(out, b",");
+        }
+        put_str(out, room);
+        put(out, b":{\"epoch\":");
+        put_str(out, &position.epoch);
+        put(out, b",\"offset\":");
+        put_u64(out, position.offset);
+        put(out, b"}");
+    }
+    put(out, b"}}");
+}
+
+/// Writes the `message` push of a stored publication, the fan-out hot path:
+/// `{"type":"message","room":…,"epoch":…,"offset":…,"data":<data>,"from":<from>}`.
+///
+/// `data` and `from` are spliced as they are: `from` is the publisher's member object, encoded
+/// once per connection with [`encode_member`]; `None` (server-API publications) leaves `from`
+/// out.
+pub fn encode_message_push<B: WireBuf + ?Sized>(
+    out: &mut B,
+    room: &str,
+    epoch: &str,
+    offset: u64,
+    data: &RawValue,
+    from: Option<&RawValue>,
+) {
+    out.reserve_bytes(
+        80 + room.len() + epoch.len() + data.get().len() + from.map_or(0, |f| f.get().len()),
+    );
+    put(out, b"{\"type\":\"message\",\"room\":");
+    put_str(out, room);
+    put(out, b",\"epoch\":");
+    put_str(out, epoch);
+    put(out, b",\"offset\":");
+    put_u64(out, offset);
+    put_data_from(out, data, from);
+}
+
+/// Writes the `message` push of an ephemeral publication: as [`encode_message_push`] without
+/// `epoch` and `offset`.
+pub fn encode_ephemeral_push<B: WireBuf + ?Sized>(
+    out: &mut B,
+    room: &str,
+    data: &RawValue,
+    from: Option<&RawValue>,
+) {
+    out.reserve_bytes(48 + room.len() + data.get().len() + from.map_or(0, |f| f.get().len()));
+    put(out, b"{\"type\":\"message\",\"room\":");
+    put_str(out, room);
+    put_data_from(out, data, from);
+}
+
+fn put_data_from<B: WireBuf + ?Sized>(out: &mut B, data: &RawValue, from: Option<&RawValue>) {
+    put(out, b",\"data\":");
+    put_raw(out, data);
+    if let Some(from) = from {
+        put(out, b",\"from\":");
+        put_raw(out, from);
+    }
+    put(out, b"}");
+}
+
+/// [`encode_message_push`] for a broker's publication, whose `data` and `from` are JSON the
+/// server produced or validated when it was published: written as they are, not re-parsed.
+pub fn encode_message_push_raw<B: WireBuf + ?Sized>(
+    out: &mut B,
+    room: &str,
+    epoch: &str,
+    offset: u64,
+    data: &[u8],
+    from: Option<&[u8]>,
+) {
+    out.reserve_bytes(80 + room.len() + epoch.len() + data.len() + from.map_or(0, <[u8]>::len));
+    put(out, b"{\"type\":\"message\",\"room\":");
+    put_str(out, room);
+    put(out, b",\"epoch\":");
+    put_str(out, epoch);
+    put(out, b",\"offset\":");
+    put_u64(out, offset);
+    put_data_from_raw(out, data, from);
+}
+
+/// [`encode_ephemeral_push`] with already-valid JSON bytes (see [`encode_message_push_raw`]).
+pub fn encode_ephemeral_push_raw<B: WireBuf + ?Sized>(
+    out: &mut B,
+    room: &str,
+    data: &[u8],
+    from: Option<&[u8]>,
+) {
+    out.reserve_bytes(48 + room.len() + data.len() + from.map_or(0, <[u8]>::len));
+    put(out, b"{\"type\":\"message\",\"room\":");
+    put_str(out, room);
+    put_data_from_raw(out, data, from);
+}
+
+fn put_data_from_raw<B: WireBuf + ?Sized>(out: &mut B, data: &[u8], from: Option<&[u8]>) {
+    put(out, b",\"data\":");
+    put(out, data);
+    if let Some(from) = from {
+        put(out, b",\"from\":");
+        put(out, from);
+    }
+    put(out, b"}");
+}
+
+/// Writes a `join` or `leave` push (`kind`) whose member `info` is already-valid JSON bytes.
+pub fn encode_member_push_raw<B: WireBuf + ?Sized>(
+    out: &mut B,
+    kind: MemberPushKind,
+    room: &str,
+    user: &str,
+    connection: &str,
+    info: Option<&[u8]>,
+) {
+    put(out, b"{\"type\":\"");
+    put(out, kind.as_str().as_bytes());
+    put(out, b"\",\"room\":");
+    put_str(out, room);
+    put(out, b",\"member\":{\"user\":");
+    put_str(out, user);
+    put(out, b",\"connection\":");
+    put_str(out, connection);
+    if let Some(info) = info {
+        put(out, b",\"info\":");
+        put(out, info);
+    }
+    put(out, b"}}");
+}
+
+/// Which member push [`encode_member_push_raw`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberPushKind {
+    /// `join`.
+    Join,
+    /// `leave`.
+    Leave,
+}
+
+impl MemberPushKind {
+    /// The push's `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberPushKind::Join => "join",
+            MemberPushKind::Leave => "leave",
+        }
+    }
+}
+
+/// Writes a member object `{"user":…,"connection":…,"info":…}` (`info` left out when `None`):
+/// the `from` of a `message` push, the `member` of `join`/`leave`.
+pub fn encode_member<B: WireBuf + ?Sized>(out: &mut B, member: &Member<'_>) {
+    put(out, b"{\"user\":");
+    put_str(out, &member.user);
+    put(out, b",\"connection\":");
+    put_str(out, &member.connection);
+    if let Some(info) = &member.info {
+        put(out, b",\"info\":");
+        put_raw(out, info);
+    }
+    put(out, b"}");
+}
+
+/// Writes the `join` push: `{"type":"join","room":…,"member":{…}}`.
+pub fn encode_join<B: WireBuf + ?Sized>(out: &mut B, room: &str, member: &Member<'_>) {
+    put_member_push(out, b"{\"type\":\"join\",\"room\":", room, member);
+}
+
+/// Writes the `leave` push: `{"type":"leave","room":…,"member":{…}}`.
+pub fn encode_leave<B: WireBuf + ?Sized>(out: &mut B, room: &str, member: &Member<'_>) {
+    put_member_push(out, b"{\"type\":\"leave\",\"room\":", room, member);
+}
+
+fn put_member_push<B: WireBuf + ?Sized>(out: &mut B, head: &[u8], room: &str, member: &Member<'_>) {
+    put(out, head);
+    put_str(out, room);
+    put(out, b",\"member\":");
+    encode_member(out, member);
+    put(out, b"}");
+}
+
+/// Writes the `subscribed` push of a server-side subscription:
+/// `{"type":"subscribed","room":…,"epoch":…,"offset":…}`.
+pub fn encode_subscribed<B: WireBuf + ?Sized>(out: &mut B, room: &str, epoch: &str, offset: u64) {
+    put(out, b"{\"type\":\"subscribed\",\"room\":");
+    put_str(out, room);
+    put(out, b",\"epoch\":");
+    put_str(out, epoch);
+    put(out, b",\"offset\":");
+    put_u64(out, offset);
+    put(out, b"}");
+}
+
+/// Writes the `unsubscribed` push of a server-side removal:
+/// `{"type":"unsubscribed","room":…,"reason":…}` (the protocol's reason is `"server"`).
+pub fn encode_unsubscribed<B: WireBuf + ?Sized>(out: &mut B, room: &str, reason: &str) {
+    put(out, b"{\"type\":\"unsubscribed\",\"room\":");
+    put_str(out, room);
+    put(out, b",\"reason\":");
+    put_str(out, reason);
+    put(out, b"}");
+}
+
+/// Writes the answer to `ping`: `{"type":"pong","id":…}`, without `id` when the ping had none.
+pub fn encode_pong<B: WireBuf + ?Sized>(out: &mut B, id: Option<&Id>) {
+    put(out, b"{\"type\":\"pong\"");
+    if let Some(id) = id {
+        put(out, b",\"id\":");
+        put_id(out, id);
+    }
+    put(out, b"}");
+}
+
+/// Writes `{"type":"refresh_required","expires":…}`, pushed about 30 s before the token's
+/// `exp` (unix seconds).
+pub fn encode_refresh_required<B: WireBuf + ?Sized>(out: &mut B, expires: u64) {
+    put(out, b"{\"type\":\"refresh_required\",\"expires\":");
+    put_u64(out, expires);
+    put(out, b"}");
+}
+
+/// A connection as others see it: in `presence`, `join`/`leave` and the `from` of a
+/// publication. Borrowed when the server builds it, owned when a client parses it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Member<'a> {
+    /// The user id (`""` for anonymous users).
+    pub user: Cow<'a, str>,
+    /// The connection id.
+    pub connection: Cow<'a, str>,
+    /// The token's `info` claim, as it was in the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Cow<'a, RawValue>>,
+}
+
+impl<'a> Member<'a> {
+    /// A member borrowing its parts.
+    pub fn new(user: &'a str, connection: &'a str, info: Option<&'a RawValue>) -> Self {
+        Member {
+            user: Cow::Borrowed(user),
+            connection: Cow::Borrowed(connection),
+            info: info.map(Cow::Borrowed),
+        }
+    }
+
+    /// Parses a member object (such as [`Publication::from`]).
+    pub fn from_raw(raw: &RawValue) -> Result<Member<'static>, serde_json::Error> {
+        serde_json::from_str(raw.get())
+    }
+}
+
+impl PartialEq for Member<'_> {
+    /// `info` is compared as text.
+    fn eq(&self, other: &Self) -> bool {
+        self.user == other.user
+            && self.connection == other.connection
+            && self.info.as_deref().map(RawValue::get) == other.info.as_deref().map(RawValue::get)
+    }
+}
+
+/// One publication in a `subscribe` or `history` reply: `{"offset", "data", "from"?}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Publication<'a> {
+    /// Its offset in the room's current epoch.
+    pub offset: u64,
+    /// The published JSON value, as published.
+    pub data: Cow<'a, RawValue>,
+    /// The publisher's member object (see [`Member::from_raw`]); absent for publications
+    /// through the server API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Cow<'a, RawValue>>,
+}
+
+impl<'a> Publication<'a> {
+    /// A publication borrowing its parts.
+    pub fn new(offset: u64, data: &'a RawValue, from: Option<&'a RawValue>) -> Self {
+        Publication {
+            offset,
+            data: Cow::Borrowed(data),
+            from: from.map(Cow::Borrowed),
+        }
+    }
+}
+
+impl PartialEq for Publication<'_> {
+    /// `data` and `from` are compared as text.
+    fn eq(&self, other: &Self) -> bool {
+        self.offset == other.offset
+            && self.data.get() == other.data.get()
+            && self.from.as_deref().map(RawValue::get) == other.from.as_deref().map(RawValue::get)
+    }
+}
+
+/// The result of `subscribe`: `{"room", "epoch", "offset", "recovered"?, "publications"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscribeResult<'a> {
+    /// The room.
+    pub room: Cow<'a, str>,
+    /// The room's current epoch.
+    pub epoch: Cow<'a, str>,
+    /// The room's latest offset when the subscription took effect; live `message` pushes
+    /// continue at `offset + 1`.
+    pub offset: u64,
+    /// With `since`: whether every missed publication is in `publications`. Left out without
+    /// `since`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// The recovered publications, in order (empty unless `recovered`).
+    #[serde(default)]
+    pub publications: Vec<Publication<'a>>,
+}
+
+/// The result of `publish`: `{"room", "epoch", "offset"}`; `epoch` and `offset` are left out
+/// for an ephemeral publication, which has neither.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishResult<'a> {
+    /// The room.
+    pub room: Cow<'a, str>,
+    /// The room's epoch (not for ephemeral publications).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<Cow<'a, str>>,
+    /// The publication's offset (not for ephemeral publications). For a repeated
+    /// `idempotency_key`, the first publication's offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+/// The result of `presence`: `{"members", "next_cursor", "connections", "users"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceResult<'a> {
+    /// One page of members.
+    pub members: Vec<Member<'a>>,
+    /// The `cursor` of the next page, `null` on the last page.
+    pub next_cursor: Option<Cow<'a, str>>,
+    /// Connections subscribed to the room (all pages).
+    pub connections: u64,
+    /// Distinct users among them.
+    pub users: u64,
+}
+
+/// The result of `history`: `{"epoch", "offset", "publications"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryResult<'a> {
+    /// The room's current epoch.
+    pub epoch: Cow<'a, str>,
+    /// The room's latest offset.
+    pub offset: u64,
+    /// The publications asked for, in the order asked for.
+    pub publications: Vec<Publication<'a>>,
+}
+
+/// The result of `refresh`: `{"expires"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshResult {
+    /// The new token's `exp` (unix seconds), `null` without one.
+    pub expires: Option<u64>,
+}
+
+/// The result of `rpc`: `{"data"}`, what the application backend answered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RpcResult<'a> {
+    /// The backend's answer.
+    pub data: Cow<'a, RawValue>,
+}
+
+/// The empty result `{}` (of `unsubscribe`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmptyResult {}

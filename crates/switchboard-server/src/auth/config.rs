@@ -1,0 +1,133 @@
+//! [`AuthConfig`], the `auth` section of the configuration, and [`AuthConfigError`].
+
+use std::fmt;
+
+use serde::Deserialize;
+
+/// The `auth` section of the configuration.
+///
+/// Deserialised with unknown fields refused; every field has a default. It is checked as a
+/// whole by [`Verifier::new`](super::Verifier::new), which names the offending key in its
+/// error. Example (TOML):
+///
+/// ```toml
+/// [auth]
+/// algorithms = ["HS256", "RS256"]
+/// secret = "a long random string"
+/// audience = "switchboard"
+/// leeway = 5
+///
+/// [[auth.public_keys]]
+/// kid = "2025-01"
+/// algorithm = "RS256"
+/// pem = """
+/// -----BEGIN PUBLIC KEY-----
+/// ...
+/// -----END PUBLIC KEY-----
+/// """
+/// ```
+///
+/// `Debug` prints the secret as `<redacted>`.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The shared secret for HS256, HS384 and HS512. Its UTF-8 bytes are the HMAC key (it is
+    /// not base64-decoded). Required when `algorithms` lists an HMAC algorithm. Default: none
+    /// (dev mode fills it from [`load_or_create_dev_secret`](super::load_or_create_dev_secret)).
+    pub secret: Option<String>,
+    /// Public keys for the asymmetric algorithms (RS*, PS*, ES256, ES384, EdDSA), in PEM.
+    /// Default: none.
+    pub public_keys: Vec<PublicKeyConfig>,
+    /// The algorithms a token may be signed with, by their JWT names (`"HS256"`, `"RS256"`,
+    /// `"ES256"`, `"EdDSA"`, ...). A token with any other `alg` (including `"none"`) is refused
+    /// with `algorithm_not_allowed`. Default: `["HS256"]`.
+    pub algorithms: Vec<String>,
+    /// When set, a token must carry this value in `aud` (a string, or an array containing
+    /// it); otherwise `bad_audience`. When unset, `aud` is not checked. Default: unset.
+    pub audience: Option<String>,
+    /// When set, a token's `iss` must equal it; otherwise `bad_issuer`. When unset, `iss` is
+    /// not checked. Default: unset.
+    pub issuer: Option<String>,
+    /// Allowed clock skew, in seconds, for `exp` and `nbf`. At most 3600. Default: 5.
+    pub leeway: u64,
+    /// Whether a connection without a token is accepted as the anonymous user `""`.
+    /// A token that is present but invalid is refused all the same. Default: false.
+    pub anonymous: bool,
+    /// The name of a cookie the token may be read from (last in the order of 2.1).
+    /// Default: unset (cookies are not read).
+    pub token_cookie: Option<String>,
+    /// The query parameter the token may be read from. Default: `"token"`.
+    pub query_param: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            secret: None,
+            public_keys: Vec::new(),
+            algorithms: vec!["HS256".to_owned()],
+            audience: None,
+            issuer: None,
+            leeway: 5,
+            anonymous: false,
+            token_cookie: None,
+            query_param: "token".to_owned(),
+        }
+    }
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("public_keys", &self.public_keys)
+            .field("algorithms", &self.algorithms)
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .field("leeway", &self.leeway)
+            .field("anonymous", &self.anonymous)
+            .field("token_cookie", &self.token_cookie)
+            .field("query_param", &self.query_param)
+            .finish()
+    }
+}
+
+/// One public key of [`AuthConfig::public_keys`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyConfig {
+    /// The key id. A token whose header has a `kid` is verified with the key of that id only
+    /// (`unknown_key` when there is none); a token without `kid` is tried against every key of
+    /// its algorithm. Ids must be unique.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// The one algorithm this key verifies, e.g. `"RS256"`, `"ES256"`, `"EdDSA"`. It must also
+    /// be listed in [`AuthConfig::algorithms`].
+    pub algorithm: String,
+    /// The public key in PEM: `-----BEGIN PUBLIC KEY-----` (SPKI, any of the algorithms) or
+    /// `-----BEGIN RSA PUBLIC KEY-----` (PKCS#1, RSA only). Private keys are refused.
+    pub pem: String,
+}
+
+/// A problem in the `auth` configuration, found by [`Verifier::new`](super::Verifier::new).
+///
+/// Displays as `<key>: <message>`, e.g.
+/// `auth.public_keys[0].pem: not a valid PEM key`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct AuthConfigError {
+    /// The configuration key at fault, with its full path, e.g. `auth.algorithms[1]`.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl AuthConfigError {
+    /// An error about `key` (the full path, e.g. `"auth.secret"`).
+    pub(super) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        AuthConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
