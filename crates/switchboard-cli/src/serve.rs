@@ -21,6 +21,9 @@ pub(crate) struct ServeArgs {
     /// Serve the echo route at this path (e.g. /echo).
     #[arg(long, value_name = "PATH")]
     echo: Option<String>,
+    /// Serve the raw fan-out route (every message to every other connection) at this path.
+    #[arg(long, value_name = "PATH")]
+    raw_fanout: Option<String>,
     /// Largest WebSocket message accepted, e.g. 65536 or 16MiB.
     #[arg(long, value_name = "SIZE")]
     max_message_size: Option<ByteSize>,
@@ -36,6 +39,9 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error
     }
     if let Some(e) = &args.echo {
         flags.push(("echo.path".to_string(), toml::Value::String(e.clone())));
+    }
+    if let Some(p) = &args.raw_fanout {
+        flags.push(("raw_fanout.path".to_string(), toml::Value::String(p.clone())));
     }
     if let Some(m) = args.max_message_size {
         flags.push((

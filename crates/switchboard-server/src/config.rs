@@ -28,6 +28,8 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     /// The built-in echo route used by conformance tests and benchmarks.
     pub echo: EchoConfig,
+    /// The raw fan-out route used by benchmarks.
+    pub raw_fanout: EchoConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
     /// Authentication of connections (`PROTOCOL.md` section 2).
@@ -53,6 +55,7 @@ impl Default for Config {
             log: LogConfig::default(),
             websocket: WebSocketConfig::default(),
             echo: EchoConfig::default(),
+            raw_fanout: EchoConfig::default(),
             shutdown: ShutdownConfig::default(),
             auth: crate::auth::AuthConfig::default(),
             namespaces: BTreeMap::new(),
@@ -180,11 +183,11 @@ impl CompressionConfig {
     }
 }
 
-/// The echo route.
+/// A built-in route that is off unless it has a path (`[echo]`, `[raw_fanout]`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EchoConfig {
-    /// Path of the echo route; off when absent.
+    /// Path of the route; off when absent.
     pub path: Option<String>,
 }
 
@@ -510,6 +513,14 @@ impl Config {
         if self.echo.path.as_deref() == Some(self.websocket.path.as_str()) {
             return Err(err("echo.path", "must differ from websocket.path".into()));
         }
+        if let Some(p) = self.raw_fanout.path.as_deref() {
+            if p == self.websocket.path || Some(p) == self.echo.path.as_deref() {
+                return Err(err(
+                    "raw_fanout.path",
+                    "must differ from websocket.path and echo.path".into(),
+                ));
+            }
+        }
         let c = &self.websocket.compression;
         if !(9..=15).contains(&c.server_max_window_bits) {
             return Err(err(
@@ -711,6 +722,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("echo.path"), "{e}");
+    }
+
+    /// The documented example is a valid configuration, also with every commented key
+    /// switched on, so the docs cannot name a key the server does not know.
+    #[test]
+    fn example_file_is_valid_with_every_key() {
+        let example = include_str!("../../../docs/switchboard.example.toml");
+        load_str(example).unwrap();
+        let all: String = example
+            .lines()
+            .map(|l| {
+                let t = l.trim_start_matches("# ");
+                let is_key = t.split_once(" = ").is_some_and(|(k, _)| {
+                    !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                });
+                let is_section = t.starts_with("[namespaces.");
+                if l.starts_with("# ") && (is_key || is_section) {
+                    t.split(" #").next().unwrap().to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = load_str(&all).unwrap_or_else(|e| panic!("{e}\n{all}"));
+        assert_eq!(c.echo.path.as_deref(), Some("/echo"));
+        assert_eq!(c.namespaces["chat"].max_subscribers, Some(10000));
+        assert_eq!(c.dev, Some(false));
     }
 
     #[test]

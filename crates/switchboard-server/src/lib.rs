@@ -13,6 +13,7 @@ pub mod broker;
 pub mod config;
 pub mod echo;
 mod error;
+pub mod fanout;
 pub mod handler;
 pub mod hub;
 pub mod ids;
@@ -25,6 +26,8 @@ pub(crate) mod transport;
 
 pub use error::Error;
 pub use handler::{Accepted, Connection, Handler, Incoming, Refusal, UpgradeContext, User};
+pub use http::StatusCode;
 pub use node::Node;
 pub use route::{Route, RouteOptions};
 pub use server::Server;
+pub use switchboard_protocol::{CloseCode, CloseFrame};

@@ -9,7 +9,6 @@
 use std::{
     hash::{BuildHasher, RandomState},
     sync::Arc,
-    time::Instant,
 };
 
 use bytes::Bytes;
@@ -22,6 +21,7 @@ use crate::{
     broker::{Broker, BrokerError, HistoryQuery, MemoryBroker, NodeEvent, StreamPosition},
     config::{Config, NamespaceConfig},
     echo::Echo,
+    fanout::RawFanout,
     handler::ConnShared,
     hub::{Change, Hub},
     server::{Server, ServerBuilder},
@@ -44,7 +44,6 @@ pub(crate) struct NodeInner {
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) verifier: Verifier,
     pub(crate) default_namespace: NamespaceConfig,
-    pub(crate) started: Instant,
     room_locks: Box<[tokio::sync::Mutex<()>]>,
     hasher: RandomState,
 }
@@ -103,7 +102,6 @@ impl Node {
             hub: hub.clone(),
             broker,
             verifier,
-            started: Instant::now(),
             room_locks: (0..ROOM_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -143,6 +141,10 @@ impl Node {
                 Echo,
                 RouteOptions::from_config(&c.websocket),
             ));
+        }
+        if let Some(path) = &c.raw_fanout.path {
+            let options = RouteOptions::from_config(&c.websocket);
+            routes.push(Route::new(path, RawFanout, options));
         }
         routes
     }

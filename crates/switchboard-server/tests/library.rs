@@ -1,0 +1,144 @@
+//! The library API over loopback: a custom handler served in-process, driven by a real client.
+
+use std::sync::{Arc, Mutex};
+
+use switchboard_client::{WsOptions, WsStream};
+use switchboard_protocol::{CloseCode, codec::Message, frame::OpCode};
+use switchboard_server::{
+    Accepted, CloseFrame, Connection, Handler, Incoming, Refusal, Route, RouteOptions, Server,
+    StatusCode, UpgradeContext, User,
+};
+
+#[derive(Clone, Default)]
+struct Relay {
+    closed: Arc<Mutex<Vec<(String, Option<u16>)>>>,
+}
+
+impl Handler for Relay {
+    type State = ();
+
+    async fn authenticate(&self, request: &UpgradeContext<'_>) -> Result<Accepted<()>, Refusal> {
+        match request.uri.query().and_then(|q| q.strip_prefix("user=")) {
+            Some(u) => Ok(Accepted {
+                user: User {
+                    id: u.into(),
+                    ..User::default()
+                },
+                state: (),
+            }),
+            None => Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing",
+            )),
+        }
+    }
+
+    async fn on_connect(&self, conn: &mut Connection<()>) {
+        conn.join("room");
+        let id = conn.user().id.to_string();
+        conn.send_text(&format!("hello {id}"));
+    }
+
+    async fn on_message(&self, conn: &mut Connection<()>, message: Incoming) {
+        match &message {
+            Incoming::Text(t) if t.as_str() == "bye" => conn.close(4003, "asked to leave"),
+            Incoming::Text(t) if t.as_str() == "rooms" => {
+                let rooms: Vec<_> = conn.rooms().map(str::to_string).collect();
+                conn.send_text(&rooms.join(","));
+            }
+            Incoming::Text(_) => conn.broadcast(&["room"], message, false),
+            Incoming::Binary(b) => conn.send_binary(b),
+        }
+    }
+
+    async fn on_close(&self, conn: &mut Connection<()>, close: Option<&CloseFrame>) {
+        self.closed
+            .lock()
+            .unwrap()
+            .push((conn.user().id.to_string(), close.map(|c| c.code.0)));
+    }
+}
+
+async fn text(ws: &mut WsStream) -> String {
+    match tokio::time::timeout(std::time::Duration::from_secs(10), ws.recv())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Some(Message::Text(t)) => t.as_str().to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn handler_hooks_broadcast_and_close() {
+    let relay = Relay::default();
+    let server = Server::builder("127.0.0.1:0".parse().unwrap())
+        .route(Route::new("/relay", relay.clone(), RouteOptions::default()))
+        .bind()
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let shutdown = server.shutdown_token();
+    let running = tokio::spawn(server.run(std::future::pending()));
+
+    let url = |user: &str| format!("ws://{addr}/relay?user={user}");
+    let refused = WsStream::connect(&format!("ws://{addr}/relay"), &WsOptions::default())
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("401"), "{refused}");
+
+    let mut a = WsStream::connect(&url("ada"), &WsOptions::default())
+        .await
+        .unwrap();
+    let mut b = WsStream::connect(&url("bob"), &WsOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(text(&mut a).await, "hello ada");
+    assert_eq!(text(&mut b).await, "hello bob");
+
+    // Broadcast excludes the sender.
+    a.send_text("hi all").await.unwrap();
+    assert_eq!(text(&mut b).await, "hi all");
+    a.send_text("rooms").await.unwrap();
+    assert_eq!(
+        text(&mut a).await,
+        "room",
+        "ada did not get her own broadcast, and is in 'room'"
+    );
+
+    b.send(OpCode::Binary, &[9, 8, 7]).await.unwrap();
+    assert_eq!(
+        b.recv().await.unwrap(),
+        Some(Message::Binary(vec![9, 8, 7].into()))
+    );
+
+    // close(code, reason) from a hook.
+    b.send_text("bye").await.unwrap();
+    match b.recv().await.unwrap() {
+        Some(Message::Close(Some(f))) => assert_eq!(
+            (f.code, f.reason_str()),
+            (CloseCode(4003), "asked to leave")
+        ),
+        other => panic!("{other:?}"),
+    }
+    b.close(Some(&CloseFrame::new(CloseCode(4003), "")))
+        .await
+        .unwrap();
+    assert_eq!(b.recv().await.unwrap(), None);
+
+    shutdown.cancel();
+    match a.recv().await.unwrap() {
+        Some(Message::Close(Some(f))) => assert_eq!(f.code, CloseCode::GOING_AWAY),
+        other => panic!("{other:?}"),
+    }
+    a.close(None).await.unwrap();
+    assert!(running.await.unwrap(), "drained within the timeout");
+    let closed = relay.closed.lock().unwrap().clone();
+    assert!(
+        closed.contains(&("bob".to_string(), Some(4003))),
+        "{closed:?}"
+    );
+    assert!(closed.iter().any(|(u, _)| u == "ada"), "{closed:?}");
+}
