@@ -356,11 +356,13 @@ impl Decoder {
         };
         if let Some(mut inflater) = message.inflater.take() {
             let start = message.data.len();
-            let ended = match message.ended {
-                true => Ok(true),
-                false => stream::inflate(&mut inflater, &TAIL, &mut message.data, self.max),
+            let ended = if message.ended {
+                Ok(true)
+            } else {
+                stream::inflate(&mut inflater, &TAIL, &mut message.data, self.max)
             };
-            self.release_inflater(inflater, *ended.as_ref().unwrap_or(&true));
+            // After an error the inflater's state is unknown: reset it as after a final block.
+            self.release_inflater(inflater, !matches!(ended, Ok(false)));
             ended?;
             if message.text && self.utf8.feed(&message.data[start..]).is_err() {
                 return Err(ProtocolError::InvalidUtf8);

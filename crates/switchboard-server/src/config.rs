@@ -504,23 +504,21 @@ impl Config {
             ("websocket.path", Some(&self.websocket.path)),
             ("echo.path", self.echo.path.as_ref()),
         ] {
-            if let Some(p) = path {
-                if !p.starts_with('/') {
+            if let Some(p) = path
+                && !p.starts_with('/') {
                     return Err(err(key, format!("'{p}' must start with '/'")));
                 }
-            }
         }
         if self.echo.path.as_deref() == Some(self.websocket.path.as_str()) {
             return Err(err("echo.path", "must differ from websocket.path".into()));
         }
-        if let Some(p) = self.raw_fanout.path.as_deref() {
-            if p == self.websocket.path || Some(p) == self.echo.path.as_deref() {
+        if let Some(p) = self.raw_fanout.path.as_deref()
+            && (p == self.websocket.path || Some(p) == self.echo.path.as_deref()) {
                 return Err(err(
                     "raw_fanout.path",
                     "must differ from websocket.path and echo.path".into(),
                 ));
             }
-        }
         let c = &self.websocket.compression;
         if !(9..=15).contains(&c.server_max_window_bits) {
             return Err(err(

@@ -165,8 +165,11 @@ pub struct ConnShared {
 struct Held {
     room: Arc<str>,
     /// Held frames with their stream position (`None`: ephemeral, join, leave).
-    frames: Vec<(Option<(Arc<str>, u64)>, Bytes)>,
+    frames: Vec<(Option<Position>, Bytes)>,
 }
+
+/// A publication's (epoch, offset).
+type Position = (Arc<str>, u64);
 
 impl ConnShared {
     pub(crate) fn new(id: Arc<str>, limit: usize, deflate: Option<DeflateParams>) -> Self {

@@ -22,6 +22,7 @@ use crate::handler::ConnShared;
 const SHARDS: usize = 64;
 
 type Members = Arc<Vec<Arc<ConnShared>>>;
+type Shard = Mutex<HashMap<Arc<str>, Members>>;
 
 /// This node's rooms and their local members. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -31,7 +32,7 @@ pub struct Hub {
 
 #[derive(Debug)]
 struct Inner {
-    shards: Box<[Mutex<HashMap<Arc<str>, Members>>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
     threshold: usize,
 }
@@ -62,7 +63,7 @@ impl Hub {
         }
     }
 
-    fn shard(&self, room: &str) -> &Mutex<HashMap<Arc<str>, Members>> {
+    fn shard(&self, room: &str) -> &Shard {
         let i = self.inner.hasher.hash_one(room) as usize % SHARDS;
         &self.inner.shards[i]
     }

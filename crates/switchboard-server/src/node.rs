@@ -253,11 +253,10 @@ impl Node {
     /// last local member.
     pub(crate) async fn leave(&self, room: &str, conn_id: &str) {
         let _guard = self.room_lock(room).lock().await;
-        if self.inner.hub.leave(room, conn_id) == Change::Last {
-            if let Err(e) = self.inner.broker.unsubscribe(room).await {
+        if self.inner.hub.leave(room, conn_id) == Change::Last
+            && let Err(e) = self.inner.broker.unsubscribe(room).await {
                 tracing::warn!(room, error = %e, "broker unsubscribe failed");
             }
-        }
     }
 }
 

@@ -447,16 +447,14 @@ impl Protocol {
             info: conn.user.info.clone(),
         };
         let broker = &self.node.inner.broker;
-        if ns.presence {
-            if let Err(e) = broker.presence_add(room, entry.clone()).await {
+        if ns.presence
+            && let Err(e) = broker.presence_add(room, entry.clone()).await {
                 tracing::warn!(room = %room, error = %e, "presence add failed");
             }
-        }
-        if ns.join_leave {
-            if let Err(e) = broker.publish_join(room, entry).await {
+        if ns.join_leave
+            && let Err(e) = broker.publish_join(room, entry).await {
                 tracing::warn!(room = %room, error = %e, "join push failed");
             }
-        }
     }
 
     async fn leave_room(&self, conn: &Connection<Session>, room: &str) {
@@ -472,11 +470,10 @@ impl Protocol {
                 tracing::warn!(room, error = %e, "leave push failed");
             }
         }
-        if ns.is_some_and(|n| n.presence) {
-            if let Err(e) = broker.presence_remove(room, &conn.shared.id).await {
+        if ns.is_some_and(|n| n.presence)
+            && let Err(e) = broker.presence_remove(room, &conn.shared.id).await {
                 tracing::warn!(room, error = %e, "presence remove failed");
             }
-        }
         self.node.leave(room, &conn.shared.id).await;
     }
 

@@ -117,13 +117,12 @@ pub(crate) async fn run<H: Handler>(
         }
 
         // A hook (or another task through the queue) asked to close.
-        if sent_close.is_none() {
-            if let Some(frame) = conn.close.take() {
+        if sent_close.is_none()
+            && let Some(frame) = conn.close.take() {
                 send_close(&mut conn, Some(&frame));
                 sent_close = Some(frame);
                 close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
             }
-        }
 
         match io.flush(&stream, &conn.shared) {
             Ok(_) => {}
