@@ -166,6 +166,8 @@ struct Held {
     room: Arc<str>,
     /// Held frames with their stream position (`None`: ephemeral, join, leave).
     frames: Vec<(Option<Position>, Bytes)>,
+    /// After the reply: its position; events at or below it are stale and dropped.
+    floor: Option<Position>,
 }
 
 /// A publication's (epoch, offset).
@@ -194,7 +196,8 @@ impl ConnShared {
 
     /// Delivers an event of `room`: a publication at `position` (epoch, offset), or an
     /// ephemeral publication or join/leave (`None`). While a subscribe to `room` is reading
-    /// history, the event is held back instead.
+    /// history, the event is held back; right after it, events the reply already covered
+    /// (still in flight in the node's channel) are dropped.
     pub(crate) fn deliver(
         &self,
         room: &str,
@@ -203,11 +206,26 @@ impl ConnShared {
     ) -> Result<(), PushError> {
         if self.pending.load(Ordering::Acquire) {
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(h) = held.iter_mut().find(|h| &*h.room == room) {
-                let position = position.map(|(e, o)| (e.clone(), o));
-                h.frames
-                    .push((position, message.frame_for(self.deflate.as_ref())));
-                return Ok(());
+            if let Some(i) = held.iter().position(|h| &*h.room == room) {
+                let h = &mut held[i];
+                match (&h.floor, position) {
+                    (None, _) => {
+                        let position = position.map(|(e, o)| (e.clone(), o));
+                        h.frames
+                            .push((position, message.frame_for(self.deflate.as_ref())));
+                        return Ok(());
+                    }
+                    (Some((epoch, top)), Some((e, o))) if epoch == e && o <= *top => return Ok(()),
+                    (Some(_), Some(_)) => {
+                        // The first event past the reply: per-room order makes every later
+                        // one newer too, so the room goes back to the plain path.
+                        held.swap_remove(i);
+                        if held.is_empty() {
+                            self.pending.store(false, Ordering::Release);
+                        }
+                    }
+                    (Some(_), None) => {}
+                }
             }
         }
         self.send_prepared(message)
@@ -218,35 +236,66 @@ impl ConnShared {
     /// [`ConnShared::end_subscribe`] (the procedure of `broker`'s module docs).
     pub(crate) fn begin_subscribe(&self, room: &Arc<str>) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.retain(|h| &*h.room != &**room);
         held.push(Held {
             room: room.clone(),
             frames: Vec::new(),
+            floor: None,
         });
         self.pending.store(true, Ordering::Release);
     }
 
     /// Queues `first` (the subscribe reply or `subscribed` push), then the held events in
     /// order, dropping publications of the reply's epoch at or below its offset (the reply
-    /// covers them), and stops holding `room`. Runs under the hold lock, so a concurrent
-    /// delivery waits and lands after them: in order, no gap, no duplicate. `top: None`
-    /// (the subscribe failed) drops what was held.
-    pub(crate) fn end_subscribe(&self, room: &str, top: Option<(&str, u64)>, first: Option<Bytes>) {
+    /// covers them). Runs under the hold lock, so a concurrent delivery waits and lands after
+    /// them. The room then keeps the reply's position as a floor until the first event past
+    /// it arrives, because events published before the read may still be in flight to this
+    /// node: in order, no gap, no duplicate. `top: None` (the subscribe failed) drops what
+    /// was held.
+    pub(crate) fn end_subscribe(
+        &self,
+        room: &str,
+        top: Option<(&Arc<str>, u64)>,
+        first: Option<Bytes>,
+    ) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(frame) = first {
             let _ = self.outbound.push(frame);
         }
         if let Some(i) = held.iter().position(|h| &*h.room == room) {
-            let h = held.swap_remove(i);
-            if let Some((epoch, offset)) = top {
-                for (position, frame) in h.frames {
-                    let covered =
-                        matches!(&position, Some((e, o)) if &**e == epoch && *o <= offset);
-                    if !covered {
-                        let _ = self.outbound.push(frame);
+            match top {
+                Some((epoch, offset)) => {
+                    let h = &mut held[i];
+                    let mut past_floor = false;
+                    for (position, frame) in h.frames.drain(..) {
+                        let covered =
+                            matches!(&position, Some((e, o)) if e == epoch && *o <= offset);
+                        past_floor |= position.is_some() && !covered;
+                        if !covered {
+                            let _ = self.outbound.push(frame);
+                        }
                     }
+                    if past_floor {
+                        held.swap_remove(i);
+                    } else {
+                        h.frames = Vec::new();
+                        h.floor = Some((epoch.clone(), offset));
+                    }
+                }
+                None => {
+                    held.swap_remove(i);
                 }
             }
         }
+        if held.is_empty() {
+            self.pending.store(false, Ordering::Release);
+        }
+    }
+
+    /// Forgets any hold or floor of `room` (the connection left it).
+    pub(crate) fn forget(&self, room: &str) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.retain(|h| &*h.room != room);
         if held.is_empty() {
             self.pending.store(false, Ordering::Release);
         }

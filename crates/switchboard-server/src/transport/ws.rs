@@ -24,6 +24,8 @@ use crate::handler::{ConnShared, Connection, Handler, Incoming};
 const READ_CHUNK: usize = 16 * 1024;
 /// IoSlices per vectored write.
 const MAX_IOV: usize = 64;
+/// How long a slow consumer's close frame may wait behind the bytes the kernel already took.
+const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long we wait for the peer's close frame (or EOF) after sending ours.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -118,11 +120,12 @@ pub(crate) async fn run<H: Handler>(
 
         // A hook (or another task through the queue) asked to close.
         if sent_close.is_none()
-            && let Some(frame) = conn.close.take() {
-                send_close(&mut conn, Some(&frame));
-                sent_close = Some(frame);
-                close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
-            }
+            && let Some(frame) = conn.close.take()
+        {
+            send_close(&mut conn, Some(&frame));
+            sent_close = Some(frame);
+            close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+        }
 
         match io.flush(&stream, &conn.shared) {
             Ok(_) => {}
@@ -132,11 +135,14 @@ pub(crate) async fn run<H: Handler>(
                     "slow consumer, closing with 4500"
                 );
                 let frame = CloseFrame::new(CloseCode(4500), "slow consumer");
-                // The queue is gone; write the close frame directly, best effort.
+                // The queue is already released. What the kernel took goes first; the close
+                // frame follows if the peer drains that within a short while, so a client
+                // that was merely behind learns it may reconnect and recover.
                 io.pending.clear();
                 let mut buf = BytesMut::new();
                 conn.encoder.encode_close(Some(&frame), &mut buf);
-                let _ = stream.try_write(&buf);
+                let write = tokio::io::AsyncWriteExt::write_all(&mut stream, &buf);
+                let _ = tokio::time::timeout(SLOW_CLOSE_TIMEOUT, write).await;
                 break 'conn End::Closed(Some(frame));
             }
             Err(FlushError::Io(e)) => {
