@@ -6,7 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod connect;
+mod publish;
 mod serve;
+mod token;
 
 /// Switchboard: a real-time messaging server.
 #[derive(Debug, Parser)]
@@ -20,12 +24,24 @@ struct Cli {
 enum Command {
     /// Run the server (with no configuration: development mode on 127.0.0.1:8080).
     Serve(serve::ServeArgs),
+    /// Open an interactive protocol session (JSON lines or /shortcuts on stdin).
+    Connect(connect::ConnectArgs),
+    /// Publish one message to a room and print its offset.
+    Publish(publish::PublishArgs),
+    /// Mint a token (by default with the development-mode secret).
+    Token(token::TokenArgs),
+    /// Measure a server over loopback: echo, fan-out, rooms, connections; merge reports.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Connect(args) => connect::run(args),
+        Command::Publish(args) => publish::run(args),
+        Command::Token(args) => token::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

@@ -41,7 +41,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error
         flags.push(("echo.path".to_string(), toml::Value::String(e.clone())));
     }
     if let Some(p) = &args.raw_fanout {
-        flags.push(("raw_fanout.path".to_string(), toml::Value::String(p.clone())));
+        flags.push((
+            "raw_fanout.path".to_string(),
+            toml::Value::String(p.clone()),
+        ));
     }
     if let Some(m) = args.max_message_size {
         flags.push((

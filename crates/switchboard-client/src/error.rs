@@ -1,6 +1,6 @@
 //! The client's error type.
 
-use switchboard_protocol::CloseFrame;
+use switchboard_protocol::{CloseFrame, HandshakeError, wire::ErrorCode};
 
 /// What went wrong talking to a server.
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +18,76 @@ pub enum Error {
     /// The server broke the WebSocket protocol.
     #[error("protocol: {0}")]
     Protocol(#[from] switchboard_protocol::ProtocolError),
-    /// The connection closed (with the server's close frame, if any).
+    /// The connection closed (with the server's close frame, if any). For the protocol
+    /// client ([`crate::Client`]) this is final: it does not reconnect any more.
     #[error("connection closed{}", .0.as_ref().map(|f| format!(" with {} {}", f.code.0, f.reason_str())).unwrap_or_default())]
     Closed(Option<CloseFrame>),
+    /// The server answered a command with an `error` (PROTOCOL.md section 7).
+    #[error("server error {code}: {message}")]
+    Server {
+        /// The error code as sent (`"forbidden"`, `"not_subscribed"`, …); see
+        /// [`Error::code`] for the typed code.
+        code: String,
+        /// The server's message for people.
+        message: String,
+        /// For `rate_limited`: how long to wait before sending more commands.
+        retry_after_ms: Option<u64>,
+    },
+    /// No answer within the command timeout. The command may still have been carried out.
+    #[error("no answer from the server within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The connection was lost while the command was in flight: it may or may not have been
+    /// carried out. The client reconnects by itself; retry (a `publish` with an
+    /// `idempotency_key` can be retried safely).
+    #[error("the connection was lost before the answer arrived")]
+    ConnectionLost,
+    /// The client refused the call before sending anything (e.g. subscribing twice to a room).
+    #[error("{0}")]
+    Usage(String),
+    /// A value could not be encoded, or a reply could not be read.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The server sent something this client did not expect (e.g. not `welcome` first).
+    #[error("unexpected from the server: {0}")]
+    Unexpected(String),
+    /// The token provider failed.
+    #[error("token provider: {0}")]
+    Token(String),
+}
+
+impl Error {
+    /// The typed error code of an [`Error::Server`], when this version knows it.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Server { code, .. } => ErrorCode::from_wire(code),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status of a refused upgrade (`401`, `429`, …), when that is what happened.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            Error::Handshake(HandshakeError::Refused(message)) => message
+                .get(..3)
+                .and_then(|s| s.parse().ok())
+                .filter(|s| (100..600).contains(s)),
+            _ => None,
+        }
+    }
+
+    /// The close code of an [`Error::Closed`] with a close frame.
+    pub fn close_code(&self) -> Option<u16> {
+        match self {
+            Error::Closed(Some(frame)) => Some(frame.code.0),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a close code ends a connection for good (PROTOCOL.md section 7): 1000, 1002, 1003,
+/// 1007, 1008, 1009 and 4000–4499. Every other code (1001, 1011, 4500–4504, …), a close
+/// without a code and an abnormal closure (the TCP connection ended without a close frame)
+/// are followed by a reconnect.
+pub fn is_terminal_close_code(code: u16) -> bool {
+    matches!(code, 1000 | 1002 | 1003 | 1007 | 1008 | 1009 | 4000..=4499)
 }

@@ -172,6 +172,26 @@ impl WsStream {
         Ok(())
     }
 
+    /// Receives the next message of any kind, pings included, which are returned and *not*
+    /// answered (send the pong yourself with [`WsStream::send`]).
+    ///
+    /// Cancel-safe, unlike [`WsStream::recv`]: it never writes, and dropping the future loses
+    /// nothing (bytes already read stay buffered), so it can be one branch of a `select!`.
+    /// `Ok(None)` when the TCP connection ended.
+    pub async fn recv_any(&mut self) -> Result<Option<Message>, Error> {
+        loop {
+            if let Some(msg) = self.decoder.decode(&mut self.rbuf)? {
+                return Ok(Some(msg));
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                self.rbuf.reserve(16 * 1024);
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
     /// Receives the next message; pings are answered automatically and not returned.
     /// `Ok(None)` when the TCP connection ended.
     pub async fn recv(&mut self) -> Result<Option<Message>, Error> {

@@ -1,0 +1,546 @@
+//! Raw client connections, built to cost less per message than the server they measure.
+//!
+//! - Client frames are masked with the key `0,0,0,0` (legal: RFC 6455 requires the mask bit,
+//!   not a random key from a load generator), so the payload is copied as it is, never XORed.
+//! - Server frames are parsed by header only: no UTF-8 validation, no JSON parsing. A scenario
+//!   looks at the few bytes it needs (a timestamp, an id) in the payload it is handed.
+//! - Output is appended to one buffer and written with one non-blocking `write` whenever the
+//!   socket takes it, so a batch of frames costs one system call; input is read into one buffer
+//!   and every complete frame in it is handed out before the next `read`.
+//! - Buffers are allocated once per connection and grow only for a frame larger than them.
+//! - permessage-deflate is never offered.
+
+use std::{
+    fmt,
+    io::{self, ErrorKind},
+    net::{IpAddr, SocketAddr},
+    ops::Range,
+    time::Duration,
+};
+
+use switchboard_protocol::handshake::ClientHandshake;
+use tokio::{
+    io::{AsyncWriteExt, Interest},
+    net::{TcpSocket, TcpStream},
+};
+
+use super::target::Target;
+
+/// Text frame opcode.
+pub(crate) const TEXT: u8 = 0x1;
+/// Binary frame opcode.
+pub(crate) const BINARY: u8 = 0x2;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
+
+/// Why a connection stopped.
+#[derive(Debug)]
+pub(crate) enum ConnError {
+    /// A socket error.
+    Io(io::Error),
+    /// The server closed the TCP connection.
+    Eof,
+    /// The server sent a close frame.
+    Closed(u16, String),
+    /// The server refused the upgrade or answered something that is not WebSocket.
+    Handshake(String),
+    /// A frame a server must not send.
+    Protocol(&'static str),
+    /// Something did not happen in time.
+    Timeout(&'static str),
+    /// The server answered a command with an error.
+    Refused(String),
+}
+
+impl fmt::Display for ConnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnError::Io(e) => write!(f, "socket error: {e}"),
+            ConnError::Eof => f.write_str("the server closed the connection"),
+            ConnError::Closed(code, reason) => {
+                write!(f, "the server sent close {code}")?;
+                if !reason.is_empty() {
+                    write!(f, " ({reason})")?;
+                }
+                Ok(())
+            }
+            ConnError::Handshake(e) => write!(f, "upgrade failed: {e}"),
+            ConnError::Protocol(e) => write!(f, "protocol error: {e}"),
+            ConnError::Timeout(what) => write!(f, "timed out waiting for {what}"),
+            ConnError::Refused(e) => write!(f, "refused: {e}"),
+        }
+    }
+}
+
+impl From<io::Error> for ConnError {
+    fn from(e: io::Error) -> Self {
+        ConnError::Io(e)
+    }
+}
+
+/// How to open a connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dial<'a> {
+    /// The server.
+    pub(crate) target: &'a Target,
+    /// The local address to bind before connecting (spreads connections over 127.0.0.x).
+    pub(crate) source: Option<IpAddr>,
+    /// Extra request headers, e.g. `Authorization`.
+    pub(crate) headers: &'a [(&'a str, &'a str)],
+    /// Initial size of the read buffer (it grows only for a frame larger than it).
+    pub(crate) read_buffer: usize,
+    /// Time allowed for TCP connect plus the upgrade.
+    pub(crate) timeout: Duration,
+}
+
+/// An upgraded WebSocket client connection.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    stream: TcpStream,
+    /// Input not yet handed out.
+    pub(crate) input: Input,
+    /// Output not yet written.
+    pub(crate) output: Output,
+}
+
+impl Conn {
+    /// Connects and upgrades.
+    pub(crate) async fn open(dial: Dial<'_>) -> Result<Conn, ConnError> {
+        tokio::time::timeout(dial.timeout, Self::open_inner(dial))
+            .await
+            .map_err(|_| ConnError::Timeout("the connection and upgrade"))?
+    }
+
+    async fn open_inner(dial: Dial<'_>) -> Result<Conn, ConnError> {
+        let addr = dial.target.addr;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = dial.source {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        let mut stream = socket.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let hs = ClientHandshake::new(
+            &dial.target.host,
+            &dial.target.path,
+            &[],
+            false,
+            dial.headers,
+        );
+        stream.write_all(&hs.request).await?;
+        let mut input = Input::new(dial.read_buffer.max(4096));
+        loop {
+            input.reserve();
+            let n = tokio::io::AsyncReadExt::read(&mut stream, input.spare()).await?;
+            if n == 0 {
+                return Err(ConnError::Handshake(
+                    "the server closed the connection during the upgrade".into(),
+                ));
+            }
+            input.end += n;
+            match hs.parse_response(input.pending()) {
+                Ok(Some((_, len))) => {
+                    input.start += len;
+                    break;
+                }
+                Ok(None) if input.end > 64 * 1024 => {
+                    return Err(ConnError::Handshake("response head over 64 KiB".into()));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ConnError::Handshake(e.to_string())),
+            }
+        }
+        Ok(Conn {
+            stream,
+            input,
+            // Grows once to what the connection writes per batch, then stays.
+            output: Output::with_capacity(1024),
+        })
+    }
+
+    /// Writes as much pending output as the socket takes now, without waiting.
+    pub(crate) fn try_flush(&mut self) -> Result<(), ConnError> {
+        while self.output.pending() {
+            match self.stream.try_write(self.output.unwritten()) {
+                Ok(0) => return Err(ConnError::Eof),
+                Ok(n) => self.output.advance(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until input arrives (writing pending output whenever the socket can take it
+    /// meanwhile) and reads it with one `read`. Cancel-safe.
+    pub(crate) async fn read_some(&mut self) -> Result<usize, ConnError> {
+        loop {
+            self.try_flush()?;
+            let interest = if self.output.pending() {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let ready = self.stream.ready(interest).await?;
+            if ready.is_readable() || ready.is_read_closed() {
+                self.input.reserve();
+                match self.stream.try_read(self.input.spare()) {
+                    Ok(0) => return Err(ConnError::Eof),
+                    Ok(n) => {
+                        self.input.end += n;
+                        return Ok(n);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// The next complete data message (its first frame's payload range in [`Input::bytes`]),
+    /// answering pings on the way. `Ok(None)`: read more first.
+    pub(crate) fn next_message(&mut self) -> Result<Option<Range<usize>>, ConnError> {
+        loop {
+            let Some(frame) = self.input.next_frame()? else {
+                return Ok(None);
+            };
+            match frame.opcode {
+                TEXT | BINARY => return Ok(Some(frame.payload)),
+                0 | PONG => {}
+                PING => {
+                    let payload = frame.payload;
+                    let Conn { input, output, .. } = self;
+                    output.frame(PONG, &input.buf[payload]);
+                }
+                CLOSE => {
+                    let p = &self.input.buf[frame.payload];
+                    let code = if p.len() >= 2 {
+                        u16::from_be_bytes([p[0], p[1]])
+                    } else {
+                        1005
+                    };
+                    let reason = String::from_utf8_lossy(p.get(2..).unwrap_or_default());
+                    return Err(ConnError::Closed(code, reason.into_owned()));
+                }
+                _ => return Err(ConnError::Protocol("reserved opcode")),
+            }
+        }
+    }
+}
+
+/// One frame found in the input.
+#[derive(Debug)]
+struct Frame {
+    opcode: u8,
+    payload: Range<usize>,
+}
+
+/// The read side: one buffer, consumed from `start`, filled up to `end`.
+#[derive(Debug)]
+pub(crate) struct Input {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Input {
+    fn new(capacity: usize) -> Self {
+        Input {
+            buf: vec![0; capacity],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The whole buffer: index it with the ranges [`Conn::next_message`] returns.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn spare(&mut self) -> &mut [u8] {
+        &mut self.buf[self.end..]
+    }
+
+    /// Makes room at the end: moves a partial frame to the front, grows for a large one.
+    fn reserve(&mut self) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            return;
+        }
+        if self.end < self.buf.len() {
+            return;
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        // Still full: the frame under way is larger than the buffer.
+        let need = self.frame_len().unwrap_or(0).max(self.buf.len() * 2);
+        if need > self.buf.len() {
+            self.buf.resize(need, 0);
+        }
+    }
+
+    /// Length (header and payload) of the frame at `start`, once its header is complete.
+    fn frame_len(&self) -> Option<usize> {
+        let p = self.pending();
+        let (header, len) = parse_header(p).ok()??;
+        Some(header + len)
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame>, ConnError> {
+        let p = self.pending();
+        let Some((header, len)) = parse_header(p)? else {
+            return Ok(None);
+        };
+        if p.len() < header + len {
+            return Ok(None);
+        }
+        let opcode = p[0] & 0x0f;
+        let begin = self.start + header;
+        self.start = begin + len;
+        Ok(Some(Frame {
+            opcode,
+            payload: begin..begin + len,
+        }))
+    }
+}
+
+/// Header length and payload length of the frame at the start of `p`; `None`: incomplete.
+fn parse_header(p: &[u8]) -> Result<Option<(usize, usize)>, ConnError> {
+    if p.len() < 2 {
+        return Ok(None);
+    }
+    if p[0] & 0x70 != 0 {
+        return Err(ConnError::Protocol(
+            "reserved bits set (no extension was offered)",
+        ));
+    }
+    if p[1] & 0x80 != 0 {
+        return Err(ConnError::Protocol("masked frame from the server"));
+    }
+    let (header, len) = match p[1] & 0x7f {
+        126 => {
+            if p.len() < 4 {
+                return Ok(None);
+            }
+            (4, usize::from(u16::from_be_bytes([p[2], p[3]])))
+        }
+        127 => {
+            if p.len() < 10 {
+                return Ok(None);
+            }
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&p[2..10]);
+            let len = u64::from_be_bytes(b);
+            if len > 1 << 31 {
+                return Err(ConnError::Protocol("frame over 2 GiB"));
+            }
+            (10, len as usize)
+        }
+        n => (2, usize::from(n)),
+    };
+    Ok(Some((header, len)))
+}
+
+/// The write side: frames appended to one buffer, written from `written`.
+#[derive(Debug)]
+pub(crate) struct Output {
+    buf: Vec<u8>,
+    written: usize,
+}
+
+impl Output {
+    fn with_capacity(capacity: usize) -> Self {
+        Output {
+            buf: Vec::with_capacity(capacity),
+            written: 0,
+        }
+    }
+
+    /// Whether bytes wait to be written.
+    pub(crate) fn pending(&self) -> bool {
+        self.written < self.buf.len()
+    }
+
+    /// Bytes waiting to be written.
+    pub(crate) fn pending_len(&self) -> usize {
+        self.buf.len() - self.written
+    }
+
+    fn unwritten(&self) -> &[u8] {
+        &self.buf[self.written..]
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.written += n;
+        if self.written == self.buf.len() {
+            self.buf.clear();
+            self.written = 0;
+        }
+    }
+
+    /// Appends a masked (key 0) frame header for a payload of `len` bytes, FIN set.
+    fn header(&mut self, opcode: u8, len: usize) {
+        let mut head = [0u8; MAX_HEADER];
+        let n = encode_header(opcode, len, &mut head);
+        self.buf.extend_from_slice(&head[..n]);
+    }
+
+    /// Appends one frame with `payload` and returns the copy, to patch in place.
+    pub(crate) fn frame(&mut self, opcode: u8, payload: &[u8]) -> &mut [u8] {
+        self.header(opcode, payload.len());
+        let at = self.buf.len();
+        self.buf.extend_from_slice(payload);
+        &mut self.buf[at..]
+    }
+
+    /// Appends one text frame whose payload `fill` appends (any number of bytes). The
+    /// payload is written after room for the longest header, which is then closed up: one
+    /// short `memmove` instead of a second buffer.
+    pub(crate) fn text_with(&mut self, fill: impl FnOnce(&mut Vec<u8>)) {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; MAX_HEADER]);
+        fill(&mut self.buf);
+        let len = self.buf.len() - at - MAX_HEADER;
+        let mut head = [0u8; MAX_HEADER];
+        let n = encode_header(TEXT, len, &mut head);
+        self.buf[at..at + n].copy_from_slice(&head[..n]);
+        if n < MAX_HEADER {
+            self.buf.copy_within(at + MAX_HEADER.., at + n);
+            self.buf.truncate(self.buf.len() - (MAX_HEADER - n));
+        }
+    }
+}
+
+/// The longest client frame header: 2 bytes, a 64-bit length and the mask key.
+const MAX_HEADER: usize = 14;
+
+/// Writes a FIN frame header with the mask bit and a zero key into `head`; returns its length.
+fn encode_header(opcode: u8, len: usize, head: &mut [u8; MAX_HEADER]) -> usize {
+    head[0] = 0x80 | opcode;
+    let at = if len < 126 {
+        head[1] = 0x80 | len as u8;
+        2
+    } else if let Ok(len) = u16::try_from(len) {
+        head[1] = 0x80 | 126;
+        head[2..4].copy_from_slice(&len.to_be_bytes());
+        4
+    } else {
+        head[1] = 0x80 | 127;
+        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    head[at..at + 4].fill(0);
+    at + 4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(out: &Output) -> Vec<(u8, Vec<u8>)> {
+        let mut b = out.unwritten();
+        let mut v = Vec::new();
+        while !b.is_empty() {
+            assert_eq!(b[0] & 0x80, 0x80, "FIN");
+            let op = b[0] & 0x0f;
+            assert_eq!(b[1] & 0x80, 0x80, "mask bit");
+            let (h, len) = match b[1] & 0x7f {
+                126 => (4, u16::from_be_bytes([b[2], b[3]]) as usize),
+                127 => (
+                    10,
+                    u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                ),
+                n => (2, n as usize),
+            };
+            assert_eq!(&b[h..h + 4], &[0, 0, 0, 0], "zero key");
+            v.push((op, b[h + 4..h + 4 + len].to_vec()));
+            b = &b[h + 4 + len..];
+        }
+        v
+    }
+
+    #[test]
+    fn client_frames_are_masked_with_a_zero_key() {
+        let mut out = Output::with_capacity(16);
+        out.frame(TEXT, b"hi");
+        out.frame(BINARY, &[7; 300]);
+        out.frame(TEXT, &[b'x'; 70_000]);
+        out.text_with(|b| b.extend_from_slice(b"{\"a\":1}"));
+        out.text_with(|b| b.extend_from_slice(&[b'y'; 200]));
+        out.text_with(|b| b.extend_from_slice(&[b'z'; 66_000]));
+        let f = frames(&out);
+        assert_eq!(f.len(), 6);
+        assert_eq!(f[0], (TEXT, b"hi".to_vec()));
+        assert_eq!(f[1], (BINARY, vec![7; 300]));
+        assert_eq!(f[2], (TEXT, vec![b'x'; 70_000]));
+        assert_eq!(f[3], (TEXT, b"{\"a\":1}".to_vec()));
+        assert_eq!(f[4], (TEXT, vec![b'y'; 200]));
+        assert_eq!(f[5], (TEXT, vec![b'z'; 66_000]));
+    }
+
+    fn server_frame(op: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x80 | op];
+        if payload.len() < 126 {
+            v.push(payload.len() as u8);
+        } else if payload.len() < 65536 {
+            v.push(126);
+            v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        } else {
+            v.push(127);
+            v.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        }
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn server_frames_parse_by_header_in_any_split() {
+        let mut wire = Vec::new();
+        wire.extend(server_frame(TEXT, b"one"));
+        wire.extend(server_frame(BINARY, &[1; 200]));
+        wire.extend(server_frame(TEXT, &[2; 70_000]));
+        for chunk in [1, 3, 7, 100, 5000, wire.len()] {
+            let mut input = Input::new(64);
+            let mut got = Vec::new();
+            for piece in wire.chunks(chunk) {
+                let mut piece = piece;
+                while !piece.is_empty() {
+                    input.reserve();
+                    let n = piece.len().min(input.spare().len());
+                    input.spare()[..n].copy_from_slice(&piece[..n]);
+                    input.end += n;
+                    piece = &piece[n..];
+                    while let Some(f) = input.next_frame().unwrap() {
+                        got.push((f.opcode, input.buf[f.payload].len()));
+                    }
+                }
+            }
+            assert_eq!(
+                got,
+                vec![(TEXT, 3), (BINARY, 200), (TEXT, 70_000)],
+                "{chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn masked_or_extended_server_frames_are_errors() {
+        assert!(parse_header(&[0x81, 0x82, 0, 0, 0, 0, 1, 2]).is_err());
+        assert!(parse_header(&[0xC1, 0x01, b'a']).is_err());
+        assert_eq!(parse_header(&[0x81]).unwrap(), None);
+        assert_eq!(parse_header(&[0x81, 126, 1]).unwrap(), None);
+        assert_eq!(parse_header(&[0x81, 3]).unwrap(), Some((2, 3)));
+    }
+}

@@ -1,0 +1,176 @@
+//! `bench connect`: opens N connections (`--concurrency` at a time) and measures the handshake
+//! rate and latency (TCP connect, upgrade and, with `--subscribe`, the subscribe reply); then
+//! holds them idle, answering pings, for `--warmup` (settling) and `--duration` (the server's
+//! idle CPU is measured over it). With `--server-pid`, the server's memory per connection is
+//! `(VmRSS at the end - VmRSS before connecting) / connections`.
+//!
+//! Plain (no token: an echo route, or a protocol route with anonymous access) and
+//! authenticated (`--auth`, `--token`, `--secret`), optionally subscribed to one room.
+
+use std::{collections::BTreeMap, process::ExitCode, rc::Rc, sync::Arc};
+
+use clap::Args;
+use serde_json::json;
+
+use super::{
+    Auth, AuthArgs, CommonArgs, ConnError, Plan,
+    conn::Conn,
+    engine::{Counters, ThreadCtx},
+    proc,
+    report::{BenchResult, Latency, Load, round1},
+};
+
+/// Options of `bench connect`.
+#[derive(Debug, Args)]
+pub(crate) struct ConnectArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    auth: AuthArgs,
+    /// Connections.
+    #[arg(long, short = 'c', default_value_t = 1000)]
+    connections: usize,
+    /// Authenticate with a token minted from the development secret (implied by --token,
+    /// --secret and --subscribe).
+    #[arg(long = "auth")]
+    authenticate: bool,
+    /// Subscribe every connection to ROOM (protocol route).
+    #[arg(long, value_name = "ROOM")]
+    subscribe: Option<String>,
+}
+
+/// Runs `bench connect`.
+pub(crate) fn run(args: ConnectArgs) -> Result<ExitCode, String> {
+    if let Some(room) = &args.subscribe {
+        switchboard_protocol::wire::validate_room(room)
+            .map_err(|e| format!("--subscribe {room:?}: {e}"))?;
+    }
+    let plan = Plan::new(args.common, "ws://127.0.0.1:8080/ws", args.connections)?;
+    let auth = Auth::resolve(&args.auth, args.authenticate || args.subscribe.is_some())?;
+    let auth_kind = auth.describe();
+    let rss_before = plan
+        .common
+        .server_pids
+        .iter()
+        .map(|p| proc::rss_bytes(*p))
+        .sum::<Result<u64, String>>()?;
+    let room: Option<Arc<str>> = args.subscribe.as_deref().map(Into::into);
+    let auth = Arc::new(auth);
+    let task_plan = Arc::new(plan.clone());
+    let driver = plan.start(move |ctx: Rc<ThreadCtx>| {
+        let plan = task_plan.clone();
+        let auth = auth.clone();
+        let room = room.clone();
+        async move {
+            let limit = Rc::new(tokio::sync::Semaphore::new(plan.concurrency_per_thread()));
+            for i in (0..plan.connections).filter(|i| plan.owns(ctx.index, *i)) {
+                let (ctx, plan, auth, room, limit) = (
+                    ctx.clone(),
+                    plan.clone(),
+                    auth.clone(),
+                    room.clone(),
+                    limit.clone(),
+                );
+                tokio::task::spawn_local(async move {
+                    // The clock starts when the handshake does: not while waiting for a
+                    // turn (--concurrency), nor while minting the token.
+                    let authorization = auth.header(i);
+                    let permit = limit.acquire().await;
+                    let started = ctx.shared.now_ns();
+                    let opened = open(&plan, authorization.as_deref(), i, room.as_deref()).await;
+                    let took = ctx.shared.now_ns().saturating_sub(started);
+                    drop(permit);
+                    let conn = match opened {
+                        Ok(c) => c,
+                        Err(e) => return ctx.conn_failed(true, || format!("connection {i}: {e}")),
+                    };
+                    ctx.latency.borrow_mut().saturating_record(took);
+                    Counters::add(&ctx.counters.ready, 1);
+                    if let Err(e) = idle(&ctx, conn).await
+                        && !ctx.shared.done.is_cancelled()
+                    {
+                        ctx.conn_failed(false, || format!("connection {i}: {e}"));
+                    }
+                });
+            }
+            std::future::pending::<()>().await;
+        }
+    })?;
+    let setup = match driver.wait_setup(args.connections as u64, plan.setup_timeout(), false) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = driver.finish();
+            return Err(e);
+        }
+    };
+    let w = driver.load(
+        plan.common.warmup,
+        plan.common.duration,
+        "msgs/s",
+        |a, b| b.other - a.other,
+    )?;
+    let rss_after = plan
+        .common
+        .server_pids
+        .iter()
+        .map(|p| proc::rss_bytes(*p))
+        .sum::<Result<u64, String>>();
+    let outcome = driver.outcome();
+    let totals = outcome.totals;
+    let hist = driver.finish()?;
+
+    let mut p = BTreeMap::new();
+    p.insert("subscribe".into(), json!(args.subscribe));
+    p.insert("auth".into(), json!(auth_kind));
+    p.insert("concurrency".into(), json!(plan.common.concurrency));
+    let mut result = BenchResult::new(&plan, "connect", p);
+    result.set_window(&w);
+    result.set_outcome(&outcome, setup);
+    let r = &mut result.results;
+    let cps = round1(totals.ready as f64 / setup.as_secs_f64().max(1e-9));
+    r.throughput = cps;
+    r.throughput_unit = "connections/s".into();
+    r.connections_per_s = Some(cps);
+    r.received = totals.other;
+    r.latency_kind = "handshake".into();
+    r.latency_us = Latency::from_ns(&hist.latency);
+    if let Some(s) = &mut r.server {
+        s.rss_before_bytes = Some(rss_before);
+        if let Ok(after) = rss_after {
+            s.rss_after_bytes = Some(after);
+            if totals.ready > 0 {
+                s.memory_per_connection_bytes = Some(round1(
+                    (after as f64 - rss_before as f64) / totals.ready as f64,
+                ));
+            }
+        }
+    }
+    result.check(Load::Paced);
+    super::finish(&plan, &result, true)
+}
+
+async fn open(
+    plan: &Plan,
+    authorization: Option<&str>,
+    i: usize,
+    room: Option<&str>,
+) -> Result<Conn, ConnError> {
+    let mut conn = super::open_with(plan, i, authorization, 4096).await?;
+    if let Some(room) = room {
+        super::subscribe(&mut conn, room, 1).await?;
+    }
+    Ok(conn)
+}
+
+/// Holds the connection, answering pings and counting whatever arrives.
+async fn idle(ctx: &ThreadCtx, mut conn: Conn) -> Result<(), ConnError> {
+    loop {
+        conn.read_some().await?;
+        let mut n = 0;
+        while conn.next_message()?.is_some() {
+            n += 1;
+        }
+        Counters::add(&ctx.counters.other, n);
+        conn.try_flush()?;
+    }
+}

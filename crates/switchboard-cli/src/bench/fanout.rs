@@ -1,0 +1,429 @@
+//! `bench fanout`: N subscribers and P publishers on one room.
+//!
+//! - `protocol` mode goes through the v1 protocol at `/ws`: every connection authenticates,
+//!   subscribes to the room (publishers too: the default namespace lets only subscribers
+//!   publish) and publishers send `{"type":"publish","room":…,"echo":false,"data":{"t":…,
+//!   "p":…,"s":…}}`.
+//! - `raw` mode goes through a route that forwards every message a connection sends to every
+//!   other connection (`switchboard serve --raw-fanout PATH`, or any broadcast server): the
+//!   data object is the whole message.
+//!
+//! Publishers either keep a window of W publications in flight (closed loop: a publication
+//! is complete when the subscriber that tracks that publisher received it) or send at a fixed
+//! total rate R (open loop: latency counts from the intended send time). Subscribers read the
+//! data object's `t` (send time), `p` (publisher) and `s` (sequence) to measure publish-to-
+//! deliver latency and check that each publisher's sequence arrives whole and in order.
+
+use std::{
+    collections::BTreeMap,
+    process::ExitCode,
+    rc::Rc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::{
+    Auth, AuthArgs, CommonArgs, ConnError, Plan,
+    conn::Conn,
+    engine::{Counters, Pacer, ThreadCtx},
+    payload::{self, Kind, StampFinder},
+    report::{BenchResult, Latency, Load, round1},
+};
+
+/// How messages reach the subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Mode {
+    /// The v1 protocol's rooms (subscribe, publish, `message` pushes).
+    Protocol,
+    /// A raw broadcast route: every message goes to every other connection.
+    Raw,
+}
+
+/// Options of `bench fanout`.
+#[derive(Debug, Args)]
+pub(crate) struct FanoutArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    auth: AuthArgs,
+    /// Subscribers.
+    #[arg(long, short = 'n', default_value_t = 100)]
+    subscribers: usize,
+    /// Publishers.
+    #[arg(long, short = 'p', default_value_t = 1)]
+    publishers: usize,
+    /// Total publications per second across publishers (open loop). Without it, publishers
+    /// keep --window publications in flight.
+    #[arg(long, value_name = "R", conflicts_with = "window")]
+    rate: Option<f64>,
+    /// Publications in flight per publisher (closed loop).
+    #[arg(long, value_name = "W")]
+    window: Option<u64>,
+    /// Size of the data object in bytes (padded up to it).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// protocol: rooms of the v1 protocol; raw: a broadcast route.
+    #[arg(long, value_enum, default_value_t = Mode::Protocol)]
+    mode: Mode,
+    /// The room (protocol mode).
+    #[arg(long, default_value = "bench:fanout")]
+    room: String,
+}
+
+/// How a publisher learns that its publications arrived: the subscriber that tracks it
+/// stores the count it received and wakes it.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Tracker {
+    acked: AtomicU64,
+    notify: Notify,
+}
+
+#[derive(Debug)]
+struct Params {
+    mode: Mode,
+    subscribers: usize,
+    publishers: usize,
+    rate_per_publisher: Option<f64>,
+    window: u64,
+    size: usize,
+    room: String,
+    auth: Auth,
+    trackers: Vec<Tracker>,
+}
+
+/// Output buffered beyond this is not added to (open loop: the publications stay due).
+const MAX_BUFFERED: usize = 8 << 20;
+
+/// Runs `bench fanout`.
+pub(crate) fn run(args: FanoutArgs) -> Result<ExitCode, String> {
+    if args.subscribers == 0 || args.publishers == 0 {
+        return Err("--subscribers and --publishers must be at least 1".into());
+    }
+    if let Some(r) = args.rate
+        && !(r.is_finite() && r > 0.0)
+    {
+        return Err("--rate must be positive".into());
+    }
+    let window = args.window.unwrap_or(16).max(1);
+    if args.mode == Mode::Protocol {
+        switchboard_protocol::wire::validate_room(&args.room)
+            .map_err(|e| format!("--room {:?}: {e}", args.room))?;
+    }
+    let default_url = match args.mode {
+        Mode::Protocol => "ws://127.0.0.1:8080/ws",
+        Mode::Raw => "ws://127.0.0.1:8080/fanout",
+    };
+    let total = args.subscribers + args.publishers;
+    let plan = Plan::new(args.common, default_url, total)?;
+    let auth = match args.mode {
+        Mode::Protocol => Auth::resolve(&args.auth, true)?,
+        Mode::Raw => Auth::resolve(&args.auth, false)?,
+    };
+    let auth_kind = auth.describe();
+    let params = Arc::new(Params {
+        mode: args.mode,
+        subscribers: args.subscribers,
+        publishers: args.publishers,
+        rate_per_publisher: args.rate.map(|r| r / args.publishers as f64),
+        window,
+        size: args.size,
+        room: args.room.clone(),
+        auth,
+        trackers: (0..args.publishers).map(|_| Tracker::default()).collect(),
+    });
+    let task_plan = Arc::new(plan.clone());
+    let task_params = params.clone();
+    let driver = plan.start(move |ctx: Rc<ThreadCtx>| {
+        let plan = task_plan.clone();
+        let params = task_params.clone();
+        async move {
+            let limit = Rc::new(tokio::sync::Semaphore::new(plan.concurrency_per_thread()));
+            for i in (0..plan.connections).filter(|i| plan.owns(ctx.index, *i)) {
+                let (ctx, plan, params, limit) =
+                    (ctx.clone(), plan.clone(), params.clone(), limit.clone());
+                tokio::task::spawn_local(async move {
+                    let conn = match setup(&plan, &params, i, &limit).await {
+                        Ok(c) => c,
+                        Err(e) => return ctx.conn_failed(true, || format!("connection {i}: {e}")),
+                    };
+                    Counters::add(&ctx.counters.ready, 1);
+                    let r = if i < params.subscribers {
+                        subscriber(&ctx, conn, &params, i).await
+                    } else {
+                        publisher(&ctx, conn, &params, i - params.subscribers).await
+                    };
+                    if let Err(e) = r
+                        && !ctx.shared.done.is_cancelled()
+                    {
+                        ctx.conn_failed(false, || format!("connection {i}: {e}"));
+                    }
+                });
+            }
+            std::future::pending::<()>().await;
+        }
+    })?;
+    let setup = match driver.wait_setup(total as u64, plan.setup_timeout(), true) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = driver.finish();
+            return Err(e);
+        }
+    };
+    let window_stats = driver.load(
+        plan.common.warmup,
+        plan.common.duration,
+        "deliveries/s",
+        |a, b| b.received - a.received,
+    )?;
+    // Publishers notice the stop at once; then every publication sent so far should reach
+    // every subscriber.
+    let publishers = args.publishers as u64;
+    driver.drain(Duration::from_secs(2), |t| t.stopped + t.lost >= publishers);
+    let published = driver.shared.totals().sent;
+    let expected = published * args.subscribers as u64;
+    driver.drain(plan.common.drain_timeout, |t| t.received >= expected);
+    let outcome = driver.outcome();
+    let totals = outcome.totals;
+    let hist = driver.finish()?;
+
+    let mut p = BTreeMap::new();
+    p.insert(
+        "mode".into(),
+        json!(match args.mode {
+            Mode::Protocol => "protocol",
+            Mode::Raw => "raw",
+        }),
+    );
+    p.insert("subscribers".into(), json!(args.subscribers));
+    p.insert("publishers".into(), json!(args.publishers));
+    p.insert("rate".into(), json!(args.rate));
+    p.insert(
+        "window".into(),
+        json!(args.rate.is_none().then_some(window)),
+    );
+    p.insert("size".into(), json!(args.size));
+    p.insert("room".into(), json!(args.room));
+    p.insert("auth".into(), json!(auth_kind));
+    let mut result = BenchResult::new(&plan, "fanout", p);
+    result.set_window(&window_stats);
+    result.set_outcome(&outcome, setup);
+    let w = &window_stats;
+    let r = &mut result.results;
+    r.throughput = round1((w.end.received - w.start.received) as f64 / w.seconds);
+    r.throughput_unit = "deliveries/s".into();
+    r.sent = published;
+    r.sent_per_s = round1((w.end.sent - w.start.sent) as f64 / w.seconds);
+    r.received = totals.received;
+    r.expected = Some(expected);
+    r.delivery_ratio = Some(if expected == 0 {
+        0.0
+    } else {
+        totals.received as f64 / expected as f64
+    });
+    r.out_of_order = totals.out_of_order;
+    r.latency_kind = "publish_to_deliver".into();
+    r.latency_us = Latency::from_ns(&hist.latency);
+    let asked = args.rate;
+    result.check(if asked.is_some() {
+        Load::Paced
+    } else {
+        Load::Saturating
+    });
+    if let Some(rate) = asked {
+        let got = result.results.sent_per_s;
+        if got < 0.95 * rate {
+            result.warnings.push(format!(
+                "asked for {rate} publications/s, sent {got}/s: the generator or the server \
+                 could not keep up"
+            ));
+        }
+    }
+    super::finish(&plan, &result, true)
+}
+
+/// Connects connection `i`; in protocol mode authenticates and subscribes it.
+async fn setup(
+    plan: &Plan,
+    params: &Params,
+    i: usize,
+    limit: &tokio::sync::Semaphore,
+) -> Result<Conn, ConnError> {
+    let read_buffer = if i < params.subscribers {
+        plan.busy_read_buffer()
+    } else {
+        16 * 1024
+    };
+    let mut conn = super::open(plan, i, &params.auth, read_buffer, limit).await?;
+    if params.mode == Mode::Protocol {
+        super::subscribe(&mut conn, &params.room, 1).await?;
+    }
+    Ok(conn)
+}
+
+/// Reads deliveries until the run ends.
+async fn subscriber(
+    ctx: &ThreadCtx,
+    mut conn: Conn,
+    params: &Params,
+    index: usize,
+) -> Result<(), ConnError> {
+    let shared = &ctx.shared;
+    let finder = StampFinder::new();
+    // The next sequence number expected from each publisher.
+    let mut next = vec![0u64; params.publishers];
+    // The publishers this subscriber reports arrivals to.
+    let tracked: Vec<usize> = (0..params.publishers)
+        .filter(|p| p % params.subscribers == index)
+        .collect();
+    let protocol = params.mode == Mode::Protocol;
+    loop {
+        conn.read_some().await?;
+        let now = shared.now_ns();
+        let measuring = shared.measuring();
+        let (mut got, mut errors, mut other, mut disorder) = (0u64, 0u64, 0u64, 0u64);
+        {
+            let mut hist = ctx.latency.borrow_mut();
+            while let Some(r) = conn.next_message()? {
+                let msg = &conn.input.bytes()[r];
+                if protocol {
+                    match payload::kind(msg) {
+                        Kind::Message => {}
+                        Kind::Error(_) => {
+                            errors += 1;
+                            note_error(ctx, msg);
+                            continue;
+                        }
+                        _ => {
+                            other += 1;
+                            continue;
+                        }
+                    }
+                }
+                got += 1;
+                let Some(stamp) = finder.find(msg) else {
+                    disorder += 1;
+                    continue;
+                };
+                if measuring {
+                    hist.saturating_record(now.saturating_sub(stamp.t));
+                }
+                if let Some(n) = next.get_mut(stamp.p as usize) {
+                    if stamp.s != *n {
+                        disorder += 1;
+                    }
+                    *n = stamp.s + 1;
+                }
+            }
+        }
+        let c = &ctx.counters;
+        Counters::add(&c.received, got);
+        Counters::add(&c.errors, errors);
+        Counters::add(&c.other, other);
+        Counters::add(&c.out_of_order, disorder);
+        for &p in &tracked {
+            let t = &params.trackers[p];
+            if t.acked.load(Ordering::Relaxed) != next[p] {
+                t.acked.store(next[p], Ordering::Release);
+                t.notify.notify_one();
+            }
+        }
+    }
+}
+
+fn note_error(ctx: &ThreadCtx, msg: &[u8]) {
+    ctx.shared
+        .note_error(|| String::from_utf8_lossy(&msg[..msg.len().min(300)]).into_owned());
+}
+
+/// Publishes until the stop, then keeps reading until the run ends.
+async fn publisher(
+    ctx: &ThreadCtx,
+    mut conn: Conn,
+    params: &Params,
+    index: usize,
+) -> Result<(), ConnError> {
+    let shared = &ctx.shared;
+    let tracker = &params.trackers[index];
+    let prefix = match params.mode {
+        Mode::Protocol => Some(payload::publish_prefix(&params.room, false)),
+        Mode::Raw => None,
+    };
+    let publish = |conn: &mut Conn, t: u64, seq: u64| {
+        conn.output.text_with(|b| {
+            if let Some(prefix) = &prefix {
+                b.extend_from_slice(prefix);
+            }
+            payload::put_data(b, t, index as u64, seq, params.size);
+            if prefix.is_some() {
+                b.push(b'}');
+            }
+        });
+    };
+    shared.go.cancelled().await;
+    let mut seq = 0u64;
+    let mut stopped = false;
+    let mut pacer = params
+        .rate_per_publisher
+        .map(|r| Pacer::new(shared.now_ns(), r));
+    let mut ticker = tokio::time::interval(pacer.map_or(Duration::from_secs(3600), |p| p.tick()));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        if !shared.stopping() && conn.output.pending_len() < MAX_BUFFERED {
+            let now = shared.now_ns();
+            let before = seq;
+            match &mut pacer {
+                None => {
+                    let acked = tracker.acked.load(Ordering::Acquire);
+                    while seq - acked.min(seq) < params.window {
+                        publish(&mut conn, now, seq);
+                        seq += 1;
+                    }
+                }
+                Some(p) => {
+                    for _ in 0..p.due(now) {
+                        let t = p.next(now);
+                        publish(&mut conn, t, seq);
+                        seq += 1;
+                        if conn.output.pending_len() >= MAX_BUFFERED {
+                            break;
+                        }
+                    }
+                }
+            }
+            Counters::add(&ctx.counters.sent, seq - before);
+            conn.try_flush()?;
+        }
+        if shared.stopping() && !stopped {
+            stopped = true;
+            Counters::add(&ctx.counters.stopped, 1);
+        }
+        tokio::select! {
+            r = conn.read_some() => {
+                r?;
+                let (mut errors, mut other) = (0u64, 0u64);
+                while let Some(r) = conn.next_message()? {
+                    let msg = &conn.input.bytes()[r];
+                    if prefix.is_some() && matches!(payload::kind(msg), Kind::Error(_)) {
+                        errors += 1;
+                        note_error(ctx, msg);
+                    } else {
+                        other += 1;
+                    }
+                }
+                Counters::add(&ctx.counters.errors, errors);
+                Counters::add(&ctx.counters.other, other);
+            }
+            () = tracker.notify.notified(), if pacer.is_none() => {}
+            _ = ticker.tick(), if pacer.is_some() => {}
+            () = shared.stop.cancelled(), if !stopped => {}
+        }
+    }
+}

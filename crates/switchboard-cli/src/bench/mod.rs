@@ -1,0 +1,476 @@
+//! `switchboard bench`: a load generator for WebSocket servers on this machine, and a merger
+//! of its reports.
+//!
+//! Scenarios: `echo` (round trips through any server's echo route), `fanout` (one room, many
+//! subscribers, through the protocol or a raw broadcast route), `rooms` (many small rooms with
+//! subscription churn), `connect` (handshake rate and memory per idle connection). `report`
+//! merges result files into one table with ratios against a baseline.
+//!
+//! The generator must cost less per message than the server it measures, so it speaks raw
+//! frames (see [`conn`]), runs one current-thread runtime per worker thread (see [`engine`])
+//! and reads only the bytes it needs from each message (see [`payload`]). It loads loopback
+//! addresses only (see [`target`]). `docs/benchmarks.md` describes flags and the JSON format.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
+
+use clap::{Args, Subcommand};
+use switchboard_server::auth::{self as server_auth, HmacAlgorithm, MintClaims};
+
+mod chart;
+mod conn;
+mod connect;
+mod echo;
+mod engine;
+mod fanout;
+mod payload;
+mod proc;
+mod report;
+mod rooms;
+mod target;
+
+use conn::{Conn, ConnError, Dial};
+use report::BenchResult;
+use target::Target;
+
+/// Options of `switchboard bench`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Round trips through an echo route: N connections, k messages in flight each.
+    Echo(echo::EchoArgs),
+    /// One room, N subscribers, P publishers: deliveries/s, delivery ratio, latency.
+    Fanout(fanout::FanoutArgs),
+    /// Many small rooms (chat-like) with subscribe/unsubscribe churn.
+    Rooms(rooms::RoomsArgs),
+    /// Handshake rate, then the server's memory per idle connection.
+    Connect(connect::ConnectArgs),
+    /// Merge result files into one table with ratios against a baseline.
+    Report(report::ReportArgs),
+}
+
+/// Runs `switchboard bench`.
+pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let result = match args.scenario {
+        Scenario::Echo(a) => echo::run(a),
+        Scenario::Fanout(a) => fanout::run(a),
+        Scenario::Rooms(a) => rooms::run(a),
+        Scenario::Connect(a) => connect::run(a),
+        Scenario::Report(a) => return report::run(a).map_err(Into::into),
+    };
+    Ok(result?)
+}
+
+/// Options every load scenario takes.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct CommonArgs {
+    /// Server URL (ws://, loopback only); repeat it for several nodes: connections are spread
+    /// over them round-robin. Default: the scenario's route on ws://127.0.0.1:8080.
+    #[arg(long = "url", value_name = "URL")]
+    urls: Vec<String>,
+    /// Measurement length (e.g. 10, 10s, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Load before the measurement, not counted (e.g. 2s; 0 for none).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Worker threads, one current-thread runtime each. Default: available cores - 1 (min 1).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Pin worker thread i to the i-th CPU of this list (e.g. 2,3 or 2-3).
+    #[arg(long, value_name = "LIST")]
+    cpu_list: Option<String>,
+    /// The server's process id, for its CPU use (and memory in `connect`); repeatable.
+    #[arg(long = "server-pid", value_name = "PID")]
+    server_pids: Vec<u32>,
+    /// Source addresses 127.0.0.1..=127.0.0.K the connections are spread over (1: let the
+    /// kernel choose). Only for IPv4 targets.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u8).range(1..=254), value_name = "K")]
+    source_addrs: u8,
+    /// Connections being set up at once (keep it below the server's listen backlog).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    concurrency: usize,
+    /// Time allowed for messages in flight to arrive after the measurement.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// The name of this run in reports (e.g. the server's name). Default: the URL.
+    #[arg(long)]
+    name: Option<String>,
+    /// Write the result as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write a PNG chart of the result to FILE.
+    #[arg(long, value_name = "FILE")]
+    png: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// Authentication of protocol connections.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct AuthArgs {
+    /// Send this token on every connection (`Authorization: Bearer`).
+    #[arg(long, value_name = "JWT")]
+    token: Option<String>,
+    /// Mint one token per connection (user `bench-<i>`) with this HS256 secret.
+    #[arg(long, value_name = "SECRET", conflicts_with = "token")]
+    secret: Option<String>,
+    /// Read the HS256 secret from FILE. Default: the development secret
+    /// ($SWITCHBOARD_DEV_SECRET_FILE, else .switchboard/dev-secret).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["token", "secret"])]
+    secret_file: Option<PathBuf>,
+}
+
+/// `10`, `1.5` (seconds) or a humantime duration (`10s`, `500ms`, `1m`).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+        return Err(format!("bad duration {s:?}"));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+/// How connections authenticate.
+#[derive(Debug, Clone)]
+pub(crate) enum Auth {
+    /// No `Authorization` header.
+    None,
+    /// The same token on every connection.
+    Token(Arc<str>),
+    /// A token per connection, minted with this secret.
+    Secret(Arc<str>),
+}
+
+impl Auth {
+    /// Resolves the options; `needed`: a token is required (then the dev secret is the
+    /// default).
+    pub(crate) fn resolve(args: &AuthArgs, needed: bool) -> Result<Auth, String> {
+        if let Some(t) = &args.token {
+            return Ok(Auth::Token(t.as_str().into()));
+        }
+        if let Some(s) = &args.secret {
+            return Ok(Auth::Secret(s.as_str().into()));
+        }
+        if !needed && args.secret_file.is_none() {
+            return Ok(Auth::None);
+        }
+        let path = args
+            .secret_file
+            .clone()
+            .unwrap_or_else(server_auth::default_dev_secret_path);
+        if !path.exists() {
+            return Err(format!(
+                "no token: pass --token or --secret, or run the server in development mode so \
+                 that its secret is in {} (or point --secret-file or \
+                 SWITCHBOARD_DEV_SECRET_FILE at it)",
+                path.display()
+            ));
+        }
+        let secret = server_auth::load_or_create_dev_secret(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Auth::Secret(secret.into()))
+    }
+
+    /// The `Authorization` value for connection `i`.
+    pub(crate) fn header(&self, i: usize) -> Option<String> {
+        match self {
+            Auth::None => None,
+            Auth::Token(t) => Some(format!("Bearer {t}")),
+            Auth::Secret(s) => {
+                let token = server_auth::mint(
+                    s.as_bytes(),
+                    HmacAlgorithm::HS256,
+                    &MintClaims {
+                        sub: format!("bench-{i}"),
+                        ttl: Some(Duration::from_secs(24 * 3600)),
+                        ..MintClaims::default()
+                    },
+                );
+                Some(format!("Bearer {token}"))
+            }
+        }
+    }
+
+    /// How the JSON report names it.
+    pub(crate) fn describe(&self) -> &'static str {
+        match self {
+            Auth::None => "none",
+            Auth::Token(_) => "token",
+            Auth::Secret(_) => "minted",
+        }
+    }
+}
+
+/// A checked run configuration shared by the scenarios.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// The options as given.
+    pub(crate) common: CommonArgs,
+    /// The servers.
+    pub(crate) targets: Arc<[Target]>,
+    /// Worker threads.
+    pub(crate) threads: usize,
+    /// CPUs to pin the workers to.
+    pub(crate) cpus: Option<Vec<usize>>,
+    /// Total connections.
+    pub(crate) connections: usize,
+    /// Progress bars.
+    pub(crate) progress: engine::Progress,
+}
+
+impl Plan {
+    /// Checks the options for `connections` connections; `default_url` when no `--url`.
+    /// Everything that can be refused is refused here, before any socket is opened.
+    pub(crate) fn new(
+        common: CommonArgs,
+        default_url: &str,
+        connections: usize,
+    ) -> Result<Plan, String> {
+        let urls = if common.urls.is_empty() {
+            vec![default_url.to_string()]
+        } else {
+            common.urls.clone()
+        };
+        let targets = urls
+            .iter()
+            .map(|u| Target::parse(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        if connections == 0 {
+            return Err("at least one connection is needed".into());
+        }
+        if common.duration.is_zero() {
+            return Err("--duration must be positive".into());
+        }
+        let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = common
+            .threads
+            .unwrap_or(available.saturating_sub(1))
+            .clamp(1, 1024)
+            .min(connections);
+        let cpus = common
+            .cpu_list
+            .as_deref()
+            .map(proc::parse_cpu_list)
+            .transpose()?;
+        if let Some(cpus) = &cpus {
+            proc::check_cpus(cpus)?;
+        }
+        for pid in &common.server_pids {
+            proc::check_pid(*pid)?;
+        }
+        proc::ensure_open_files(connections)?;
+        if let Some(ports) = proc::ephemeral_ports() {
+            let k = usize::from(common.source_addrs);
+            let all_v4 = targets.iter().all(|t| t.addr.is_ipv4());
+            // Bound sockets take a port of their source address whatever the destination;
+            // unbound ones a port per (source, destination) pair.
+            let per_address = if k > 1 && all_v4 {
+                connections.div_ceil(k)
+            } else {
+                connections.div_ceil(targets.len())
+            };
+            if per_address as u64 > ports {
+                return Err(format!(
+                    "{connections} connections need {per_address} ports per source address but \
+                     the ephemeral port range has {ports}: raise --source-addrs (127.0.0.x \
+                     addresses to spread over) or use fewer connections"
+                ));
+            }
+        }
+        Ok(Plan {
+            progress: engine::Progress::new(common.quiet),
+            common,
+            targets: targets.into(),
+            threads,
+            cpus,
+            connections,
+        })
+    }
+
+    /// The server of connection `i` (round-robin).
+    pub(crate) fn target(&self, i: usize) -> &Target {
+        &self.targets[i % self.targets.len()]
+    }
+
+    /// How connection `i` is opened.
+    pub(crate) fn dial<'a>(
+        &'a self,
+        i: usize,
+        headers: &'a [(&'a str, &'a str)],
+        read_buffer: usize,
+    ) -> Dial<'a> {
+        let target = self.target(i);
+        let k = u32::from(self.common.source_addrs);
+        let source = (k > 1 && target.addr.is_ipv4()).then(|| {
+            let n = 1 + (i as u32 % k);
+            IpAddr::V4(Ipv4Addr::from(0x7f00_0000 | n))
+        });
+        Dial {
+            target,
+            source,
+            headers,
+            read_buffer,
+            timeout: Duration::from_secs(15),
+        }
+    }
+
+    /// The thread of connection `i`.
+    pub(crate) fn owns(&self, thread: usize, i: usize) -> bool {
+        i % self.threads == thread
+    }
+
+    /// Time allowed for set-up: generous, it depends on the server.
+    pub(crate) fn setup_timeout(&self) -> Duration {
+        Duration::from_secs(30) + Duration::from_millis(self.connections as u64 * 2)
+    }
+
+    /// The run's name in reports.
+    pub(crate) fn name(&self) -> String {
+        self.common.name.clone().unwrap_or_else(|| {
+            self.targets
+                .iter()
+                .map(|t| t.url.trim_start_matches("ws://").to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
+
+    /// Starts the workers and a driver for them.
+    pub(crate) fn start<F, Fut>(&self, body: F) -> Result<engine::Driver, String>
+    where
+        F: Fn(std::rc::Rc<engine::ThreadCtx>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        let shared = engine::Shared::new(self.threads);
+        let handles = engine::spawn_workers(&shared, self.cpus.as_deref(), body)?;
+        Ok(engine::Driver::new(
+            shared,
+            handles,
+            self.progress,
+            &self.common.server_pids,
+        ))
+    }
+
+    /// A read buffer size for connections that receive a lot: large batches for a few
+    /// connections, less memory for many (20,000 × 8 KiB = 160 MiB).
+    pub(crate) fn busy_read_buffer(&self) -> usize {
+        match self.connections {
+            0..=1_000 => 64 * 1024,
+            1_001..=5_000 => 32 * 1024,
+            _ => 8 * 1024,
+        }
+    }
+
+    /// Handshakes in flight per thread.
+    pub(crate) fn concurrency_per_thread(&self) -> usize {
+        self.common.concurrency.div_ceil(self.threads).max(1)
+    }
+}
+
+/// Opens connection `i` of `plan` with `auth`, waiting for a permit of `limit` first.
+pub(crate) async fn open(
+    plan: &Plan,
+    i: usize,
+    auth: &Auth,
+    read_buffer: usize,
+    limit: &tokio::sync::Semaphore,
+) -> Result<Conn, ConnError> {
+    let header = auth.header(i);
+    let _permit = limit.acquire().await;
+    open_with(plan, i, header.as_deref(), read_buffer).await
+}
+
+/// Opens connection `i` of `plan` now, with an `Authorization` value when given.
+pub(crate) async fn open_with(
+    plan: &Plan,
+    i: usize,
+    authorization: Option<&str>,
+    read_buffer: usize,
+) -> Result<Conn, ConnError> {
+    let headers: Vec<(&str, &str)> = authorization
+        .map(|h| vec![("Authorization", h)])
+        .unwrap_or_default();
+    Conn::open(plan.dial(i, &headers, read_buffer)).await
+}
+
+/// Subscribes `conn` to `room` with command id `id` and waits for the reply.
+pub(crate) async fn subscribe(conn: &mut Conn, room: &str, id: u64) -> Result<(), ConnError> {
+    conn.output
+        .text_with(|b| payload::put_subscribe(b, id, room));
+    let wait = async {
+        loop {
+            conn.read_some().await?;
+            while let Some(r) = conn.next_message()? {
+                let msg = &conn.input.bytes()[r];
+                match payload::kind(msg) {
+                    payload::Kind::Reply(Some(got)) if got == id => return Ok(()),
+                    payload::Kind::Error(_) => {
+                        return Err(ConnError::Refused(
+                            String::from_utf8_lossy(&msg[..msg.len().min(300)]).into_owned(),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), wait)
+        .await
+        .map_err(|_| ConnError::Timeout("the subscribe reply"))?
+}
+
+/// Prints, saves and charts a result; the exit code says whether it was clean: no failed
+/// connection, no error and, when `complete` (every scenario but rooms with churn), every
+/// expected message delivered.
+pub(crate) fn finish(
+    plan: &Plan,
+    result: &BenchResult,
+    complete: bool,
+) -> Result<ExitCode, String> {
+    print!("{}", report::single_table(result));
+    if let Some(path) = &plan.common.json {
+        let text = serde_json::to_string_pretty(result).map_err(|e| e.to_string())?;
+        std::fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(path) = &plan.common.png {
+        chart::draw(std::slice::from_ref(result), path)?;
+    }
+    let clean = result.results.errors == 0
+        && result.results.failed_connections == 0
+        && result.results.lost_connections == 0
+        && (!complete || result.results.delivery_ratio.is_none_or(|r| r >= 1.0));
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}
