@@ -178,6 +178,34 @@ fn protocol_fanout_delivers_every_publication_to_every_subscriber() {
 }
 
 #[test]
+fn raw_fanout_through_the_servers_broadcast_route() {
+    let server = ServerProcess::start(&["--raw-fanout", "/fanout"]);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("raw.json");
+    let url = server.ws_url("/fanout");
+    let out = bench(
+        &[
+            &["fanout", "--mode", "raw", "--url", &url][..],
+            &["--subscribers", "5", "--publishers", "2", "--window", "4"],
+            &["--json", json.to_str().unwrap()],
+            &SHORT,
+        ]
+        .concat(),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v = read_json(&json);
+    let r = &v["results"];
+    assert_eq!(v["config"]["params"]["mode"], "raw");
+    assert_eq!(v["config"]["params"]["auth"], "none");
+    let published = r["sent"].as_u64().unwrap();
+    assert!(published > 0, "{r}");
+    assert!(r["received"].as_u64().unwrap() >= published * 5, "{r}");
+    assert_eq!(r["delivery_ratio"], 1.0, "{r}");
+    assert_eq!(r["out_of_order"], 0, "{r}");
+}
+
+#[test]
 fn fanout_without_a_token_or_secret_says_how_to_get_one() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-secret");

@@ -289,7 +289,12 @@ impl BenchResult {
         match r.server.as_ref().and_then(|s| s.cpu_percent) {
             None => w.push("server CPU not measured: pass --server-pid PID".to_string()),
             Some(cpu) if load == Load::Saturating && cpu < 90.0 => {
-                w.push(match r.other_cpu_percent.filter(|o| *o >= 25.0) {
+                // Short of CPU: the machine was (nearly) full and others took a good share.
+                let full = self.machine.nproc.max(1) as f64 * 90.0;
+                let starved = r
+                    .other_cpu_percent
+                    .filter(|o| *o >= 25.0 && r.machine_cpu_percent.is_some_and(|m| m >= full));
+                w.push(match starved {
                     Some(other) => format!(
                         "the server was not saturated: it used {cpu:.0}% of one core while \
                          other processes used {other:.0}%: it was short of CPU. Measure on a \
