@@ -19,6 +19,8 @@ use switchboard_protocol::deflate::DeflateConfig;
 pub struct Config {
     /// Address of the HTTP and WebSocket listener. Default `127.0.0.1:8080`.
     pub listen: SocketAddr,
+    /// Accept queue length of the listener. Default 1024.
+    pub listen_backlog: u32,
     /// Development mode: a generated secret kept in a file, anonymous-friendly defaults and a
     /// loud log line saying so. On by default only when no configuration is given at all.
     pub dev: Option<bool>,
@@ -51,6 +53,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen_backlog: 1024,
             dev: None,
             log: LogConfig::default(),
             websocket: WebSocketConfig::default(),
@@ -505,20 +508,22 @@ impl Config {
             ("echo.path", self.echo.path.as_ref()),
         ] {
             if let Some(p) = path
-                && !p.starts_with('/') {
-                    return Err(err(key, format!("'{p}' must start with '/'")));
-                }
+                && !p.starts_with('/')
+            {
+                return Err(err(key, format!("'{p}' must start with '/'")));
+            }
         }
         if self.echo.path.as_deref() == Some(self.websocket.path.as_str()) {
             return Err(err("echo.path", "must differ from websocket.path".into()));
         }
         if let Some(p) = self.raw_fanout.path.as_deref()
-            && (p == self.websocket.path || Some(p) == self.echo.path.as_deref()) {
-                return Err(err(
-                    "raw_fanout.path",
-                    "must differ from websocket.path and echo.path".into(),
-                ));
-            }
+            && (p == self.websocket.path || Some(p) == self.echo.path.as_deref())
+        {
+            return Err(err(
+                "raw_fanout.path",
+                "must differ from websocket.path and echo.path".into(),
+            ));
+        }
         let c = &self.websocket.compression;
         if !(9..=15).contains(&c.server_max_window_bits) {
             return Err(err(

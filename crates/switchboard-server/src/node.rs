@@ -154,7 +154,8 @@ impl Node {
         let c = &self.inner.config;
         let mut b = Server::builder(c.listen)
             .hub(self.inner.hub.clone())
-            .drain_timeout(c.shutdown.drain_timeout);
+            .drain_timeout(c.shutdown.drain_timeout)
+            .backlog(c.listen_backlog);
         for r in self.routes() {
             b = b.route(r);
         }
@@ -254,9 +255,10 @@ impl Node {
     pub(crate) async fn leave(&self, room: &str, conn_id: &str) {
         let _guard = self.room_lock(room).lock().await;
         if self.inner.hub.leave(room, conn_id) == Change::Last
-            && let Err(e) = self.inner.broker.unsubscribe(room).await {
-                tracing::warn!(room, error = %e, "broker unsubscribe failed");
-            }
+            && let Err(e) = self.inner.broker.unsubscribe(room).await
+        {
+            tracing::warn!(room, error = %e, "broker unsubscribe failed");
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use std::{
 use axum::{Router, body::Body, extract::State, routing::get};
 use http::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::Service;
 
@@ -50,6 +50,7 @@ pub struct ServerBuilder {
     http: Option<Router>,
     drain_timeout: Duration,
     hub: Hub,
+    backlog: u32,
 }
 
 impl Server {
@@ -61,6 +62,7 @@ impl Server {
             http: None,
             drain_timeout: Duration::from_secs(10),
             hub: Hub::new(128),
+            backlog: 1024,
         }
     }
 
@@ -186,9 +188,23 @@ impl ServerBuilder {
         self
     }
 
+    /// The accept queue length (`listen(2)` backlog). Default 1024: connection bursts
+    /// beyond the kernel's usual 128 would otherwise wait a second for a SYN retry.
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.backlog = backlog;
+        self
+    }
+
     /// Binds the listener.
     pub async fn bind(self) -> std::io::Result<Server> {
-        let listener = TcpListener::bind(self.listen).await?;
+        let socket = if self.listen.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(self.listen)?;
+        let listener = socket.listen(self.backlog)?;
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let health = Arc::new(Health::default());
