@@ -405,3 +405,148 @@ fn report_merges_results_with_ratios_against_the_baseline() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("zzz"));
 }
+
+/// A program on `PATH`.
+fn has(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A child process killed on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `--socketio` against the Socket.IO peer of `bench/compare.sh` (`bench/peers/socketio.js`,
+/// installed with `npm ci` from the committed lock file into a temporary folder): the
+/// handshake, wrapped events, and pings answered (the peer pings every 250 ms here and drops
+/// a connection that does not answer within 500 ms, which would show as lost connections).
+/// Skipped when node or npm is missing; CI has both.
+#[test]
+fn socketio_framing_against_the_socketio_peer() {
+    use std::io::{BufRead, BufReader};
+
+    if !has("node") || !has("npm") {
+        eprintln!("skipped: node and npm are needed for the Socket.IO peer");
+        return;
+    }
+    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/peers");
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["package.json", "package-lock.json", "socketio.js"] {
+        std::fs::copy(peers.join(f), dir.path().join(f)).unwrap();
+    }
+    let installed = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--omit=dev"])
+        .current_dir(dir.path())
+        .env("npm_config_cache", dir.path().join(".npm"))
+        .output()
+        .expect("run npm ci");
+    assert!(installed.status.success(), "npm ci: {}", text(&installed));
+
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut node = Killed(
+        Command::new("node")
+            .arg("socketio.js")
+            .arg(port.to_string())
+            .current_dir(dir.path())
+            .env("SOCKETIO_PING_INTERVAL_MS", "250")
+            .env("SOCKETIO_PING_TIMEOUT_MS", "500")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn node"),
+    );
+    let mut line = String::new();
+    BufReader::new(node.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "{line:?}");
+    let pid = node.0.id().to_string();
+    let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
+
+    let json = dir.path().join("fanout.json");
+    let out = bench(
+        &[
+            &["fanout", "--mode", "raw", "--socketio", "--url", &url][..],
+            &["--subscribers", "5", "--publishers", "2", "--window", "4"],
+            &["--server-pid", &pid, "--json", json.to_str().unwrap()],
+            &["--duration", "1.5", "--warmup", "0", "--quiet"],
+        ]
+        .concat(),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v = read_json(&json);
+    let r = &v["results"];
+    assert_eq!(v["config"]["params"]["socketio"], true);
+    let published = r["sent"].as_u64().unwrap();
+    assert!(published > 0, "{r}");
+    assert_eq!(r["received"].as_u64().unwrap(), published * 5, "{r}");
+    assert_eq!(r["delivery_ratio"], 1.0, "{r}");
+    assert_eq!(r["out_of_order"], 0, "{r}");
+    assert_eq!(r["lost_connections"], 0, "{r}");
+    assert!(r["latency_us"]["count"].as_u64().unwrap() > 0, "{r}");
+
+    let json = dir.path().join("echo.json");
+    let out = bench(
+        &[
+            &["echo", "--socketio", "--url", &url, "-c", "4", "-k", "4"][..],
+            &["--json", json.to_str().unwrap()],
+            &SHORT,
+        ]
+        .concat(),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let r = &read_json(&json)["results"];
+    assert!(r["sent"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["received"], r["sent"], "{r}");
+    // Every echo carried its timestamp after the Socket.IO prefix.
+    assert!(r["latency_us"]["count"].as_u64().unwrap() > 0, "{r}");
+
+    let json = dir.path().join("connect.json");
+    let out = bench(
+        &[
+            &["connect", "--socketio", "--url", &url, "-c", "20"][..],
+            &["--server-pid", &pid, "--json", json.to_str().unwrap()],
+            &SHORT,
+        ]
+        .concat(),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let r = &read_json(&json)["results"];
+    assert_eq!(r["connections"], 20, "{r}");
+    assert_eq!(r["lost_connections"], 0, "{r}");
+    assert!(
+        r["server"]["memory_per_connection_bytes"].is_number(),
+        "{r}"
+    );
+
+    // Refused before connecting: not an engine.io URL, or the protocol mode.
+    let plain = format!("ws://127.0.0.1:{port}/fanout");
+    for args in [
+        vec!["fanout", "--mode", "raw", "--socketio", "--url", &plain],
+        vec!["fanout", "--socketio", "--url", &url],
+    ] {
+        let out = bench(&[&args[..], &SHORT].concat(), &[]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("transport=websocket") || err.contains("--mode raw"),
+            "{err}"
+        );
+    }
+}

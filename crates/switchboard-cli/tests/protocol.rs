@@ -1506,6 +1506,19 @@ async fn refresh_required_is_pushed_and_an_expired_connection_is_closed_with_450
 }
 
 #[tokio::test]
+async fn a_token_expired_within_the_leeway_connects_and_is_closed_with_4501_at_once() {
+    let s = server();
+    let t = raw_token(
+        jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "alice", "exp": now() - 2}),
+        SECRET,
+    );
+    let mut a = Client::connect(&s.url(), Some(&t)).await;
+    assert!(a.welcome["expires"].as_u64().unwrap() < now());
+    assert_eq!(a.closed().await, Some(4501));
+}
+
+#[tokio::test]
 async fn idle_connection_is_closed_with_4504_and_pongs_keep_it_alive() {
     let s = TestServer::start(&format!(
         r#"

@@ -236,7 +236,7 @@ impl ConnShared {
     /// [`ConnShared::end_subscribe`] (the procedure of `broker`'s module docs).
     pub(crate) fn begin_subscribe(&self, room: &Arc<str>) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.retain(|h| &*h.room != &**room);
+        held.retain(|h| h.room != *room);
         held.push(Held {
             room: room.clone(),
             frames: Vec::new(),

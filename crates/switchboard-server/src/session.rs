@@ -135,9 +135,17 @@ impl Handler for Protocol {
             rooms.push(format!("user:{}", user.id).into());
         }
         for r in &user.rooms {
-            if wire::validate_room(r).is_ok() && !rooms.iter().any(|x| &**x == r) {
-                rooms.push(r.as_str().into());
+            if wire::validate_room(r).is_err() || rooms.iter().any(|x| &**x == r) {
+                continue;
             }
+            // The claim grants what a subscribe could get with it, no more: not a namespace
+            // that strict_namespaces refuses, not another user's personal room (4.1).
+            let personal = wire::namespace(r) == "user" && config.personal_rooms;
+            if self.node.namespace(r).is_none() || personal {
+                tracing::warn!(room = %r, "rooms claim: room refused, not subscribed");
+                continue;
+            }
+            rooms.push(r.as_str().into());
         }
         let mut welcome = wire::Welcome::new(
             conn.id(),
@@ -448,18 +456,29 @@ impl Protocol {
         };
         let broker = &self.node.inner.broker;
         if ns.presence
-            && let Err(e) = broker.presence_add(room, entry.clone()).await {
-                tracing::warn!(room = %room, error = %e, "presence add failed");
-            }
+            && let Err(e) = broker.presence_add(room, entry.clone()).await
+        {
+            tracing::warn!(room = %room, error = %e, "presence add failed");
+        }
         if ns.join_leave
-            && let Err(e) = broker.publish_join(room, entry).await {
-                tracing::warn!(room = %room, error = %e, "join push failed");
-            }
+            && let Err(e) = broker.publish_join(room, entry).await
+        {
+            tracing::warn!(room = %room, error = %e, "join push failed");
+        }
     }
 
+    /// Presence, hub membership, then the leave push: whoever sees the `leave` no longer
+    /// finds the connection in `presence` nor counted against `max_subscribers`.
     async fn leave_room(&self, conn: &Connection<Session>, room: &str) {
         let ns = self.node.namespace(room);
         let broker = &self.node.inner.broker;
+        if ns.is_some_and(|n| n.presence)
+            && let Err(e) = broker.presence_remove(room, &conn.shared.id).await
+        {
+            tracing::warn!(room, error = %e, "presence remove failed");
+        }
+        conn.shared.forget(room);
+        self.node.leave(room, &conn.shared.id).await;
         if ns.is_some_and(|n| n.join_leave) {
             let entry = PresenceEntry {
                 connection: conn.shared.id.clone(),
@@ -470,11 +489,6 @@ impl Protocol {
                 tracing::warn!(room, error = %e, "leave push failed");
             }
         }
-        if ns.is_some_and(|n| n.presence)
-            && let Err(e) = broker.presence_remove(room, &conn.shared.id).await {
-                tracing::warn!(room, error = %e, "presence remove failed");
-            }
-        self.node.leave(room, &conn.shared.id).await;
     }
 
     async fn unsubscribe(

@@ -24,7 +24,10 @@ use tokio::{
     net::{TcpSocket, TcpStream},
 };
 
-use super::target::Target;
+use super::{
+    socketio::{self, Packet},
+    target::Target,
+};
 
 /// Text frame opcode.
 pub(crate) const TEXT: u8 = 0x1;
@@ -102,6 +105,8 @@ pub(crate) struct Conn {
     pub(crate) input: Input,
     /// Output not yet written.
     pub(crate) output: Output,
+    /// Socket.IO framing (see [`super::socketio`]): only event packets are handed out.
+    socketio: bool,
 }
 
 impl Conn {
@@ -159,7 +164,19 @@ impl Conn {
             input,
             // Grows once to what the connection writes per batch, then stays.
             output: Output::with_capacity(1024),
+            socketio: false,
         })
+    }
+
+    /// From now on, hand out Socket.IO events only and answer engine.io pings (after the
+    /// Socket.IO handshake).
+    pub(crate) fn set_socketio(&mut self) {
+        self.socketio = true;
+    }
+
+    /// Whether Socket.IO framing is on.
+    pub(crate) fn is_socketio(&self) -> bool {
+        self.socketio
     }
 
     /// Writes as much pending output as the socket takes now, without waiting.
@@ -209,6 +226,25 @@ impl Conn {
                 return Ok(None);
             };
             match frame.opcode {
+                TEXT if self.socketio => {
+                    let Conn { input, output, .. } = self;
+                    let msg = &input.buf[frame.payload.clone()];
+                    match socketio::packet(msg) {
+                        Packet::Event => return Ok(Some(frame.payload)),
+                        Packet::Ping => output.text_with(|b| {
+                            b.push(b'3');
+                            b.extend_from_slice(&msg[1..]);
+                        }),
+                        Packet::Close => {
+                            return Err(ConnError::Closed(
+                                1000,
+                                "Socket.IO disconnect packet".into(),
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+                BINARY if self.socketio => {}
                 TEXT | BINARY => return Ok(Some(frame.payload)),
                 0 | PONG => {}
                 PING => {

@@ -5,7 +5,9 @@
 //! `(VmRSS at the end - VmRSS before connecting) / connections`.
 //!
 //! Plain (no token: an echo route, or a protocol route with anonymous access) and
-//! authenticated (`--auth`, `--token`, `--secret`), optionally subscribed to one room.
+//! authenticated (`--auth`, `--token`, `--secret`), optionally subscribed to one room. With
+//! `--socketio`, each connection is also connected to a Socket.IO server's default namespace
+//! (what a Socket.IO client does before it can do anything).
 
 use std::{collections::BTreeMap, process::ExitCode, rc::Rc, sync::Arc};
 
@@ -18,6 +20,7 @@ use super::{
     engine::{Counters, ThreadCtx},
     proc,
     report::{BenchResult, Latency, Load, round1},
+    socketio,
 };
 
 /// Options of `bench connect`.
@@ -37,6 +40,10 @@ pub(crate) struct ConnectArgs {
     /// Subscribe every connection to ROOM (protocol route).
     #[arg(long, value_name = "ROOM")]
     subscribe: Option<String>,
+    /// Socket.IO (engine.io v4 over WebSocket): connect each connection to the default
+    /// namespace (`40`). URL: ws://HOST:PORT/socket.io/?EIO=4&transport=websocket.
+    #[arg(long, conflicts_with = "subscribe")]
+    socketio: bool,
 }
 
 /// Runs `bench connect`.
@@ -45,7 +52,13 @@ pub(crate) fn run(args: ConnectArgs) -> Result<ExitCode, String> {
         switchboard_protocol::wire::validate_room(room)
             .map_err(|e| format!("--subscribe {room:?}: {e}"))?;
     }
-    let plan = Plan::new(args.common, "ws://127.0.0.1:8080/ws", args.connections)?;
+    let default_url = if args.socketio {
+        socketio::DEFAULT_URL
+    } else {
+        "ws://127.0.0.1:8080/ws"
+    };
+    let plan =
+        Plan::new(args.common, default_url, args.connections)?.with_socketio(args.socketio)?;
     let auth = Auth::resolve(&args.auth, args.authenticate || args.subscribe.is_some())?;
     let auth_kind = auth.describe();
     let rss_before = plan
@@ -123,6 +136,7 @@ pub(crate) fn run(args: ConnectArgs) -> Result<ExitCode, String> {
     p.insert("subscribe".into(), json!(args.subscribe));
     p.insert("auth".into(), json!(auth_kind));
     p.insert("concurrency".into(), json!(plan.common.concurrency));
+    p.insert("socketio".into(), json!(args.socketio));
     let mut result = BenchResult::new(&plan, "connect", p);
     result.set_window(&w);
     result.set_outcome(&outcome, setup);

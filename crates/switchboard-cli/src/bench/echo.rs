@@ -1,6 +1,8 @@
 //! `bench echo`: N connections to an echo route, each keeping k messages in flight. Every
 //! echo that arrives is answered with a new message in the same write, so the server is never
-//! idle while the generator keeps up. Works against any RFC 6455 echo endpoint.
+//! idle while the generator keeps up. Works against any RFC 6455 echo endpoint, and with
+//! `--socketio` against a Socket.IO server that sends the event `e` back to its sender
+//! (`42["e","<payload>"]`).
 
 use std::{collections::BTreeMap, process::ExitCode, rc::Rc, sync::Arc};
 
@@ -13,6 +15,7 @@ use super::{
     engine::{Counters, ThreadCtx},
     payload,
     report::{BenchResult, Latency, Load, round1},
+    socketio,
 };
 
 /// Options of `bench echo`.
@@ -30,14 +33,21 @@ pub(crate) struct EchoArgs {
     #[arg(long, default_value_t = 64)]
     size: usize,
     /// Send binary frames instead of text.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "socketio")]
     binary: bool,
+    /// Speak Socket.IO (engine.io v4 over WebSocket): connect to the default namespace, send
+    /// the payload as the event `e` (`42["e","…"]`) and expect it back. URL:
+    /// ws://HOST:PORT/socket.io/?EIO=4&transport=websocket.
+    #[arg(long)]
+    socketio: bool,
 }
 
 struct Params {
     in_flight: usize,
     size: usize,
     opcode: u8,
+    /// Where the timestamp starts in a message (after the Socket.IO prefix).
+    stamp_at: usize,
 }
 
 /// Runs `bench echo`.
@@ -51,11 +61,22 @@ pub(crate) fn run(args: EchoArgs) -> Result<ExitCode, String> {
     if args.in_flight == 0 {
         return Err("--in-flight must be at least 1".into());
     }
-    let plan = Plan::new(args.common, "ws://127.0.0.1:8080/echo", args.connections)?;
+    let default_url = if args.socketio {
+        socketio::DEFAULT_URL
+    } else {
+        "ws://127.0.0.1:8080/echo"
+    };
+    let plan =
+        Plan::new(args.common, default_url, args.connections)?.with_socketio(args.socketio)?;
     let params = Arc::new(Params {
         in_flight: args.in_flight,
         size: args.size,
         opcode: if args.binary { BINARY } else { TEXT },
+        stamp_at: if args.socketio {
+            socketio::ECHO_PREFIX.len()
+        } else {
+            0
+        },
     });
     // Room for every echo in flight, within the per-connection budget for this many.
     let read_buffer = (args.in_flight * (args.size + 14) * 2)
@@ -108,6 +129,7 @@ pub(crate) fn run(args: EchoArgs) -> Result<ExitCode, String> {
     params.insert("in_flight".into(), json!(args.in_flight));
     params.insert("size".into(), json!(args.size));
     params.insert("binary".into(), json!(args.binary));
+    params.insert("socketio".into(), json!(args.socketio));
     let mut result = BenchResult::new(&plan, "echo", params);
     result.set_window(&window);
     result.set_outcome(&outcome, setup);
@@ -133,7 +155,8 @@ pub(crate) fn run(args: EchoArgs) -> Result<ExitCode, String> {
 
 /// Appends one echo message stamped with `now`.
 fn push(conn: &mut Conn, params: &Params, template: &[u8], now: u64) {
-    payload::put_hex16(conn.output.frame(params.opcode, template), now);
+    let frame = conn.output.frame(params.opcode, template);
+    payload::put_hex16(&mut frame[params.stamp_at..], now);
 }
 
 async fn echo_loop(
@@ -142,7 +165,11 @@ async fn echo_loop(
     params: &Params,
 ) -> Result<(), super::ConnError> {
     let shared = &ctx.shared;
-    let template = payload::echo_template(params.size);
+    let mut template = payload::echo_template(params.size);
+    if params.stamp_at > 0 {
+        template.splice(0..0, socketio::ECHO_PREFIX.iter().copied());
+        template.extend_from_slice(socketio::ECHO_SUFFIX);
+    }
     shared.go.cancelled().await;
     let now = shared.now_ns();
     for _ in 0..params.in_flight {
@@ -159,7 +186,11 @@ async fn echo_loop(
             let mut hist = ctx.latency.borrow_mut();
             while let Some(r) = conn.next_message()? {
                 got += 1;
-                if measuring && let Some(t) = payload::get_hex16(&conn.input.bytes()[r]) {
+                if measuring
+                    && let Some(t) = conn.input.bytes()[r]
+                        .get(params.stamp_at..)
+                        .and_then(payload::get_hex16)
+                {
                     hist.saturating_record(now.saturating_sub(t));
                 }
             }

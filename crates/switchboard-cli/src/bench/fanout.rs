@@ -6,7 +6,9 @@
 //!   "p":…,"s":…}}`.
 //! - `raw` mode goes through a route that forwards every message a connection sends to every
 //!   other connection (`switchboard serve --raw-fanout PATH`, or any broadcast server): the
-//!   data object is the whole message.
+//!   data object is the whole message. With `--socketio`, a Socket.IO server's room emit: every
+//!   connection joins one room and an event `m` from one member goes to every other member
+//!   (`socket.to(room).emit("m", data)`); publishers send `42["m",<data object>]`.
 //!
 //! Publishers either keep a window of W publications in flight (closed loop: a publication
 //! is complete when the subscriber that tracks that publisher received it) or send at a fixed
@@ -35,6 +37,7 @@ use super::{
     engine::{Counters, Pacer, ThreadCtx},
     payload::{self, Kind, StampFinder},
     report::{BenchResult, Latency, Load, round1},
+    socketio,
 };
 
 /// How messages reach the subscribers.
@@ -75,6 +78,11 @@ pub(crate) struct FanoutArgs {
     /// The room (protocol mode).
     #[arg(long, default_value = "bench:fanout")]
     room: String,
+    /// Raw mode through Socket.IO (engine.io v4 over WebSocket): connect to the default
+    /// namespace, publish the data as the event `m` (`42["m",{…}]`); the server emits it to
+    /// every other member of one room. URL: ws://HOST:PORT/socket.io/?EIO=4&transport=websocket.
+    #[arg(long)]
+    socketio: bool,
 }
 
 /// How a publisher learns that its publications arrived: the subscriber that tracks it
@@ -117,12 +125,16 @@ pub(crate) fn run(args: FanoutArgs) -> Result<ExitCode, String> {
         switchboard_protocol::wire::validate_room(&args.room)
             .map_err(|e| format!("--room {:?}: {e}", args.room))?;
     }
+    if args.socketio && args.mode != Mode::Raw {
+        return Err("--socketio needs --mode raw (Socket.IO is not the v1 protocol)".into());
+    }
     let default_url = match args.mode {
         Mode::Protocol => "ws://127.0.0.1:8080/ws",
+        Mode::Raw if args.socketio => socketio::DEFAULT_URL,
         Mode::Raw => "ws://127.0.0.1:8080/fanout",
     };
     let total = args.subscribers + args.publishers;
-    let plan = Plan::new(args.common, default_url, total)?;
+    let plan = Plan::new(args.common, default_url, total)?.with_socketio(args.socketio)?;
     let auth = match args.mode {
         Mode::Protocol => Auth::resolve(&args.auth, true)?,
         Mode::Raw => Auth::resolve(&args.auth, false)?,
@@ -212,6 +224,7 @@ pub(crate) fn run(args: FanoutArgs) -> Result<ExitCode, String> {
     p.insert("size".into(), json!(args.size));
     p.insert("room".into(), json!(args.room));
     p.insert("auth".into(), json!(auth_kind));
+    p.insert("socketio".into(), json!(args.socketio));
     let mut result = BenchResult::new(&plan, "fanout", p);
     result.set_window(&window_stats);
     result.set_outcome(&outcome, setup);
@@ -352,19 +365,20 @@ async fn publisher(
 ) -> Result<(), ConnError> {
     let shared = &ctx.shared;
     let tracker = &params.trackers[index];
-    let prefix = match params.mode {
-        Mode::Protocol => Some(payload::publish_prefix(&params.room, false)),
-        Mode::Raw => None,
+    let protocol = params.mode == Mode::Protocol;
+    // What wraps the data object: a publish command, a Socket.IO event, or nothing.
+    let (prefix, suffix): (Vec<u8>, &[u8]) = if protocol {
+        (payload::publish_prefix(&params.room, false), b"}")
+    } else if conn.is_socketio() {
+        (socketio::FANOUT_PREFIX.to_vec(), socketio::FANOUT_SUFFIX)
+    } else {
+        (Vec::new(), b"")
     };
     let publish = |conn: &mut Conn, t: u64, seq: u64| {
         conn.output.text_with(|b| {
-            if let Some(prefix) = &prefix {
-                b.extend_from_slice(prefix);
-            }
+            b.extend_from_slice(&prefix);
             payload::put_data(b, t, index as u64, seq, params.size);
-            if prefix.is_some() {
-                b.push(b'}');
-            }
+            b.extend_from_slice(suffix);
         });
     };
     shared.go.cancelled().await;
@@ -411,7 +425,7 @@ async fn publisher(
                 let (mut errors, mut other) = (0u64, 0u64);
                 while let Some(r) = conn.next_message()? {
                     let msg = &conn.input.bytes()[r];
-                    if prefix.is_some() && matches!(payload::kind(msg), Kind::Error(_)) {
+                    if protocol && matches!(payload::kind(msg), Kind::Error(_)) {
                         errors += 1;
                         note_error(ctx, msg);
                     } else {

@@ -32,6 +32,7 @@ mod payload;
 mod proc;
 mod report;
 mod rooms;
+mod socketio;
 mod target;
 
 use conn::{Conn, ConnError, Dial};
@@ -229,6 +230,8 @@ pub(crate) struct Plan {
     pub(crate) connections: usize,
     /// Progress bars.
     pub(crate) progress: engine::Progress,
+    /// Socket.IO framing on every connection (`--socketio`).
+    pub(crate) socketio: bool,
 }
 
 impl Plan {
@@ -297,7 +300,27 @@ impl Plan {
             threads,
             cpus,
             connections,
+            socketio: false,
         })
+    }
+
+    /// Speaks Socket.IO on every connection (see [`socketio`]); the URLs must be engine.io
+    /// WebSocket endpoints.
+    pub(crate) fn with_socketio(mut self, on: bool) -> Result<Plan, String> {
+        if on
+            && let Some(t) = self
+                .targets
+                .iter()
+                .find(|t| !t.path.contains("transport=websocket"))
+        {
+            return Err(format!(
+                "{}: --socketio needs the engine.io WebSocket endpoint, e.g. \
+                 ws://{}/socket.io/?EIO=4&transport=websocket",
+                t.url, t.host
+            ));
+        }
+        self.socketio = on;
+        Ok(self)
     }
 
     /// The server of connection `i` (round-robin).
@@ -393,7 +416,8 @@ pub(crate) async fn open(
     open_with(plan, i, header.as_deref(), read_buffer).await
 }
 
-/// Opens connection `i` of `plan` now, with an `Authorization` value when given.
+/// Opens connection `i` of `plan` now, with an `Authorization` value when given (and
+/// connects it to Socket.IO's default namespace with `--socketio`).
 pub(crate) async fn open_with(
     plan: &Plan,
     i: usize,
@@ -403,7 +427,11 @@ pub(crate) async fn open_with(
     let headers: Vec<(&str, &str)> = authorization
         .map(|h| vec![("Authorization", h)])
         .unwrap_or_default();
-    Conn::open(plan.dial(i, &headers, read_buffer)).await
+    let mut conn = Conn::open(plan.dial(i, &headers, read_buffer)).await?;
+    if plan.socketio {
+        socketio::handshake(&mut conn).await?;
+    }
+    Ok(conn)
 }
 
 /// Subscribes `conn` to `room` with command id `id` and waits for the reply.

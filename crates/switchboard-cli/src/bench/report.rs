@@ -633,6 +633,10 @@ pub(crate) struct Row {
     pub(crate) per_core_ratio: Option<f64>,
     /// Delivery ratio of the run.
     pub(crate) delivery_ratio: Option<f64>,
+    /// The server's memory per connection, bytes (connect with `--server-pid`).
+    pub(crate) memory_per_connection_bytes: Option<f64>,
+    /// `memory_per_connection_bytes / baseline's` (lower is better).
+    pub(crate) memory_ratio: Option<f64>,
 }
 
 /// A merged report.
@@ -715,6 +719,11 @@ pub(crate) fn merge(results: Vec<BenchResult>, baseline: Option<&str>) -> Result
             p99_ratio: None,
             per_core_ratio: None,
             delivery_ratio: res.delivery_ratio,
+            memory_per_connection_bytes: res
+                .server
+                .as_ref()
+                .and_then(|s| s.memory_per_connection_bytes),
+            memory_ratio: None,
         }
     };
     let mut rows: Vec<Row> = results.iter().map(row_of).collect();
@@ -736,6 +745,10 @@ pub(crate) fn merge(results: Vec<BenchResult>, baseline: Option<&str>) -> Result
             row.throughput_ratio = ratio(Some(row.throughput), Some(b.throughput));
             row.p99_ratio = ratio(row.p99_us, b.p99_us);
             row.per_core_ratio = ratio(row.per_core, b.per_core);
+            row.memory_ratio = ratio(
+                row.memory_per_connection_bytes,
+                b.memory_per_connection_bytes,
+            );
         }
     }
     Ok(Merged {
@@ -746,9 +759,13 @@ pub(crate) fn merge(results: Vec<BenchResult>, baseline: Option<&str>) -> Result
     })
 }
 
-/// The merged table.
+/// The merged table (with memory per connection columns when a row has it).
 pub(crate) fn merged_table(m: &Merged, markdown: bool) -> String {
-    let header = [
+    let memory = m
+        .rows
+        .iter()
+        .any(|r| r.memory_per_connection_bytes.is_some());
+    let mut header = vec![
         "scenario",
         "name",
         "conns",
@@ -762,12 +779,15 @@ pub(crate) fn merged_table(m: &Merged, markdown: bool) -> String {
         "per core",
         "per core × base",
     ];
+    if memory {
+        header.extend(["KiB/conn", "mem × base"]);
+    }
     let x = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
     let rows: Vec<Vec<String>> = m
         .rows
         .iter()
         .map(|r| {
-            vec![
+            let mut row = vec![
                 r.scenario.clone(),
                 r.name.clone(),
                 r.connections.to_string(),
@@ -780,16 +800,30 @@ pub(crate) fn merged_table(m: &Merged, markdown: bool) -> String {
                 fmt_opt(r.server_cpu_percent, 1),
                 r.per_core.map_or("-".into(), fmt_rate),
                 x(r.per_core_ratio),
-            ]
+            ];
+            if memory {
+                row.push(fmt_opt(
+                    r.memory_per_connection_bytes.map(|b| b / 1024.0),
+                    1,
+                ));
+                row.push(x(r.memory_ratio));
+            }
+            row
         })
         .collect();
     let mut out = render(&header, &rows, markdown);
     let _ = writeln!(
         out,
-        "{}baseline: {}; × base: higher is better for rates, lower for latency; per core = rate \
-         per server CPU core",
+        "{}baseline: {}; × base: higher is better for rates, lower for latency{}; per core = \
+         rate per server CPU core{}",
         if markdown { "\n" } else { "" },
-        m.baseline
+        m.baseline,
+        if memory { " and memory" } else { "" },
+        if memory {
+            "; KiB/conn = the server's resident memory per idle connection (connect)"
+        } else {
+            ""
+        }
     );
     out
 }
@@ -872,6 +906,32 @@ mod tests {
         let t = merged_table(&m, true);
         assert!(t.starts_with("| scenario"), "{t}");
         assert!(t.contains("| 2.00"), "{t}");
+        assert!(
+            !t.contains("KiB/conn"),
+            "no memory column without memory: {t}"
+        );
+    }
+
+    #[test]
+    fn memory_per_connection_gets_its_columns() {
+        let mut a = result("a", "connect", 100.0, 1.0, 1.0);
+        let mut b = result("b", "connect", 100.0, 1.0, 1.0);
+        a.results
+            .server
+            .as_mut()
+            .unwrap()
+            .memory_per_connection_bytes = Some(2048.0);
+        b.results
+            .server
+            .as_mut()
+            .unwrap()
+            .memory_per_connection_bytes = Some(6144.0);
+        let m = merge(vec![a, b], Some("a")).unwrap();
+        assert_eq!(m.rows[1].memory_ratio, Some(3.0));
+        let t = merged_table(&m, false);
+        assert!(t.contains("KiB/conn"), "{t}");
+        let last = t.lines().nth(3).unwrap();
+        assert!(last.ends_with("6.0 | 3.00"), "{t}");
     }
 
     #[test]

@@ -54,9 +54,18 @@ pub(crate) async fn run<H: Handler>(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    // `leftover` shares hyper's whole read buffer (8 KiB): copy what it holds, if anything,
+    // and let it go, or every idle connection keeps that buffer alive.
+    let rbuf = if leftover.is_empty() {
+        BytesMut::new()
+    } else {
+        BytesMut::from(&leftover[..])
+    };
+    drop(leftover);
     let mut io = Io {
         pending: VecDeque::new(),
-        rbuf: BytesMut::from(&leftover[..]),
+        partial: false,
+        rbuf,
     };
     let mut decoder = Decoder::new(Role::Server, settings.decoder, conn.shared.deflate);
     let mut last_recv = Instant::now();
@@ -138,8 +147,13 @@ pub(crate) async fn run<H: Handler>(
                 // The queue is already released. What the kernel took goes first; the close
                 // frame follows if the peer drains that within a short while, so a client
                 // that was merely behind learns it may reconnect and recover.
-                io.pending.clear();
                 let mut buf = BytesMut::new();
+                if io.partial {
+                    if let Some(rest) = io.pending.pop_front() {
+                        buf.extend_from_slice(&rest);
+                    }
+                }
+                io.pending = VecDeque::new();
                 conn.encoder.encode_close(Some(&frame), &mut buf);
                 let write = tokio::io::AsyncWriteExt::write_all(&mut stream, &buf);
                 let _ = tokio::time::timeout(SLOW_CLOSE_TIMEOUT, write).await;
@@ -254,6 +268,9 @@ enum FlushError {
 struct Io {
     /// Frames taken from the queue and not yet fully written.
     pending: VecDeque<Bytes>,
+    /// Whether the first pending frame is partly written (it must be finished before any
+    /// other frame, or the peer sees a broken stream).
+    partial: bool,
     rbuf: BytesMut,
 }
 
@@ -261,6 +278,11 @@ impl Io {
     /// Writes as much as the socket takes now. `Ok(true)` when everything queued is written.
     fn flush(&mut self, stream: &TcpStream, conn: &ConnShared) -> Result<bool, FlushError> {
         let outbound = &conn.outbound;
+        // Checked on every flush, not only when the writer has caught up: a peer that never
+        // drains keeps `pending` non-empty forever and must still be found out.
+        if outbound.drain_into(&mut self.pending) == Drain::Overflowed {
+            return Err(FlushError::Overflow);
+        }
         loop {
             if self.pending.is_empty() {
                 if outbound.drain_into(&mut self.pending) == Drain::Overflowed {
@@ -291,8 +313,10 @@ impl Io {
                         if front.len() <= written {
                             written -= front.len();
                             self.pending.pop_front();
+                            self.partial = false;
                         } else {
                             front.advance(written);
+                            self.partial = true;
                             written = 0;
                         }
                     }
