@@ -9,9 +9,12 @@ use switchboard_server::{
     StatusCode, UpgradeContext, User,
 };
 
+/// Who closed, with which code.
+type Closed = Arc<Mutex<Vec<(String, Option<u16>)>>>;
+
 #[derive(Clone, Default)]
 struct Relay {
-    closed: Arc<Mutex<Vec<(String, Option<u16>)>>>,
+    closed: Closed,
 }
 
 impl Handler for Relay {

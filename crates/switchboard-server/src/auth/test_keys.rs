@@ -2,7 +2,7 @@
 //! for anything else.
 
 /// RSA 2048, PKCS#8 (`openssl genpkey -algorithm RSA`).
-pub const RSA_PRIVATE: &str = "\
+pub(super) const RSA_PRIVATE: &str = "\
 -----BEGIN PRIVATE KEY-----
 MIIEvAIBADANBgkqhkiG9w0BAQEFAASCBKYwggSiAgEAAoIBAQDZ0Vkg5N269UCl
 R/Y/CyeJxkT3jTKMIYaigT2F5hrSkDtd0k/TZvmIVzh6DDNKETnl3SegN9KsDx17
@@ -34,7 +34,7 @@ yo/Fc/9D5k+BSwZbJGJERelZCkAC7tyjaI2sSd4GxpvEcFrbSR69WDXURaNMjjxf
 ";
 
 /// The public key of [`RSA_PRIVATE`], SPKI.
-pub const RSA_PUBLIC: &str = "\
+pub(super) const RSA_PUBLIC: &str = "\
 -----BEGIN PUBLIC KEY-----
 MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA2dFZIOTduvVApUf2Pwsn
 icZE940yjCGGooE9heYa0pA7XdJP02b5iFc4egwzShE55d0noDfSrA8de0yaWNzH
@@ -47,7 +47,7 @@ HwIDAQAB
 ";
 
 /// The public key of [`RSA_PRIVATE`], PKCS#1.
-pub const RSA_PUBLIC_PKCS1: &str = "\
+pub(super) const RSA_PUBLIC_PKCS1: &str = "\
 -----BEGIN RSA PUBLIC KEY-----
 MIIBCgKCAQEA2dFZIOTduvVApUf2PwsnicZE940yjCGGooE9heYa0pA7XdJP02b5
 iFc4egwzShE55d0noDfSrA8de0yaWNzHsdhLsUAptsBG3DaacsFs3x2cBO99r0/F
@@ -59,7 +59,7 @@ l9NlqL8xSZx1Pao9zcKsgusBYY70g5dJHwIDAQAB
 ";
 
 /// P-256, PKCS#8.
-pub const EC_PRIVATE: &str = "\
+pub(super) const EC_PRIVATE: &str = "\
 -----BEGIN PRIVATE KEY-----
 MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgMy6aF68fRNO63tWv
 NiPIkjnm2NS2KWfcgKN4+aXrVk+hRANCAAQybGk0EIziycidN+e8NME4tbCNBn5/
@@ -68,7 +68,7 @@ NiPIkjnm2NS2KWfcgKN4+aXrVk+hRANCAAQybGk0EIziycidN+e8NME4tbCNBn5/
 ";
 
 /// The public key of [`EC_PRIVATE`].
-pub const EC_PUBLIC: &str = "\
+pub(super) const EC_PUBLIC: &str = "\
 -----BEGIN PUBLIC KEY-----
 MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEMmxpNBCM4snInTfnvDTBOLWwjQZ+
 f+cLtv9+6o03KgQQKwEViXOvpW6oepwaX7gb+piaB2nEY+CmK84BrGw88w==
@@ -76,7 +76,7 @@ f+cLtv9+6o03KgQQKwEViXOvpW6oepwaX7gb+piaB2nEY+CmK84BrGw88w==
 ";
 
 /// Another P-256 key, PKCS#8.
-pub const EC2_PRIVATE: &str = "\
+pub(super) const EC2_PRIVATE: &str = "\
 -----BEGIN PRIVATE KEY-----
 MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg/P3YMJ3x6ByZWZ30
 U5Q28EU+wMqg6rpG6qvELWXFACChRANCAAT/ognmDMxGtlMRXuH02qaLXsfXYz2y
@@ -85,7 +85,7 @@ xJCNnLQl0F/lwCM4eG2CC7v5BR1mSGczvfMjg8YdNLgceYkaGM/Mgl8e
 ";
 
 /// The public key of [`EC2_PRIVATE`].
-pub const EC2_PUBLIC: &str = "\
+pub(super) const EC2_PUBLIC: &str = "\
 -----BEGIN PUBLIC KEY-----
 MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE/6IJ5gzMRrZTEV7h9Nqmi17H12M9
 ssSQjZy0JdBf5cAjOHhtggu7+QUdZkhnM73zI4PGHTS4HHmJGhjPzIJfHg==
@@ -93,7 +93,7 @@ ssSQjZy0JdBf5cAjOHhtggu7+QUdZkhnM73zI4PGHTS4HHmJGhjPzIJfHg==
 ";
 
 /// A P-384 public key.
-pub const EC384_PUBLIC: &str = "\
+pub(super) const EC384_PUBLIC: &str = "\
 -----BEGIN PUBLIC KEY-----
 MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEQvlk+P5rBYVb3nTIlGKCL1iyeYmFYuJT
 3aci8ZTyH8loda2cw/Uv6kw6tfpbaLpEpZmuAF4ygQ40LyvUDlt8Ig9hgd++xJMs
@@ -102,14 +102,14 @@ ScTa6XAFptQswneVyiAWbpnAIm4KsByp
 ";
 
 /// Ed25519, PKCS#8.
-pub const ED_PRIVATE: &str = "\
+pub(super) const ED_PRIVATE: &str = "\
 -----BEGIN PRIVATE KEY-----
 MC4CAQAwBQYDK2VwBCIEIBuaUbROvzpnE9hVDOxqvzqTerKEmDTO6qWOa0VTDay6
 -----END PRIVATE KEY-----
 ";
 
 /// The public key of [`ED_PRIVATE`].
-pub const ED_PUBLIC: &str = "\
+pub(super) const ED_PUBLIC: &str = "\
 -----BEGIN PUBLIC KEY-----
 MCowBQYDK2VwAyEAAQZIpptJrYMJ9FYH/+9QxuvrP/Gtho7H5u8GKzHC0os=
 -----END PUBLIC KEY-----

@@ -148,10 +148,10 @@ pub(crate) async fn run<H: Handler>(
                 // frame follows if the peer drains that within a short while, so a client
                 // that was merely behind learns it may reconnect and recover.
                 let mut buf = BytesMut::new();
-                if io.partial {
-                    if let Some(rest) = io.pending.pop_front() {
-                        buf.extend_from_slice(&rest);
-                    }
+                if io.partial
+                    && let Some(rest) = io.pending.pop_front()
+                {
+                    buf.extend_from_slice(&rest);
                 }
                 io.pending = VecDeque::new();
                 conn.encoder.encode_close(Some(&frame), &mut buf);
