@@ -82,6 +82,20 @@ fn raw(bytes: &[u8]) -> Option<&RawValue> {
     serde_json::from_slice::<&RawValue>(bytes).ok()
 }
 
+/// Stored publications as the `publications` of a `subscribe` or `history` reply.
+fn wire_publications(stored: &[Arc<crate::broker::Publication>]) -> Vec<wire::Publication<'_>> {
+    stored
+        .iter()
+        .filter_map(|p| {
+            Some(wire::Publication::new(
+                p.offset,
+                raw(&p.data)?,
+                p.from.as_deref().and_then(raw),
+            ))
+        })
+        .collect()
+}
+
 impl Handler for Protocol {
     type State = Session;
 
@@ -411,17 +425,7 @@ impl Protocol {
             .await
             .map_err(|e| unavailable(&e))?;
         let reply = id.map(|id| {
-            let publications = sub
-                .publications
-                .iter()
-                .filter_map(|p| {
-                    Some(wire::Publication::new(
-                        p.offset,
-                        raw(&p.data)?,
-                        p.from.as_deref().and_then(raw),
-                    ))
-                })
-                .collect();
+            let publications = wire_publications(&sub.publications);
             let result = wire::SubscribeResult {
                 room: Cow::Borrowed(&room),
                 epoch: Cow::Borrowed(&sub.position.epoch),
@@ -673,17 +677,7 @@ impl Protocol {
                 ),
                 e => unavailable(&e),
             })?;
-        let publications = h
-            .publications
-            .iter()
-            .filter_map(|p| {
-                Some(wire::Publication::new(
-                    p.offset,
-                    raw(&p.data)?,
-                    p.from.as_deref().and_then(raw),
-                ))
-            })
-            .collect();
+        let publications = wire_publications(&h.publications);
         self.reply(
             conn,
             id,

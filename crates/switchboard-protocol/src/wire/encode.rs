@@ -209,16 +209,8 @@ pub fn encode_message_push<B: WireBuf + ?Sized>(
     data: &RawValue,
     from: Option<&RawValue>,
 ) {
-    out.reserve_bytes(
-        80 + room.len() + epoch.len() + data.get().len() + from.map_or(0, |f| f.get().len()),
-    );
-    put(out, b"{\"type\":\"message\",\"room\":");
-    put_str(out, room);
-    put(out, b",\"epoch\":");
-    put_str(out, epoch);
-    put(out, b",\"offset\":");
-    put_u64(out, offset);
-    put_data_from(out, data, from);
+    let from = from.map(|f| f.get().as_bytes());
+    encode_message_push_raw(out, room, epoch, offset, data.get().as_bytes(), from);
 }
 
 /// Writes the `message` push of an ephemeral publication: as [`encode_message_push`] without
@@ -229,20 +221,8 @@ pub fn encode_ephemeral_push<B: WireBuf + ?Sized>(
     data: &RawValue,
     from: Option<&RawValue>,
 ) {
-    out.reserve_bytes(48 + room.len() + data.get().len() + from.map_or(0, |f| f.get().len()));
-    put(out, b"{\"type\":\"message\",\"room\":");
-    put_str(out, room);
-    put_data_from(out, data, from);
-}
-
-fn put_data_from<B: WireBuf + ?Sized>(out: &mut B, data: &RawValue, from: Option<&RawValue>) {
-    put(out, b",\"data\":");
-    put_raw(out, data);
-    if let Some(from) = from {
-        put(out, b",\"from\":");
-        put_raw(out, from);
-    }
-    put(out, b"}");
+    let from = from.map(|f| f.get().as_bytes());
+    encode_ephemeral_push_raw(out, room, data.get().as_bytes(), from);
 }
 
 /// [`encode_message_push`] for a broker's publication, whose `data` and `from` are JSON the
