@@ -77,15 +77,18 @@ impl Hub {
     pub fn join(&self, room: &Arc<str>, conn: &Arc<ConnShared>) -> Change {
         let mut shard = self.shard(room).lock().unwrap_or_else(|e| e.into_inner());
         let members = shard.entry(room.clone()).or_default();
-        if members.iter().any(|m| m.id == conn.id) {
+        if members.iter().any(|m| Arc::ptr_eq(m, conn)) {
             return Change::None;
         }
-        let mut next = Vec::with_capacity(members.len() + 1);
-        next.extend(members.iter().cloned());
-        next.push(conn.clone());
-        let first = next.len() == 1;
-        *members = Arc::new(next);
-        if first { Change::First } else { Change::Other }
+        // Copy-on-write: the list is copied only while a broadcast still holds a snapshot of
+        // it; otherwise it grows in place (joins into a big room stay O(1) amortised).
+        let list = Arc::make_mut(members);
+        list.push(conn.clone());
+        if list.len() == 1 {
+            Change::First
+        } else {
+            Change::Other
+        }
     }
 
     /// Removes a member from a room.
@@ -94,21 +97,16 @@ impl Hub {
         let Some(members) = shard.get_mut(room) else {
             return Change::None;
         };
-        if !members.iter().any(|m| &*m.id == conn_id) {
+        let Some(i) = members.iter().position(|m| &*m.id == conn_id) else {
             return Change::None;
-        }
-        let next: Vec<_> = members
-            .iter()
-            .filter(|m| &*m.id != conn_id)
-            .cloned()
-            .collect();
-        if next.is_empty() {
+        };
+        if members.len() == 1 {
             shard.remove(room);
-            Change::Last
-        } else {
-            *members = Arc::new(next);
-            Change::Other
+            return Change::Last;
         }
+        // Member order does not matter to fan-out.
+        Arc::make_mut(members).swap_remove(i);
+        Change::Other
     }
 
     /// The local members of a room (a snapshot).
@@ -182,5 +180,34 @@ impl Hub {
         }
         out.sort();
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(id: &str) -> Arc<ConnShared> {
+        Arc::new(ConnShared::new(id.into(), 1 << 20, None))
+    }
+
+    #[test]
+    fn join_and_leave_report_first_last_and_duplicates() {
+        let hub = Hub::new(128);
+        let room: Arc<str> = "r".into();
+        let (a, b) = (conn("a"), conn("b"));
+        assert_eq!(hub.join(&room, &a), Change::First);
+        assert_eq!(hub.join(&room, &a), Change::None);
+        // A snapshot held by a broadcast is not changed by later joins and leaves.
+        let snapshot = hub.members("r").unwrap();
+        assert_eq!(hub.join(&room, &b), Change::Other);
+        assert_eq!(snapshot.len(), 1);
+        assert_eq!(hub.members("r").unwrap().len(), 2);
+        assert_eq!(hub.leave("r", "a"), Change::Other);
+        assert_eq!(hub.leave("r", "a"), Change::None);
+        assert_eq!(snapshot.len(), 1);
+        assert_eq!(hub.leave("r", "b"), Change::Last);
+        assert!(hub.members("r").is_none());
+        assert_eq!(hub.room_count(), 0);
     }
 }
