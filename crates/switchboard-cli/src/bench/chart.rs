@@ -1,10 +1,12 @@
-//! PNG charts of results (plotters' bitmap backend): throughput bars, one panel per scenario,
-//! above latency percentile lines, one line per result. The font (DejaVu Sans) is embedded,
-//! so drawing needs no system font library.
+//! PNG charts of results (plotters' bitmap backend): one row per scenario, with the rate of
+//! each run on the left and its p50/p99 latency (or, for `connect` with `--server-pid`, the
+//! server's memory per connection) on the right, as horizontal bars labelled with the runs'
+//! names. The font (DejaVu Sans) is embedded, so drawing needs no system font library.
 
 use std::{path::Path, sync::Once};
 
 use plotters::{
+    coord::Shift,
     prelude::*,
     style::{
         FontStyle, register_font,
@@ -45,11 +47,7 @@ fn draw_inner(
     results: &[BenchResult],
     path: &Path,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let root = BitMapBackend::new(path, (1200, 800)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (top, bottom) = root.split_vertically(400);
-
-    // Names in first-seen order give each run its colour in both charts.
+    // Names in first-seen order give each run its colour in every panel.
     let mut names: Vec<&str> = Vec::new();
     for r in results {
         if !names.contains(&r.name.as_str()) {
@@ -57,126 +55,229 @@ fn draw_inner(
         }
     }
     let color = |name: &str| COLORS[names.iter().position(|n| *n == name).unwrap_or(0) % 8];
-
     let mut scenarios: Vec<&str> = Vec::new();
     for r in results {
         if !scenarios.contains(&r.scenario.as_str()) {
             scenarios.push(&r.scenario);
         }
     }
-    let panels = top.split_evenly((1, scenarios.len().max(1)));
-    for (panel, scenario) in panels.iter().zip(&scenarios) {
-        let runs: Vec<&BenchResult> = results.iter().filter(|r| r.scenario == *scenario).collect();
-        let unit = runs
-            .first()
-            .map_or("per second", |r| r.results.throughput_unit.as_str());
-        let max = runs
-            .iter()
-            .map(|r| r.results.throughput)
-            .fold(0.0, f64::max)
-            .max(1.0);
-        let mut chart = ChartBuilder::on(panel)
-            .caption(format!("{scenario}: {unit}"), ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(30)
-            .y_label_area_size(70)
-            // Integer ranges are inclusive in plotters: 0..n-1 gives n segments.
-            .build_cartesian_2d(
-                (0..runs.len().saturating_sub(1) as u32).into_segmented(),
-                0.0..max * 1.15,
+    let groups: Vec<Vec<&BenchResult>> = scenarios
+        .iter()
+        .map(|s| results.iter().filter(|r| r.scenario == *s).collect())
+        .collect();
+    // One row per scenario, as tall as its runs need: the rate on the left, latency (or
+    // memory per connection) on the right, one horizontal bar per run, names on the left.
+    let heights: Vec<u32> = groups.iter().map(|g| ROW_CHROME + BAR * slots(g)).collect();
+    let total = heights.iter().sum::<u32>().max(ROW_CHROME);
+    let root = BitMapBackend::new(path, (WIDTH, total)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut rest = root;
+    for (runs, height) in groups.iter().zip(&heights) {
+        let (row, below) = rest.split_vertically(*height);
+        rest = below;
+        let (left, right) = row.split_horizontally(LEFT);
+        let scenario = runs[0].scenario.as_str();
+        let unit = match runs[0].results.throughput_unit.as_str() {
+            "" => "per second",
+            u => u,
+        };
+        bars(
+            &left,
+            runs,
+            &format!("{scenario}: {unit}"),
+            NAMES,
+            &|r| Some(r.results.throughput),
+            &|v| super::engine::human(v),
+            &color,
+        )?;
+        let memory = |r: &BenchResult| {
+            r.results
+                .server
+                .as_ref()
+                .and_then(|s| s.memory_per_connection_bytes)
+                .map(|b| b / 1024.0)
+        };
+        if runs.iter().all(|r| memory(r).is_some()) {
+            bars(
+                &right,
+                runs,
+                &format!("{scenario}: server memory per idle connection (KiB)"),
+                8,
+                &memory,
+                &|v| format!("{v:.1}"),
+                &color,
             )?;
-        let labels: Vec<String> = runs.iter().map(|r| r.name.clone()).collect();
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(runs.len().max(1))
-            .x_label_formatter(&|x| match x {
-                SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
-                _ => String::new(),
-            })
-            .y_label_formatter(&|v| super::engine::human(*v))
-            .label_style(("sans-serif", 13))
-            .draw()?;
-        let value_style = TextStyle::from(("sans-serif", 14).into_font())
-            .pos(Pos::new(HPos::Center, VPos::Bottom));
-        for (i, r) in runs.iter().enumerate() {
-            let c = color(&r.name);
-            let v = r.results.throughput;
-            chart.draw_series(
-                Histogram::vertical(&chart)
-                    .style(c.filled())
-                    .margin(16)
-                    .data([(i as u32, v)]),
-            )?;
-            chart.draw_series(std::iter::once(Text::new(
-                super::engine::human(v),
-                (SegmentValue::CenterOf(i as u32), v),
-                value_style.clone(),
-            )))?;
+        } else {
+            latency_bars(&right, runs, scenario, &color)?;
         }
     }
+    rest.present()?;
+    Ok(())
+}
 
-    // Latency percentiles, log scale, one line per result that has latencies.
-    let with_latency: Vec<&BenchResult> = results
+const WIDTH: u32 = 1200;
+/// Width of the left column (names and rates).
+const LEFT: u32 = 640;
+/// Room for the names of the runs.
+const NAMES: u32 = 230;
+/// Height of one bar's slot.
+const BAR: u32 = 30;
+/// Caption, axis labels and margins of one row.
+const ROW_CHROME: u32 = 90;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Bar slots of a panel: one per run, at least two (a one-segment axis is degenerate in
+/// plotters).
+fn slots(runs: &[&BenchResult]) -> u32 {
+    runs.len().max(2) as u32
+}
+
+/// The bar slot of run `i`: the first run on top.
+fn slot(runs: &[&BenchResult], i: usize) -> u32 {
+    slots(runs) - 1 - i as u32
+}
+
+/// The name of the run in a bar slot.
+fn name_of(runs: &[&BenchResult], y: &SegmentValue<u32>) -> String {
+    match y {
+        SegmentValue::CenterOf(s) => (slots(runs) as usize)
+            .checked_sub(1 + *s as usize)
+            .and_then(|i| runs.get(i))
+            .map(|r| r.name.clone())
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+/// One horizontal bar per run with its value written after it (linear scale from 0).
+fn bars<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    runs: &[&BenchResult],
+    caption: &str,
+    label_area: u32,
+    value: &dyn Fn(&BenchResult) -> Option<f64>,
+    show: &dyn Fn(f64) -> String,
+    color: &dyn Fn(&str) -> RGBColor,
+) -> Result<(), Error>
+where
+    DB::ErrorType: 'static,
+{
+    let max = runs
         .iter()
-        .filter(|r| r.results.latency_us.is_some())
-        .collect();
-    let points = ["p50", "p90", "p99", "p99.9", "max"];
-    let (lo, hi) = with_latency
+        .filter_map(|r| value(r))
+        .fold(0.0, f64::max)
+        .max(1e-9);
+    let n = slots(runs);
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(24)
+        .y_label_area_size(label_area)
+        .build_cartesian_2d(0.0..max * 1.25, (0..n.saturating_sub(1)).into_segmented())?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(n as usize)
+        .y_label_formatter(&|y| {
+            if label_area > 10 {
+                name_of(runs, y)
+            } else {
+                String::new()
+            }
+        })
+        .x_labels(6)
+        .x_label_formatter(&|v| show(*v))
+        .label_style(("sans-serif", 13))
+        .draw()?;
+    let text =
+        TextStyle::from(("sans-serif", 13).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+    for (i, r) in runs.iter().enumerate() {
+        let Some(v) = value(r) else { continue };
+        chart.draw_series(
+            Histogram::horizontal(&chart)
+                .style(color(&r.name).filled())
+                .margin(6)
+                .data([(slot(runs, i), v)]),
+        )?;
+        chart.draw_series(std::iter::once(Text::new(
+            format!(" {}", show(v)),
+            (v, SegmentValue::CenterOf(slot(runs, i))),
+            text.clone(),
+        )))?;
+    }
+    Ok(())
+}
+
+/// p50 (dark) and p99 (light) latency bars per run, log scale.
+fn latency_bars<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    runs: &[&BenchResult],
+    scenario: &str,
+    color: &dyn Fn(&str) -> RGBColor,
+) -> Result<(), Error>
+where
+    DB::ErrorType: 'static,
+{
+    let kind = runs[0].results.latency_kind.replace('_', " ");
+    let (lo, hi) = runs
         .iter()
         .filter_map(|r| r.results.latency_us)
         .fold((f64::MAX, 0.0f64), |(lo, hi), l| {
-            (lo.min(l.p50.max(1.0)), hi.max(l.max.max(1.0)))
+            (lo.min(l.p50.max(1.0)), hi.max(l.p99.max(1.0)))
         });
-    let (lo, hi) = if with_latency.is_empty() {
+    let (lo, hi) = if hi == 0.0 {
         (1.0, 10.0)
     } else {
-        ((lo / 1.5).max(0.5), hi * 1.5)
+        ((lo / 2.0).max(0.5), hi * 6.0)
     };
-    let mut chart = ChartBuilder::on(&bottom)
-        .caption("latency percentiles (µs, log scale)", ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(30)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0u32..(points.len() as u32 - 1), (lo..hi).log_scale())?;
+    let n = slots(runs);
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            format!("{scenario}: {kind} latency, p50 and p99 (µs, log)"),
+            ("sans-serif", 18),
+        )
+        .margin(10)
+        .x_label_area_size(24)
+        .y_label_area_size(8)
+        .build_cartesian_2d(
+            (lo..hi).log_scale(),
+            (0..n.saturating_sub(1)).into_segmented(),
+        )?;
     chart
         .configure_mesh()
-        .x_labels(points.len())
-        .x_label_formatter(&|x| points.get(*x as usize).copied().unwrap_or("").to_string())
-        .y_label_formatter(&|v| super::engine::human(*v))
+        .disable_y_mesh()
+        .y_labels(n as usize)
+        .y_label_formatter(&|_| String::new())
+        .x_labels(6)
+        .x_label_formatter(&|v| super::engine::human(*v))
         .label_style(("sans-serif", 13))
         .draw()?;
-    for r in &with_latency {
+    let text =
+        TextStyle::from(("sans-serif", 13).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+    for (i, r) in runs.iter().enumerate() {
         let Some(l) = r.results.latency_us else {
             continue;
         };
         let c = color(&r.name);
-        let values = [l.p50, l.p90, l.p99, l.p99_9, l.max];
-        let label = if scenarios.len() > 1 {
-            format!("{} ({})", r.name, r.scenario)
-        } else {
-            r.name.clone()
-        };
-        chart
-            .draw_series(LineSeries::new(
-                values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| (i as u32, v.max(lo))),
-                c.stroke_width(2),
-            ))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        for (v, style) in [(l.p99, c.mix(0.35).filled()), (l.p50, c.filled())] {
+            chart.draw_series(
+                Histogram::horizontal(&chart)
+                    .style(style)
+                    .margin(6)
+                    .baseline(lo)
+                    .data([(slot(runs, i), v.max(lo))]),
+            )?;
+        }
+        chart.draw_series(std::iter::once(Text::new(
+            format!(
+                " {} / {}",
+                super::engine::human(l.p50),
+                super::engine::human(l.p99)
+            ),
+            (l.p99.max(lo), SegmentValue::CenterOf(slot(runs, i))),
+            text.clone(),
+        )))?;
     }
-    if !with_latency.is_empty() {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 13))
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()?;
-    }
-    root.present()?;
     Ok(())
 }
