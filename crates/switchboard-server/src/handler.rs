@@ -398,7 +398,6 @@ impl<S> Connection<S> {
             Incoming::Text(t) => PreparedMessage::new(OpCode::Text, t.into_bytes(), threshold),
             Incoming::Binary(b) => PreparedMessage::new(OpCode::Binary, b, threshold),
         };
-        let message = Arc::new(message);
         let exclude = if include_self {
             None
         } else {

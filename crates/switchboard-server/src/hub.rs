@@ -120,19 +120,7 @@ impl Hub {
 
     /// Queues `message` to every local member of `room` but `exclude`; returns how many got it.
     pub fn broadcast(&self, room: &str, message: &PreparedMessage, exclude: Option<&str>) -> usize {
-        let Some(members) = self.members(room) else {
-            return 0;
-        };
-        let mut sent = 0;
-        for m in members.iter() {
-            if Some(&*m.id) == exclude {
-                continue;
-            }
-            if m.send_prepared(message).is_ok() {
-                sent += 1;
-            }
-        }
-        sent
+        self.deliver(room, None, message, exclude)
     }
 
     /// Delivers an event of `room` (a publication at `position`, or `None` for ephemeral

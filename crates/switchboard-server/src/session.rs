@@ -316,12 +316,7 @@ impl Protocol {
     }
 
     fn check_room<'n>(&'n self, room: &str) -> Result<&'n crate::config::NamespaceConfig, Refused> {
-        wire::validate_room(room).map_err(|why| {
-            refuse(
-                ErrorCode::BadRoom,
-                format!("room '{}': {why}", truncate(room)),
-            )
-        })?;
+        valid_room(room)?;
         self.node.namespace(room).ok_or_else(|| {
             refuse(
                 ErrorCode::UnknownNamespace,
@@ -501,12 +496,7 @@ impl Protocol {
         id: Option<&Id>,
         room: &str,
     ) -> Result<(), Refused> {
-        wire::validate_room(room).map_err(|why| {
-            refuse(
-                ErrorCode::BadRoom,
-                format!("room '{}': {why}", truncate(room)),
-            )
-        })?;
+        valid_room(room)?;
         let Some(room) = conn.rooms.take(room) else {
             return Err(refuse(
                 ErrorCode::NotSubscribed,
@@ -721,6 +711,16 @@ impl Protocol {
         );
         Ok(())
     }
+}
+
+/// `bad_room` unless `room` is a valid room name.
+fn valid_room(room: &str) -> Result<(), Refused> {
+    wire::validate_room(room).map_err(|why| {
+        refuse(
+            ErrorCode::BadRoom,
+            format!("room '{}': {why}", truncate(room)),
+        )
+    })
 }
 
 fn truncate(s: &str) -> &str {
