@@ -109,13 +109,7 @@ pub(crate) fn run(args: ConnectArgs) -> Result<ExitCode, String> {
             std::future::pending::<()>().await;
         }
     })?;
-    let setup = match driver.wait_setup(args.connections as u64, plan.setup_timeout(), false) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = driver.finish();
-            return Err(e);
-        }
-    };
+    let (driver, setup) = driver.setup(args.connections as u64, plan.setup_timeout(), false)?;
     let w = driver.load(
         plan.common.warmup,
         plan.common.duration,

@@ -106,14 +106,7 @@ pub(crate) fn run(args: EchoArgs) -> Result<ExitCode, String> {
             std::future::pending::<()>().await;
         }
     })?;
-    let setup = driver.wait_setup(plan.connections as u64, plan.setup_timeout(), true);
-    let setup = match setup {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = driver.finish();
-            return Err(e);
-        }
-    };
+    let (driver, setup) = driver.setup(plan.connections as u64, plan.setup_timeout(), true)?;
     let window = driver.load(
         plan.common.warmup,
         plan.common.duration,

@@ -386,6 +386,23 @@ impl Driver {
 
     /// Waits until `total` connections are set up (or failed). Returns the time it took.
     /// With `fail_fast`, the first failed connection ends the wait.
+    /// [`Driver::wait_setup`], stopping the workers when set-up fails so that the caller can
+    /// return the error at once.
+    pub(crate) fn setup(
+        self,
+        total: u64,
+        timeout: Duration,
+        fail_fast: bool,
+    ) -> Result<(Self, Duration), String> {
+        match self.wait_setup(total, timeout, fail_fast) {
+            Ok(elapsed) => Ok((self, elapsed)),
+            Err(e) => {
+                let _ = self.finish();
+                Err(e)
+            }
+        }
+    }
+
     pub(crate) fn wait_setup(
         &self,
         total: u64,

@@ -182,13 +182,7 @@ pub(crate) fn run(args: FanoutArgs) -> Result<ExitCode, String> {
             std::future::pending::<()>().await;
         }
     })?;
-    let setup = match driver.wait_setup(total as u64, plan.setup_timeout(), true) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = driver.finish();
-            return Err(e);
-        }
-    };
+    let (driver, setup) = driver.setup(total as u64, plan.setup_timeout(), true)?;
     let window_stats = driver.load(
         plan.common.warmup,
         plan.common.duration,

@@ -118,13 +118,7 @@ pub(crate) fn run(args: RoomsArgs) -> Result<ExitCode, String> {
             std::future::pending::<()>().await;
         }
     })?;
-    let setup = match driver.wait_setup(total as u64, plan.setup_timeout(), true) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = driver.finish();
-            return Err(e);
-        }
-    };
+    let (driver, setup) = driver.setup(total as u64, plan.setup_timeout(), true)?;
     let w = driver.load(
         plan.common.warmup,
         plan.common.duration,
