@@ -14,7 +14,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering},
     },
 };
 
@@ -159,6 +159,14 @@ pub struct ConnShared {
     /// [`ConnShared::begin_subscribe`]). One atomic load on the fan-out path otherwise.
     pending: AtomicBool,
     held: Mutex<Vec<Held>>,
+    /// Something arrived since the sweeper's last visit (`transport::registry`).
+    seen: AtomicBool,
+    /// Visits in a row that found nothing arrived (the sweeper's own counter).
+    missed: AtomicU32,
+    /// A close the server asked for (1001 shutdown, 4504 idle); 0: none.
+    close_request: AtomicU16,
+    /// Where the registry keeps this connection: shard in the high half, index in the low.
+    slot: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -181,7 +189,60 @@ impl ConnShared {
             deflate,
             pending: AtomicBool::new(false),
             held: Mutex::new(Vec::new()),
+            seen: AtomicBool::new(true),
+            missed: AtomicU32::new(0),
+            close_request: AtomicU16::new(0),
+            slot: AtomicU64::new(0),
         }
+    }
+
+    /// Records that bytes arrived from the peer (for the idle timeout).
+    pub(crate) fn mark_seen(&self) {
+        self.seen.store(true, Ordering::Relaxed);
+    }
+
+    /// The sweeper's visit: how many visits in a row found nothing arrived.
+    pub(crate) fn visit(&self) -> u32 {
+        if self.seen.swap(false, Ordering::Relaxed) {
+            self.missed.store(0, Ordering::Relaxed);
+            0
+        } else {
+            self.missed.fetch_add(1, Ordering::Relaxed) + 1
+        }
+    }
+
+    /// Asks the connection task to close with `code` (the first request wins).
+    pub(crate) fn request_close(&self, code: u16) {
+        let _ = self
+            .close_request
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.outbound.wake();
+    }
+
+    /// Whether a close was asked for and not yet taken.
+    pub(crate) fn has_close_request(&self) -> bool {
+        !matches!(self.close_request.load(Ordering::Acquire), 0 | u16::MAX)
+    }
+
+    /// Takes the close the server asked for, if any.
+    pub(crate) fn take_close_request(&self) -> Option<u16> {
+        if self.close_request.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        match self.close_request.swap(u16::MAX, Ordering::AcqRel) {
+            0 | u16::MAX => None,
+            code => Some(code),
+        }
+    }
+
+    pub(crate) fn set_slot(&self, shard: usize, index: usize) {
+        self.slot
+            .store(((shard as u64) << 32) | index as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn slot(&self) -> (usize, usize) {
+        let v = self.slot.load(Ordering::Relaxed);
+        ((v >> 32) as usize, (v & u32::MAX as u64) as usize)
     }
 
     /// The connection id.
@@ -221,6 +282,7 @@ impl ConnShared {
                         // one newer too, so the room goes back to the plain path.
                         held.swap_remove(i);
                         if held.is_empty() {
+                            *held = Vec::new();
                             self.pending.store(false, Ordering::Release);
                         }
                     }
@@ -288,6 +350,8 @@ impl ConnShared {
             }
         }
         if held.is_empty() {
+            // An idle connection keeps no allocation for holds.
+            *held = Vec::new();
             self.pending.store(false, Ordering::Release);
         }
     }
@@ -297,6 +361,8 @@ impl ConnShared {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         held.retain(|h| &*h.room != room);
         if held.is_empty() {
+            // An idle connection keeps no allocation for holds.
+            *held = Vec::new();
             self.pending.store(false, Ordering::Release);
         }
     }
@@ -309,9 +375,8 @@ pub struct Connection<S> {
     pub(crate) user: User,
     pub(crate) rooms: BTreeSet<Arc<str>>,
     pub(crate) encoder: Encoder,
-    /// Frames are encoded here and split off, so consecutive sends share one allocation.
-    pub(crate) scratch: BytesMut,
-    pub(crate) close: Option<CloseFrame>,
+    /// A close asked for by a hook, sent once everything queued before it is written.
+    pub(crate) close: Option<Box<CloseFrame>>,
     pub(crate) hub: Option<crate::hub::Hub>,
     pub(crate) timer: Option<tokio::time::Instant>,
     /// The handler's state.
@@ -350,8 +415,7 @@ impl<S> Connection<S> {
     }
 
     pub(crate) fn send(&mut self, opcode: OpCode, payload: &[u8]) {
-        self.encoder.encode(opcode, payload, &mut self.scratch);
-        let frame = self.scratch.split().freeze();
+        let frame = self.frame(opcode, payload);
         let _ = self.shared.outbound.push(frame);
     }
 
@@ -362,9 +426,15 @@ impl<S> Connection<S> {
 
     /// Frames a text message for this connection without queueing it.
     pub(crate) fn frame_text(&mut self, payload: &[u8]) -> Bytes {
-        self.encoder
-            .encode(OpCode::Text, payload, &mut self.scratch);
-        self.scratch.split().freeze()
+        self.frame(OpCode::Text, payload)
+    }
+
+    /// Frames a message in a buffer of its own: the frame may wait in the queue while
+    /// others are written, so it shares no allocation that would outlive it.
+    pub(crate) fn frame(&mut self, opcode: OpCode, payload: &[u8]) -> Bytes {
+        let mut buf = BytesMut::new();
+        self.encoder.encode(opcode, payload, &mut buf);
+        buf.freeze()
     }
 
     /// Asks for [`Handler::on_timer`] at `at` (replacing an earlier request); `None` cancels.
@@ -418,7 +488,7 @@ impl<S> Connection<S> {
     /// Closes the connection with `code` and `reason` once everything queued before is written.
     pub fn close(&mut self, code: u16, reason: &str) {
         if self.close.is_none() {
-            self.close = Some(CloseFrame::new(CloseCode(code), reason));
+            self.close = Some(Box::new(CloseFrame::new(CloseCode(code), reason)));
         }
     }
 }

@@ -10,7 +10,6 @@ use std::{
 };
 
 use axum::body::Body;
-use bytes::BytesMut;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use switchboard_protocol::{
@@ -27,7 +26,7 @@ use crate::{
     config::WebSocketConfig,
     handler::{ConnShared, Connection, Handler, Refusal, UpgradeContext},
     hub::Hub,
-    transport::ws::{self, WsSettings},
+    transport::{registry::Registry, ws},
 };
 
 /// Transport options of one route.
@@ -83,12 +82,15 @@ pub(crate) struct RouteContext {
     pub(crate) hub: Hub,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
+    /// The route's open connections on this server (pings, idle timeout, shutdown).
+    pub(crate) registry: Arc<Registry>,
 }
 
 /// A path served by a [`Handler`].
 #[derive(Clone)]
 pub struct Route {
     pub(crate) path: String,
+    pub(crate) options: Arc<RouteOptions>,
     pub(crate) upgrade: Arc<UpgradeFn>,
 }
 
@@ -105,6 +107,7 @@ impl Route {
     pub fn new<H: Handler>(path: &str, handler: H, options: RouteOptions) -> Self {
         let handler = Arc::new(handler);
         let options = Arc::new(options);
+        let route_options = options.clone();
         let upgrade = move |req: Request<Body>, ctx: RouteContext| -> BoxFuture<Response<Body>> {
             let handler = handler.clone();
             let options = options.clone();
@@ -112,6 +115,7 @@ impl Route {
         };
         Route {
             path: path.to_string(),
+            options: route_options,
             upgrade: Arc::new(upgrade),
         }
     }
@@ -218,55 +222,55 @@ async fn upgrade<H: Handler>(
     }
 
     let id = crate::ids::connection_id();
-    let span = tracing::info_span!("conn", id = %id);
-    let settings = WsSettings {
-        decoder: DecoderConfig::default().with_max_message_size(options.max_message_size),
-        ping_interval: options.ping_interval,
-        idle_timeout: options.idle_timeout,
-    };
+    // A span per connection costs hundreds of bytes in the subscriber's registry: it exists
+    // only when debug logging is on. Lines of a connection logged at info and above carry
+    // its id as a field instead.
+    let span = Some(tracing::debug_span!("conn", id = %id)).filter(|s| !s.is_disabled());
+    let conn_span = span.clone();
+    let decoder = DecoderConfig::default().with_max_message_size(options.max_message_size);
     let threshold = options.deflate.threshold;
-    ctx.tracker.spawn(
-        async move {
-            let upgraded = match on_upgrade.await {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::debug!(error = %e, "upgrade failed");
-                    return;
-                }
-            };
-            let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-                Ok(p) => p,
-                Err(_) => {
-                    tracing::error!("upgraded connection is not a TCP stream");
-                    return;
-                }
-            };
-            let stream = parts.io.into_inner();
-            let user = accepted.user;
-            tracing::debug!(peer = ?peer, user = %user.id, deflate = params.is_some(), "connected");
-            let shared = Arc::new(ConnShared::new(id, options.outbound_queue, params));
-            let conn = Connection {
-                shared,
-                user,
-                rooms: BTreeSet::new(),
-                encoder: Encoder::new(Role::Server, params, threshold),
-                scratch: BytesMut::new(),
-                close: None,
-                hub: Some(ctx.hub.clone()),
-                timer: None,
-                state: accepted.state,
-            };
-            ws::run(
-                handler,
-                stream,
-                parts.read_buf,
-                conn,
-                settings,
-                ctx.shutdown.clone(),
-            )
-            .await;
-        }
-        .instrument(span),
-    );
+    let hub = ctx.hub.clone();
+    let registry = ctx.registry.clone();
+    let tracker = ctx.tracker.clone();
+    let task = async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::error!("upgraded connection is not a TCP stream");
+                return;
+            }
+        };
+        let stream = parts.io.into_inner();
+        let user = accepted.user;
+        tracing::debug!(peer = ?peer, user = %user.id, deflate = params.is_some(), "connected");
+        let shared = Arc::new(ConnShared::new(id, options.outbound_queue, params));
+        let conn = Connection {
+            shared,
+            user,
+            rooms: BTreeSet::new(),
+            encoder: Encoder::new(Role::Server, params, threshold),
+            close: None,
+            hub: Some(hub),
+            timer: None,
+            state: accepted.state,
+        };
+        // A task of its own: this one holds what the upgrade needed until it ends.
+        let task = ws::run(handler, stream, parts.read_buf, conn, decoder, registry);
+        match conn_span {
+            Some(span) => tracker.spawn(task.instrument(span)),
+            None => tracker.spawn(task),
+        };
+    };
+    match span {
+        Some(span) => ctx.tracker.spawn(task.instrument(span)),
+        None => ctx.tracker.spawn(task),
+    };
     resp.body(Body::empty()).expect("valid upgrade response")
 }

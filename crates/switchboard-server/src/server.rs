@@ -24,6 +24,7 @@ use tower::Service;
 use crate::{
     hub::Hub,
     route::{PeerAddr, Route, RouteContext, json_response},
+    transport::registry::{Registry, run_sweeper},
 };
 
 /// A bound server, ready to run.
@@ -35,6 +36,8 @@ pub struct Server {
     tracker: TaskTracker,
     drain_timeout: Duration,
     health: Arc<Health>,
+    /// Each WebSocket route's connections, with its ping interval and idle timeout.
+    sweeps: Vec<(Arc<Registry>, Duration, Duration)>,
 }
 
 #[derive(Debug, Default)]
@@ -86,7 +89,16 @@ impl Server {
             tracker,
             drain_timeout,
             health,
+            sweeps,
         } = self;
+        for (registry, ping_interval, idle_timeout) in sweeps {
+            tracker.spawn(run_sweeper(
+                Arc::downgrade(&registry),
+                ping_interval,
+                idle_timeout,
+                shutdown.clone(),
+            ));
+        }
         health.ready.store(true, Ordering::Relaxed);
         let mut signal = std::pin::pin!(signal);
         loop {
@@ -208,11 +220,7 @@ impl ServerBuilder {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let health = Arc::new(Health::default());
-        let ctx = RouteContext {
-            hub: self.hub,
-            shutdown: shutdown.clone(),
-            tracker: tracker.clone(),
-        };
+        let mut sweeps = Vec::new();
         let mut router = Router::new()
             .route(
                 "/healthz",
@@ -223,7 +231,18 @@ impl ServerBuilder {
             .route("/readyz", get(readyz).with_state(health.clone()));
         for route in self.routes {
             let upgrade = route.upgrade.clone();
-            let ctx = ctx.clone();
+            let registry = Arc::new(Registry::default());
+            sweeps.push((
+                registry.clone(),
+                route.options.ping_interval,
+                route.options.idle_timeout,
+            ));
+            let ctx = RouteContext {
+                hub: self.hub.clone(),
+                shutdown: shutdown.clone(),
+                tracker: tracker.clone(),
+                registry,
+            };
             router = router.route(
                 &route.path,
                 axum::routing::any(move |req: Request<Body>| {
@@ -249,6 +268,7 @@ impl ServerBuilder {
             tracker,
             drain_timeout: self.drain_timeout,
             health,
+            sweeps,
         })
     }
 }

@@ -1,5 +1,10 @@
 //! Per-thread pools of zlib contexts, so that a connection holds one only while it compresses
 //! or inflates a message (see the memory policy in [`crate::deflate`]).
+//!
+//! Contexts are boxed: flate2's `Compress` and `Decompress` are about 150 bytes inline, so
+//! boxing keeps the `Option` fields of every encoder and decoder at one pointer, and moving a
+//! context in and out of the pool (or of a decoder) copies a pointer. The box is allocated
+//! with the context and travels with it, so taking and returning one allocates nothing.
 
 use std::cell::RefCell;
 
@@ -19,8 +24,10 @@ const MAX_IDLE_DECOMPRESSORS: usize = 4;
 thread_local! {
     /// One idle compressor per window size: compression is synchronous, so a thread never
     /// needs two of the same size at once.
-    static COMPRESSORS: RefCell<[Option<Compress>; 7]> = RefCell::new(Default::default());
-    static DECOMPRESSORS: RefCell<Vec<Decompress>> = const { RefCell::new(Vec::new()) };
+    static COMPRESSORS: RefCell<[Option<Box<Compress>>; 7]> = RefCell::new(Default::default());
+    // Boxed although a `Vec` is on the heap: the box is what a decoder takes and returns.
+    #[allow(clippy::vec_box)]
+    static DECOMPRESSORS: RefCell<Vec<Box<Decompress>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The window zlib compresses with when `negotiated` bits were agreed: 8 becomes 9. A
@@ -31,14 +38,18 @@ pub(crate) fn compress_bits(negotiated: u8) -> u8 {
 }
 
 /// A new raw-deflate compressor for a window of `bits` (negotiated value, see [`compress_bits`]).
-pub(crate) fn new_compressor(bits: u8) -> Compress {
-    Compress::new_with_window_bits(LEVEL, false, compress_bits(bits))
+pub(crate) fn new_compressor(bits: u8) -> Box<Compress> {
+    Box::new(Compress::new_with_window_bits(
+        LEVEL,
+        false,
+        compress_bits(bits),
+    ))
 }
 
 /// A new raw-deflate decompressor. It always has the largest window: a stream made with a
 /// smaller one inflates the same.
-pub(crate) fn new_decompressor() -> Decompress {
-    Decompress::new_with_window_bits(false, 15)
+pub(crate) fn new_decompressor() -> Box<Decompress> {
+    Box::new(Decompress::new_with_window_bits(false, 15))
 }
 
 /// Runs `f` with a fresh compressor for `bits` borrowed from this thread's pool.
@@ -57,7 +68,7 @@ pub(crate) fn with_compressor<R>(bits: u8, f: impl FnOnce(&mut Compress) -> R) -
 }
 
 /// A fresh decompressor from this thread's pool (or a new one).
-pub(crate) fn take_decompressor() -> Decompress {
+pub(crate) fn take_decompressor() -> Box<Decompress> {
     DECOMPRESSORS
         .try_with(|pool| pool.borrow_mut().pop())
         .ok()
@@ -66,7 +77,7 @@ pub(crate) fn take_decompressor() -> Decompress {
 }
 
 /// Returns a decompressor to this thread's pool, reset for its next message.
-pub(crate) fn give_decompressor(mut decompressor: Decompress) {
+pub(crate) fn give_decompressor(mut decompressor: Box<Decompress>) {
     decompressor.reset(false);
     let _ = DECOMPRESSORS.try_with(|pool| {
         let mut pool = pool.borrow_mut();

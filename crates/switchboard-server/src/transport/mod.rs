@@ -2,4 +2,5 @@
 //! from one bounded queue per connection.
 
 pub(crate) mod outbound;
+pub(crate) mod registry;
 pub(crate) mod ws;

@@ -14,16 +14,18 @@
 //! limits memory to `bound + max_message_size` and never makes a large message undeliverable.
 //! Other recipients of the same room are unaffected: nobody waits for a slow consumer.
 
-use std::{collections::VecDeque, sync::Mutex};
+use std::{
+    collections::VecDeque,
+    sync::Mutex,
+    task::{Context, Poll, Waker},
+};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 
 /// The shared side of a connection's queue.
 #[derive(Debug)]
 pub(crate) struct Outbound {
     inner: Mutex<Inner>,
-    notify: Notify,
     limit: usize,
 }
 
@@ -32,7 +34,13 @@ struct Inner {
     frames: VecDeque<Bytes>,
     /// Bytes queued or taken by the writer and not yet written.
     bytes: usize,
+    /// The first frame is partly written: it must be finished before anything else, or the
+    /// peer sees a broken stream (also when the queue overflows and only a close follows).
+    partial: bool,
     state: State,
+    /// The connection task, when it found nothing to do. Kept here rather than in a
+    /// `Notify` so that a push takes one lock and an idle connection one word.
+    waker: Option<Waker>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -52,88 +60,159 @@ pub(crate) enum PushError {
     Closed,
 }
 
-/// What the writer found when it drained the queue.
+/// The queue overflowed: close the connection with 4500.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Drain {
-    /// Frames moved into the writer's list (possibly none).
-    Frames,
-    /// The connection overflowed: close it with 4500.
-    Overflowed,
-}
+pub(crate) struct Overflowed;
 
 impl Outbound {
     pub(crate) fn new(limit: usize) -> Self {
         Outbound {
             inner: Mutex::new(Inner::default()),
-            notify: Notify::new(),
             limit,
         }
     }
 
-    /// Queues a frame and wakes the connection task if the queue was empty.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a frame and wakes the connection task if it is waiting.
     pub(crate) fn push(&self, frame: Bytes) -> Result<(), PushError> {
         let len = frame.len();
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.lock();
         match inner.state {
             State::Open => {}
             State::Overflowed | State::Closed => return Err(PushError::Closed),
         }
         if inner.bytes > 0 && inner.bytes + len > self.limit {
             inner.state = State::Overflowed;
-            inner.frames = VecDeque::new();
+            if inner.partial {
+                inner.frames.truncate(1);
+                inner.frames.shrink_to_fit();
+            } else {
+                inner.frames = VecDeque::new();
+            }
+            let waker = inner.waker.take();
             drop(inner);
-            self.notify.notify_one();
+            if let Some(w) = waker {
+                w.wake();
+            }
             return Err(PushError::Overflow);
         }
-        let wake = inner.frames.is_empty();
         inner.frames.push_back(frame);
         inner.bytes += len;
+        let waker = inner.waker.take();
         drop(inner);
-        if wake {
-            self.notify.notify_one();
+        if let Some(w) = waker {
+            w.wake();
         }
         Ok(())
     }
 
-    /// Moves every queued frame to the back of `into`.
-    pub(crate) fn drain_into(&self, into: &mut VecDeque<Bytes>) -> Drain {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if inner.state == State::Overflowed {
-            return Drain::Overflowed;
+    /// Wakes the connection task (it looks at its close request).
+    pub(crate) fn wake(&self) {
+        let waker = self.lock().waker.take();
+        if let Some(w) = waker {
+            w.wake();
         }
-        if into.is_empty() {
-            // Hand the writer the whole deque; the queue keeps the writer's empty one.
-            std::mem::swap(&mut inner.frames, into);
-        } else {
-            into.extend(inner.frames.drain(..));
-        }
-        Drain::Frames
     }
 
-    /// Records that `n` bytes reached the socket.
-    pub(crate) fn written(&self, n: usize) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.bytes = inner.bytes.saturating_sub(n);
+    /// Ready when there are frames to write or the queue overflowed; otherwise the task is
+    /// woken by the next push.
+    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.lock();
+        if !inner.frames.is_empty() || inner.state == State::Overflowed {
+            return Poll::Ready(());
+        }
+        match &inner.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => inner.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// While the socket is not writable: ready only when the queue overflowed (to close at
+    /// once); otherwise the task is woken by the next push or close request.
+    pub(crate) fn poll_overflow(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.lock();
+        if inner.state == State::Overflowed {
+            return Poll::Ready(());
+        }
+        match &inner.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => inner.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Moves every queued frame to `into` (which must be empty) for writing; after the write,
+    /// [`Outbound::put_back`] returns what is left. After an overflow only a partly written
+    /// frame is handed over, to be finished before the close frame.
+    pub(crate) fn take(&self, into: &mut VecDeque<Bytes>) -> Result<(), Overflowed> {
+        let mut inner = self.lock();
+        std::mem::swap(&mut inner.frames, into);
+        inner.partial = false;
+        match inner.state {
+            State::Overflowed => Err(Overflowed),
+            State::Open | State::Closed => Ok(()),
+        }
+    }
+
+    /// Records that `written` bytes reached the socket and puts the frames not yet written
+    /// back in front of anything pushed meanwhile (`partial`: the first one is partly
+    /// written). Returns whether the queue is now empty. An empty queue keeps no allocation:
+    /// idle connections hold no buffers.
+    pub(crate) fn put_back(
+        &self,
+        mut rest: VecDeque<Bytes>,
+        written: usize,
+        partial: bool,
+    ) -> bool {
+        let mut inner = self.lock();
+        inner.bytes = inner.bytes.saturating_sub(written);
+        match inner.state {
+            State::Open => {}
+            State::Overflowed => {
+                if partial && inner.frames.is_empty() {
+                    rest.truncate(1);
+                    inner.frames = rest;
+                    inner.partial = true;
+                }
+                return false;
+            }
+            State::Closed => return true,
+        }
+        if rest.is_empty() {
+            if inner.frames.is_empty() {
+                return true;
+            }
+            if inner.frames.capacity() == 0 {
+                // Frames arrived while we wrote: keep our buffer for them.
+                rest.extend(inner.frames.drain(..));
+                inner.frames = rest;
+            }
+            return false;
+        }
+        rest.extend(inner.frames.drain(..));
+        inner.frames = rest;
+        inner.partial = partial;
+        false
     }
 
     /// Refuses every later push and drops what is queued.
     pub(crate) fn close(&self) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.lock();
         if inner.state == State::Open {
             inner.state = State::Closed;
         }
         inner.frames = VecDeque::new();
         inner.bytes = 0;
+        inner.waker = None;
     }
 
     /// Bytes queued and not yet written.
     pub(crate) fn queued_bytes(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).bytes
-    }
-
-    /// Waits until a push (or overflow) happens after the last drain.
-    pub(crate) async fn notified(&self) {
-        self.notify.notified().await
+        self.lock().bytes
     }
 }
 
@@ -147,11 +226,14 @@ mod tests {
         q.push(Bytes::from_static(b"123456")).unwrap();
         q.push(Bytes::from_static(b"7890")).unwrap();
         let mut taken = VecDeque::new();
-        assert_eq!(q.drain_into(&mut taken), Drain::Frames);
+        assert_eq!(q.take(&mut taken), Ok(()));
         assert_eq!(taken.len(), 2);
         // Taken but unwritten bytes still count.
         assert_eq!(q.push(Bytes::from_static(b"x")), Err(PushError::Overflow));
-        assert_eq!(q.drain_into(&mut taken), Drain::Overflowed);
+        assert!(!q.put_back(taken, 0, false));
+        let mut again = VecDeque::new();
+        assert_eq!(q.take(&mut again), Err(Overflowed));
+        assert!(again.is_empty(), "the queue is released");
         assert_eq!(q.push(Bytes::from_static(b"x")), Err(PushError::Closed));
     }
 
@@ -160,8 +242,9 @@ mod tests {
         let q = Outbound::new(10);
         q.push(Bytes::from_static(b"1234567890")).unwrap();
         let mut taken = VecDeque::new();
-        q.drain_into(&mut taken);
-        q.written(10);
+        q.take(&mut taken).unwrap();
+        taken.clear();
+        assert!(q.put_back(taken, 10, false));
         q.push(Bytes::from_static(b"1234567890")).unwrap();
         assert_eq!(q.queued_bytes(), 10);
     }
@@ -171,5 +254,43 @@ mod tests {
         let q = Outbound::new(4);
         q.push(Bytes::from(vec![0; 100])).unwrap();
         assert_eq!(q.push(Bytes::from_static(b"x")), Err(PushError::Overflow));
+    }
+
+    #[test]
+    fn a_partly_written_frame_survives_overflow_and_goes_first() {
+        let q = Outbound::new(10);
+        q.push(Bytes::from_static(b"abcdef")).unwrap();
+        q.push(Bytes::from_static(b"gh")).unwrap();
+        let mut taken = VecDeque::new();
+        q.take(&mut taken).unwrap();
+        // Three bytes of the first frame reached the socket.
+        taken[0] = taken[0].slice(3..);
+        q.push(Bytes::from_static(b"ij")).unwrap();
+        assert!(!q.put_back(taken, 3, true));
+        let mut next = VecDeque::new();
+        q.take(&mut next).unwrap();
+        assert_eq!(next, [&b"def"[..], b"gh", b"ij"]);
+        // Still partly written when the queue overflows: only that frame is kept.
+        next[0] = next[0].slice(1..);
+        assert_eq!(q.push(Bytes::from(vec![0; 8])), Err(PushError::Overflow));
+        assert!(!q.put_back(next, 1, true));
+        let mut last = VecDeque::new();
+        assert_eq!(q.take(&mut last), Err(Overflowed));
+        assert_eq!(last, [&b"ef"[..]]);
+    }
+
+    #[test]
+    fn an_idle_queue_keeps_no_allocation_and_wakes_its_task() {
+        let q = Outbound::new(100);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(q.poll_ready(&mut cx).is_pending());
+        q.push(Bytes::from_static(b"x")).unwrap();
+        assert!(q.poll_ready(&mut cx).is_ready());
+        let mut taken = VecDeque::new();
+        q.take(&mut taken).unwrap();
+        taken.clear();
+        assert!(q.put_back(taken, 1, false));
+        assert_eq!(q.lock().frames.capacity(), 0);
     }
 }

@@ -1,12 +1,24 @@
 //! One WebSocket connection's task: reads and decodes frames, calls the handler, writes
-//! everything queued in vectored writes, sends pings, enforces the idle timeout, and runs the
-//! close handshake.
+//! everything queued in vectored writes, and runs the close handshake.
 //!
-//! One task does it all with readiness (`readable`/`writable` + `try_*`), so no read buffer
-//! exists while the connection is idle and no lock or channel sits between the reader and the
-//! writer. Replies produced while handling a batch of input are written together after it.
+//! An idle connection is small: the task waits with one hand-written poll (socket readiness,
+//! the queue's waker, and a timer only when the handler or a close handshake asked for one),
+//! pings and idle timeouts come from the route's sweeper (`transport::registry`), and every
+//! future that may be large (the handler's hooks, the close paths) is boxed for as long as it
+//! runs, so none of them is part of the connection's resting state. There is no read buffer
+//! while idle, and no lock or channel between the reader and the writer. Replies produced
+//! while handling a batch of input are written together after it.
 
-use std::{collections::VecDeque, io, io::IoSlice, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    future::{Future, poll_fn},
+    io,
+    io::IoSlice,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use bytes::{Buf, Bytes, BytesMut};
 use switchboard_protocol::{
@@ -14,11 +26,16 @@ use switchboard_protocol::{
     codec::{Decoder, DecoderConfig, Message},
     frame::OpCode,
 };
-use tokio::{net::TcpStream, time::Instant};
-use tokio_util::sync::CancellationToken;
+use tokio::{
+    net::TcpStream,
+    time::{Instant, Sleep},
+};
 
-use super::outbound::Drain;
-use crate::handler::{ConnShared, Connection, Handler, Incoming};
+use super::{
+    outbound::Overflowed,
+    registry::{self, Registry},
+};
+use crate::handler::{Connection, Handler, Incoming};
 
 /// Bytes read per wake-up at most.
 const READ_CHUNK: usize = 16 * 1024;
@@ -29,205 +46,402 @@ const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long we wait for the peer's close frame (or EOF) after sending ours.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Per-connection transport settings, from the route.
-#[derive(Debug, Clone)]
-pub(crate) struct WsSettings {
-    pub(crate) decoder: DecoderConfig,
-    pub(crate) ping_interval: Duration,
-    pub(crate) idle_timeout: Duration,
-}
-
 /// Why the connection loop ended.
 enum End {
     /// Both close frames exchanged (or ours sent and the peer went away).
-    Closed(Option<CloseFrame>),
+    Closed(Option<Box<CloseFrame>>),
     /// TCP ended without a close handshake.
     Abnormal,
 }
 
-pub(crate) async fn run<H: Handler>(
+/// What woke the connection.
+enum Event {
+    Readable,
+    ReadFailed,
+    /// The queue has frames (or overflowed), the socket took bytes again, or a close was
+    /// requested: the loop looks at all of it.
+    Output,
+    Timer,
+    CloseTimeout,
+}
+
+/// The connection's resting state, kept small: it is most of what an idle connection costs.
+struct Ws<S> {
+    stream: TcpStream,
+    conn: Connection<S>,
+    /// Input while bytes of an unfinished frame or message are held; none while idle.
+    input: Option<Box<Input>>,
+    decoder: DecoderConfig,
+    /// The last write stopped at a full socket: wait for writability, not for the queue.
+    write_blocked: bool,
+    /// Set once we have sent our close frame: until then we wait for the peer's.
+    sent_close: Option<Box<CloseFrame>>,
+    close_deadline: Option<Pin<Box<Sleep>>>,
+    /// The handler's timer ([`Connection::set_timer`]), armed only while one is set.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// Received bytes not decoded yet, and the decoder's state.
+struct Input {
+    rbuf: BytesMut,
+    decoder: Decoder,
+}
+
+/// Runs a connection until it closes. The caller has registered nothing: the connection is
+/// added to `registry` here (for pings, idle timeout and shutdown) and removed at the end.
+pub(crate) fn run<H: Handler>(
     handler: Arc<H>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     leftover: Bytes,
-    mut conn: Connection<H::State>,
-    settings: WsSettings,
-    shutdown: CancellationToken,
-) {
+    conn: Connection<H::State>,
+    decoder: DecoderConfig,
+    registry: Arc<Registry>,
+) -> impl Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
     // `leftover` shares hyper's whole read buffer (8 KiB): copy what it holds, if anything,
     // and let it go, or every idle connection keeps that buffer alive.
-    let rbuf = if leftover.is_empty() {
-        BytesMut::new()
-    } else {
-        BytesMut::from(&leftover[..])
-    };
+    let input = (!leftover.is_empty()).then(|| {
+        Box::new(Input {
+            rbuf: BytesMut::from(&leftover[..]),
+            decoder: Decoder::new(Role::Server, decoder, conn.shared.deflate),
+        })
+    });
     drop(leftover);
-    let mut io = Io {
-        pending: VecDeque::new(),
-        partial: false,
-        rbuf,
+    let mut ws = Ws {
+        stream,
+        conn,
+        input,
+        decoder,
+        write_blocked: false,
+        sent_close: None,
+        close_deadline: None,
+        timer: None,
     };
-    let mut decoder = Decoder::new(Role::Server, settings.decoder, conn.shared.deflate);
-    let mut last_recv = Instant::now();
-    let mut ping = tokio::time::interval_at(
-        Instant::now() + settings.ping_interval,
-        settings.ping_interval,
-    );
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Set once we have sent our close frame: until then we wait for the peer's.
-    let mut close_deadline: Option<Instant> = None;
-    let mut sent_close: Option<CloseFrame> = None;
+    // An `async move` block that uses what it captures in place: an `async fn` would move its
+    // arguments into locals and keep both copies for the task's whole life.
+    async move {
+        if registry.insert(&ws.conn.shared) {
+            ws.conn.shared.request_close(registry::GOING_AWAY);
+        }
+        Box::pin(handler.on_connect(&mut ws.conn)).await;
+        let end = ws.serve(&*handler).await;
 
-    handler.on_connect(&mut conn).await;
-
-    let end = 'conn: loop {
-        // Decode whatever is buffered (also the bytes hyper read past the upgrade request).
-        loop {
-            match decoder.decode(&mut io.rbuf) {
-                Ok(None) => break,
-                Ok(Some(msg)) => match msg {
-                    Message::Text(t) if sent_close.is_none() => {
-                        handler.on_message(&mut conn, Incoming::Text(t)).await
-                    }
-                    Message::Binary(b) if sent_close.is_none() => {
-                        handler.on_message(&mut conn, Incoming::Binary(b)).await
-                    }
-                    Message::Text(_) | Message::Binary(_) => {}
-                    Message::Ping(p) => {
-                        if sent_close.is_none() {
-                            conn.send(OpCode::Pong, &p);
-                        }
-                    }
-                    Message::Pong(_) => {}
-                    Message::Close(frame) => {
-                        if sent_close.is_none() {
-                            // Echo the peer's code (RFC 6455 5.5.1); an empty close gets an empty one.
-                            let reply = frame.as_ref().map(|f| CloseFrame::new(f.code, ""));
-                            send_close(&mut conn, reply.as_ref());
-                            let _ = io.flush_all(&mut stream, &conn.shared).await;
-                        }
-                        break 'conn End::Closed(frame.or(sent_close));
-                    }
-                },
-                Err(e) => {
-                    tracing::debug!(error = %e, "protocol error");
-                    let frame = CloseFrame::new(e.close_code(), &short_reason(&e));
-                    handler
-                        .on_error(&mut conn, &crate::Error::Protocol(e))
-                        .await;
-                    conn.close = None;
-                    send_close(&mut conn, Some(&frame));
-                    let _ = io.flush_all(&mut stream, &conn.shared).await;
-                    break 'conn End::Closed(Some(frame));
-                }
+        let conn = &mut ws.conn;
+        conn.shared.outbound.close();
+        registry.remove(&conn.shared);
+        let close = match &end {
+            End::Closed(f) => f.as_deref().cloned(),
+            End::Abnormal => None,
+        };
+        tracing::debug!(code = close.as_ref().map(|c| c.code.0), "connection closed");
+        Box::pin(handler.on_close(conn, close.as_ref())).await;
+        // Rooms the handler did not leave itself (library API joins).
+        if let Some(hub) = conn.hub.clone() {
+            for room in std::mem::take(&mut conn.rooms) {
+                hub.leave(&room, &conn.shared.id);
             }
         }
-        if io.rbuf.is_empty() && decoder.is_idle() && io.rbuf.capacity() > 0 {
-            // Idle connections hold no read buffer.
-            io.rbuf = BytesMut::new();
-        }
-
-        // A hook (or another task through the queue) asked to close.
-        if sent_close.is_none()
-            && let Some(frame) = conn.close.take()
-        {
-            send_close(&mut conn, Some(&frame));
-            sent_close = Some(frame);
-            close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
-        }
-
-        match io.flush(&stream, &conn.shared) {
-            Ok(_) => {}
-            Err(FlushError::Overflow) => {
-                tracing::info!(
-                    queued = conn.shared.outbound.queued_bytes(),
-                    "slow consumer, closing with 4500"
-                );
-                let frame = CloseFrame::new(CloseCode(4500), "slow consumer");
-                // The queue is already released. What the kernel took goes first; the close
-                // frame follows if the peer drains that within a short while, so a client
-                // that was merely behind learns it may reconnect and recover.
-                let mut buf = BytesMut::new();
-                if io.partial
-                    && let Some(rest) = io.pending.pop_front()
-                {
-                    buf.extend_from_slice(&rest);
-                }
-                io.pending = VecDeque::new();
-                conn.encoder.encode_close(Some(&frame), &mut buf);
-                let write = tokio::io::AsyncWriteExt::write_all(&mut stream, &buf);
-                let _ = tokio::time::timeout(SLOW_CLOSE_TIMEOUT, write).await;
-                break 'conn End::Closed(Some(frame));
-            }
-            Err(FlushError::Io(e)) => {
-                tracing::debug!(error = %e, "write failed");
-                break 'conn End::Abnormal;
-            }
-        }
-
-        let deadline =
-            close_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365));
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled(), if sent_close.is_none() => {
-                conn.close(1001, "server shutting down");
-            }
-            _ = conn.shared.outbound.notified() => {}
-            r = stream.readable() => {
-                if r.is_err() { break 'conn End::Abnormal; }
-                if io.rbuf.capacity() - io.rbuf.len() < READ_CHUNK / 2 {
-                    io.rbuf.reserve(READ_CHUNK);
-                }
-                match stream.try_read_buf(&mut io.rbuf) {
-                    Ok(0) => break 'conn if sent_close.is_some() { End::Closed(sent_close) } else { End::Abnormal },
-                    Ok(_) => last_recv = Instant::now(),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => break 'conn End::Abnormal,
-                }
-            }
-            _ = stream.writable(), if !io.pending.is_empty() => {}
-            _ = ping.tick(), if sent_close.is_none() => {
-                if last_recv.elapsed() >= settings.idle_timeout {
-                    tracing::debug!("idle timeout");
-                    conn.close(4504, "idle timeout");
-                } else {
-                    conn.send(OpCode::Ping, b"");
-                }
-            }
-            _ = tokio::time::sleep_until(deadline), if close_deadline.is_some() => {
-                break 'conn End::Closed(sent_close);
-            }
-            _ = tokio::time::sleep_until(conn.timer.unwrap_or(deadline)), if conn.timer.is_some() && sent_close.is_none() => {
-                conn.timer = None;
-                handler.on_timer(&mut conn).await;
-            }
-        }
-    };
-
-    conn.shared.outbound.close();
-    let close = match &end {
-        End::Closed(f) => f.clone(),
-        End::Abnormal => None,
-    };
-    tracing::debug!(code = close.as_ref().map(|c| c.code.0), "connection closed");
-    handler.on_close(&mut conn, close.as_ref()).await;
-    // Rooms the handler did not leave itself (library API joins).
-    if let Some(hub) = conn.hub.clone() {
-        for room in std::mem::take(&mut conn.rooms) {
-            hub.leave(&room, &conn.shared.id);
+        // Server closes TCP first after the close handshake (RFC 6455 7.1.1); wait briefly for the
+        // peer's FIN so unread bytes do not turn our close into a reset that loses the close frame.
+        if matches!(end, End::Closed(_)) {
+            Box::pin(lingering_close(ws.stream)).await;
         }
     }
-    // Server closes TCP first after the close handshake (RFC 6455 7.1.1); wait briefly for the
-    // peer's FIN so unread bytes do not turn our close into a reset that loses the close frame.
-    if matches!(end, End::Closed(_)) {
-        lingering_close(stream).await;
+}
+
+impl<S: Send + 'static> Ws<S> {
+    async fn serve<H: Handler<State = S>>(&mut self, handler: &H) -> End {
+        loop {
+            // Decode whatever is buffered (also the bytes hyper read past the upgrade request).
+            if let Some(input) = &mut self.input
+                && !input.rbuf.is_empty()
+            {
+                let closing = self.sent_close.is_some();
+                let decoded = Box::pin(dispatch(handler, &mut self.conn, input, closing)).await;
+                // Rare endings run in a future of their own, so their state is no part of
+                // the connection's resting state.
+                if let Some(end) = decoded {
+                    return Box::pin(self.end_input(handler, end)).await;
+                }
+            }
+            if self
+                .input
+                .as_ref()
+                .is_some_and(|i| i.rbuf.is_empty() && i.decoder.is_reset())
+            {
+                // Idle connections hold no read buffer and no decoder state.
+                self.input = None;
+            }
+
+            // The server (shutdown, idle timeout) or a hook asked to close.
+            if self.sent_close.is_none() {
+                if let Some(code) = self.conn.shared.take_close_request() {
+                    if code == registry::IDLE_TIMEOUT {
+                        tracing::debug!("idle timeout");
+                    }
+                    self.conn.close(code, registry::close_reason(code));
+                }
+                if let Some(frame) = self.conn.close.take() {
+                    send_close(&mut self.conn, Some(&*frame));
+                    self.sent_close = Some(frame);
+                    self.close_deadline = Some(Box::pin(tokio::time::sleep(CLOSE_TIMEOUT)));
+                    self.timer = None;
+                }
+            }
+
+            match self.flush() {
+                Ok(done) => self.write_blocked = !done,
+                Err(FlushError::Overflow(rest)) => return Box::pin(self.slow_close(rest)).await,
+                Err(FlushError::Io(e)) => {
+                    tracing::debug!(error = %e, "write failed");
+                    return End::Abnormal;
+                }
+            }
+            self.arm_timer();
+
+            match poll_fn(|cx| self.poll_event(cx)).await {
+                Event::Readable => {
+                    let (decoder, deflate) = (self.decoder, self.conn.shared.deflate);
+                    let input = self.input.get_or_insert_with(|| {
+                        Box::new(Input {
+                            rbuf: BytesMut::new(),
+                            decoder: Decoder::new(Role::Server, decoder, deflate),
+                        })
+                    });
+                    if input.rbuf.capacity() - input.rbuf.len() < READ_CHUNK / 2 {
+                        input.rbuf.reserve(READ_CHUNK);
+                    }
+                    match self.stream.try_read_buf(&mut input.rbuf) {
+                        Ok(0) => {
+                            return match self.sent_close.take() {
+                                Some(frame) => End::Closed(Some(frame)),
+                                None => End::Abnormal,
+                            };
+                        }
+                        Ok(_) => self.conn.shared.mark_seen(),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return End::Abnormal,
+                    }
+                }
+                Event::ReadFailed => return End::Abnormal,
+                Event::Output => {}
+                Event::Timer => {
+                    self.timer = None;
+                    self.conn.timer = None;
+                    Box::pin(handler.on_timer(&mut self.conn)).await;
+                }
+                Event::CloseTimeout => return End::Closed(self.sent_close.take()),
+            }
+        }
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        if let Some(deadline) = &mut self.close_deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Event::CloseTimeout);
+        }
+        if let Some(timer) = &mut self.timer
+            && timer.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Event::Timer);
+        }
+        match self.stream.poll_read_ready(cx) {
+            Poll::Ready(Ok(())) => return Poll::Ready(Event::Readable),
+            Poll::Ready(Err(_)) => return Poll::Ready(Event::ReadFailed),
+            Poll::Pending => {}
+        }
+        let outbound = &self.conn.shared.outbound;
+        let output = if self.write_blocked {
+            // A full socket: the queue only matters when it overflows.
+            self.stream.poll_write_ready(cx).is_ready() || outbound.poll_overflow(cx).is_ready()
+        } else {
+            outbound.poll_ready(cx).is_ready()
+        };
+        // A close request wakes the task through the queue's waker, registered above.
+        if output || (self.sent_close.is_none() && self.conn.shared.has_close_request()) {
+            return Poll::Ready(Event::Output);
+        }
+        Poll::Pending
+    }
+
+    /// Keeps the armed timer in step with [`Connection::set_timer`].
+    fn arm_timer(&mut self) {
+        match (self.conn.timer, &mut self.timer) {
+            (None, _) => self.timer = None,
+            _ if self.sent_close.is_some() => self.timer = None,
+            (Some(at), Some(timer)) => {
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+            }
+            (Some(at), None) => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+
+    /// Writes as much as the socket takes now. `Ok(true)` when everything queued is written.
+    fn flush(&mut self) -> Result<bool, FlushError> {
+        let outbound = &self.conn.shared.outbound;
+        loop {
+            let mut frames = VecDeque::new();
+            if outbound.take(&mut frames) == Err(Overflowed) {
+                return Err(FlushError::Overflow(frames));
+            }
+            if frames.is_empty() {
+                return Ok(true);
+            }
+            let mut written = 0;
+            let mut partial = false;
+            let mut blocked = false;
+            while !frames.is_empty() {
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                let mut n = 0;
+                for (slot, frame) in slices.iter_mut().zip(frames.iter()) {
+                    *slot = IoSlice::new(frame);
+                    n += 1;
+                }
+                match self.stream.try_write_vectored(&slices[..n]) {
+                    Ok(0) => return Err(FlushError::Io(io::ErrorKind::WriteZero.into())),
+                    Ok(mut n) => {
+                        written += n;
+                        while n > 0 {
+                            let front = frames
+                                .front_mut()
+                                .expect("written bytes came from queued frames");
+                            if front.len() <= n {
+                                n -= front.len();
+                                frames.pop_front();
+                                partial = false;
+                            } else {
+                                front.advance(n);
+                                partial = true;
+                                n = 0;
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        blocked = true;
+                        break;
+                    }
+                    Err(e) => return Err(FlushError::Io(e)),
+                }
+            }
+            let empty = outbound.put_back(frames, written, partial);
+            if blocked {
+                return Ok(false);
+            }
+            if empty {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Writes everything queued, waiting for the socket, within the close timeout.
+    async fn flush_all(&mut self) -> io::Result<()> {
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
+        loop {
+            match self.flush() {
+                Ok(true) => return Ok(()),
+                Ok(false) => {
+                    tokio::time::timeout_at(deadline, self.stream.writable())
+                        .await
+                        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+                }
+                Err(FlushError::Overflow(_)) => return Err(io::ErrorKind::OutOfMemory.into()),
+                Err(FlushError::Io(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Closes a slow consumer with 4500: its queue is already released. What the kernel took
+    /// of a frame goes first (the rest of that frame, in `rest`), and the close frame follows
+    /// if the peer drains that within a short while, so a client that was merely behind
+    /// learns it may reconnect and recover.
+    async fn slow_close(&mut self, rest: VecDeque<Bytes>) -> End {
+        tracing::info!(
+            conn = %self.conn.shared.id,
+            queued = self.conn.shared.outbound.queued_bytes(),
+            "slow consumer, closing with 4500"
+        );
+        let frame = CloseFrame::new(CloseCode(4500), "slow consumer");
+        let mut buf = BytesMut::new();
+        for piece in rest {
+            buf.extend_from_slice(&piece);
+        }
+        self.conn.encoder.encode_close(Some(&frame), &mut buf);
+        let write = tokio::io::AsyncWriteExt::write_all(&mut self.stream, &buf);
+        let _ = tokio::time::timeout(SLOW_CLOSE_TIMEOUT, write).await;
+        End::Closed(Some(Box::new(frame)))
+    }
+
+    /// The input ended the connection: the peer's close frame (answered, unless we sent ours
+    /// first) or a protocol error (closed with its code).
+    async fn end_input<H: Handler<State = S>>(&mut self, handler: &H, end: InputEnd) -> End {
+        match end {
+            InputEnd::Close(frame) => {
+                if self.sent_close.is_none() {
+                    // Echo the peer's code (RFC 6455 5.5.1); an empty close gets an empty one.
+                    let reply = frame.as_ref().map(|f| CloseFrame::new(f.code, ""));
+                    send_close(&mut self.conn, reply.as_ref());
+                    let _ = self.flush_all().await;
+                }
+                End::Closed(frame.map(Box::new).or(self.sent_close.take()))
+            }
+            InputEnd::Error(e) => {
+                tracing::debug!(error = %e, "protocol error");
+                let frame = CloseFrame::new(e.close_code(), &short_reason(&e));
+                handler
+                    .on_error(&mut self.conn, &crate::Error::Protocol(e))
+                    .await;
+                self.conn.close = None;
+                send_close(&mut self.conn, Some(&frame));
+                let _ = self.flush_all().await;
+                End::Closed(Some(Box::new(frame)))
+            }
+        }
+    }
+}
+
+/// How input ended the connection.
+enum InputEnd {
+    /// The peer's close frame (with its code and reason, if any).
+    Close(Option<CloseFrame>),
+    Error(ProtocolError),
+}
+
+/// Decodes the buffered input and hands each message to the handler, until the bytes run out
+/// (`None`) or the input ends the connection.
+async fn dispatch<H: Handler>(
+    handler: &H,
+    conn: &mut Connection<H::State>,
+    input: &mut Input,
+    closing: bool,
+) -> Option<InputEnd> {
+    loop {
+        let message = match input.decoder.decode(&mut input.rbuf) {
+            Ok(Some(message)) => message,
+            Ok(None) => return None,
+            Err(e) => return Some(InputEnd::Error(e)),
+        };
+        match message {
+            Message::Text(t) if !closing => handler.on_message(conn, Incoming::Text(t)).await,
+            Message::Binary(b) if !closing => handler.on_message(conn, Incoming::Binary(b)).await,
+            Message::Text(_) | Message::Binary(_) => {}
+            Message::Ping(p) => {
+                if !closing {
+                    conn.send(OpCode::Pong, &p);
+                }
+            }
+            Message::Pong(_) => {}
+            Message::Close(frame) => return Some(InputEnd::Close(frame)),
+        }
     }
 }
 
 fn send_close<S>(conn: &mut Connection<S>, frame: Option<&CloseFrame>) {
-    conn.encoder.encode_close(frame, &mut conn.scratch);
-    let bytes = conn.scratch.split().freeze();
-    let _ = conn.shared.outbound.push(bytes);
+    let mut buf = BytesMut::new();
+    conn.encoder.encode_close(frame, &mut buf);
+    let _ = conn.shared.outbound.push(buf.freeze());
 }
 
 fn short_reason(e: &ProtocolError) -> String {
@@ -261,86 +475,48 @@ async fn lingering_close(mut stream: TcpStream) {
 }
 
 enum FlushError {
-    Overflow,
+    /// The queue overflowed; the rest of a partly written frame, to finish before closing.
+    Overflow(VecDeque<Bytes>),
     Io(io::Error),
 }
 
-struct Io {
-    /// Frames taken from the queue and not yet fully written.
-    pending: VecDeque<Bytes>,
-    /// Whether the first pending frame is partly written (it must be finished before any
-    /// other frame, or the peer sees a broken stream).
-    partial: bool,
-    rbuf: BytesMut,
-}
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
 
-impl Io {
-    /// Writes as much as the socket takes now. `Ok(true)` when everything queued is written.
-    fn flush(&mut self, stream: &TcpStream, conn: &ConnShared) -> Result<bool, FlushError> {
-        let outbound = &conn.outbound;
-        // Checked on every flush, not only when the writer has caught up: a peer that never
-        // drains keeps `pending` non-empty forever and must still be found out.
-        if outbound.drain_into(&mut self.pending) == Drain::Overflowed {
-            return Err(FlushError::Overflow);
-        }
-        loop {
-            if self.pending.is_empty() {
-                if outbound.drain_into(&mut self.pending) == Drain::Overflowed {
-                    return Err(FlushError::Overflow);
-                }
-                if self.pending.is_empty() {
-                    if self.pending.capacity() > 64 {
-                        self.pending = VecDeque::new();
-                    }
-                    return Ok(true);
-                }
-            }
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let mut n = 0;
-            for (slot, frame) in slices.iter_mut().zip(self.pending.iter()) {
-                *slot = IoSlice::new(frame);
-                n += 1;
-            }
-            match stream.try_write_vectored(&slices[..n]) {
-                Ok(0) => return Err(FlushError::Io(io::ErrorKind::WriteZero.into())),
-                Ok(mut written) => {
-                    outbound.written(written);
-                    while written > 0 {
-                        let front = self
-                            .pending
-                            .front_mut()
-                            .expect("written bytes came from pending frames");
-                        if front.len() <= written {
-                            written -= front.len();
-                            self.pending.pop_front();
-                            self.partial = false;
-                        } else {
-                            front.advance(written);
-                            self.partial = true;
-                            written = 0;
-                        }
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(FlushError::Io(e)),
-            }
-        }
-    }
+    use switchboard_protocol::codec::Encoder;
 
-    /// Writes everything queued, waiting for the socket, within the close timeout.
-    async fn flush_all(&mut self, stream: &mut TcpStream, conn: &ConnShared) -> io::Result<()> {
-        let deadline = Instant::now() + CLOSE_TIMEOUT;
-        loop {
-            match self.flush(stream, conn) {
-                Ok(true) => return Ok(()),
-                Ok(false) => {
-                    tokio::time::timeout_at(deadline, stream.writable())
-                        .await
-                        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-                }
-                Err(FlushError::Overflow) => return Err(io::ErrorKind::OutOfMemory.into()),
-                Err(FlushError::Io(e)) => return Err(e),
-            }
-        }
+    use super::*;
+    use crate::handler::{ConnShared, User};
+
+    /// What an idle connection costs is mostly this future (tokio adds about 100 bytes and
+    /// rounds the task up to a multiple of 128): keep an eye on it.
+    #[tokio::test]
+    async fn the_connection_task_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let conn = Connection {
+            shared: Arc::new(ConnShared::new("c_test".into(), 1024, None)),
+            user: User::default(),
+            rooms: BTreeSet::new(),
+            encoder: Encoder::new(Role::Server, None, usize::MAX),
+            close: None,
+            hub: None,
+            timer: None,
+            state: (),
+        };
+        let task = run(
+            Arc::new(crate::echo::Echo),
+            stream,
+            Bytes::new(),
+            conn,
+            DecoderConfig::default(),
+            Arc::new(Registry::default()),
+        );
+        let size = std::mem::size_of_val(&task);
+        eprintln!("connection task future: {size} bytes");
+        assert!(size <= 480, "the connection task's future is {size} bytes");
     }
 }

@@ -1,0 +1,146 @@
+//! The open connections of a route, and the one task that keeps them alive: pings, idle
+//! timeouts and the shutdown close, for all of them.
+//!
+//! A timer per connection would cost every idle connection a timer entry and a future
+//! (hundreds of bytes); here a connection is one pointer in a shard. The sweeper visits one of
+//! [`SHARDS`] shards every `ping_interval / SHARDS`, so each connection is visited once per
+//! ping interval and the pings of many connections are spread over the interval instead of
+//! leaving in one burst. Per connection it queues a ping and checks whether anything arrived
+//! since the last visit: after `ceil(idle_timeout / ping_interval)` visits with nothing, the
+//! connection is asked to close with 4504 (so between `idle_timeout` and `idle_timeout +
+//! ping_interval` of silence, as with a per-connection ticker).
+
+use std::{
+    sync::{
+        Arc, Mutex, MutexGuard, Weak,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::handler::ConnShared;
+
+/// Shards of the registry: the sweeper visits one per tick.
+pub(crate) const SHARDS: usize = 16;
+
+/// A server ping with an empty payload: the same two bytes for every connection, compressed
+/// or not (control frames are never compressed).
+static PING: &[u8] = &[0x89, 0x00];
+
+/// Close codes the sweeper asks for.
+pub(crate) const GOING_AWAY: u16 = 1001;
+/// No frame from the peer within the idle timeout.
+pub(crate) const IDLE_TIMEOUT: u16 = 4504;
+
+/// The reason sent with a close the server asked for.
+pub(crate) fn close_reason(code: u16) -> &'static str {
+    match code {
+        GOING_AWAY => "server shutting down",
+        IDLE_TIMEOUT => "idle timeout",
+        _ => "",
+    }
+}
+
+/// The connections of one route on one server.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    shards: [Mutex<Vec<Arc<ConnShared>>>; SHARDS],
+    next: AtomicUsize,
+    /// Set before the shutdown sweep: connections registered later close themselves.
+    closing: AtomicBool,
+}
+
+impl Registry {
+    fn shard(&self, i: usize) -> MutexGuard<'_, Vec<Arc<ConnShared>>> {
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a connection; returns whether the server is shutting down (then the connection
+    /// must close itself with 1001: the shutdown sweep may have passed its shard already).
+    pub(crate) fn insert(&self, conn: &Arc<ConnShared>) -> bool {
+        let s = self.next.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        let mut shard = self.shard(s);
+        conn.set_slot(s, shard.len());
+        shard.push(conn.clone());
+        drop(shard);
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Removes a connection added with [`Registry::insert`].
+    pub(crate) fn remove(&self, conn: &ConnShared) {
+        let (s, _) = conn.slot();
+        let mut shard = self.shard(s);
+        // Read the index under the lock: removals of others move connections around.
+        let (_, i) = conn.slot();
+        if shard.get(i).is_some_and(|c| std::ptr::eq(&**c, conn)) {
+            shard.swap_remove(i);
+            if let Some(moved) = shard.get(i) {
+                moved.set_slot(s, i);
+            }
+            if shard.capacity() > 64 && shard.len() < shard.capacity() / 4 {
+                let keep = shard.len() * 2;
+                shard.shrink_to(keep);
+            }
+        }
+    }
+
+    /// Pings every connection of shard `s` and asks those silent for `max_missed` visits in a
+    /// row to close with 4504.
+    fn sweep(&self, s: usize, max_missed: u32) {
+        let shard = self.shard(s);
+        for conn in shard.iter() {
+            if conn.visit() >= max_missed {
+                conn.request_close(IDLE_TIMEOUT);
+            } else {
+                let _ = conn.outbound.push(Bytes::from_static(PING));
+            }
+        }
+    }
+
+    /// Asks every connection to close with 1001, now and whenever one registers later.
+    fn close_all(&self) {
+        self.closing.store(true, Ordering::Release);
+        for s in 0..SHARDS {
+            for conn in self.shard(s).iter() {
+                conn.request_close(GOING_AWAY);
+            }
+        }
+    }
+}
+
+/// Runs the sweeps of `registry` until `shutdown`, then asks every connection to close with
+/// 1001 and returns. Ends by itself, too, when the registry is gone (server dropped).
+pub(crate) async fn run_sweeper(
+    registry: Weak<Registry>,
+    ping_interval: Duration,
+    idle_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let tick = (ping_interval / SHARDS as u32).max(Duration::from_millis(1));
+    let max_missed = idle_timeout
+        .as_nanos()
+        .div_ceil(ping_interval.as_nanos().max(1))
+        .clamp(1, u32::MAX as u128) as u32;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shard = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                if let Some(registry) = registry.upgrade() {
+                    registry.close_all();
+                }
+                return;
+            }
+            _ = ticker.tick() => {}
+        }
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        registry.sweep(shard, max_missed);
+        shard = (shard + 1) % SHARDS;
+    }
+}
