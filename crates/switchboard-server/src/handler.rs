@@ -14,7 +14,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, Ordering},
     },
 };
 
@@ -53,6 +53,23 @@ pub struct User {
     pub expires: Option<u64>,
     /// Rooms from the token's `rooms` claim.
     pub rooms: Vec<String>,
+}
+
+impl User {
+    /// `user` behind an `Arc`: anonymous connections (the default user) all share one.
+    pub(crate) fn shared(user: User) -> Arc<User> {
+        static ANONYMOUS: std::sync::LazyLock<Arc<User>> =
+            std::sync::LazyLock::new(|| Arc::new(User::default()));
+        let anonymous = user.id.is_empty()
+            && user.info.is_none()
+            && user.expires.is_none()
+            && user.rooms.is_empty();
+        if anonymous {
+            ANONYMOUS.clone()
+        } else {
+            Arc::new(user)
+        }
+    }
 }
 
 /// An accepted upgrade: who connects and the handler's state for the connection.
@@ -161,12 +178,13 @@ pub struct ConnShared {
     held: Mutex<Vec<Held>>,
     /// Something arrived since the sweeper's last visit (`transport::registry`).
     seen: AtomicBool,
-    /// Visits in a row that found nothing arrived (the sweeper's own counter).
-    missed: AtomicU32,
+    /// Visits in a row that found nothing arrived (the sweeper's own counter, saturating).
+    missed: AtomicU16,
     /// A close the server asked for (1001 shutdown, 4504 idle); 0: none.
     close_request: AtomicU16,
-    /// Where the registry keeps this connection: shard in the high half, index in the low.
-    slot: AtomicU64,
+    /// Where the registry keeps this connection: shard, and index in it.
+    shard: AtomicU8,
+    index: AtomicU32,
 }
 
 #[derive(Debug)]
@@ -190,9 +208,10 @@ impl ConnShared {
             pending: AtomicBool::new(false),
             held: Mutex::new(Vec::new()),
             seen: AtomicBool::new(true),
-            missed: AtomicU32::new(0),
+            missed: AtomicU16::new(0),
             close_request: AtomicU16::new(0),
-            slot: AtomicU64::new(0),
+            shard: AtomicU8::new(0),
+            index: AtomicU32::new(0),
         }
     }
 
@@ -202,12 +221,15 @@ impl ConnShared {
     }
 
     /// The sweeper's visit: how many visits in a row found nothing arrived.
-    pub(crate) fn visit(&self) -> u32 {
+    pub(crate) fn visit(&self) -> u16 {
         if self.seen.swap(false, Ordering::Relaxed) {
             self.missed.store(0, Ordering::Relaxed);
             0
         } else {
-            self.missed.fetch_add(1, Ordering::Relaxed) + 1
+            // Only the sweeper writes it: a load and a store are enough.
+            let missed = self.missed.load(Ordering::Relaxed).saturating_add(1);
+            self.missed.store(missed, Ordering::Relaxed);
+            missed
         }
     }
 
@@ -235,14 +257,19 @@ impl ConnShared {
         }
     }
 
+    /// Records where the registry keeps this connection (under the shard's lock).
     pub(crate) fn set_slot(&self, shard: usize, index: usize) {
-        self.slot
-            .store(((shard as u64) << 32) | index as u64, Ordering::Relaxed);
+        self.shard.store(shard as u8, Ordering::Relaxed);
+        self.index.store(index as u32, Ordering::Relaxed);
     }
 
+    /// The registry shard and index of this connection (the index is only stable under the
+    /// shard's lock).
     pub(crate) fn slot(&self) -> (usize, usize) {
-        let v = self.slot.load(Ordering::Relaxed);
-        ((v >> 32) as usize, (v & u32::MAX as u64) as usize)
+        (
+            self.shard.load(Ordering::Relaxed) as usize,
+            self.index.load(Ordering::Relaxed) as usize,
+        )
     }
 
     /// The connection id.
@@ -372,13 +399,15 @@ impl ConnShared {
 #[derive(Debug)]
 pub struct Connection<S> {
     pub(crate) shared: Arc<ConnShared>,
-    pub(crate) user: User,
+    /// Shared by every anonymous connection ([`User::shared`]).
+    pub(crate) user: Arc<User>,
     pub(crate) rooms: BTreeSet<Arc<str>>,
     pub(crate) encoder: Encoder,
     /// A close asked for by a hook, sent once everything queued before it is written.
     pub(crate) close: Option<Box<CloseFrame>>,
     pub(crate) hub: Option<crate::hub::Hub>,
-    pub(crate) timer: Option<tokio::time::Instant>,
+    /// The armed [`Handler::on_timer`] timer; none (no timer entry) unless one is set.
+    pub(crate) timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// The handler's state.
     pub state: S,
 }
@@ -439,7 +468,11 @@ impl<S> Connection<S> {
 
     /// Asks for [`Handler::on_timer`] at `at` (replacing an earlier request); `None` cancels.
     pub fn set_timer(&mut self, at: Option<tokio::time::Instant>) {
-        self.timer = at;
+        match (at, &mut self.timer) {
+            (None, _) => self.timer = None,
+            (Some(at), Some(timer)) => timer.as_mut().reset(at),
+            (Some(at), None) => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
     }
 
     /// Joins a room: later broadcasts to it reach this connection.

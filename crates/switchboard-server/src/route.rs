@@ -14,7 +14,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use switchboard_protocol::{
     HandshakeError, Role,
-    codec::{DecoderConfig, Encoder},
+    codec::Encoder,
     deflate::{self, DeflateConfig},
     handshake,
 };
@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use crate::{
     config::WebSocketConfig,
-    handler::{ConnShared, Connection, Handler, Refusal, UpgradeContext},
+    handler::{ConnShared, Connection, Handler, Refusal, UpgradeContext, User},
     hub::Hub,
     transport::{registry::Registry, ws},
 };
@@ -227,7 +227,6 @@ async fn upgrade<H: Handler>(
     // its id as a field instead.
     let span = Some(tracing::debug_span!("conn", id = %id)).filter(|s| !s.is_disabled());
     let conn_span = span.clone();
-    let decoder = DecoderConfig::default().with_max_message_size(options.max_message_size);
     let threshold = options.deflate.threshold;
     let hub = ctx.hub.clone();
     let registry = ctx.registry.clone();
@@ -248,7 +247,7 @@ async fn upgrade<H: Handler>(
             }
         };
         let stream = parts.io.into_inner();
-        let user = accepted.user;
+        let user = User::shared(accepted.user);
         tracing::debug!(peer = ?peer, user = %user.id, deflate = params.is_some(), "connected");
         let shared = Arc::new(ConnShared::new(id, options.outbound_queue, params));
         let conn = Connection {
@@ -262,7 +261,7 @@ async fn upgrade<H: Handler>(
             state: accepted.state,
         };
         // A task of its own: this one holds what the upgrade needed until it ends.
-        let task = ws::run(handler, stream, parts.read_buf, conn, decoder, registry);
+        let task = ws::run(handler, stream, parts.read_buf, conn, registry);
         match conn_span {
             Some(span) => tracker.spawn(task.instrument(span)),
             None => tracker.spawn(task),

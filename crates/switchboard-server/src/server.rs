@@ -17,6 +17,7 @@ use std::{
 use axum::{Router, body::Body, extract::State, routing::get};
 use http::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use switchboard_protocol::codec::DecoderConfig;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::Service;
@@ -231,7 +232,9 @@ impl ServerBuilder {
             .route("/readyz", get(readyz).with_state(health.clone()));
         for route in self.routes {
             let upgrade = route.upgrade.clone();
-            let registry = Arc::new(Registry::default());
+            let registry = Arc::new(Registry::new(
+                DecoderConfig::default().with_max_message_size(route.options.max_message_size),
+            ));
             sweeps.push((
                 registry.clone(),
                 route.options.ping_interval,

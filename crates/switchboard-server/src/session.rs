@@ -700,7 +700,7 @@ impl Protocol {
         }
         conn.state.expires = claims.exp;
         conn.state.refresh_sent = false;
-        conn.user.expires = claims.exp;
+        Arc::make_mut(&mut conn.user).expires = claims.exp;
         self.schedule_expiry(conn);
         self.reply(
             conn,

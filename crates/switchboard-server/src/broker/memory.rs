@@ -29,7 +29,14 @@
 //!   subscribed node, no retained publication, no presence and no live key and
 //!   have not been used for [`MemoryBrokerConfig::meta_ttl`]. Keeping an
 //!   idle stream's epoch and top that long lets a client that is up to date
-//!   recover (`since` at the top) even when nothing is retained.
+//!   recover (`since` at the top) even when nothing is retained. The sweep
+//!   also gives back the spare capacity of history rings, key sets and shard
+//!   maps that have shrunk.
+//! - **Small rooms are cheap**: every authenticated connection has a personal
+//!   room with one member, so a room's state is boxed (the shard maps' spare
+//!   slots stay small), idempotency keys are allocated only when used, and
+//!   presence is a sorted `Vec` up to `SMALL_PRESENCE` members and a
+//!   `BTreeMap` with per-user counters above it.
 //!
 //! Several nodes can share one state ([`MemoryBroker::connect_node`]), which is
 //! how multi-node behaviour is tested in one process.
@@ -111,6 +118,7 @@ impl MemoryBroker {
         let shared = Arc::new(Shared {
             shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
+            empty: Arc::from(""),
             next_node: AtomicU64::new(1),
             config,
         });
@@ -167,7 +175,7 @@ impl MemoryBroker {
         }
         let state = room_mut(&mut map, room, now);
         if let Some(key) = &opts.idempotency_key
-            && let Some(position) = state.keys.get(key, now)
+            && let Some(position) = state.keys.as_ref().and_then(|keys| keys.get(key, now))
         {
             return PublishResult {
                 position,
@@ -178,7 +186,9 @@ impl MemoryBroker {
             let publication = Arc::new(Publication {
                 room: state.name.clone(),
                 offset: 0,
-                epoch: Arc::from(""),
+                // Shared, so that an ephemeral publication allocates only
+                // its `Arc<Publication>`.
+                epoch: shared.empty.clone(),
                 data,
                 from,
                 exclude: opts.exclude,
@@ -207,7 +217,7 @@ impl MemoryBroker {
             Some(state.position())
         };
         if let Some(key) = opts.idempotency_key {
-            state.keys.insert(
+            state.keys.get_or_insert_default().insert(
                 key,
                 position.clone(),
                 now + opts.history_ttl,
@@ -300,8 +310,8 @@ impl MemoryBroker {
             });
         };
         let presence = &state.presence;
-        let connections = presence.members.len();
-        let users = presence.users.len();
+        let connections = presence.len();
+        let users = presence.users();
         if limit == 0 {
             return Ok(PresencePage {
                 members: Vec::new(),
@@ -310,17 +320,9 @@ impl MemoryBroker {
                 users,
             });
         }
-        let lower = match &after {
-            Some(after) => Bound::Excluded(after.as_str()),
-            None => Bound::Unbounded,
-        };
-        let mut range = presence
-            .members
-            .range::<str, _>((lower, Bound::Unbounded))
-            .map(|(_, entry)| entry);
-        let members: Vec<PresenceEntry> = range.by_ref().take(limit).cloned().collect();
-        let next_cursor = match (range.next(), members.last()) {
-            (Some(_), Some(last)) => Some(encode_cursor(&last.connection)),
+        let (members, more) = presence.page(after.as_deref(), limit);
+        let next_cursor = match (more, members.last()) {
+            (true, Some(last)) => Some(encode_cursor(&last.connection)),
             _ => None,
         };
         Ok(PresencePage {
@@ -350,7 +352,7 @@ impl Drop for MemoryBroker {
         for shard in self.shared.shards.iter() {
             let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
             for state in map.values_mut() {
-                state.subscribers.retain(|(node, _)| *node != self.node);
+                state.unsubscribe(self.node);
             }
         }
     }
@@ -395,6 +397,8 @@ impl Broker for MemoryBroker {
             let mut map = self.shared.lock(room);
             let state = room_mut(&mut map, room, now);
             if !state.subscribers.iter().any(|(node, _)| *node == self.node) {
+                // Most rooms have one node: no spare slots.
+                state.subscribers.reserve_exact(1);
                 state.subscribers.push((self.node, self.sink.clone()));
             }
             Ok(())
@@ -405,7 +409,7 @@ impl Broker for MemoryBroker {
         Box::pin(async move {
             let mut map = self.shared.lock(room);
             if let Some(state) = map.get_mut(room) {
-                state.subscribers.retain(|(node, _)| *node != self.node);
+                state.unsubscribe(self.node);
                 state.touched = Instant::now();
             }
             Ok(())
@@ -437,7 +441,7 @@ impl Broker for MemoryBroker {
             let existed = map.contains_key(room);
             let state = room_mut(&mut map, room, now);
             if existed {
-                state.history.clear();
+                state.history = VecDeque::new();
                 state.epoch = new_epoch();
             }
             Ok(state.position())
@@ -481,17 +485,23 @@ impl Broker for MemoryBroker {
     }
 }
 
-type Shard = Mutex<HashMap<Arc<str>, RoomState>>;
+/// Rooms are boxed: a `RoomState` is much larger than a pointer, and a hash
+/// table keeps up to half of its slots spare.
+type Rooms = HashMap<Arc<str>, Box<RoomState>>;
+
+type Shard = Mutex<Rooms>;
 
 struct Shared {
     shards: Box<[Shard]>,
     hasher: RandomState,
+    /// The epoch of ephemeral publications.
+    empty: Arc<str>,
     next_node: AtomicU64,
     config: MemoryBrokerConfig,
 }
 
 impl Shared {
-    fn lock(&self, room: &str) -> MutexGuard<'_, HashMap<Arc<str>, RoomState>> {
+    fn lock(&self, room: &str) -> MutexGuard<'_, Rooms> {
         let index = (self.hasher.hash_one(room) % self.shards.len() as u64) as usize;
         // A panicking sink must not take the broker down with it: the state
         // is consistent between statements that touch it.
@@ -504,10 +514,10 @@ impl Shared {
         for shard in self.shards.iter() {
             let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
             map.retain(|_, state| {
-                state.trim(now);
-                state.keys.sweep(now, self.config.max_idempotency_keys);
+                state.sweep(now, self.config.max_idempotency_keys);
                 !state.removable(now, self.config.meta_ttl)
             });
+            shrink_spare(&mut *map);
         }
     }
 }
@@ -544,14 +554,10 @@ fn deliver(subscribers: &[(u64, Arc<dyn NodeSink>)], event: NodeEvent) {
 
 /// The room's state, created (with a new stream) if it does not exist, and
 /// marked as used now.
-fn room_mut<'m>(
-    map: &'m mut HashMap<Arc<str>, RoomState>,
-    room: &str,
-    now: Instant,
-) -> &'m mut RoomState {
+fn room_mut<'m>(map: &'m mut Rooms, room: &str, now: Instant) -> &'m mut RoomState {
     if !map.contains_key(room) {
         let name: Arc<str> = Arc::from(room);
-        map.insert(name.clone(), RoomState::new(name, now));
+        map.insert(name.clone(), Box::new(RoomState::new(name, now)));
     }
     let state = map.get_mut(room).expect("inserted above");
     state.touched = now;
@@ -559,12 +565,55 @@ fn room_mut<'m>(
 }
 
 fn new_epoch() -> Arc<str> {
-    let epoch: String = rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(8)
-        .map(char::from)
-        .collect();
-    Arc::from(epoch)
+    // Drawn into a stack buffer: the `Arc` is the only allocation.
+    let mut epoch = [0u8; 8];
+    for (byte, c) in epoch.iter_mut().zip(rand::rng().sample_iter(&Alphanumeric)) {
+        *byte = c;
+    }
+    Arc::from(std::str::from_utf8(&epoch).expect("alphanumeric is ASCII"))
+}
+
+/// Gives back a collection's spare capacity once its length has dropped to a
+/// quarter of it, keeping room to double: one that shrinks and grows back is
+/// not reallocated every time, and one that empties frees everything.
+fn shrink_spare<C: Spare>(collection: &mut C) {
+    let (len, capacity) = collection.len_and_capacity();
+    if capacity > 0 && len <= capacity / 4 {
+        collection.shrink_to(len * 2);
+    }
+}
+
+/// The collections [`shrink_spare`] works on.
+trait Spare {
+    fn len_and_capacity(&self) -> (usize, usize);
+    fn shrink_to(&mut self, min_capacity: usize);
+}
+
+impl<T> Spare for Vec<T> {
+    fn len_and_capacity(&self) -> (usize, usize) {
+        (self.len(), self.capacity())
+    }
+    fn shrink_to(&mut self, min_capacity: usize) {
+        Vec::shrink_to(self, min_capacity);
+    }
+}
+
+impl<T> Spare for VecDeque<T> {
+    fn len_and_capacity(&self) -> (usize, usize) {
+        (self.len(), self.capacity())
+    }
+    fn shrink_to(&mut self, min_capacity: usize) {
+        VecDeque::shrink_to(self, min_capacity);
+    }
+}
+
+impl<K: Eq + std::hash::Hash, V, S: BuildHasher> Spare for HashMap<K, V, S> {
+    fn len_and_capacity(&self) -> (usize, usize) {
+        (self.len(), self.capacity())
+    }
+    fn shrink_to(&mut self, min_capacity: usize) {
+        HashMap::shrink_to(self, min_capacity);
+    }
 }
 
 struct RoomState {
@@ -573,9 +622,12 @@ struct RoomState {
     top: u64,
     /// Contiguous offsets ending at `top`, expiries non-decreasing.
     history: VecDeque<Stored>,
+    /// At most one entry per node, without spare capacity.
     subscribers: Vec<(u64, Arc<dyn NodeSink>)>,
     presence: Presence,
-    keys: IdempotencyKeys,
+    /// Allocated at the first keyed publication and dropped by the sweep when
+    /// no key is left: most rooms never see one.
+    keys: Option<Box<IdempotencyKeys>>,
     touched: Instant,
 }
 
@@ -593,8 +645,31 @@ impl RoomState {
             history: VecDeque::new(),
             subscribers: Vec::new(),
             presence: Presence::default(),
-            keys: IdempotencyKeys::default(),
+            keys: None,
             touched: now,
+        }
+    }
+
+    fn unsubscribe(&mut self, node: u64) {
+        let before = self.subscribers.len();
+        self.subscribers.retain(|(n, _)| *n != node);
+        if self.subscribers.len() != before {
+            self.subscribers.shrink_to_fit();
+        }
+    }
+
+    /// Drops expired history and keys and gives back spare capacity.
+    fn sweep(&mut self, now: Instant, max_keys: usize) {
+        self.trim(now);
+        shrink_spare(&mut self.history);
+        if let Some(keys) = &mut self.keys {
+            keys.sweep(now, max_keys);
+            if keys.map.is_empty() {
+                self.keys = None;
+            } else {
+                shrink_spare(&mut keys.map);
+                shrink_spare(&mut keys.order);
+            }
         }
     }
 
@@ -607,7 +682,7 @@ impl RoomState {
 
     fn store(&mut self, publication: Arc<Publication>, now: Instant, size: usize, ttl: Duration) {
         if size == 0 {
-            self.history.clear();
+            self.history = VecDeque::new();
             return;
         }
         let expires = now + ttl;
@@ -619,13 +694,19 @@ impl RoomState {
             }
             stored.expires = expires;
         }
+        while self.history.len() >= size {
+            self.history.pop_front();
+        }
+        let len = self.history.len();
+        if len == self.history.capacity() {
+            // Double, but never past the bound: a ring of 100 would
+            // otherwise get 128 slots.
+            self.history.reserve_exact(len.max(4).min(size - len));
+        }
         self.history.push_back(Stored {
             publication,
             expires,
         });
-        while self.history.len() > size {
-            self.history.pop_front();
-        }
         self.trim(now);
     }
 
@@ -638,32 +719,154 @@ impl RoomState {
     fn removable(&self, now: Instant, meta_ttl: Duration) -> bool {
         self.subscribers.is_empty()
             && self.history.is_empty()
-            && self.presence.members.is_empty()
-            && self.keys.map.is_empty()
+            && self.presence.is_empty()
+            && self.keys.as_ref().is_none_or(|keys| keys.map.is_empty())
             && now.saturating_duration_since(self.touched) >= meta_ttl
     }
 }
 
-#[derive(Default)]
-struct Presence {
+/// Up to this many members a room's presence is a sorted `Vec`: one entry
+/// costs its 64 bytes, where a `BTreeMap` allocates a node for 11 entries
+/// even for one member. Above it, joins and leaves stay O(log n).
+const SMALL_PRESENCE: usize = 32;
+
+/// A large presence turns small again at this size: below
+/// [`SMALL_PRESENCE`], so that a room hovering around the threshold is not
+/// converted at every join and leave.
+const SMALL_PRESENCE_AGAIN: usize = SMALL_PRESENCE / 2;
+
+/// A room's presence, keyed and ordered by connection id.
+enum Presence {
+    /// Sorted by connection id, ids distinct. Distinct users are counted by
+    /// scanning, which is cheap at this size.
+    Small(Vec<PresenceEntry>),
+    /// Boxed: only a few rooms are large, and it keeps `Presence` small.
+    Large(Box<LargePresence>),
+}
+
+struct LargePresence {
     members: BTreeMap<Arc<str>, PresenceEntry>,
     /// Connections per user.
     users: HashMap<Arc<str>, usize>,
 }
 
+impl Default for Presence {
+    fn default() -> Self {
+        Presence::Small(Vec::new())
+    }
+}
+
 impl Presence {
+    fn len(&self) -> usize {
+        match self {
+            Presence::Small(members) => members.len(),
+            Presence::Large(large) => large.members.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many distinct users have a connection.
+    fn users(&self) -> usize {
+        match self {
+            Presence::Small(members) => members
+                .iter()
+                .enumerate()
+                .filter(|(i, entry)| !members[..*i].iter().any(|e| e.user == entry.user))
+                .count(),
+            Presence::Large(large) => large.users.len(),
+        }
+    }
+
+    fn add(&mut self, entry: PresenceEntry) {
+        match self {
+            Presence::Small(members) => {
+                match members.binary_search_by(|e| e.connection.cmp(&entry.connection)) {
+                    Ok(i) => members[i] = entry,
+                    Err(i) if members.len() < SMALL_PRESENCE => {
+                        // Double from one: a personal room's single member
+                        // gets a single slot.
+                        if members.len() == members.capacity() {
+                            members.reserve_exact(members.len().max(1));
+                        }
+                        members.insert(i, entry);
+                    }
+                    Err(_) => {
+                        let mut large = LargePresence {
+                            members: BTreeMap::new(),
+                            users: HashMap::new(),
+                        };
+                        for member in std::mem::take(members) {
+                            large.add(member);
+                        }
+                        large.add(entry);
+                        *self = Presence::Large(Box::new(large));
+                    }
+                }
+            }
+            Presence::Large(large) => large.add(entry),
+        }
+    }
+
+    fn remove(&mut self, connection: &str) {
+        match self {
+            Presence::Small(members) => {
+                if let Ok(i) = members.binary_search_by(|e| (*e.connection).cmp(connection)) {
+                    members.remove(i);
+                    shrink_spare(members);
+                }
+            }
+            Presence::Large(large) => {
+                if let Some(old) = large.members.remove(connection) {
+                    large.forget_user(&old.user);
+                }
+                if large.members.len() <= SMALL_PRESENCE_AGAIN {
+                    let mut members = Vec::with_capacity(large.members.len());
+                    // In key order: the `Vec` comes out sorted.
+                    members.extend(std::mem::take(&mut large.members).into_values());
+                    *self = Presence::Small(members);
+                }
+            }
+        }
+    }
+
+    /// At most `limit` members with a connection id above `after`, in order,
+    /// and whether more follow them.
+    fn page(&self, after: Option<&str>, limit: usize) -> (Vec<PresenceEntry>, bool) {
+        match self {
+            Presence::Small(members) => {
+                let start = after.map_or(0, |after| {
+                    members.partition_point(|e| &*e.connection <= after)
+                });
+                let rest = &members[start..];
+                let take = limit.min(rest.len());
+                (rest[..take].to_vec(), rest.len() > take)
+            }
+            Presence::Large(large) => {
+                let lower = match after {
+                    Some(after) => Bound::Excluded(after),
+                    None => Bound::Unbounded,
+                };
+                let mut range = large
+                    .members
+                    .range::<str, _>((lower, Bound::Unbounded))
+                    .map(|(_, entry)| entry);
+                let members = range.by_ref().take(limit).cloned().collect();
+                (members, range.next().is_some())
+            }
+        }
+    }
+}
+
+impl LargePresence {
     fn add(&mut self, entry: PresenceEntry) {
         let user = entry.user.clone();
         if let Some(old) = self.members.insert(entry.connection.clone(), entry) {
             self.forget_user(&old.user);
         }
         *self.users.entry(user).or_insert(0) += 1;
-    }
-
-    fn remove(&mut self, connection: &str) {
-        if let Some(old) = self.members.remove(connection) {
-            self.forget_user(&old.user);
-        }
     }
 
     fn forget_user(&mut self, user: &str) {
@@ -1061,6 +1264,282 @@ mod tests {
                 .unwrap();
             assert_eq!(r.position.unwrap().offset, 2);
         });
+    }
+
+    fn entry(connection: &str, user: &str) -> PresenceEntry {
+        PresenceEntry {
+            connection: Arc::from(connection),
+            user: Arc::from(user),
+            info: Some(Bytes::from(format!("{{\"name\":\"{user}\"}}"))),
+        }
+    }
+
+    fn is_large(presence: &Presence) -> bool {
+        matches!(presence, Presence::Large(_))
+    }
+
+    /// Every member, walking `presence` in pages of `limit` as
+    /// `do_presence_list` does.
+    fn walk(presence: &Presence, limit: usize) -> Vec<PresenceEntry> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let (page, more) = presence.page(after.as_deref(), limit);
+            assert!(page.len() <= limit);
+            assert!(!more || page.len() == limit, "a short page is the last");
+            all.extend(page.iter().cloned());
+            match (more, page.last()) {
+                (true, Some(last)) => after = Some(last.connection.to_string()),
+                _ => return all,
+            }
+        }
+    }
+
+    /// Checks `presence` against a reference map: counts, order, and pages
+    /// of several sizes, from the start and from every member.
+    fn assert_matches(presence: &Presence, reference: &BTreeMap<String, PresenceEntry>) {
+        let expected: Vec<PresenceEntry> = reference.values().cloned().collect();
+        let users: std::collections::HashSet<&str> = reference.values().map(|e| &*e.user).collect();
+        assert_eq!(presence.len(), reference.len());
+        assert_eq!(presence.is_empty(), reference.is_empty());
+        assert_eq!(presence.users(), users.len());
+        for limit in [1, 3, 7, 100] {
+            assert_eq!(walk(presence, limit), expected, "pages of {limit}");
+        }
+        for (i, after) in reference.keys().enumerate() {
+            let (page, more) = presence.page(Some(after), 5);
+            let rest = &expected[i + 1..];
+            assert_eq!(page, rest[..rest.len().min(5)]);
+            assert_eq!(more, rest.len() > 5);
+        }
+        // A cursor between members, or past all of them.
+        let (page, _) = presence.page(Some("c00a"), usize::MAX);
+        let later: Vec<PresenceEntry> = reference
+            .range::<str, _>((Bound::Excluded("c00a"), Bound::Unbounded))
+            .map(|(_, e)| e.clone())
+            .collect();
+        assert_eq!(page, later);
+        assert_eq!(presence.page(Some("~"), 10), (Vec::new(), false));
+    }
+
+    #[test]
+    fn presence_changes_representation_at_the_thresholds() {
+        let mut presence = Presence::default();
+        let mut reference = BTreeMap::new();
+        // Added in an order that is not the sorted one.
+        let ids: Vec<String> = (0..SMALL_PRESENCE + 1)
+            .map(|i| format!("c{:02}", (i * 7) % (SMALL_PRESENCE + 1)))
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            let e = entry(id, &format!("u{}", i % 5));
+            presence.add(e.clone());
+            reference.insert(id.clone(), e);
+            assert_eq!(
+                is_large(&presence),
+                i + 1 > SMALL_PRESENCE,
+                "{} members",
+                i + 1
+            );
+            assert_matches(&presence, &reference);
+        }
+        // Replacing keeps the count and may change the user.
+        let replaced = entry(&ids[3], "someone else");
+        presence.add(replaced.clone());
+        reference.insert(ids[3].clone(), replaced);
+        assert_matches(&presence, &reference);
+        // Large until the lower threshold, so that joins and leaves around
+        // the upper one do not convert every time.
+        for id in ids.iter().rev() {
+            presence.remove(id);
+            reference.remove(id);
+            assert_eq!(is_large(&presence), reference.len() > SMALL_PRESENCE_AGAIN);
+            assert_matches(&presence, &reference);
+            presence.remove(id);
+            assert_matches(&presence, &reference);
+        }
+        let Presence::Small(members) = &presence else {
+            panic!("an empty presence is small")
+        };
+        assert_eq!(members.capacity(), 0, "an empty presence holds no memory");
+    }
+
+    #[test]
+    fn presence_matches_a_reference_under_churn() {
+        // A fixed xorshift: the same sequence every run.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut presence = Presence::default();
+        let mut reference: BTreeMap<String, PresenceEntry> = BTreeMap::new();
+        let (mut to_large, mut to_small) = (0, 0);
+        let mut growing = true;
+        for _ in 0..4000 {
+            if reference.len() >= 60 {
+                growing = false;
+            } else if reference.len() <= 3 {
+                growing = true;
+            }
+            let id = format!("c{:03}", next(200));
+            let was_large = is_large(&presence);
+            if next(10) < if growing { 7 } else { 3 } {
+                let e = entry(&id, &format!("u{}", next(12)));
+                presence.add(e.clone());
+                reference.insert(id, e);
+            } else {
+                // Mostly a member, sometimes an id that may not be one.
+                let id = match reference.len() {
+                    0 => id,
+                    len if next(5) > 0 => {
+                        let nth = usize::try_from(next(len as u64)).unwrap();
+                        reference.keys().nth(nth).unwrap().clone()
+                    }
+                    _ => id,
+                };
+                presence.remove(&id);
+                reference.remove(&id);
+            }
+            match (was_large, is_large(&presence)) {
+                (false, true) => to_large += 1,
+                (true, false) => to_small += 1,
+                _ => {}
+            }
+            assert_matches(&presence, &reference);
+        }
+        assert!(to_large >= 3 && to_small >= 3, "{to_large} {to_small}");
+    }
+
+    #[tokio::test]
+    async fn presence_paging_survives_a_change_of_representation() {
+        let (sink, _) = counting();
+        let b = MemoryBroker::new(sink);
+        let id = |i: usize| format!("c{i:02}");
+        let n = SMALL_PRESENCE + 8;
+        for i in 0..n {
+            b.presence_add("r", entry(&id(i), &format!("u{}", i % 3)))
+                .await
+                .unwrap();
+        }
+        let page = b.presence_list("r", None, 6).await.unwrap();
+        assert_eq!((page.connections, page.users), (n, 3));
+        let mut seen: Vec<String> = page
+            .members
+            .iter()
+            .map(|m| m.connection.to_string())
+            .collect();
+        // Shrink to a small presence, removing the cursor's own member too.
+        for i in 5..n - 10 {
+            b.presence_remove("r", &id(i)).await.unwrap();
+        }
+        assert!(!is_large(&b.shared.lock("r")["r"].presence));
+        let mut cursor = page.next_cursor;
+        while let Some(after) = cursor {
+            let page = b.presence_list("r", Some(&after), 6).await.unwrap();
+            assert_eq!((page.connections, page.users), (15, 3));
+            seen.extend(page.members.iter().map(|m| m.connection.to_string()));
+            cursor = page.next_cursor;
+        }
+        let expected: Vec<String> = (0..6).chain(n - 10..n).map(id).collect();
+        assert_eq!(seen, expected);
+        // And back up, with a cursor taken from the small presence.
+        let page = b.presence_list("r", None, 4).await.unwrap();
+        for i in 5..n - 10 {
+            b.presence_add("r", entry(&id(i), "v")).await.unwrap();
+        }
+        assert!(is_large(&b.shared.lock("r")["r"].presence));
+        let rest = b
+            .presence_list("r", page.next_cursor.as_deref(), 1000)
+            .await
+            .unwrap();
+        assert_eq!((rest.connections, rest.users), (n, 4));
+        let rest: Vec<String> = rest
+            .members
+            .iter()
+            .map(|m| m.connection.to_string())
+            .collect();
+        assert_eq!(rest, (4..n).map(id).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_personal_room_holds_no_spare_capacity() {
+        let (sink, _) = counting();
+        let b = MemoryBroker::new(sink);
+        b.subscribe("user:1").await.unwrap();
+        b.position("user:1").await.unwrap();
+        b.presence_add("user:1", entry("c1", "1")).await.unwrap();
+        {
+            let map = b.shared.lock("user:1");
+            let state = &map["user:1"];
+            assert_eq!(state.subscribers.capacity(), 1);
+            let Presence::Small(members) = &state.presence else {
+                panic!("one member is small")
+            };
+            assert_eq!(members.capacity(), 1);
+            assert!(state.keys.is_none());
+            assert_eq!(state.history.capacity(), 0);
+        }
+        b.presence_remove("user:1", "c1").await.unwrap();
+        b.unsubscribe("user:1").await.unwrap();
+        let map = b.shared.lock("user:1");
+        let state = &map["user:1"];
+        assert_eq!(state.subscribers.capacity(), 0);
+        assert!(matches!(&state.presence, Presence::Small(m) if m.capacity() == 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn history_and_keys_give_back_memory() {
+        let (sink, _) = counting();
+        let config = MemoryBrokerConfig {
+            sweep_interval: Duration::ZERO,
+            ..MemoryBrokerConfig::default()
+        };
+        let b = MemoryBroker::with_config(config, sink);
+        let keyed = |k: usize| PublishOptions {
+            idempotency_key: Some(format!("k{k}")),
+            history_size: 10,
+            history_ttl: Duration::from_secs(60),
+            ..opts()
+        };
+        for k in 0..25 {
+            b.publish("r", Bytes::new(), None, keyed(k)).await.unwrap();
+        }
+        {
+            let map = b.shared.lock("r");
+            let state = &map["r"];
+            assert_eq!(state.history.len(), 10);
+            assert_eq!(
+                state.history.capacity(),
+                10,
+                "the ring never grows past its bound"
+            );
+            assert_eq!(state.keys.as_ref().map(|k| k.map.len()), Some(25));
+        }
+        let h = b.history("r", HistoryQuery::default()).await.unwrap();
+        let offsets: Vec<u64> = h.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, (16..=25).collect::<Vec<_>>());
+        tokio::time::advance(Duration::from_secs(61)).await;
+        b.sweep();
+        let map = b.shared.lock("r");
+        let state = &map["r"];
+        assert_eq!(state.history.capacity(), 0);
+        assert!(state.keys.is_none());
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn room_state_sizes() {
+        use std::mem::size_of;
+        // What one room costs inline; the heap adds its name, its epoch, one
+        // subscriber slot and one 64-byte presence entry.
+        assert_eq!(size_of::<PresenceEntry>(), 64);
+        assert_eq!(size_of::<Presence>(), 24);
+        assert_eq!(size_of::<Option<Box<IdempotencyKeys>>>(), 8);
+        assert!(size_of::<RoomState>() <= 144, "{}", size_of::<RoomState>());
+        // A shard map's slot: key and box.
+        assert_eq!(size_of::<(Arc<str>, Box<RoomState>)>(), 24);
     }
 
     /// Polls a future once on this thread (it is ready at once).

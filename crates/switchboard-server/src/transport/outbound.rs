@@ -26,7 +26,6 @@ use bytes::Bytes;
 #[derive(Debug)]
 pub(crate) struct Outbound {
     inner: Mutex<Inner>,
-    limit: usize,
 }
 
 #[derive(Debug, Default)]
@@ -38,6 +37,8 @@ struct Inner {
     /// peer sees a broken stream (also when the queue overflows and only a close follows).
     partial: bool,
     state: State,
+    /// The bound in bytes (in the padding of this struct: every idle connection has one).
+    limit: u32,
     /// The connection task, when it found nothing to do. Kept here rather than in a
     /// `Notify` so that a push takes one lock and an idle connection one word.
     waker: Option<Waker>,
@@ -65,10 +66,13 @@ pub(crate) enum PushError {
 pub(crate) struct Overflowed;
 
 impl Outbound {
+    /// A queue bounded to `limit` bytes (at most 4 GiB).
     pub(crate) fn new(limit: usize) -> Self {
         Outbound {
-            inner: Mutex::new(Inner::default()),
-            limit,
+            inner: Mutex::new(Inner {
+                limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                ..Inner::default()
+            }),
         }
     }
 
@@ -84,7 +88,7 @@ impl Outbound {
             State::Open => {}
             State::Overflowed | State::Closed => return Err(PushError::Closed),
         }
-        if inner.bytes > 0 && inner.bytes + len > self.limit {
+        if inner.bytes > 0 && inner.bytes + len > inner.limit as usize {
             inner.state = State::Overflowed;
             if inner.partial {
                 inner.frames.truncate(1);

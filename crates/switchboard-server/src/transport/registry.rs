@@ -19,6 +19,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use switchboard_protocol::codec::DecoderConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::ConnShared;
@@ -44,9 +45,11 @@ pub(crate) fn close_reason(code: u16) -> &'static str {
     }
 }
 
-/// The connections of one route on one server.
+/// The connections of one route on one server, and what they share.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
+    /// The route's decoder settings (kept here rather than in every connection).
+    pub(crate) decoder: DecoderConfig,
     shards: [Mutex<Vec<Arc<ConnShared>>>; SHARDS],
     next: AtomicUsize,
     /// Set before the shutdown sweep: connections registered later close themselves.
@@ -54,6 +57,14 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
+    /// An empty registry for connections that decode with `decoder`.
+    pub(crate) fn new(decoder: DecoderConfig) -> Self {
+        Registry {
+            decoder,
+            ..Registry::default()
+        }
+    }
+
     fn shard(&self, i: usize) -> MutexGuard<'_, Vec<Arc<ConnShared>>> {
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -89,7 +100,7 @@ impl Registry {
 
     /// Pings every connection of shard `s` and asks those silent for `max_missed` visits in a
     /// row to close with 4504.
-    fn sweep(&self, s: usize, max_missed: u32) {
+    fn sweep(&self, s: usize, max_missed: u16) {
         let shard = self.shard(s);
         for conn in shard.iter() {
             if conn.visit() >= max_missed {
@@ -120,10 +131,11 @@ pub(crate) async fn run_sweeper(
     shutdown: CancellationToken,
 ) {
     let tick = (ping_interval / SHARDS as u32).max(Duration::from_millis(1));
+    // At most 65,535 ping intervals (a counter of two bytes per connection).
     let max_missed = idle_timeout
         .as_nanos()
         .div_ceil(ping_interval.as_nanos().max(1))
-        .clamp(1, u32::MAX as u128) as u32;
+        .clamp(1, u16::MAX as u128) as u16;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shard = 0;
