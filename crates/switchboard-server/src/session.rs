@@ -215,16 +215,20 @@ impl Handler for Protocol {
             }
         };
         let Command { id, kind } = command;
+        // Each command's future is boxed while it runs: inline, the largest of them would be
+        // part of every read, whatever the command.
         let result = match kind {
             CommandKind::Subscribe(c) => {
-                self.subscribe(conn, id.as_ref(), &c.room, c.since, c.token.as_deref())
+                Box::pin(self.subscribe(conn, id.as_ref(), &c.room, c.since, c.token.as_deref()))
                     .await
             }
-            CommandKind::Unsubscribe { room } => self.unsubscribe(conn, id.as_ref(), &room).await,
-            CommandKind::Publish(c) => self.publish(conn, id.as_ref(), c).await,
-            CommandKind::Presence(c) => self.presence(conn, id.as_ref(), c).await,
+            CommandKind::Unsubscribe { room } => {
+                Box::pin(self.unsubscribe(conn, id.as_ref(), &room)).await
+            }
+            CommandKind::Publish(c) => Box::pin(self.publish(conn, id.as_ref(), c)).await,
+            CommandKind::Presence(c) => Box::pin(self.presence(conn, id.as_ref(), c)).await,
             CommandKind::History(c) => {
-                self.history(conn, id.as_ref(), &c.room, c.since, c.limit, c.reverse)
+                Box::pin(self.history(conn, id.as_ref(), &c.room, c.since, c.limit, c.reverse))
                     .await
             }
             CommandKind::Ping => {

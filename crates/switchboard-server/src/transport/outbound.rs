@@ -22,6 +22,9 @@ use std::{
 
 use bytes::Bytes;
 
+/// A queue buffer this small is freed as soon as it empties.
+const SMALL: usize = 4;
+
 /// The shared side of a connection's queue.
 #[derive(Debug)]
 pub(crate) struct Outbound {
@@ -188,6 +191,12 @@ impl Outbound {
         }
         if rest.is_empty() {
             if inner.frames.is_empty() {
+                // A connection that writes bursts keeps its buffer until the sweeper's next
+                // visit ([`Outbound::trim`]) instead of growing a new one for every burst;
+                // one that sent a few frames (a ping, a reply) keeps none.
+                if rest.capacity() > SMALL && inner.frames.capacity() == 0 {
+                    inner.frames = rest;
+                }
                 return true;
             }
             if inner.frames.capacity() == 0 {
@@ -201,6 +210,15 @@ impl Outbound {
         inner.frames = rest;
         inner.partial = partial;
         false
+    }
+
+    /// Releases the buffer of an empty queue (the sweeper calls it on every visit, so a
+    /// connection that went quiet holds no buffer after one ping interval).
+    pub(crate) fn trim(&self) {
+        let mut inner = self.lock();
+        if inner.frames.is_empty() && inner.frames.capacity() > 0 {
+            inner.frames = VecDeque::new();
+        }
     }
 
     /// Refuses every later push and drops what is queued.
@@ -295,6 +313,17 @@ mod tests {
         q.take(&mut taken).unwrap();
         taken.clear();
         assert!(q.put_back(taken, 1, false));
+        assert_eq!(q.lock().frames.capacity(), 0);
+        // A burst's buffer is kept for the next burst until the sweeper trims it.
+        for _ in 0..16 {
+            q.push(Bytes::from_static(b"x")).unwrap();
+        }
+        let mut taken = VecDeque::new();
+        q.take(&mut taken).unwrap();
+        taken.clear();
+        assert!(q.put_back(taken, 16, false));
+        assert!(q.lock().frames.capacity() >= 16);
+        q.trim();
         assert_eq!(q.lock().frames.capacity(), 0);
     }
 }

@@ -103,6 +103,7 @@ impl Registry {
     fn sweep(&self, s: usize, max_missed: u16) {
         let shard = self.shard(s);
         for conn in shard.iter() {
+            conn.outbound.trim();
             if conn.visit() >= max_missed {
                 conn.request_close(IDLE_TIMEOUT);
             } else {

@@ -23,7 +23,8 @@ use std::{
 use bytes::{Buf, Bytes, BytesMut};
 use switchboard_protocol::{
     CloseCode, CloseFrame, ProtocolError, Role,
-    codec::{Decoder, Message},
+    codec::{Decoder, DecoderConfig, Message},
+    deflate::DeflateParams,
     frame::OpCode,
 };
 use tokio::{
@@ -141,7 +142,9 @@ pub(crate) fn run<H: Handler>(
                 .is_some_and(|i| i.rbuf.is_empty() && i.decoder.is_reset())
             {
                 // Idle connections hold no read buffer and no decoder state.
-                ws.input = None;
+                if let Some(input) = ws.input.take() {
+                    Input::release(input);
+                }
             }
 
             // The server (shutdown, idle timeout) or a hook asked to close.
@@ -174,12 +177,9 @@ pub(crate) fn run<H: Handler>(
             match poll_fn(|cx| ws.poll_event(cx)).await {
                 Event::Readable => {
                     let (decoder, deflate) = (registry.decoder, ws.conn.shared.deflate);
-                    let input = ws.input.get_or_insert_with(|| {
-                        Box::new(Input {
-                            rbuf: BytesMut::new(),
-                            decoder: Decoder::new(Role::Server, decoder, deflate),
-                        })
-                    });
+                    let input = ws
+                        .input
+                        .get_or_insert_with(|| Input::acquire(decoder, deflate));
                     if input.rbuf.capacity() - input.rbuf.len() < READ_CHUNK / 2 {
                         input.rbuf.reserve(READ_CHUNK);
                     }
@@ -400,6 +400,42 @@ enum InputEnd {
     /// The peer's close frame (with its code and reason, if any).
     Close(Option<CloseFrame>),
     Error(ProtocolError),
+}
+
+thread_local! {
+    /// Read buffers of connections that went idle, for the next connection of this thread
+    /// that reads: a busy server reuses a few instead of allocating one per read.
+    static SPARE_INPUTS: std::cell::RefCell<Vec<Box<Input>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Read buffers kept per thread at most.
+const SPARE_INPUTS_MAX: usize = 8;
+
+impl Input {
+    /// An empty input with a fresh decoder, reusing a spare buffer of this thread if any.
+    fn acquire(decoder: DecoderConfig, deflate: Option<DeflateParams>) -> Box<Input> {
+        let decoder = Decoder::new(Role::Server, decoder, deflate);
+        match SPARE_INPUTS.with_borrow_mut(Vec::pop) {
+            Some(mut input) => {
+                input.decoder = decoder;
+                input
+            }
+            None => Box::new(Input {
+                rbuf: BytesMut::new(),
+                decoder,
+            }),
+        }
+    }
+
+    /// Gives an empty, reset input back to this thread's spares (or frees it).
+    fn release(mut input: Box<Input>) {
+        input.rbuf.clear();
+        SPARE_INPUTS.with_borrow_mut(|spare| {
+            if spare.len() < SPARE_INPUTS_MAX {
+                spare.push(input);
+            }
+        });
+    }
 }
 
 /// Decodes the buffered input and hands each message to the handler, until the bytes run out
