@@ -272,6 +272,90 @@ fn connect_reports_memory_per_connection() {
     }
 }
 
+/// `connect --deflate`: every connection offers permessage-deflate and the server agrees on
+/// each (the welcome then arrives compressed and is skipped). The room's name is long enough
+/// that the subscribe reply is over the server's 128-byte compression threshold, so it
+/// arrives compressed too and must be inflated to be recognised.
+#[test]
+fn connect_with_deflate_negotiates_it_on_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("dev-secret");
+    let server = ServerProcess::start_with_env(
+        &["--echo", "/echo"],
+        &[("SWITCHBOARD_DEV_SECRET_FILE", secret.to_str().unwrap())],
+    );
+    let env = [("SWITCHBOARD_DEV_SECRET_FILE", secret.as_path())];
+    let pid = server.child.id().to_string();
+    let long_room = format!("bench:{}", "deflate".repeat(12));
+    for (url, extra, json) in [
+        (server.ws_url("/echo"), vec![], dir.path().join("echo.json")),
+        (
+            server.ws_url("/ws"),
+            vec!["--subscribe", "bench:idle"],
+            dir.path().join("subscribed.json"),
+        ),
+        (
+            server.ws_url("/ws"),
+            vec!["--subscribe", long_room.as_str()],
+            dir.path().join("long-room.json"),
+        ),
+    ] {
+        let out = bench(
+            &[
+                &["connect", "--deflate", "--url", &url, "--connections", "10"][..],
+                &extra,
+                &["--server-pid", &pid, "--json", json.to_str().unwrap()],
+                &SHORT,
+            ]
+            .concat(),
+            &env,
+        );
+        assert!(out.status.success(), "{url} {extra:?}: {}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("deflate negotiated on 10 of 10 connections"),
+            "{stdout}"
+        );
+        let v = read_json(&json);
+        let r = &v["results"];
+        assert_eq!(v["format"], "switchboard-bench/1");
+        assert_eq!(v["config"]["params"]["deflate"], true);
+        assert_eq!(r["connections"], 10, "{r}");
+        assert_eq!(r["failed_connections"], 0, "{r}");
+        assert_eq!(r["lost_connections"], 0, "{r}");
+        assert_eq!(r["deflate_negotiated"], 10, "{r}");
+        assert!(
+            r["server"]["memory_per_connection_bytes"].is_number(),
+            "{r}"
+        );
+    }
+
+    // Without the flag nothing is offered: the field is absent (null), the param false.
+    let json = dir.path().join("plain.json");
+    let out = bench(
+        &[
+            &["connect", "--url", &server.ws_url("/echo"), "-c", "2"][..],
+            &["--json", json.to_str().unwrap()],
+            &SHORT,
+        ]
+        .concat(),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v = read_json(&json);
+    assert_eq!(v["config"]["params"]["deflate"], false);
+    assert!(v["results"]["deflate_negotiated"].is_null(), "{v}");
+
+    // --deflate conflicts with --socketio, and other scenarios do not take it.
+    for args in [
+        vec!["connect", "--deflate", "--socketio"],
+        vec!["echo", "--deflate"],
+    ] {
+        let out = bench(&[&args[..], &SHORT].concat(), &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+    }
+}
+
 #[test]
 fn non_loopback_targets_are_refused_before_connecting() {
     // A local listener as the first URL: if the bench connected anywhere before checking

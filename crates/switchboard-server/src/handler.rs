@@ -9,7 +9,6 @@
 //! one vectored write when the hook returns.
 
 use std::{
-    collections::BTreeSet,
     future::Future,
     net::SocketAddr,
     sync::{
@@ -395,13 +394,69 @@ impl ConnShared {
     }
 }
 
+/// The rooms of a connection: a sorted vector, exactly as long as needed. Most connections
+/// are in a room or two, where a tree's node (about 200 bytes) would cost more than the rooms.
+#[derive(Debug, Default)]
+pub(crate) struct RoomSet(Vec<Arc<str>>);
+
+impl RoomSet {
+    fn find(&self, room: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|r| (**r).cmp(room))
+    }
+
+    /// Adds `room`; `false` if it was there.
+    pub(crate) fn insert(&mut self, room: Arc<str>) -> bool {
+        match self.find(&room) {
+            Ok(_) => false,
+            Err(i) => {
+                if self.0.len() == self.0.capacity() && self.0.len() < 4 {
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(i, room);
+                true
+            }
+        }
+    }
+
+    /// Removes `room` and returns it.
+    pub(crate) fn take(&mut self, room: &str) -> Option<Arc<str>> {
+        let i = self.find(room).ok()?;
+        let room = self.0.remove(i);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        Some(room)
+    }
+
+    pub(crate) fn contains(&self, room: &str) -> bool {
+        self.find(room).is_ok()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.0.iter()
+    }
+}
+
+impl IntoIterator for RoomSet {
+    type Item = Arc<str>;
+    type IntoIter = std::vec::IntoIter<Arc<str>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
 /// An open connection, as its handler sees it.
 #[derive(Debug)]
 pub struct Connection<S> {
     pub(crate) shared: Arc<ConnShared>,
     /// Shared by every anonymous connection ([`User::shared`]).
     pub(crate) user: Arc<User>,
-    pub(crate) rooms: BTreeSet<Arc<str>>,
+    pub(crate) rooms: RoomSet,
     pub(crate) encoder: Encoder,
     /// A close asked for by a hook, sent once everything queued before it is written.
     pub(crate) close: Option<Box<CloseFrame>>,

@@ -83,6 +83,10 @@ impl Hub {
         // Copy-on-write: the list is copied only while a broadcast still holds a snapshot of
         // it; otherwise it grows in place (joins into a big room stay O(1) amortised).
         let list = Arc::make_mut(members);
+        if list.is_empty() {
+            // Most rooms (personal ones) have one member on a node: no spare slots.
+            list.reserve_exact(1);
+        }
         list.push(conn.clone());
         if list.len() == 1 {
             Change::First

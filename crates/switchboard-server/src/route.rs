@@ -5,9 +5,7 @@
 //! unsupported subprotocol, 426 for a version other than 13, and whatever the handler's
 //! `authenticate` refuses with.
 
-use std::{
-    collections::BTreeSet, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
-};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use axum::body::Body;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -253,7 +251,7 @@ async fn upgrade<H: Handler>(
         let conn = Connection {
             shared,
             user,
-            rooms: BTreeSet::new(),
+            rooms: Default::default(),
             encoder: Encoder::new(Role::Server, params, threshold),
             close: None,
             hub: Some(hub),

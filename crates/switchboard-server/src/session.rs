@@ -43,11 +43,28 @@ impl Protocol {
 /// A protocol connection's state.
 #[derive(Debug, Default)]
 pub struct Session {
-    /// Raw JSON of the `from` object of this connection's publications.
-    from: Bytes,
+    /// Raw JSON of the `from` object of this connection's publications, made at its first
+    /// publication (most connections only listen, and idle ones should hold nothing).
+    from: Option<Bytes>,
     /// Token expiry (unix seconds).
     expires: Option<u64>,
     refresh_sent: bool,
+}
+
+/// The `from` object of this connection's publications (raw JSON), made once.
+fn from_object(conn: &mut Connection<Session>) -> Bytes {
+    if let Some(from) = &conn.state.from {
+        return from.clone();
+    }
+    let user = &conn.user;
+    let mut from = Vec::with_capacity(64);
+    wire::encode_member(
+        &mut from,
+        &Member::new(&user.id, conn.id(), user.info.as_deref().and_then(raw)),
+    );
+    let from = Bytes::from(from);
+    conn.state.from = Some(from.clone());
+    from
 }
 
 /// A refused command: the `error` frame's code and message.
@@ -133,12 +150,6 @@ impl Handler for Protocol {
 
     async fn on_connect(&self, conn: &mut Connection<Session>) {
         let user = conn.user.clone();
-        let mut from = Vec::with_capacity(64);
-        wire::encode_member(
-            &mut from,
-            &Member::new(&user.id, conn.id(), user.info.as_deref().and_then(raw)),
-        );
-        conn.state.from = Bytes::from(from);
         conn.state.expires = user.expires;
         self.schedule_expiry(conn);
 
@@ -562,7 +573,7 @@ impl Protocol {
             .node
             .inner
             .broker
-            .publish(room, data, Some(conn.state.from.clone()), opts)
+            .publish(room, data, Some(from_object(conn)), opts)
             .await
             .map_err(|e| unavailable(&e))?;
         let position = result.position;

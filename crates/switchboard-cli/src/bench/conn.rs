@@ -8,9 +8,13 @@
 //!   socket takes it, so a batch of frames costs one system call; input is read into one buffer
 //!   and every complete frame in it is handed out before the next `read`.
 //! - Buffers are allocated once per connection and grow only for a frame larger than them.
-//! - permessage-deflate is never offered.
+//! - permessage-deflate is offered only when asked for ([`Dial::deflate`], `bench connect
+//!   --deflate`, to measure the server's memory with compression negotiated). Compressed
+//!   frames (RSV1) are then legal but handed out as they are, compressed; only
+//!   [`Conn::message`] inflates one, for the few messages a scenario must read during set-up.
 
 use std::{
+    borrow::Cow,
     fmt,
     io::{self, ErrorKind},
     net::{IpAddr, SocketAddr},
@@ -18,11 +22,18 @@ use std::{
     time::Duration,
 };
 
-use switchboard_protocol::handshake::ClientHandshake;
+use switchboard_protocol::{
+    Role,
+    codec::{Decoder, DecoderConfig, Message},
+    deflate::DeflateParams,
+    handshake::ClientHandshake,
+};
 use tokio::{
     io::{AsyncWriteExt, Interest},
     net::{TcpSocket, TcpStream},
 };
+
+use tokio_util::bytes::BytesMut;
 
 use super::{
     socketio::{self, Packet},
@@ -95,6 +106,8 @@ pub(crate) struct Dial<'a> {
     pub(crate) read_buffer: usize,
     /// Time allowed for TCP connect plus the upgrade.
     pub(crate) timeout: Duration,
+    /// Offer permessage-deflate (the server may decline: see [`Conn::deflate`]).
+    pub(crate) deflate: bool,
 }
 
 /// An upgraded WebSocket client connection.
@@ -107,6 +120,16 @@ pub(crate) struct Conn {
     pub(crate) output: Output,
     /// Socket.IO framing (see [`super::socketio`]): only event packets are handed out.
     socketio: bool,
+    /// The permessage-deflate parameters the server agreed to.
+    deflate: Option<DeflateParams>,
+    /// Where the frame of the message last handed out starts in [`Input::bytes`], when it
+    /// was compressed (for [`Conn::message`]).
+    compressed: Option<usize>,
+    /// Inflates compressed messages for [`Conn::message`]; created on first use. It sees
+    /// every message `message` is asked for, in order, so that a server keeping its
+    /// compression context between messages is inflated right as long as every compressed
+    /// message is read through it.
+    inflater: Option<Box<Decoder>>,
 }
 
 impl Conn {
@@ -133,12 +156,12 @@ impl Conn {
             &dial.target.host,
             &dial.target.path,
             &[],
-            false,
+            dial.deflate,
             dial.headers,
         );
         stream.write_all(&hs.request).await?;
         let mut input = Input::new(dial.read_buffer.max(4096));
-        loop {
+        let deflate = loop {
             input.reserve();
             let n = tokio::io::AsyncReadExt::read(&mut stream, input.spare()).await?;
             if n == 0 {
@@ -148,9 +171,9 @@ impl Conn {
             }
             input.end += n;
             match hs.parse_response(input.pending()) {
-                Ok(Some((_, len))) => {
+                Ok(Some((accepted, len))) => {
                     input.start += len;
-                    break;
+                    break accepted.deflate;
                 }
                 Ok(None) if input.end > 64 * 1024 => {
                     return Err(ConnError::Handshake("response head over 64 KiB".into()));
@@ -158,14 +181,40 @@ impl Conn {
                 Ok(None) => {}
                 Err(e) => return Err(ConnError::Handshake(e.to_string())),
             }
-        }
+        };
+        input.rsv1 = deflate.is_some();
         Ok(Conn {
             stream,
             input,
             // Grows once to what the connection writes per batch, then stays.
             output: Output::with_capacity(1024),
             socketio: false,
+            deflate,
+            compressed: None,
+            inflater: None,
         })
+    }
+
+    /// The permessage-deflate parameters the server agreed to; `None` when it was not offered
+    /// or the server declined.
+    pub(crate) fn deflate(&self) -> Option<&DeflateParams> {
+        self.deflate.as_ref()
+    }
+
+    /// The payload of the message [`Conn::next_message`] just handed out as `range`, inflated
+    /// when it was compressed (only with permessage-deflate negotiated). Inflating costs an
+    /// allocation and a copy: for the few messages a scenario reads during set-up, not for
+    /// the measured load.
+    pub(crate) fn message(&mut self, range: Range<usize>) -> Result<Cow<'_, [u8]>, ConnError> {
+        match self.compressed.take() {
+            None => Ok(Cow::Borrowed(&self.input.buf[range])),
+            Some(start) => inflate(
+                &mut self.inflater,
+                self.deflate,
+                &self.input.buf[start..range.end],
+            )
+            .map(Cow::Owned),
+        }
     }
 
     /// From now on, hand out Socket.IO events only and answer engine.io pings (after the
@@ -225,6 +274,7 @@ impl Conn {
             let Some(frame) = self.input.next_frame()? else {
                 return Ok(None);
             };
+            self.compressed = frame.compressed.then_some(frame.start);
             match frame.opcode {
                 TEXT if self.socketio => {
                     let Conn { input, output, .. } = self;
@@ -268,10 +318,45 @@ impl Conn {
     }
 }
 
+/// Largest message [`Conn::message`] inflates.
+const MAX_INFLATED: usize = 16 << 20;
+
+/// Inflates one whole compressed server `frame` (header included) with the protocol's
+/// decoder in `slot` (created on first use), which keeps the compression context between
+/// messages when the server keeps its own.
+fn inflate(
+    slot: &mut Option<Box<Decoder>>,
+    deflate: Option<DeflateParams>,
+    frame: &[u8],
+) -> Result<Vec<u8>, ConnError> {
+    let decoder = slot.get_or_insert_with(|| {
+        Box::new(Decoder::new(
+            Role::Client,
+            DecoderConfig::default().with_max_message_size(MAX_INFLATED),
+            deflate,
+        ))
+    });
+    let mut wire = BytesMut::from(frame);
+    match decoder.decode(&mut wire) {
+        Ok(Some(Message::Text(text))) => Ok(text.as_bytes().to_vec()),
+        Ok(Some(Message::Binary(data))) => Ok(data.to_vec()),
+        Ok(_) => Err(ConnError::Protocol(
+            "a compressed message in several frames (not supported)",
+        )),
+        Err(_) => Err(ConnError::Protocol(
+            "a compressed message that does not inflate",
+        )),
+    }
+}
+
 /// One frame found in the input.
 #[derive(Debug)]
 struct Frame {
     opcode: u8,
+    /// RSV1: the message is compressed.
+    compressed: bool,
+    /// Where the frame (its header) starts.
+    start: usize,
     payload: Range<usize>,
 }
 
@@ -281,6 +366,8 @@ pub(crate) struct Input {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// RSV1 is legal: permessage-deflate was negotiated.
+    rsv1: bool,
 }
 
 impl Input {
@@ -289,6 +376,7 @@ impl Input {
             buf: vec![0; capacity],
             start: 0,
             end: 0,
+            rsv1: false,
         }
     }
 
@@ -330,36 +418,50 @@ impl Input {
     /// Length (header and payload) of the frame at `start`, once its header is complete.
     fn frame_len(&self) -> Option<usize> {
         let p = self.pending();
-        let (header, len) = parse_header(p).ok()??;
+        let (header, len) = parse_header(p, self.rsv1).ok()??;
         Some(header + len)
     }
 
     fn next_frame(&mut self) -> Result<Option<Frame>, ConnError> {
         let p = self.pending();
-        let Some((header, len)) = parse_header(p)? else {
+        let Some((header, len)) = parse_header(p, self.rsv1)? else {
             return Ok(None);
         };
         if p.len() < header + len {
             return Ok(None);
         }
         let opcode = p[0] & 0x0f;
-        let begin = self.start + header;
+        let compressed = p[0] & 0x40 != 0;
+        // RFC 7692 6.1: only the first frame of a data message may carry RSV1.
+        if compressed && !matches!(opcode, TEXT | BINARY) {
+            return Err(ConnError::Protocol(
+                "RSV1 on a control or continuation frame",
+            ));
+        }
+        let start = self.start;
+        let begin = start + header;
         self.start = begin + len;
         Ok(Some(Frame {
             opcode,
+            compressed,
+            start,
             payload: begin..begin + len,
         }))
     }
 }
 
 /// Header length and payload length of the frame at the start of `p`; `None`: incomplete.
-fn parse_header(p: &[u8]) -> Result<Option<(usize, usize)>, ConnError> {
+/// RSV1 is legal when `rsv1` (permessage-deflate negotiated); RSV2 and RSV3 never are.
+fn parse_header(p: &[u8], rsv1: bool) -> Result<Option<(usize, usize)>, ConnError> {
     if p.len() < 2 {
         return Ok(None);
     }
-    if p[0] & 0x70 != 0 {
+    if p[0] & 0x30 != 0 {
+        return Err(ConnError::Protocol("reserved bits RSV2/RSV3 set"));
+    }
+    if p[0] & 0x40 != 0 && !rsv1 {
         return Err(ConnError::Protocol(
-            "reserved bits set (no extension was offered)",
+            "RSV1 set without permessage-deflate negotiated",
         ));
     }
     if p[1] & 0x80 != 0 {
@@ -573,10 +675,81 @@ mod tests {
 
     #[test]
     fn masked_or_extended_server_frames_are_errors() {
-        assert!(parse_header(&[0x81, 0x82, 0, 0, 0, 0, 1, 2]).is_err());
-        assert!(parse_header(&[0xC1, 0x01, b'a']).is_err());
-        assert_eq!(parse_header(&[0x81]).unwrap(), None);
-        assert_eq!(parse_header(&[0x81, 126, 1]).unwrap(), None);
-        assert_eq!(parse_header(&[0x81, 3]).unwrap(), Some((2, 3)));
+        for rsv1 in [false, true] {
+            assert!(parse_header(&[0x81, 0x82, 0, 0, 0, 0, 1, 2], rsv1).is_err());
+            // RSV2 and RSV3 are never legal.
+            assert!(parse_header(&[0xA1, 0x01, b'a'], rsv1).is_err());
+            assert!(parse_header(&[0x91, 0x01, b'a'], rsv1).is_err());
+            assert_eq!(parse_header(&[0x81], rsv1).unwrap(), None);
+            assert_eq!(parse_header(&[0x81, 126, 1], rsv1).unwrap(), None);
+            assert_eq!(parse_header(&[0x81, 3], rsv1).unwrap(), Some((2, 3)));
+        }
+        // RSV1 only with permessage-deflate negotiated.
+        assert!(parse_header(&[0xC1, 0x01, b'a'], false).is_err());
+        assert_eq!(
+            parse_header(&[0xC1, 0x01, b'a'], true).unwrap(),
+            Some((2, 1))
+        );
+    }
+
+    fn input_with(wire: &[u8], rsv1: bool) -> Input {
+        let mut input = Input::new(wire.len().max(16));
+        input.rsv1 = rsv1;
+        input.buf[..wire.len()].copy_from_slice(wire);
+        input.end = wire.len();
+        input
+    }
+
+    #[test]
+    fn rsv1_is_only_legal_on_data_frames() {
+        let mut input = input_with(&[0xC1, 0x01, b'a', 0xC9, 0x00], true);
+        let f = input.next_frame().unwrap().unwrap();
+        assert!(f.compressed);
+        assert_eq!((f.start, f.payload), (0, 2..3));
+        assert!(input.next_frame().is_err(), "compressed ping");
+        let mut input = input_with(&[0xC1, 0x01, b'a'], false);
+        assert!(input.next_frame().is_err(), "not negotiated");
+    }
+
+    fn params(context_takeover: bool) -> DeflateParams {
+        DeflateParams {
+            server_no_context_takeover: !context_takeover,
+            client_no_context_takeover: true,
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+        }
+    }
+
+    #[test]
+    fn compressed_messages_inflate_in_order() {
+        use switchboard_protocol::{codec::Encoder, frame::OpCode};
+
+        for takeover in [false, true] {
+            let p = params(takeover);
+            let mut encoder = Encoder::new(Role::Server, Some(p), 0);
+            let first = [
+                b"{\"type\":\"welcome\",\"pad\":\"".as_slice(),
+                &[b'x'; 300],
+                b"\"}",
+            ]
+            .concat();
+            let second = br#"{"type":"reply","id":1,"result":{"room":"bench:idle","epoch":"e","offset":0,"publications":[]}}"#;
+            let mut slot = None;
+            for msg in [&first[..], second, second] {
+                let mut wire = BytesMut::new();
+                encoder.encode(OpCode::Text, msg, &mut wire);
+                assert_eq!(wire[0] & 0x40, 0x40, "compressed");
+                let mut input = input_with(&wire, true);
+                let f = input.next_frame().unwrap().unwrap();
+                assert!(f.compressed);
+                let got = inflate(&mut slot, Some(p), &input.buf[f.start..f.payload.end]);
+                assert_eq!(got.unwrap(), msg, "takeover {takeover}");
+                if takeover && msg == second {
+                    // The context matters: a fresh inflater cannot read a repeat.
+                    let fresh = inflate(&mut None, Some(p), &input.buf[f.start..f.payload.end]);
+                    assert!(fresh.is_err() || fresh.unwrap() != msg);
+                }
+            }
+        }
     }
 }

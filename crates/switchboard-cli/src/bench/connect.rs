@@ -8,8 +8,20 @@
 //! authenticated (`--auth`, `--token`, `--secret`), optionally subscribed to one room. With
 //! `--socketio`, each connection is also connected to a Socket.IO server's default namespace
 //! (what a Socket.IO client does before it can do anything).
+//!
+//! With `--deflate`, every connection offers permessage-deflate, so that the memory per idle
+//! connection is measured with compression negotiated; whether the server agreed is read from
+//! each response and counted (`deflate_negotiated`).
 
-use std::{collections::BTreeMap, process::ExitCode, rc::Rc, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    process::ExitCode,
+    rc::Rc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
 
 use clap::Args;
 use serde_json::json;
@@ -44,6 +56,10 @@ pub(crate) struct ConnectArgs {
     /// namespace (`40`). URL: ws://HOST:PORT/socket.io/?EIO=4&transport=websocket.
     #[arg(long, conflicts_with = "subscribe")]
     socketio: bool,
+    /// Offer permessage-deflate on every connection (memory with compression negotiated);
+    /// the report says on how many the server agreed.
+    #[arg(long, conflicts_with = "socketio")]
+    deflate: bool,
 }
 
 /// Runs `bench connect`.
@@ -57,8 +73,9 @@ pub(crate) fn run(args: ConnectArgs) -> Result<ExitCode, String> {
     } else {
         "ws://127.0.0.1:8080/ws"
     };
-    let plan =
-        Plan::new(args.common, default_url, args.connections)?.with_socketio(args.socketio)?;
+    let plan = Plan::new(args.common, default_url, args.connections)?
+        .with_socketio(args.socketio)?
+        .with_deflate(args.deflate);
     let auth = Auth::resolve(&args.auth, args.authenticate || args.subscribe.is_some())?;
     let auth_kind = auth.describe();
     let rss_before = plan
@@ -70,19 +87,24 @@ pub(crate) fn run(args: ConnectArgs) -> Result<ExitCode, String> {
     let room: Option<Arc<str>> = args.subscribe.as_deref().map(Into::into);
     let auth = Arc::new(auth);
     let task_plan = Arc::new(plan.clone());
+    // Connections on which the server agreed to permessage-deflate.
+    let negotiated = Arc::new(AtomicU64::new(0));
+    let task_negotiated = negotiated.clone();
     let driver = plan.start(move |ctx: Rc<ThreadCtx>| {
         let plan = task_plan.clone();
         let auth = auth.clone();
         let room = room.clone();
+        let negotiated = task_negotiated.clone();
         async move {
             let limit = Rc::new(tokio::sync::Semaphore::new(plan.concurrency_per_thread()));
             for i in (0..plan.connections).filter(|i| plan.owns(ctx.index, *i)) {
-                let (ctx, plan, auth, room, limit) = (
+                let (ctx, plan, auth, room, limit, negotiated) = (
                     ctx.clone(),
                     plan.clone(),
                     auth.clone(),
                     room.clone(),
                     limit.clone(),
+                    negotiated.clone(),
                 );
                 tokio::task::spawn_local(async move {
                     // The clock starts when the handshake does: not while waiting for a
@@ -98,6 +120,9 @@ pub(crate) fn run(args: ConnectArgs) -> Result<ExitCode, String> {
                         Err(e) => return ctx.conn_failed(true, || format!("connection {i}: {e}")),
                     };
                     ctx.latency.borrow_mut().saturating_record(took);
+                    if conn.deflate().is_some() {
+                        negotiated.fetch_add(1, Relaxed);
+                    }
                     Counters::add(&ctx.counters.ready, 1);
                     if let Err(e) = idle(&ctx, conn).await
                         && !ctx.shared.done.is_cancelled()
@@ -131,6 +156,7 @@ pub(crate) fn run(args: ConnectArgs) -> Result<ExitCode, String> {
     p.insert("auth".into(), json!(auth_kind));
     p.insert("concurrency".into(), json!(plan.common.concurrency));
     p.insert("socketio".into(), json!(args.socketio));
+    p.insert("deflate".into(), json!(args.deflate));
     let mut result = BenchResult::new(&plan, "connect", p);
     result.set_window(&w);
     result.set_outcome(&outcome, setup);
@@ -142,6 +168,7 @@ pub(crate) fn run(args: ConnectArgs) -> Result<ExitCode, String> {
     r.received = totals.other;
     r.latency_kind = "handshake".into();
     r.latency_us = Latency::from_ns(&hist.latency);
+    r.deflate_negotiated = args.deflate.then(|| negotiated.load(Relaxed));
     if let Some(s) = &mut r.server {
         s.rss_before_bytes = Some(rss_before);
         if let Ok(after) = rss_after {

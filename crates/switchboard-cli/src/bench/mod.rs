@@ -232,6 +232,8 @@ pub(crate) struct Plan {
     pub(crate) progress: engine::Progress,
     /// Socket.IO framing on every connection (`--socketio`).
     pub(crate) socketio: bool,
+    /// Offer permessage-deflate on every connection (`connect --deflate`).
+    pub(crate) deflate: bool,
 }
 
 impl Plan {
@@ -301,6 +303,7 @@ impl Plan {
             cpus,
             connections,
             socketio: false,
+            deflate: false,
         })
     }
 
@@ -321,6 +324,12 @@ impl Plan {
         }
         self.socketio = on;
         Ok(self)
+    }
+
+    /// Offers permessage-deflate on every connection (the server may decline).
+    pub(crate) fn with_deflate(mut self, on: bool) -> Plan {
+        self.deflate = on;
+        self
     }
 
     /// The server of connection `i` (round-robin).
@@ -347,6 +356,7 @@ impl Plan {
             headers,
             read_buffer,
             timeout: Duration::from_secs(15),
+            deflate: self.deflate,
         }
     }
 
@@ -442,8 +452,10 @@ pub(crate) async fn subscribe(conn: &mut Conn, room: &str, id: u64) -> Result<()
         loop {
             conn.read_some().await?;
             while let Some(r) = conn.next_message()? {
-                let msg = &conn.input.bytes()[r];
-                match payload::kind(msg) {
+                // Inflated when compressed (`connect --deflate`: a reply over the server's
+                // compression threshold, e.g. with a long room name).
+                let msg = conn.message(r)?;
+                match payload::kind(&msg) {
                     payload::Kind::Reply(Some(got)) if got == id => return Ok(()),
                     payload::Kind::Error(_) => {
                         return Err(ConnError::Refused(

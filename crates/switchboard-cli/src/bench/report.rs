@@ -120,6 +120,8 @@ pub(crate) struct Results {
     pub(crate) command_latency_us: Option<Latency>,
     /// Handshakes per second during set-up (connect).
     pub(crate) connections_per_s: Option<f64>,
+    /// Connections on which the server agreed to permessage-deflate (connect `--deflate`).
+    pub(crate) deflate_negotiated: Option<u64>,
     /// The servers' side (with `--server-pid`).
     pub(crate) server: Option<ServerStats>,
     /// The generator's side.
@@ -537,6 +539,12 @@ pub(crate) fn single_table(r: &BenchResult) -> String {
         notes.push(format!(
             "set-up: {} connections in {:.2} s ({:.0}/s)",
             res.connections, res.setup_s, cps
+        ));
+    }
+    if let Some(n) = res.deflate_negotiated {
+        notes.push(format!(
+            "deflate negotiated on {n} of {} connections",
+            res.connections
         ));
     }
     if let Some(m) = res

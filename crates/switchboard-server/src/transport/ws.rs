@@ -404,7 +404,9 @@ enum InputEnd {
 
 thread_local! {
     /// Read buffers of connections that went idle, for the next connection of this thread
-    /// that reads: a busy server reuses a few instead of allocating one per read.
+    /// that reads: a busy server reuses a few instead of allocating one per read. Boxed:
+    /// a connection holds its input by the box it takes from here.
+    #[allow(clippy::vec_box)]
     static SPARE_INPUTS: std::cell::RefCell<Vec<Box<Input>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -511,8 +513,6 @@ enum FlushError {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use switchboard_protocol::codec::Encoder;
 
     use super::*;
@@ -529,7 +529,7 @@ mod tests {
         let conn = Connection {
             shared: Arc::new(ConnShared::new("c_test".into(), 1024, None)),
             user: Arc::new(User::default()),
-            rooms: BTreeSet::new(),
+            rooms: Default::default(),
             encoder: Encoder::new(Role::Server, None, usize::MAX),
             close: None,
             hub: None,
