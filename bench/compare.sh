@@ -83,7 +83,7 @@ WRITE_DOCS=$((QUICK == 0 && ${#ONLY[@]} == 0))
 if ((QUICK)); then
     DURATION=2 WARMUP=1 SUBSCRIBERS=200 CONNECTIONS=1000 SETTLE=1 HOLD=1
 else
-    DURATION=10 WARMUP=2 SUBSCRIBERS=1000 CONNECTIONS=10000 SETTLE=3 HOLD=5
+    DURATION=10 WARMUP=2 SUBSCRIBERS=1000 CONNECTIONS=19000 SETTLE=3 HOLD=5
 fi
 
 log() {
@@ -329,6 +329,9 @@ if want connect; then
         run switchboard connect switchboard /echo "${CONNECT[@]}"
         run switchboard connect "switchboard (auth + room)" /ws --subscribe bench:fanout \
             --secret-file "$SECRET" "${CONNECT[@]}"
+        run switchboard connect "switchboard (deflate)" /echo --deflate "${CONNECT[@]}"
+        run switchboard connect "switchboard (auth + room, deflate)" /ws --subscribe bench:fanout \
+            --deflate --secret-file "$SECRET" "${CONNECT[@]}"
     fi
     while IFS='|' read -r server name; do
         if [[ $server == socketio ]]; then
@@ -368,8 +371,9 @@ cat "$OUT/report.md"
     echo "- **fanout**: ${SUBSCRIBERS} subscribers and 1 publisher keeping 16 publications of 64 B in flight"
     echo "  (raw broadcast routes; Socket.IO: room emit; Switchboard also through a protocol room)."
     echo "- **connect**: ${CONNECTIONS} idle connections (plain; Switchboard also authenticated and"
-    echo "  subscribed to one room): handshake rate and latency, and the server's resident memory per"
-    echo "  connection after ${SETTLE} s + ${HOLD} s (KiB/conn)."
+    echo "  subscribed to one room, and both again with permessage-deflate negotiated): handshake rate"
+    echo "  and latency, and the server's resident memory per connection after ${SETTLE} s + ${HOLD} s"
+    echo "  (KiB/conn)."
     echo
     cat "$OUT/report.md"
     echo

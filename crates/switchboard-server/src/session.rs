@@ -80,8 +80,8 @@ fn refuse(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Refused {
     }
 }
 
-fn unavailable(e: &BrokerError) -> Refused {
-    tracing::warn!(error = %e, "broker call failed");
+fn unavailable(conn: &str, e: &BrokerError) -> Refused {
+    tracing::warn!(conn, error = %e, "broker call failed");
     refuse(
         ErrorCode::Unavailable,
         "the broker cannot serve this now; nothing was done",
@@ -167,7 +167,7 @@ impl Handler for Protocol {
             // that strict_namespaces refuses, not another user's personal room (4.1).
             let personal = wire::namespace(r) == "user" && config.personal_rooms;
             if self.node.namespace(r).is_none() || personal {
-                tracing::warn!(room = %r, "rooms claim: room refused, not subscribed");
+                tracing::warn!(conn = %conn.id(), room = %r, "rooms claim: room refused, not subscribed");
                 continue;
             }
             rooms.push(r.as_str().into());
@@ -193,7 +193,7 @@ impl Handler for Protocol {
                     done.push((room, s.position));
                 }
                 Err(e) => {
-                    tracing::warn!(room = %room, error = %e, "server-side subscription failed")
+                    tracing::warn!(conn = %conn.id(), room = %room, error = %e, "server-side subscription failed")
                 }
             }
         }
@@ -418,7 +418,7 @@ impl Protocol {
                 .broker
                 .presence_list(room, None, 0)
                 .await
-                .map_err(|e| unavailable(&e))?;
+                .map_err(|e| unavailable(conn.id(), &e))?;
             let local = self.node.hub().members(room).map(|m| m.len()).unwrap_or(0);
             if page.connections.max(local) >= max {
                 return Err(refuse(
@@ -433,7 +433,7 @@ impl Protocol {
             .node
             .subscribe(&conn.shared, &room, since)
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|e| unavailable(conn.id(), &e))?;
         let reply = id.map(|id| {
             let publications = wire_publications(&sub.publications);
             let result = wire::SubscribeResult {
@@ -472,12 +472,12 @@ impl Protocol {
         if ns.presence
             && let Err(e) = broker.presence_add(room, entry.clone()).await
         {
-            tracing::warn!(room = %room, error = %e, "presence add failed");
+            tracing::warn!(conn = %conn.id(), room = %room, error = %e, "presence add failed");
         }
         if ns.join_leave
             && let Err(e) = broker.publish_join(room, entry).await
         {
-            tracing::warn!(room = %room, error = %e, "join push failed");
+            tracing::warn!(conn = %conn.id(), room = %room, error = %e, "join push failed");
         }
     }
 
@@ -489,7 +489,7 @@ impl Protocol {
         if ns.is_some_and(|n| n.presence)
             && let Err(e) = broker.presence_remove(room, &conn.shared.id).await
         {
-            tracing::warn!(room, error = %e, "presence remove failed");
+            tracing::warn!(conn = %conn.id(), room, error = %e, "presence remove failed");
         }
         conn.shared.forget(room);
         self.node.leave(room, &conn.shared.id).await;
@@ -500,7 +500,7 @@ impl Protocol {
                 info: conn.user.info.clone(),
             };
             if let Err(e) = broker.publish_leave(room, entry).await {
-                tracing::warn!(room, error = %e, "leave push failed");
+                tracing::warn!(conn = %conn.id(), room, error = %e, "leave push failed");
             }
         }
     }
@@ -575,7 +575,7 @@ impl Protocol {
             .broker
             .publish(room, data, Some(from_object(conn)), opts)
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|e| unavailable(conn.id(), &e))?;
         let position = result.position;
         self.reply(
             conn,
@@ -621,7 +621,7 @@ impl Protocol {
                     ErrorCode::BadRequest,
                     "field 'cursor' is not a cursor this server gave",
                 ),
-                e => unavailable(&e),
+                e => unavailable(conn.id(), &e),
             })?;
         let members = page
             .members
@@ -680,7 +680,7 @@ impl Protocol {
                         current.epoch
                     ),
                 ),
-                e => unavailable(&e),
+                e => unavailable(conn.id(), &e),
             })?;
         let publications = wire_publications(&h.publications);
         self.reply(

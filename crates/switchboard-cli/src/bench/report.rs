@@ -720,8 +720,10 @@ pub(crate) fn merge(results: Vec<BenchResult>, baseline: Option<&str>) -> Result
             p50_us: res.latency_us.map(|l| l.p50),
             p99_us: res.latency_us.map(|l| l.p99),
             server_cpu_percent: cpu,
+            // Not for `connect`: its rate is of the set-up while its CPU is sampled during
+            // the idle hold, so their quotient means nothing.
             per_core: cpu
-                .filter(|c| *c > 0.0)
+                .filter(|c| *c > 0.0 && r.scenario != "connect")
                 .map(|c| round1(res.throughput / (c / 100.0))),
             throughput_ratio: None,
             p99_ratio: None,
