@@ -221,14 +221,20 @@ fn fanout_without_a_token_or_secret_says_how_to_get_one() {
     );
 }
 
-#[test]
-fn connect_reports_memory_per_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("dev-secret");
+/// A server with the echo route whose development secret (for the tokens) is kept in `dir`.
+fn dev_server(dir: &std::path::Path) -> (ServerProcess, std::path::PathBuf) {
+    let secret = dir.join("dev-secret");
     let server = ServerProcess::start_with_env(
         &["--echo", "/echo"],
         &[("SWITCHBOARD_DEV_SECRET_FILE", secret.to_str().unwrap())],
     );
+    (server, secret)
+}
+
+#[test]
+fn connect_reports_memory_per_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, secret) = dev_server(dir.path());
     let env = [("SWITCHBOARD_DEV_SECRET_FILE", secret.as_path())];
     let pid = server.child.id().to_string();
     // Plain connections to the echo route, then authenticated ones subscribed to a room.
@@ -279,11 +285,7 @@ fn connect_reports_memory_per_connection() {
 #[test]
 fn connect_with_deflate_negotiates_it_on_every_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("dev-secret");
-    let server = ServerProcess::start_with_env(
-        &["--echo", "/echo"],
-        &[("SWITCHBOARD_DEV_SECRET_FILE", secret.to_str().unwrap())],
-    );
+    let (server, secret) = dev_server(dir.path());
     let env = [("SWITCHBOARD_DEV_SECRET_FILE", secret.as_path())];
     let pid = server.child.id().to_string();
     let long_room = format!("bench:{}", "deflate".repeat(12));
