@@ -44,17 +44,17 @@ impl Protocol {
 #[derive(Debug, Default)]
 pub struct Session {
     /// Raw JSON of the `from` object of this connection's publications, made at its first
-    /// publication (most connections only listen, and idle ones should hold nothing).
-    from: Option<Bytes>,
-    /// Token expiry (unix seconds).
-    expires: Option<u64>,
+    /// publication (most connections only listen, and idle ones should hold nothing). Boxed,
+    /// and the token's expiry read from the user: a small state keeps the connection's task
+    /// in tokio's smallest cell.
+    from: Option<Box<Bytes>>,
     refresh_sent: bool,
 }
 
 /// The `from` object of this connection's publications (raw JSON), made once.
 fn from_object(conn: &mut Connection<Session>) -> Bytes {
     if let Some(from) = &conn.state.from {
-        return from.clone();
+        return Bytes::clone(from);
     }
     let user = &conn.user;
     let mut from = Vec::with_capacity(64);
@@ -63,9 +63,13 @@ fn from_object(conn: &mut Connection<Session>) -> Bytes {
         &Member::new(&user.id, conn.id(), user.info.as_deref().and_then(raw)),
     );
     let from = Bytes::from(from);
-    conn.state.from = Some(from.clone());
+    conn.state.from = Some(Box::new(from.clone()));
     from
 }
+
+// Every protocol connection holds one in its task: past 16 bytes the task no longer fits
+// tokio's 384-byte cell (see `transport::ws`'s size test) and costs 128 bytes more.
+const _: () = assert!(std::mem::size_of::<Session>() <= 16);
 
 /// A refused command: the `error` frame's code and message.
 struct Refused {
@@ -150,7 +154,6 @@ impl Handler for Protocol {
 
     async fn on_connect(&self, conn: &mut Connection<Session>) {
         let user = conn.user.clone();
-        conn.state.expires = user.expires;
         self.schedule_expiry(conn);
 
         // Server-side subscriptions: the `rooms` claim and the personal room.
@@ -273,7 +276,7 @@ impl Handler for Protocol {
     }
 
     async fn on_timer(&self, conn: &mut Connection<Session>) {
-        let Some(exp) = conn.state.expires else {
+        let Some(exp) = conn.user.expires else {
             return;
         };
         let now = now_unix();
@@ -318,7 +321,7 @@ impl Protocol {
     }
 
     fn schedule_expiry(&self, conn: &mut Connection<Session>) {
-        let timer = conn.state.expires.map(|exp| {
+        let timer = conn.user.expires.map(|exp| {
             let left = Duration::from_secs(exp.saturating_sub(now_unix()));
             let at = if conn.state.refresh_sent {
                 left
@@ -713,7 +716,6 @@ impl Protocol {
                 "the new token must carry the same 'sub'",
             ));
         }
-        conn.state.expires = claims.exp;
         conn.state.refresh_sent = false;
         Arc::make_mut(&mut conn.user).expires = claims.exp;
         self.schedule_expiry(conn);
