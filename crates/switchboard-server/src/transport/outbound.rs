@@ -116,6 +116,23 @@ impl Outbound {
         Ok(())
     }
 
+    /// Queues a server ping, but only into a queue with nothing unwritten: a connection that
+    /// is still writing needs no ping, and a ping must never push a queue past its bound
+    /// while a large frame (accepted into the empty queue) is on its way out.
+    pub(crate) fn push_ping(&self, frame: Bytes) {
+        let mut inner = self.lock();
+        if inner.state != State::Open || inner.bytes > 0 || !inner.frames.is_empty() {
+            return;
+        }
+        inner.bytes = frame.len();
+        inner.frames.push_back(frame);
+        let waker = inner.waker.take();
+        drop(inner);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
     /// Wakes the connection task (it looks at its close request).
     pub(crate) fn wake(&self) {
         let waker = self.lock().waker.take();
@@ -299,6 +316,24 @@ mod tests {
         let mut last = VecDeque::new();
         assert_eq!(q.take(&mut last), Err(Overflowed));
         assert_eq!(last, [&b"ef"[..]]);
+    }
+
+    #[test]
+    fn a_ping_never_overflows_a_queue_still_writing_a_large_frame() {
+        let q = Outbound::new(10);
+        q.push(Bytes::from(vec![0; 100])).unwrap();
+        let mut taken = VecDeque::new();
+        q.take(&mut taken).unwrap();
+        taken[0] = taken[0].slice(60..);
+        assert!(!q.put_back(taken, 60, true));
+        // 40 bytes of the large frame are still unwritten: no ping, and no overflow.
+        q.push_ping(Bytes::from_static(b"\x89\x00"));
+        let mut next = VecDeque::new();
+        assert_eq!(q.take(&mut next), Ok(()));
+        assert_eq!(next.len(), 1);
+        assert!(q.put_back(next.split_off(1), 40, false));
+        q.push_ping(Bytes::from_static(b"\x89\x00"));
+        assert_eq!(q.queued_bytes(), 2);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! leaving in one burst. Per connection it queues a ping and checks whether anything arrived
 //! since the last visit: after `ceil(idle_timeout / ping_interval)` visits with nothing, the
 //! connection is asked to close with 4504 (so between `idle_timeout` and `idle_timeout +
-//! ping_interval` of silence, as with a per-connection ticker).
+//! ping_interval` of silence, as with a per-connection ticker). A connection with bytes still
+//! to write gets no ping on that visit: it is busy, and a ping must not push its queue past
+//! its bound while a large frame is on its way out.
 
 use std::{
     sync::{
@@ -107,7 +109,7 @@ impl Registry {
             if conn.visit() >= max_missed {
                 conn.request_close(IDLE_TIMEOUT);
             } else {
-                let _ = conn.outbound.push(Bytes::from_static(PING));
+                conn.outbound.push_ping(Bytes::from_static(PING));
             }
         }
     }
