@@ -16,7 +16,6 @@
 use std::{
     collections::BTreeMap,
     process::ExitCode,
-    rc::Rc,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -90,50 +89,29 @@ pub(crate) fn run(args: ConnectArgs) -> Result<ExitCode, String> {
     // Connections on which the server agreed to permessage-deflate.
     let negotiated = Arc::new(AtomicU64::new(0));
     let task_negotiated = negotiated.clone();
-    let driver = plan.start(move |ctx: Rc<ThreadCtx>| {
-        let plan = task_plan.clone();
-        let auth = auth.clone();
-        let room = room.clone();
-        let negotiated = task_negotiated.clone();
-        async move {
-            let limit = Rc::new(tokio::sync::Semaphore::new(plan.concurrency_per_thread()));
-            for i in (0..plan.connections).filter(|i| plan.owns(ctx.index, *i)) {
-                let (ctx, plan, auth, room, limit, negotiated) = (
-                    ctx.clone(),
-                    plan.clone(),
-                    auth.clone(),
-                    room.clone(),
-                    limit.clone(),
-                    negotiated.clone(),
-                );
-                tokio::task::spawn_local(async move {
-                    // The clock starts when the handshake does: not while waiting for a
-                    // turn (--concurrency), nor while minting the token.
-                    let authorization = auth.header(i);
-                    let permit = limit.acquire().await;
-                    let started = ctx.shared.now_ns();
-                    let opened = open(&plan, authorization.as_deref(), i, room.as_deref()).await;
-                    let took = ctx.shared.now_ns().saturating_sub(started);
-                    drop(permit);
-                    let conn = match opened {
-                        Ok(c) => c,
-                        Err(e) => return ctx.conn_failed(true, || format!("connection {i}: {e}")),
-                    };
-                    ctx.latency.borrow_mut().saturating_record(took);
-                    if conn.deflate().is_some() {
-                        negotiated.fetch_add(1, Relaxed);
-                    }
-                    Counters::add(&ctx.counters.ready, 1);
-                    if let Err(e) = idle(&ctx, conn).await
-                        && !ctx.shared.done.is_cancelled()
-                    {
-                        ctx.conn_failed(false, || format!("connection {i}: {e}"));
-                    }
-                });
+    let driver = plan.start_connections(
+        move |ctx, i, limit| {
+            let (plan, auth, room) = (task_plan.clone(), auth.clone(), room.clone());
+            let negotiated = task_negotiated.clone();
+            async move {
+                // The clock starts when the handshake does: not while waiting for a turn
+                // (--concurrency), nor while minting the token.
+                let authorization = auth.header(i);
+                let permit = limit.acquire().await;
+                let started = ctx.shared.now_ns();
+                let opened = open(&plan, authorization.as_deref(), i, room.as_deref()).await;
+                let took = ctx.shared.now_ns().saturating_sub(started);
+                drop(permit);
+                let conn = opened?;
+                ctx.latency.borrow_mut().saturating_record(took);
+                if conn.deflate().is_some() {
+                    negotiated.fetch_add(1, Relaxed);
+                }
+                Ok(conn)
             }
-            std::future::pending::<()>().await;
-        }
-    })?;
+        },
+        move |ctx, _, conn| async move { idle(&ctx, conn).await },
+    )?;
     let (driver, setup) = driver.setup(args.connections as u64, plan.setup_timeout(), false)?;
     let w = driver.load(
         plan.common.warmup,

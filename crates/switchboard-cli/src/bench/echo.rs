@@ -4,7 +4,7 @@
 //! `--socketio` against a Socket.IO server that sends the event `e` back to its sender
 //! (`42["e","<payload>"]`).
 
-use std::{collections::BTreeMap, process::ExitCode, rc::Rc, sync::Arc};
+use std::{collections::BTreeMap, process::ExitCode, sync::Arc};
 
 use clap::Args;
 use serde_json::json;
@@ -81,31 +81,17 @@ pub(crate) fn run(args: EchoArgs) -> Result<ExitCode, String> {
     // Room for every echo in flight, within the per-connection budget for this many.
     let read_buffer = (args.in_flight * (args.size + 14) * 2)
         .clamp(4096, plan.busy_read_buffer().max(2 * (args.size + 14)));
-    let task_plan = Arc::new(plan.clone());
-    let driver = plan.start(move |ctx: Rc<ThreadCtx>| {
-        let plan = task_plan.clone();
-        let params = params.clone();
-        async move {
-            let limit = Rc::new(tokio::sync::Semaphore::new(plan.concurrency_per_thread()));
-            for i in (0..plan.connections).filter(|i| plan.owns(ctx.index, *i)) {
-                let (ctx, plan, params, limit) =
-                    (ctx.clone(), plan.clone(), params.clone(), limit.clone());
-                tokio::task::spawn_local(async move {
-                    let conn = match super::open(&plan, i, &Auth::None, read_buffer, &limit).await {
-                        Ok(c) => c,
-                        Err(e) => return ctx.conn_failed(true, || format!("connection {i}: {e}")),
-                    };
-                    Counters::add(&ctx.counters.ready, 1);
-                    if let Err(e) = echo_loop(&ctx, conn, &params).await
-                        && !ctx.shared.done.is_cancelled()
-                    {
-                        ctx.conn_failed(false, || format!("connection {i}: {e}"));
-                    }
-                });
-            }
-            std::future::pending::<()>().await;
-        }
-    })?;
+    let open_plan = Arc::new(plan.clone());
+    let driver = plan.start_connections(
+        move |_, i, limit| {
+            let plan = open_plan.clone();
+            async move { super::open(&plan, i, &Auth::None, read_buffer, &limit).await }
+        },
+        move |ctx, _, conn| {
+            let params = params.clone();
+            async move { echo_loop(&ctx, conn, &params).await }
+        },
+    )?;
     let (driver, setup) = driver.setup(plan.connections as u64, plan.setup_timeout(), true)?;
     let window = driver.load(
         plan.common.warmup,

@@ -19,7 +19,6 @@
 use std::{
     collections::BTreeMap,
     process::ExitCode,
-    rc::Rc,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -151,37 +150,24 @@ pub(crate) fn run(args: FanoutArgs) -> Result<ExitCode, String> {
         auth,
         trackers: (0..args.publishers).map(|_| Tracker::default()).collect(),
     });
-    let task_plan = Arc::new(plan.clone());
-    let task_params = params.clone();
-    let driver = plan.start(move |ctx: Rc<ThreadCtx>| {
-        let plan = task_plan.clone();
-        let params = task_params.clone();
-        async move {
-            let limit = Rc::new(tokio::sync::Semaphore::new(plan.concurrency_per_thread()));
-            for i in (0..plan.connections).filter(|i| plan.owns(ctx.index, *i)) {
-                let (ctx, plan, params, limit) =
-                    (ctx.clone(), plan.clone(), params.clone(), limit.clone());
-                tokio::task::spawn_local(async move {
-                    let conn = match setup(&plan, &params, i, &limit).await {
-                        Ok(c) => c,
-                        Err(e) => return ctx.conn_failed(true, || format!("connection {i}: {e}")),
-                    };
-                    Counters::add(&ctx.counters.ready, 1);
-                    let r = if i < params.subscribers {
-                        subscriber(&ctx, conn, &params, i).await
-                    } else {
-                        publisher(&ctx, conn, &params, i - params.subscribers).await
-                    };
-                    if let Err(e) = r
-                        && !ctx.shared.done.is_cancelled()
-                    {
-                        ctx.conn_failed(false, || format!("connection {i}: {e}"));
-                    }
-                });
+    let (open_plan, open_params, run_params) =
+        (Arc::new(plan.clone()), params.clone(), params.clone());
+    let driver = plan.start_connections(
+        move |_, i, limit| {
+            let (plan, params) = (open_plan.clone(), open_params.clone());
+            async move { setup(&plan, &params, i, &limit).await }
+        },
+        move |ctx, i, conn| {
+            let params = run_params.clone();
+            async move {
+                if i < params.subscribers {
+                    subscriber(&ctx, conn, &params, i).await
+                } else {
+                    publisher(&ctx, conn, &params, i - params.subscribers).await
+                }
             }
-            std::future::pending::<()>().await;
-        }
-    })?;
+        },
+    )?;
     let (driver, setup) = driver.setup(total as u64, plan.setup_timeout(), true)?;
     let window_stats = driver.load(
         plan.common.warmup,

@@ -15,6 +15,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
     process::ExitCode,
+    rc::Rc,
     sync::Arc,
     time::Duration,
 };
@@ -395,6 +396,55 @@ impl Plan {
             self.progress,
             &self.common.server_pids,
         ))
+    }
+
+    /// Starts the workers, each opening its share of the connections (at most
+    /// `concurrency_per_thread` handshakes at a time, through the semaphore `open` is given)
+    /// and then running each with `run`. A failed `open` counts as a failed connection, a
+    /// failed `run` before the end of the run as a lost one; the connection is ready in
+    /// between.
+    pub(crate) fn start_connections<T, O, OF, R, RF>(
+        &self,
+        open: O,
+        run: R,
+    ) -> Result<engine::Driver, String>
+    where
+        T: 'static,
+        O: Fn(Rc<engine::ThreadCtx>, usize, Rc<tokio::sync::Semaphore>) -> OF
+            + Send
+            + Sync
+            + 'static,
+        OF: std::future::Future<Output = Result<T, ConnError>> + 'static,
+        R: Fn(Rc<engine::ThreadCtx>, usize, T) -> RF + Send + Sync + 'static,
+        RF: std::future::Future<Output = Result<(), ConnError>> + 'static,
+    {
+        let plan = Arc::new(self.clone());
+        let (open, run) = (Arc::new(open), Arc::new(run));
+        self.start(move |ctx: Rc<engine::ThreadCtx>| {
+            let (plan, open, run) = (plan.clone(), open.clone(), run.clone());
+            async move {
+                let limit = Rc::new(tokio::sync::Semaphore::new(plan.concurrency_per_thread()));
+                for i in (0..plan.connections).filter(|i| plan.owns(ctx.index, *i)) {
+                    let (ctx, open, run, limit) =
+                        (ctx.clone(), open.clone(), run.clone(), limit.clone());
+                    tokio::task::spawn_local(async move {
+                        let conn = match open(ctx.clone(), i, limit).await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                return ctx.conn_failed(true, || format!("connection {i}: {e}"));
+                            }
+                        };
+                        engine::Counters::add(&ctx.counters.ready, 1);
+                        if let Err(e) = run(ctx.clone(), i, conn).await
+                            && !ctx.shared.done.is_cancelled()
+                        {
+                            ctx.conn_failed(false, || format!("connection {i}: {e}"));
+                        }
+                    });
+                }
+                std::future::pending::<()>().await;
+            }
+        })
     }
 
     /// A read buffer size for connections that receive a lot: large batches for a few

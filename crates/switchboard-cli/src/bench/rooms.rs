@@ -6,7 +6,7 @@
 //! subscribe): the round trip of those commands is the command latency. While a member is out,
 //! it neither publishes nor receives, so with churn the delivery ratio is a little below 1.
 
-use std::{collections::BTreeMap, process::ExitCode, rc::Rc, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Args;
 use serde_json::json;
@@ -92,32 +92,21 @@ pub(crate) fn run(args: RoomsArgs) -> Result<ExitCode, String> {
         prefix: args.prefix.clone(),
         auth,
     });
-    let task_plan = Arc::new(plan.clone());
-    let driver = plan.start(move |ctx: Rc<ThreadCtx>| {
-        let plan = task_plan.clone();
-        let params = params.clone();
-        async move {
-            let limit = Rc::new(tokio::sync::Semaphore::new(plan.concurrency_per_thread()));
-            for i in (0..plan.connections).filter(|i| plan.owns(ctx.index, *i)) {
-                let (ctx, plan, params, limit) =
-                    (ctx.clone(), plan.clone(), params.clone(), limit.clone());
-                tokio::task::spawn_local(async move {
-                    let room = format!("{}{}", params.prefix, i / params.members);
-                    let conn = match open(&plan, &params, i, &room, &limit).await {
-                        Ok(c) => c,
-                        Err(e) => return ctx.conn_failed(true, || format!("connection {i}: {e}")),
-                    };
-                    Counters::add(&ctx.counters.ready, 1);
-                    if let Err(e) = member(&ctx, conn, &params, i, &room).await
-                        && !ctx.shared.done.is_cancelled()
-                    {
-                        ctx.conn_failed(false, || format!("connection {i}: {e}"));
-                    }
-                });
+    let (open_plan, open_params) = (Arc::new(plan.clone()), params.clone());
+    let driver = plan.start_connections(
+        move |_, i, limit| {
+            let (plan, params) = (open_plan.clone(), open_params.clone());
+            async move {
+                let room = format!("{}{}", params.prefix, i / params.members);
+                let conn = open(&plan, &params, i, &room, &limit).await?;
+                Ok((conn, room))
             }
-            std::future::pending::<()>().await;
-        }
-    })?;
+        },
+        move |ctx, i, (conn, room)| {
+            let params = params.clone();
+            async move { member(&ctx, conn, &params, i, &room).await }
+        },
+    )?;
     let (driver, setup) = driver.setup(total as u64, plan.setup_timeout(), true)?;
     let w = driver.load(
         plan.common.warmup,
