@@ -27,7 +27,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use super::proc::{self, CpuSample, MachineSample};
+use super::proc::{self, CpuSample};
 
 /// Connecting and setting up.
 const SETUP: u8 = 0;
@@ -478,7 +478,7 @@ impl Driver {
         }
         let server_a = self.server_cpu_sample()?;
         let client_a = CpuSample::read(&[None]).ok();
-        let machine_a = MachineSample::read();
+        let machine_a = CpuSample::read_machine();
         let start = self.shared.totals();
         let t_start = Instant::now();
         self.shared.phase.store(MEASURE, Relaxed);
@@ -492,7 +492,7 @@ impl Driver {
         let seconds = t_start.elapsed().as_secs_f64();
         let server_b = self.server_cpu_sample()?;
         let client_b = CpuSample::read(&[None]).ok();
-        let machine_b = MachineSample::read();
+        let machine_b = CpuSample::read_machine();
         self.shared.phase.store(STOP, Relaxed);
         self.shared.stop.cancel();
         bar.finish_and_clear();

@@ -6,10 +6,10 @@ use std::{fs, time::Instant};
 
 use serde::{Deserialize, Serialize};
 
-/// CPU time used so far by a set of processes, and when it was read.
+/// CPU time used so far by a set of processes (or by the whole machine), and when it was read.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CpuSample {
-    /// User plus system time of all the processes, in seconds.
+    /// User plus system time of all the processes (the machine: its busy time), in seconds.
     cpu_s: f64,
     at: Instant,
 }
@@ -33,6 +33,17 @@ impl CpuSample {
         })
     }
 
+    /// CPU time the whole machine spent busy (all CPUs, every process and the kernel), from
+    /// the first line of `/proc/stat`; `None` when it cannot be read.
+    pub(crate) fn read_machine() -> Option<CpuSample> {
+        let text = fs::read_to_string("/proc/stat").ok()?;
+        let ticks = rustix::param::clock_ticks_per_second().max(1) as f64;
+        Some(CpuSample {
+            cpu_s: proc_stat_busy_ticks(&text)? as f64 / ticks,
+            at: Instant::now(),
+        })
+    }
+
     /// CPU use between two samples as a percentage of one core (200 = two cores busy).
     pub(crate) fn percent_since(&self, earlier: &CpuSample) -> f64 {
         let wall = self.at.duration_since(earlier.at).as_secs_f64();
@@ -40,35 +51,6 @@ impl CpuSample {
             return 0.0;
         }
         (self.cpu_s - earlier.cpu_s).max(0.0) / wall * 100.0
-    }
-}
-
-/// CPU time the whole machine spent busy (all CPUs, every process and the kernel), from the
-/// first line of `/proc/stat`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct MachineSample {
-    busy_s: f64,
-    at: Instant,
-}
-
-impl MachineSample {
-    /// Reads `/proc/stat`; `None` when it cannot be read.
-    pub(crate) fn read() -> Option<MachineSample> {
-        let text = fs::read_to_string("/proc/stat").ok()?;
-        let ticks = rustix::param::clock_ticks_per_second().max(1) as f64;
-        Some(MachineSample {
-            busy_s: proc_stat_busy_ticks(&text)? as f64 / ticks,
-            at: Instant::now(),
-        })
-    }
-
-    /// Busy time between two samples as a percentage of one core.
-    pub(crate) fn percent_since(&self, earlier: &MachineSample) -> f64 {
-        let wall = self.at.duration_since(earlier.at).as_secs_f64();
-        if wall <= 0.0 {
-            return 0.0;
-        }
-        (self.busy_s - earlier.busy_s).max(0.0) / wall * 100.0
     }
 }
 
@@ -307,7 +289,7 @@ mod tests {
     fn machine_busy_time_leaves_idle_out() {
         let stat = "cpu  100 5 50 1000 20 1 2 3 0 0\ncpu0 1 2 3 4\n";
         assert_eq!(proc_stat_busy_ticks(stat), Some(161));
-        assert!(MachineSample::read().is_some());
+        assert!(CpuSample::read_machine().is_some());
     }
 
     #[test]
