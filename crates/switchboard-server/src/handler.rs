@@ -12,9 +12,10 @@ use std::{
     future::Future,
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, Ordering},
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use bytes::{Bytes, BytesMut};
@@ -25,6 +26,7 @@ use switchboard_protocol::{
     deflate::DeflateParams,
     frame::OpCode,
 };
+use tokio::time::Instant;
 
 use crate::transport::outbound::{Outbound, PushError};
 
@@ -184,6 +186,18 @@ pub struct ConnShared {
     /// Where the registry keeps this connection: shard, and index in it.
     shard: AtomicU8,
     index: AtomicU32,
+    /// The [`Connection::set_timer`] deadline in whole milliseconds after [`timer_base`]
+    /// (rounded up), 0 for none. Far deadlines live only here: the sweeper arms the
+    /// connection's timer when one comes near (see `transport::registry`).
+    deadline: AtomicU64,
+    /// The task should look at `deadline` (set by `set_timer` and by the sweeper).
+    deadline_changed: AtomicBool,
+}
+
+/// The instant timer deadlines count from: the first use, in this process.
+fn timer_base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
 }
 
 #[derive(Debug)]
@@ -211,6 +225,8 @@ impl ConnShared {
             close_request: AtomicU16::new(0),
             shard: AtomicU8::new(0),
             index: AtomicU32::new(0),
+            deadline: AtomicU64::new(0),
+            deadline_changed: AtomicBool::new(false),
         }
     }
 
@@ -253,6 +269,33 @@ impl ConnShared {
         match self.close_request.swap(u16::MAX, Ordering::AcqRel) {
             0 | u16::MAX => None,
             code => Some(code),
+        }
+    }
+
+    /// Records the timer's deadline (`None`: no timer) for the task and the sweeper.
+    fn set_deadline(&self, at: Option<Instant>) {
+        let ms = at.map_or(0, |at| {
+            let since = at.saturating_duration_since(timer_base());
+            // Rounded up, so that the timer never fires before `at`; 0 means none.
+            (since.as_nanos().div_ceil(1_000_000) as u64).max(1)
+        });
+        self.deadline.store(ms, Ordering::Relaxed);
+        self.deadline_changed.store(true, Ordering::Release);
+    }
+
+    /// The timer's deadline, if one is set.
+    fn deadline(&self) -> Option<Instant> {
+        match self.deadline.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(timer_base() + Duration::from_millis(ms)),
+        }
+    }
+
+    /// The sweeper's check: a deadline before `horizon` wakes the task to arm its timer.
+    pub(crate) fn arm_deadline_before(&self, horizon: Instant) {
+        if self.deadline().is_some_and(|at| at <= horizon) {
+            self.deadline_changed.store(true, Ordering::Release);
+            self.outbound.wake();
         }
     }
 
@@ -325,6 +368,9 @@ impl ConnShared {
     pub(crate) fn begin_subscribe(&self, room: &Arc<str>) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         held.retain(|h| h.room != *room);
+        // Exactly as many slots as rooms being subscribed or holding a floor: a floor stays
+        // until the room's next event, so idle connections keep these.
+        held.reserve_exact(1);
         held.push(Held {
             room: room.clone(),
             frames: Vec::new(),
@@ -461,7 +507,8 @@ pub struct Connection<S> {
     /// A close asked for by a hook, sent once everything queued before it is written.
     pub(crate) close: Option<Box<CloseFrame>>,
     pub(crate) hub: Option<crate::hub::Hub>,
-    /// The armed [`Handler::on_timer`] timer; none (no timer entry) unless one is set.
+    /// The armed [`Handler::on_timer`] timer: none (no timer entry) unless its deadline
+    /// (kept in [`ConnShared`]) is near.
     pub(crate) timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// The handler's state.
     pub state: S,
@@ -522,12 +569,44 @@ impl<S> Connection<S> {
     }
 
     /// Asks for [`Handler::on_timer`] at `at` (replacing an earlier request); `None` cancels.
-    pub fn set_timer(&mut self, at: Option<tokio::time::Instant>) {
-        match (at, &mut self.timer) {
-            (None, _) => self.timer = None,
-            (Some(at), Some(timer)) => timer.as_mut().reset(at),
-            (Some(at), None) => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+    ///
+    /// A deadline further away than two ping intervals costs no timer entry until it comes
+    /// near: the route's sweeper looks at it once per ping interval.
+    pub fn set_timer(&mut self, at: Option<Instant>) {
+        self.shared.set_deadline(at);
+        if at.is_none() {
+            self.timer = None;
         }
+    }
+
+    /// After a hook or a sweeper visit changed the deadline: arms the timer when the deadline
+    /// is less than `horizon` away, and otherwise holds none.
+    pub(crate) fn update_timer(&mut self, horizon: Duration) {
+        // Relaxed first: the common case (nothing changed) is one plain load.
+        if !self.shared.deadline_changed.load(Ordering::Relaxed)
+            || !self.shared.deadline_changed.swap(false, Ordering::Acquire)
+        {
+            return;
+        }
+        let horizon = Instant::now() + horizon;
+        match (self.shared.deadline(), &mut self.timer) {
+            (Some(at), Some(timer)) if at <= horizon => {
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+            }
+            (Some(at), None) if at <= horizon => {
+                self.timer = Some(Box::pin(tokio::time::sleep_until(at)));
+            }
+            _ => self.timer = None,
+        }
+    }
+
+    /// The armed timer fired: it is spent.
+    pub(crate) fn timer_fired(&mut self) {
+        self.timer = None;
+        self.shared.set_deadline(None);
+        self.shared.deadline_changed.store(false, Ordering::Relaxed);
     }
 
     /// Joins a room: later broadcasts to it reach this connection.

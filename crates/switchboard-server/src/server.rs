@@ -234,6 +234,7 @@ impl ServerBuilder {
             let upgrade = route.upgrade.clone();
             let registry = Arc::new(Registry::new(
                 DecoderConfig::default().with_max_message_size(route.options.max_message_size),
+                route.options.ping_interval,
             ));
             sweeps.push((
                 registry.clone(),

@@ -145,3 +145,73 @@ async fn handler_hooks_broadcast_and_close() {
     );
     assert!(closed.iter().any(|(u, _)| u == "ada"), "{closed:?}");
 }
+
+/// Sets a timer two seconds out at connect; "cancel" cancels it, "echo" answers at once.
+#[derive(Clone, Default)]
+struct Timed;
+
+/// Further than two ping intervals of [`Timed`]'s route: only the sweeper can arm it.
+const TIMED_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Handler for Timed {
+    type State = ();
+
+    async fn authenticate(&self, _: &UpgradeContext<'_>) -> Result<Accepted<()>, Refusal> {
+        Ok(Accepted {
+            user: User::default(),
+            state: (),
+        })
+    }
+
+    async fn on_connect(&self, conn: &mut Connection<()>) {
+        conn.set_timer(Some(tokio::time::Instant::now() + TIMED_AFTER));
+    }
+
+    async fn on_message(&self, conn: &mut Connection<()>, message: Incoming) {
+        match &message {
+            Incoming::Text(t) if t.as_str() == "cancel" => conn.set_timer(None),
+            _ => conn.send_text("echo"),
+        }
+    }
+
+    async fn on_timer(&self, conn: &mut Connection<()>) {
+        conn.send_text("timer");
+    }
+}
+
+#[tokio::test]
+async fn a_far_timer_fires_on_time_and_a_cancelled_one_never() {
+    let mut options = RouteOptions::default();
+    options.ping_interval = std::time::Duration::from_millis(400);
+    let server = Server::builder("127.0.0.1:0".parse().unwrap())
+        .route(Route::new("/timed", Timed, options))
+        .bind()
+        .await
+        .unwrap();
+    let url = format!("ws://{}/timed", server.local_addr().unwrap());
+    let shutdown = server.shutdown_token();
+    let running = tokio::spawn(server.run(std::future::pending()));
+
+    let started = tokio::time::Instant::now();
+    let mut kept = WsStream::connect(&url, &WsOptions::default())
+        .await
+        .unwrap();
+    let mut cancelled = WsStream::connect(&url, &WsOptions::default())
+        .await
+        .unwrap();
+    cancelled.send_text("cancel").await.unwrap();
+
+    assert_eq!(text(&mut kept).await, "timer");
+    assert!(
+        started.elapsed() >= TIMED_AFTER,
+        "the timer fired after {:?}, before its deadline",
+        started.elapsed()
+    );
+    // Its deadline has passed too: had it fired, "timer" would come before the answer.
+    cancelled.send_text("now").await.unwrap();
+    assert_eq!(text(&mut cancelled).await, "echo");
+
+    drop((kept, cancelled));
+    shutdown.cancel();
+    running.await.unwrap();
+}

@@ -11,6 +11,11 @@
 //! ping_interval` of silence, as with a per-connection ticker). A connection with bytes still
 //! to write gets no ping on that visit: it is busy, and a ping must not push its queue past
 //! its bound while a large frame is on its way out.
+//!
+//! Handler timers ([`crate::Connection::set_timer`]) work the same way: a deadline more than two
+//! ping intervals away is only a number in the connection's shared state, and the visit that
+//! finds it nearer wakes the task to arm a timer entry for it. A token that expires in an hour
+//! costs its connection nothing until the last minute or so.
 
 use std::{
     sync::{
@@ -22,6 +27,7 @@ use std::{
 
 use bytes::Bytes;
 use switchboard_protocol::codec::DecoderConfig;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::ConnShared;
@@ -52,6 +58,9 @@ pub(crate) fn close_reason(code: u16) -> &'static str {
 pub(crate) struct Registry {
     /// The route's decoder settings (kept here rather than in every connection).
     pub(crate) decoder: DecoderConfig,
+    /// How far ahead a connection's timer is armed: two ping intervals, so that the sweeper,
+    /// which visits every connection once per interval, sees each deadline before it is due.
+    pub(crate) timer_horizon: Duration,
     shards: [Mutex<Vec<Arc<ConnShared>>>; SHARDS],
     next: AtomicUsize,
     /// Set before the shutdown sweep: connections registered later close themselves.
@@ -59,10 +68,12 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    /// An empty registry for connections that decode with `decoder`.
-    pub(crate) fn new(decoder: DecoderConfig) -> Self {
+    /// An empty registry for connections that decode with `decoder`, swept every
+    /// `ping_interval`.
+    pub(crate) fn new(decoder: DecoderConfig, ping_interval: Duration) -> Self {
         Registry {
             decoder,
+            timer_horizon: ping_interval.saturating_mul(2),
             ..Registry::default()
         }
     }
@@ -103,9 +114,11 @@ impl Registry {
     /// Pings every connection of shard `s` and asks those silent for `max_missed` visits in a
     /// row to close with 4504.
     fn sweep(&self, s: usize, max_missed: u16) {
+        let horizon = Instant::now() + self.timer_horizon;
         let shard = self.shard(s);
         for conn in shard.iter() {
             conn.outbound.trim();
+            conn.arm_deadline_before(horizon);
             if conn.visit() >= max_missed {
                 conn.request_close(IDLE_TIMEOUT);
             } else {

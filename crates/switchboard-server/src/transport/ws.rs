@@ -161,7 +161,7 @@ pub(crate) fn run<H: Handler>(
                         frame: *frame,
                         deadline: Box::pin(tokio::time::sleep(CLOSE_TIMEOUT)),
                     }));
-                    ws.conn.timer = None;
+                    ws.conn.set_timer(None);
                 }
             }
 
@@ -173,6 +173,9 @@ pub(crate) fn run<H: Handler>(
                     break End::Abnormal;
                 }
             }
+
+            // A hook set a timer, or the sweeper found its deadline near.
+            ws.conn.update_timer(registry.timer_horizon);
 
             match poll_fn(|cx| ws.poll_event(cx)).await {
                 Event::Readable => {
@@ -198,7 +201,7 @@ pub(crate) fn run<H: Handler>(
                 Event::ReadFailed => break End::Abnormal,
                 Event::Output => {}
                 Event::Timer => {
-                    ws.conn.timer = None;
+                    ws.conn.timer_fired();
                     Box::pin(handler.on_timer(&mut ws.conn)).await;
                 }
                 Event::CloseTimeout => break End::Closed(ws.take_sent_close()),
