@@ -2,9 +2,11 @@
 //! (what nodes share), the token verifier and the configuration, and assembles the routes
 //! the server serves.
 //!
-//! Broker events reach the node through one ordered channel; the dispatcher task encodes each
-//! publication once as a `message` push, frames it once (a [`PreparedMessage`]) and hands the
-//! same bytes to every local member of the room.
+//! Broker events reach the node through one ordered channel per runtime worker, chosen by a
+//! hash of the room ([`Dispatchers`]): each room stays on one dispatcher task, so its events
+//! keep their order, while fan-out of different rooms runs on every core. A dispatcher encodes
+//! each publication once as a `message` push, frames it once (a [`PreparedMessage`]) and
+//! hands the same bytes to every local member of the room.
 
 use std::{
     hash::{BuildHasher, RandomState},
@@ -18,7 +20,9 @@ use tokio::sync::mpsc;
 use crate::{
     Route, RouteOptions,
     auth::Verifier,
-    broker::{Broker, BrokerError, HistoryQuery, MemoryBroker, NodeEvent, StreamPosition},
+    broker::{
+        Broker, BrokerError, HistoryQuery, MemoryBroker, NodeEvent, NodeSink, StreamPosition,
+    },
     config::{Config, NamespaceConfig},
     echo::Echo,
     fanout::RawFanout,
@@ -76,20 +80,26 @@ pub(crate) struct Subscribed {
 
 impl Node {
     /// Builds a node with the in-memory broker. Must be called inside a tokio runtime (it
-    /// spawns the dispatcher).
+    /// spawns the dispatchers).
     pub fn new(config: Config) -> Result<Node, NodeError> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(Arc::new(tx)));
-        Self::with_broker(config, broker, rx)
+        Self::with_broker(config, |sink| Arc::new(MemoryBroker::new(sink)))
     }
 
-    /// Builds a node on `broker`, whose events arrive on `events`.
+    /// Builds a node on the broker that `broker` makes for the node's event sink. Must be
+    /// called inside a tokio runtime: it spawns one dispatcher per runtime worker.
     pub fn with_broker(
         config: Config,
-        broker: Arc<dyn Broker>,
-        events: mpsc::UnboundedReceiver<NodeEvent>,
+        broker: impl FnOnce(Arc<dyn NodeSink>) -> Arc<dyn Broker>,
     ) -> Result<Node, NodeError> {
         let verifier = Verifier::new(&config.auth)?;
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers.max(1))
+            .map(|_| mpsc::unbounded_channel())
+            .unzip();
+        let broker = broker(Arc::new(Dispatchers {
+            senders: senders.into(),
+            hasher: RandomState::new(),
+        }));
         let threshold = config.websocket.compression.threshold.as_usize();
         let hub = Hub::new(threshold);
         let id = config
@@ -108,7 +118,9 @@ impl Node {
             hasher: RandomState::new(),
             config,
         });
-        tokio::spawn(dispatch(hub, events, threshold));
+        for events in receivers {
+            tokio::spawn(dispatch(hub.clone(), events, threshold));
+        }
         Ok(Node { inner })
     }
 
@@ -262,6 +274,28 @@ impl Node {
     }
 }
 
+/// The node's [`NodeSink`]: one channel per dispatcher task, chosen by a hash of the room.
+struct Dispatchers {
+    senders: Box<[mpsc::UnboundedSender<NodeEvent>]>,
+    hasher: RandomState,
+}
+
+impl Dispatchers {
+    fn index(&self, room: &str) -> usize {
+        match self.senders.len() {
+            1 => 0,
+            n => self.hasher.hash_one(room) as usize % n,
+        }
+    }
+}
+
+impl NodeSink for Dispatchers {
+    /// A dropped receiver (the node shutting down) loses the event.
+    fn deliver(&self, event: NodeEvent) {
+        let _ = self.senders[self.index(event.room())].send(event);
+    }
+}
+
 /// Encodes each broker event once and fans it out to the room's local members, in the order
 /// the broker delivered it.
 async fn dispatch(hub: Hub, mut events: mpsc::UnboundedReceiver<NodeEvent>, threshold: usize) {
@@ -310,5 +344,55 @@ async fn dispatch(hub: Hub, mut events: mpsc::UnboundedReceiver<NodeEvent>, thre
         if buf.capacity() > 64 * 1024 {
             buf = Vec::with_capacity(1024);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::PresenceEntry;
+
+    fn join(room: &str, connection: usize) -> NodeEvent {
+        NodeEvent::Join {
+            room: room.into(),
+            member: PresenceEntry {
+                connection: connection.to_string().into(),
+                user: "".into(),
+                info: None,
+            },
+        }
+    }
+
+    #[test]
+    fn dispatchers_keep_each_room_on_one_channel_in_order_and_spread_rooms() {
+        let (senders, mut receivers): (Vec<_>, Vec<_>) =
+            (0..8).map(|_| mpsc::unbounded_channel()).unzip();
+        let sink = Dispatchers {
+            senders: senders.into(),
+            hasher: RandomState::new(),
+        };
+        for i in 0..10 {
+            for r in 0..64 {
+                sink.deliver(join(&format!("room:{r}"), i));
+            }
+        }
+        let mut channel_of = std::collections::HashMap::new();
+        for (c, rx) in receivers.iter_mut().enumerate() {
+            let mut next = std::collections::HashMap::new();
+            while let Ok(NodeEvent::Join { room, member }) = rx.try_recv() {
+                assert_eq!(*channel_of.entry(room.clone()).or_insert(c), c, "{room}");
+                let expected = next.entry(room.clone()).or_insert(0);
+                assert_eq!(
+                    &*member.connection,
+                    expected.to_string(),
+                    "{room} out of order"
+                );
+                *expected += 1;
+            }
+            assert!(next.values().all(|n| *n == 10), "every event arrives");
+        }
+        assert_eq!(channel_of.len(), 64);
+        let used: std::collections::HashSet<_> = channel_of.values().collect();
+        assert!(used.len() > 1, "64 rooms all on one of 8 dispatchers");
     }
 }
