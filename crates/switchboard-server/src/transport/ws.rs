@@ -548,6 +548,13 @@ mod tests {
         );
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task future: {size} bytes");
+        let shared = std::mem::size_of::<ConnShared>();
+        eprintln!("shared connection state: {shared} bytes");
+        // With the `Arc`'s two counters, 160 bytes: one of the allocator's size classes.
+        assert!(
+            shared <= 144,
+            "the shared connection state is {shared} bytes"
+        );
         // 288 bytes: with tokio's header and trailer the task fits in 384.
         assert!(size <= 288, "the connection task's future is {size} bytes");
     }
