@@ -215,3 +215,42 @@ async fn a_far_timer_fires_on_time_and_a_cancelled_one_never() {
     shutdown.cancel();
     running.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_message_larger_than_the_outbound_bound_leaves_room_for_a_pong() {
+    let mut options = RouteOptions::default();
+    options.max_message_size = 16 << 20;
+    options.outbound_queue = 64 * 1024;
+    let server = Server::builder("127.0.0.1:0".parse().unwrap())
+        .route(Route::new("/echo", switchboard_server::echo::Echo, options))
+        .bind()
+        .await
+        .unwrap();
+    let url = format!("ws://{}/echo", server.local_addr().unwrap());
+    let shutdown = server.shutdown_token();
+    let running = tokio::spawn(server.run(std::future::pending()));
+
+    let plain = WsOptions {
+        deflate: false,
+        ..WsOptions::default()
+    };
+    let mut ws = WsStream::connect(&url, &plain).await.unwrap();
+    // More than the kernel's socket buffers on both sides hold: the echo is still being
+    // written, far past the 64 KiB bound, when the ping's pong is queued behind it.
+    let big = vec![7u8; 14 << 20];
+    ws.send(OpCode::Binary, &big).await.unwrap();
+    ws.send(OpCode::Ping, b"still there?").await.unwrap();
+    match ws.recv_any().await.unwrap() {
+        Some(Message::Binary(b)) => assert!(b.len() == big.len() && b.iter().all(|x| *x == 7)),
+        Some(Message::Close(close)) => panic!("closed instead of echoing: {close:?}"),
+        _ => panic!("expected the echo first"),
+    }
+    assert_eq!(
+        ws.recv_any().await.unwrap(),
+        Some(Message::Pong(bytes::Bytes::from_static(b"still there?")))
+    );
+
+    drop(ws);
+    shutdown.cancel();
+    running.await.unwrap();
+}

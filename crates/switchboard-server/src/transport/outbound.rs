@@ -10,8 +10,10 @@
 //! The bound counts bytes queued and not yet written to the socket. A push that would take a
 //! non-empty queue past the bound is refused and marks the connection *overflowed*: its queue
 //! is dropped at once (releasing the memory) and the connection task closes it with 4500. A
-//! single frame larger than the bound is still accepted into an empty queue, so the bound
-//! limits memory to `bound + max_message_size` and never makes a large message undeliverable.
+//! single frame larger than the bound is still accepted into an empty queue, and while it is
+//! written the bound counts everything queued after it (a pong, the next publication), so the
+//! bound limits memory to `bound + max_message_size` and never makes a large message
+//! undeliverable.
 //! Other recipients of the same room are unaffected: nobody waits for a slow consumer.
 
 use std::{
@@ -36,6 +38,9 @@ struct Inner {
     frames: VecDeque<Bytes>,
     /// Bytes queued or taken by the writer and not yet written.
     bytes: usize,
+    /// Of those, the unwritten bytes of a frame larger than the bound, accepted into the empty
+    /// queue: it is first in line, and the bound counts only the bytes after it.
+    big: usize,
     /// The first frame is partly written: it must be finished before anything else, or the
     /// peer sees a broken stream (also when the queue overflows and only a close follows).
     partial: bool,
@@ -91,7 +96,8 @@ impl Outbound {
             State::Open => {}
             State::Overflowed | State::Closed => return Err(PushError::Closed),
         }
-        if inner.bytes > 0 && inner.bytes + len > inner.limit as usize {
+        let after_big = inner.bytes - inner.big;
+        if inner.bytes > 0 && after_big + len > inner.limit as usize {
             inner.state = State::Overflowed;
             if inner.partial {
                 inner.frames.truncate(1);
@@ -105,6 +111,9 @@ impl Outbound {
                 w.wake();
             }
             return Err(PushError::Overflow);
+        }
+        if inner.bytes == 0 && len > inner.limit as usize {
+            inner.big = len;
         }
         inner.frames.push_back(frame);
         inner.bytes += len;
@@ -194,6 +203,8 @@ impl Outbound {
     ) -> bool {
         let mut inner = self.lock();
         inner.bytes = inner.bytes.saturating_sub(written);
+        // The large frame goes out first.
+        inner.big = inner.big.saturating_sub(written);
         match inner.state {
             State::Open => {}
             State::Overflowed => {
@@ -246,6 +257,7 @@ impl Outbound {
         }
         inner.frames = VecDeque::new();
         inner.bytes = 0;
+        inner.big = 0;
         inner.waker = None;
     }
 
@@ -289,10 +301,37 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_larger_than_the_bound_fits_an_empty_queue() {
+    fn a_frame_larger_than_the_bound_fits_an_empty_queue_and_the_bound_counts_what_follows() {
         let q = Outbound::new(4);
         q.push(Bytes::from(vec![0; 100])).unwrap();
-        assert_eq!(q.push(Bytes::from_static(b"x")), Err(PushError::Overflow));
+        // Not a second large frame while the first is unwritten.
+        assert_eq!(q.push(Bytes::from(vec![0; 5])), Err(PushError::Overflow));
+
+        let q = Outbound::new(4);
+        q.push(Bytes::from(vec![0; 100])).unwrap();
+        // A pong or the next small message fits beside it, up to the bound.
+        q.push(Bytes::from_static(b"ab")).unwrap();
+        let mut taken = VecDeque::new();
+        q.take(&mut taken).unwrap();
+        taken[0] = taken[0].slice(70..);
+        assert!(!q.put_back(taken, 70, true));
+        q.push(Bytes::from_static(b"cd")).unwrap();
+        assert_eq!(q.queued_bytes(), 34);
+        assert_eq!(q.push(Bytes::from_static(b"e")), Err(PushError::Overflow));
+        let mut last = VecDeque::new();
+        assert_eq!(q.take(&mut last), Err(Overflowed));
+        assert_eq!(last.len(), 1, "only the partly written frame is finished");
+
+        // Once the large frame is written, the bound counts everything again.
+        let q = Outbound::new(4);
+        q.push(Bytes::from(vec![0; 100])).unwrap();
+        q.push(Bytes::from_static(b"ab")).unwrap();
+        let mut taken = VecDeque::new();
+        q.take(&mut taken).unwrap();
+        let rest = taken.split_off(1);
+        assert!(!q.put_back(rest, 100, false));
+        q.push(Bytes::from_static(b"cd")).unwrap();
+        assert_eq!(q.push(Bytes::from_static(b"e")), Err(PushError::Overflow));
     }
 
     #[test]
