@@ -63,6 +63,34 @@ impl Handler for Relay {
     }
 }
 
+/// A server running `route` on a free loopback port, until `stop`.
+struct Serving {
+    addr: std::net::SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+    running: tokio::task::JoinHandle<bool>,
+}
+
+impl Serving {
+    async fn start(route: Route) -> Serving {
+        let server = Server::builder("127.0.0.1:0".parse().unwrap())
+            .route(route)
+            .bind()
+            .await
+            .unwrap();
+        Serving {
+            addr: server.local_addr().unwrap(),
+            shutdown: server.shutdown_token(),
+            running: tokio::spawn(server.run(std::future::pending())),
+        }
+    }
+
+    /// Shuts the server down; whether it drained within its timeout.
+    async fn stop(self) -> bool {
+        self.shutdown.cancel();
+        self.running.await.unwrap()
+    }
+}
+
 async fn text(ws: &mut WsStream) -> String {
     match tokio::time::timeout(std::time::Duration::from_secs(10), ws.recv())
         .await
@@ -77,14 +105,9 @@ async fn text(ws: &mut WsStream) -> String {
 #[tokio::test]
 async fn handler_hooks_broadcast_and_close() {
     let relay = Relay::default();
-    let server = Server::builder("127.0.0.1:0".parse().unwrap())
-        .route(Route::new("/relay", relay.clone(), RouteOptions::default()))
-        .bind()
-        .await
-        .unwrap();
-    let addr = server.local_addr().unwrap();
-    let shutdown = server.shutdown_token();
-    let running = tokio::spawn(server.run(std::future::pending()));
+    let serving =
+        Serving::start(Route::new("/relay", relay.clone(), RouteOptions::default())).await;
+    let addr = serving.addr;
 
     let url = |user: &str| format!("ws://{addr}/relay?user={user}");
     let refused = WsStream::connect(&format!("ws://{addr}/relay"), &WsOptions::default())
@@ -131,13 +154,13 @@ async fn handler_hooks_broadcast_and_close() {
         .unwrap();
     assert_eq!(b.recv().await.unwrap(), None);
 
-    shutdown.cancel();
+    serving.shutdown.cancel();
     match a.recv().await.unwrap() {
         Some(Message::Close(Some(f))) => assert_eq!(f.code, CloseCode::GOING_AWAY),
         other => panic!("{other:?}"),
     }
     a.close(None).await.unwrap();
-    assert!(running.await.unwrap(), "drained within the timeout");
+    assert!(serving.stop().await, "drained within the timeout");
     let closed = relay.closed.lock().unwrap().clone();
     assert!(
         closed.contains(&("bob".to_string(), Some(4003))),
@@ -183,14 +206,8 @@ impl Handler for Timed {
 async fn a_far_timer_fires_on_time_and_a_cancelled_one_never() {
     let mut options = RouteOptions::default();
     options.ping_interval = std::time::Duration::from_millis(400);
-    let server = Server::builder("127.0.0.1:0".parse().unwrap())
-        .route(Route::new("/timed", Timed, options))
-        .bind()
-        .await
-        .unwrap();
-    let url = format!("ws://{}/timed", server.local_addr().unwrap());
-    let shutdown = server.shutdown_token();
-    let running = tokio::spawn(server.run(std::future::pending()));
+    let serving = Serving::start(Route::new("/timed", Timed, options)).await;
+    let url = format!("ws://{}/timed", serving.addr);
 
     let started = tokio::time::Instant::now();
     let mut kept = WsStream::connect(&url, &WsOptions::default())
@@ -212,8 +229,7 @@ async fn a_far_timer_fires_on_time_and_a_cancelled_one_never() {
     assert_eq!(text(&mut cancelled).await, "echo");
 
     drop((kept, cancelled));
-    shutdown.cancel();
-    running.await.unwrap();
+    serving.stop().await;
 }
 
 #[tokio::test]
@@ -221,14 +237,9 @@ async fn a_message_larger_than_the_outbound_bound_leaves_room_for_a_pong() {
     let mut options = RouteOptions::default();
     options.max_message_size = 16 << 20;
     options.outbound_queue = 64 * 1024;
-    let server = Server::builder("127.0.0.1:0".parse().unwrap())
-        .route(Route::new("/echo", switchboard_server::echo::Echo, options))
-        .bind()
-        .await
-        .unwrap();
-    let url = format!("ws://{}/echo", server.local_addr().unwrap());
-    let shutdown = server.shutdown_token();
-    let running = tokio::spawn(server.run(std::future::pending()));
+    let serving =
+        Serving::start(Route::new("/echo", switchboard_server::echo::Echo, options)).await;
+    let url = format!("ws://{}/echo", serving.addr);
 
     let plain = WsOptions {
         deflate: false,
@@ -251,6 +262,5 @@ async fn a_message_larger_than_the_outbound_bound_leaves_room_for_a_pong() {
     );
 
     drop(ws);
-    shutdown.cancel();
-    running.await.unwrap();
+    serving.stop().await;
 }
