@@ -254,6 +254,7 @@ impl std::ops::DerefMut for Holds {
     }
 }
 
+/// A publication's (epoch, offset).
 type Position = (Arc<str>, u64);
 
 impl ConnShared {
