@@ -659,7 +659,7 @@ impl<S> Connection<S> {
     /// Leaves a room.
     pub fn leave(&mut self, room: &str) {
         if let (Some(hub), Some(room)) = (&self.hub, self.rooms.take(room)) {
-            hub.leave(&room, &self.shared.id);
+            hub.leave(&room, &self.shared);
         }
     }
 

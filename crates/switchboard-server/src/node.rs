@@ -209,7 +209,7 @@ impl Node {
                 Change::First => match self.inner.broker.subscribe(room).await {
                     Ok(()) => Ok(()),
                     Err(e) => {
-                        self.inner.hub.leave(room, &conn.id);
+                        self.inner.hub.leave(room, conn);
                         Err(e)
                     }
                 },
@@ -257,16 +257,16 @@ impl Node {
         };
         if read.is_err() {
             conn.end_subscribe(room, None, None);
-            self.leave(room, &conn.id).await;
+            self.leave(room, conn).await;
         }
         read
     }
 
     /// Removes a connection from `room` on this node, unsubscribing the node when it was the
     /// last local member.
-    pub(crate) async fn leave(&self, room: &str, conn_id: &str) {
+    pub(crate) async fn leave(&self, room: &str, conn: &ConnShared) {
         let _guard = self.room_lock(room).lock().await;
-        if self.inner.hub.leave(room, conn_id) == Change::Last
+        if self.inner.hub.leave(room, conn) == Change::Last
             && let Err(e) = self.inner.broker.unsubscribe(room).await
         {
             tracing::warn!(room, error = %e, "broker unsubscribe failed");

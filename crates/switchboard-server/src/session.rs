@@ -495,7 +495,7 @@ impl Protocol {
             tracing::warn!(conn = %conn.id(), room, error = %e, "presence remove failed");
         }
         conn.shared.forget(room);
-        self.node.leave(room, &conn.shared.id).await;
+        self.node.leave(room, &conn.shared).await;
         if ns.is_some_and(|n| n.join_leave) {
             let entry = PresenceEntry {
                 connection: conn.shared.id.clone(),

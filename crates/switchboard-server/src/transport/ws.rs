@@ -229,7 +229,7 @@ async fn finish<H: Handler>(handler: &H, ws: Ws<H::State>, registry: &Registry, 
     // Rooms the handler did not leave itself (library API joins).
     if let Some(hub) = conn.hub.clone() {
         for room in std::mem::take(&mut conn.rooms) {
-            hub.leave(&room, &conn.shared.id);
+            hub.leave(&room, &conn.shared);
         }
     }
     // Server closes TCP first after the close handshake (RFC 6455 7.1.1); wait briefly for the
