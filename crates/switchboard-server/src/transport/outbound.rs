@@ -9,11 +9,12 @@
 //! # Slow consumers
 //! The bound counts bytes queued and not yet written to the socket. A push that would take a
 //! non-empty queue past the bound is refused and marks the connection *overflowed*: its queue
-//! is dropped at once (releasing the memory) and the connection task closes it with 4500. A
-//! single frame larger than the bound is still accepted into an empty queue, and while it is
-//! written the bound counts everything queued after it (a pong, the next publication), so the
-//! bound limits memory to `bound + max_message_size` and never makes a large message
-//! undeliverable.
+//! is dropped at once (releasing the memory) and the connection task closes it with 4500.
+//!
+//! A frame larger than the bound is still accepted when no other such frame is waiting, and
+//! until it is written the bound counts only what is queued after it (a pong, the next
+//! publication). A large message is never undeliverable, and a queue holds at most twice the
+//! bound plus one message.
 //! Other recipients of the same room are unaffected: nobody waits for a slow consumer.
 
 use std::{
@@ -38,9 +39,9 @@ struct Inner {
     frames: VecDeque<Bytes>,
     /// Bytes queued or taken by the writer and not yet written.
     bytes: usize,
-    /// Of those, the unwritten bytes of a frame larger than the bound, accepted into the empty
-    /// queue: it is first in line, and the bound counts only the bytes after it.
-    big: usize,
+    /// Where the unwritten frame larger than the bound ends, counted in unwritten bytes
+    /// (0: there is none). The bound counts only the bytes queued after it.
+    big_end: usize,
     /// The first frame is partly written: it must be finished before anything else, or the
     /// peer sees a broken stream (also when the queue overflows and only a close follows).
     partial: bool,
@@ -96,8 +97,13 @@ impl Outbound {
             State::Open => {}
             State::Overflowed | State::Closed => return Err(PushError::Closed),
         }
-        let after_big = inner.bytes - inner.big;
-        if inner.bytes > 0 && after_big + len > inner.limit as usize {
+        let limit = inner.limit as usize;
+        let refused = if len > limit {
+            inner.big_end > 0
+        } else {
+            inner.bytes - inner.big_end + len > limit
+        };
+        if refused {
             inner.state = State::Overflowed;
             if inner.partial {
                 inner.frames.truncate(1);
@@ -112,8 +118,8 @@ impl Outbound {
             }
             return Err(PushError::Overflow);
         }
-        if inner.bytes == 0 && len > inner.limit as usize {
-            inner.big = len;
+        if len > limit {
+            inner.big_end = inner.bytes + len;
         }
         inner.frames.push_back(frame);
         inner.bytes += len;
@@ -203,8 +209,7 @@ impl Outbound {
     ) -> bool {
         let mut inner = self.lock();
         inner.bytes = inner.bytes.saturating_sub(written);
-        // The large frame goes out first.
-        inner.big = inner.big.saturating_sub(written);
+        inner.big_end = inner.big_end.saturating_sub(written);
         match inner.state {
             State::Open => {}
             State::Overflowed => {
@@ -257,7 +262,7 @@ impl Outbound {
         }
         inner.frames = VecDeque::new();
         inner.bytes = 0;
-        inner.big = 0;
+        inner.big_end = 0;
         inner.waker = None;
     }
 
@@ -301,7 +306,16 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_larger_than_the_bound_fits_an_empty_queue_and_the_bound_counts_what_follows() {
+    fn a_frame_larger_than_the_bound_fits_behind_a_ping() {
+        let q = Outbound::new(4);
+        q.push(Bytes::from_static(b"\x89\x00")).unwrap();
+        q.push(Bytes::from(vec![0; 100])).unwrap();
+        q.push(Bytes::from_static(b"abcd")).unwrap();
+        assert_eq!(q.push(Bytes::from_static(b"e")), Err(PushError::Overflow));
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_bound_is_accepted_and_the_bound_counts_what_follows() {
         let q = Outbound::new(4);
         q.push(Bytes::from(vec![0; 100])).unwrap();
         // Not a second large frame while the first is unwritten.
