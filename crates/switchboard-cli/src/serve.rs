@@ -97,6 +97,8 @@ async fn serve(mut config: Config, has_file: bool) -> Result<bool, Box<dyn std::
     let ws_path = config.websocket.path.clone();
     let json = config.log.format == LogFormat::Json;
     let node = Node::new(config)?;
+    // Before the port opens: a SIGTERM from then on shuts down gracefully.
+    let signal = shutdown_signal();
     let server = node
         .server()
         .bind()
@@ -111,5 +113,5 @@ async fn serve(mut config: Config, has_file: bool) -> Result<bool, Box<dyn std::
         format = if json { "json" } else { "text" },
         "listening"
     );
-    Ok(server.run(shutdown_signal()).await)
+    Ok(server.run(signal).await)
 }
