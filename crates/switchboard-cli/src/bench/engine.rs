@@ -544,13 +544,24 @@ impl Driver {
     /// Waits until `drained` holds for the counters or `timeout` passes; returns whether it
     /// held.
     pub(crate) fn drain(&self, timeout: Duration, drained: impl Fn(&Totals) -> bool) -> bool {
+        self.wait_until("draining", timeout, drained)
+    }
+
+    /// Waits, with a spinner labelled `what`, until `done` holds for the counters or
+    /// `timeout` passes; returns whether it held.
+    pub(crate) fn wait_until(
+        &self,
+        what: &'static str,
+        timeout: Duration,
+        done: impl Fn(&Totals) -> bool,
+    ) -> bool {
         let bar = self
             .progress
             .bar(0, "{prefix:>10} {spinner} {elapsed} {msg}");
-        bar.set_prefix("draining");
+        bar.set_prefix(what);
         let started = Instant::now();
         loop {
-            if drained(&self.shared.totals()) {
+            if done(&self.shared.totals()) {
                 bar.finish_and_clear();
                 return true;
             }

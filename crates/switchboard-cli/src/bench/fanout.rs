@@ -10,6 +10,11 @@
 //!   connection joins one room and an event `m` from one member goes to every other member
 //!   (`socket.to(room).emit("m", data)`); publishers send `42["m",<data object>]`.
 //!
+//! In raw mode nothing tells a client when the server has made it a member of the broadcast
+//! (a route may join it after the handshake), so before the run starts every publisher sends
+//! membership probes (`{"probe":p}`) every 20 ms until every subscriber has seen one from every
+//! publisher: only publications after that are expected everywhere.
+//!
 //! Publishers either keep a window of W publications in flight (closed loop: a publication
 //! is complete when the subscriber that tracks that publisher received it) or send at a fixed
 //! total rate R (open loop: latency counts from the intended send time). Subscribers read the
@@ -104,7 +109,12 @@ struct Params {
     room: String,
     auth: Auth,
     trackers: Vec<Tracker>,
+    /// (subscriber, publisher) pairs whose membership probe arrived (raw mode).
+    members: AtomicU64,
 }
+
+/// Time allowed for every subscriber to receive every publisher's membership probe.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Output buffered beyond this is not added to (open loop: the publications stay due).
 const MAX_BUFFERED: usize = 8 << 20;
@@ -149,6 +159,7 @@ pub(crate) fn run(args: FanoutArgs) -> Result<ExitCode, String> {
         room: args.room.clone(),
         auth,
         trackers: (0..args.publishers).map(|_| Tracker::default()).collect(),
+        members: AtomicU64::new(0),
     });
     let (open_plan, open_params, run_params) =
         (Arc::new(plan.clone()), params.clone(), params.clone());
@@ -169,6 +180,11 @@ pub(crate) fn run(args: FanoutArgs) -> Result<ExitCode, String> {
         },
     )?;
     let (driver, setup) = driver.setup(total as u64, plan.setup_timeout(), true)?;
+    let pairs = (args.subscribers * args.publishers) as u64;
+    let members = args.mode == Mode::Protocol
+        || driver.wait_until("joining", MEMBERSHIP_TIMEOUT, |_| {
+            params.members.load(Ordering::Relaxed) >= pairs
+        });
     let window_stats = driver.load(
         plan.common.warmup,
         plan.common.duration,
@@ -206,6 +222,14 @@ pub(crate) fn run(args: FanoutArgs) -> Result<ExitCode, String> {
     p.insert("auth".into(), json!(auth_kind));
     p.insert("socketio".into(), json!(args.socketio));
     let mut result = BenchResult::new(&plan, "fanout", p);
+    if !members {
+        result.warnings.push(format!(
+            "only {} of {pairs} (subscriber, publisher) membership probes arrived within {} s: \
+             publications to subscribers the server had not made members count as lost",
+            params.members.load(Ordering::Relaxed),
+            MEMBERSHIP_TIMEOUT.as_secs()
+        ));
+    }
     result.set_window(&window_stats);
     result.set_outcome(&outcome, setup);
     let w = &window_stats;
@@ -277,6 +301,8 @@ async fn subscriber(
         .filter(|p| p % params.subscribers == index)
         .collect();
     let protocol = params.mode == Mode::Protocol;
+    // The publishers whose membership probe arrived (raw mode).
+    let mut probed = vec![false; params.publishers];
     loop {
         conn.read_some().await?;
         let now = shared.now_ns();
@@ -300,11 +326,21 @@ async fn subscriber(
                         }
                     }
                 }
-                got += 1;
                 let Some(stamp) = finder.find(msg) else {
+                    if let Some(p) = payload::probe(msg) {
+                        if let Some(seen) = probed.get_mut(p as usize)
+                            && !*seen
+                        {
+                            *seen = true;
+                            params.members.fetch_add(1, Ordering::Relaxed);
+                        }
+                        continue;
+                    }
+                    got += 1;
                     disorder += 1;
                     continue;
                 };
+                got += 1;
                 if measuring {
                     hist.saturating_record(now.saturating_sub(stamp.t));
                 }
@@ -361,7 +397,32 @@ async fn publisher(
             b.extend_from_slice(suffix);
         });
     };
-    shared.go.cancelled().await;
+    if protocol {
+        shared.go.cancelled().await;
+    } else {
+        // Membership probes until the run starts (see the module docs), read while waiting:
+        // other publishers' probes come here too.
+        let mut next_probe = tokio::time::Instant::now();
+        loop {
+            if tokio::time::Instant::now() >= next_probe {
+                conn.output.text_with(|b| {
+                    b.extend_from_slice(&prefix);
+                    payload::put_probe(b, index as u64);
+                    b.extend_from_slice(suffix);
+                });
+                conn.try_flush()?;
+                next_probe = tokio::time::Instant::now() + Duration::from_millis(20);
+            }
+            tokio::select! {
+                () = shared.go.cancelled() => break,
+                () = tokio::time::sleep_until(next_probe) => {}
+                r = conn.read_some() => {
+                    r?;
+                    while conn.next_message()?.is_some() {}
+                }
+            }
+        }
+    }
     let mut seq = 0u64;
     let mut stopped = false;
     let mut pacer = params

@@ -87,6 +87,21 @@ pub(crate) fn put_data(out: &mut Vec<u8>, t: u64, p: u64, s: u64, size: usize) {
     }
 }
 
+/// Appends a membership probe of publisher `p`: `{"probe":p}` (no stamp, so never counted as
+/// a delivery).
+pub(crate) fn put_probe(out: &mut Vec<u8>, p: u64) {
+    out.extend_from_slice(b"{\"probe\":");
+    put_u64(out, p);
+    out.push(b'}');
+}
+
+/// The publisher of a membership probe in `msg`, if it is one.
+pub(crate) fn probe(msg: &[u8]) -> Option<u64> {
+    let at = memmem::find(msg, b"{\"probe\":")? + 9;
+    let (p, n) = get_u64(&msg[at..]);
+    (n > 0).then_some(p)
+}
+
 /// The fields of a data object found in a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stamp {
@@ -191,6 +206,19 @@ pub(crate) fn publish_prefix(room: &str, echo: bool) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_probe_is_found_and_is_no_stamp() {
+        let mut b = b"42[\"m\",".to_vec();
+        put_probe(&mut b, 7);
+        b.push(b']');
+        assert_eq!(probe(&b), Some(7));
+        assert_eq!(StampFinder::new().find(&b), None);
+        let mut d = Vec::new();
+        put_data(&mut d, 1, 2, 3, 64);
+        assert_eq!(probe(&d), None);
+    }
+
     use super::*;
 
     #[test]
