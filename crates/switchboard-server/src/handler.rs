@@ -610,10 +610,8 @@ impl<S> Connection<S> {
     /// A deadline further away than two ping intervals costs no timer entry until it comes
     /// near: the route's sweeper looks at it once per ping interval.
     pub fn set_timer(&mut self, at: Option<Instant>) {
+        // The task applies it ([`Connection::update_timer`]) before it next waits.
         self.shared.set_deadline(at);
-        if at.is_none() {
-            self.timer = None;
-        }
     }
 
     /// After a hook or a sweeper visit changed the deadline: arms the timer when the deadline
@@ -642,8 +640,7 @@ impl<S> Connection<S> {
     /// The armed timer fired: it is spent.
     pub(crate) fn timer_fired(&mut self) {
         self.timer = None;
-        self.shared.set_deadline(None);
-        self.shared.deadline_changed.store(false, Ordering::Relaxed);
+        self.shared.deadline.store(0, Ordering::Relaxed);
     }
 
     /// Joins a room: later broadcasts to it reach this connection.

@@ -93,13 +93,8 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let verifier = Verifier::new(&config.auth)?;
         let workers = tokio::runtime::Handle::current().metrics().num_workers();
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers.max(1))
-            .map(|_| mpsc::unbounded_channel())
-            .unzip();
-        let broker = broker(Arc::new(Dispatchers {
-            senders: senders.into(),
-            hasher: RandomState::new(),
-        }));
+        let (sink, receivers) = Dispatchers::new(workers);
+        let broker = broker(Arc::new(sink));
         let threshold = config.websocket.compression.threshold.as_usize();
         let hub = Hub::new(threshold);
         let id = config
@@ -281,6 +276,17 @@ struct Dispatchers {
 }
 
 impl Dispatchers {
+    /// `n` channels (at least one), and their receiving ends for the dispatcher tasks.
+    fn new(n: usize) -> (Dispatchers, Vec<mpsc::UnboundedReceiver<NodeEvent>>) {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..n.max(1)).map(|_| mpsc::unbounded_channel()).unzip();
+        let sink = Dispatchers {
+            senders: senders.into(),
+            hasher: RandomState::new(),
+        };
+        (sink, receivers)
+    }
+
     fn index(&self, room: &str) -> usize {
         match self.senders.len() {
             1 => 0,
@@ -365,12 +371,7 @@ mod tests {
 
     #[test]
     fn dispatchers_keep_each_room_on_one_channel_in_order_and_spread_rooms() {
-        let (senders, mut receivers): (Vec<_>, Vec<_>) =
-            (0..8).map(|_| mpsc::unbounded_channel()).unzip();
-        let sink = Dispatchers {
-            senders: senders.into(),
-            hasher: RandomState::new(),
-        };
+        let (sink, mut receivers) = Dispatchers::new(8);
         for i in 0..10 {
             for r in 0..64 {
                 sink.deliver(join(&format!("room:{r}"), i));

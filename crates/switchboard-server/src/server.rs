@@ -37,8 +37,8 @@ pub struct Server {
     tracker: TaskTracker,
     drain_timeout: Duration,
     health: Arc<Health>,
-    /// Each WebSocket route's connections, with its ping interval and idle timeout.
-    sweeps: Vec<(Arc<Registry>, Duration, Duration)>,
+    /// Each WebSocket route's connections, swept by a task of their own.
+    sweeps: Vec<Arc<Registry>>,
 }
 
 #[derive(Debug, Default)]
@@ -92,13 +92,8 @@ impl Server {
             health,
             sweeps,
         } = self;
-        for (registry, ping_interval, idle_timeout) in sweeps {
-            tracker.spawn(run_sweeper(
-                Arc::downgrade(&registry),
-                ping_interval,
-                idle_timeout,
-                shutdown.clone(),
-            ));
+        for registry in sweeps {
+            tracker.spawn(run_sweeper(Arc::downgrade(&registry), shutdown.clone()));
         }
         health.ready.store(true, Ordering::Relaxed);
         let mut signal = std::pin::pin!(signal);
@@ -235,12 +230,9 @@ impl ServerBuilder {
             let registry = Arc::new(Registry::new(
                 DecoderConfig::default().with_max_message_size(route.options.max_message_size),
                 route.options.ping_interval,
-            ));
-            sweeps.push((
-                registry.clone(),
-                route.options.ping_interval,
                 route.options.idle_timeout,
             ));
+            sweeps.push(registry.clone());
             let ctx = RouteContext {
                 hub: self.hub.clone(),
                 shutdown: shutdown.clone(),

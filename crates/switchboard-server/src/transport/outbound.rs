@@ -15,11 +15,12 @@
 //! until it is written the bound counts only what is queued after it (a pong, the next
 //! publication). A large message is never undeliverable, and a queue holds at most twice the
 //! bound plus one message.
+//!
 //! Other recipients of the same room are unaffected: nobody waits for a slow consumer.
 
 use std::{
     collections::VecDeque,
-    sync::Mutex,
+    sync::{Mutex, MutexGuard},
     task::{Context, Poll, Waker},
 };
 
@@ -85,7 +86,7 @@ impl Outbound {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -111,49 +112,30 @@ impl Outbound {
             } else {
                 inner.frames = VecDeque::new();
             }
-            let waker = inner.waker.take();
-            drop(inner);
-            if let Some(w) = waker {
-                w.wake();
-            }
+            unlock_and_wake(inner);
             return Err(PushError::Overflow);
         }
         if len > limit {
             inner.big_end = inner.bytes + len;
         }
-        inner.frames.push_back(frame);
-        inner.bytes += len;
-        let waker = inner.waker.take();
-        drop(inner);
-        if let Some(w) = waker {
-            w.wake();
-        }
+        enqueue(inner, frame);
         Ok(())
     }
 
     /// Queues a server ping, but only into a queue with nothing unwritten: a connection that
     /// is still writing needs no ping, and a ping must never push a queue past its bound
-    /// while a large frame (accepted into the empty queue) is on its way out.
+    /// while a large frame is on its way out.
     pub(crate) fn push_ping(&self, frame: Bytes) {
-        let mut inner = self.lock();
+        let inner = self.lock();
         if inner.state != State::Open || inner.bytes > 0 || !inner.frames.is_empty() {
             return;
         }
-        inner.bytes = frame.len();
-        inner.frames.push_back(frame);
-        let waker = inner.waker.take();
-        drop(inner);
-        if let Some(w) = waker {
-            w.wake();
-        }
+        enqueue(inner, frame);
     }
 
     /// Wakes the connection task (it looks at its close request).
     pub(crate) fn wake(&self) {
-        let waker = self.lock().waker.take();
-        if let Some(w) = waker {
-            w.wake();
-        }
+        unlock_and_wake(self.lock());
     }
 
     /// Ready when there are frames to write or the queue overflowed; otherwise the task is
@@ -269,6 +251,22 @@ impl Outbound {
     /// Bytes queued and not yet written.
     pub(crate) fn queued_bytes(&self) -> usize {
         self.lock().bytes
+    }
+}
+
+/// Appends `frame` to the queue, then lets go of the lock and wakes the connection task.
+fn enqueue(mut inner: MutexGuard<'_, Inner>, frame: Bytes) {
+    inner.bytes += frame.len();
+    inner.frames.push_back(frame);
+    unlock_and_wake(inner);
+}
+
+/// Lets go of the lock, then wakes the connection task if it was waiting for the queue.
+fn unlock_and_wake(mut inner: MutexGuard<'_, Inner>) {
+    let waker = inner.waker.take();
+    drop(inner);
+    if let Some(w) = waker {
+        w.wake();
     }
 }
 

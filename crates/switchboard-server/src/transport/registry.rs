@@ -58,9 +58,10 @@ pub(crate) fn close_reason(code: u16) -> &'static str {
 pub(crate) struct Registry {
     /// The route's decoder settings (kept here rather than in every connection).
     pub(crate) decoder: DecoderConfig,
-    /// How far ahead a connection's timer is armed: two ping intervals, so that the sweeper,
-    /// which visits every connection once per interval, sees each deadline before it is due.
-    pub(crate) timer_horizon: Duration,
+    /// The route's ping interval: the sweeper visits every connection once per interval.
+    ping_interval: Duration,
+    /// Silence after which the sweeper closes a connection with 4504.
+    idle_timeout: Duration,
     shards: [Mutex<Vec<Arc<ConnShared>>>; SHARDS],
     next: AtomicUsize,
     /// Set before the shutdown sweep: connections registered later close themselves.
@@ -69,13 +70,24 @@ pub(crate) struct Registry {
 
 impl Registry {
     /// An empty registry for connections that decode with `decoder`, swept every
-    /// `ping_interval`.
-    pub(crate) fn new(decoder: DecoderConfig, ping_interval: Duration) -> Self {
+    /// `ping_interval` and closed after `idle_timeout` of silence.
+    pub(crate) fn new(
+        decoder: DecoderConfig,
+        ping_interval: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
         Registry {
             decoder,
-            timer_horizon: ping_interval.saturating_mul(2),
+            ping_interval,
+            idle_timeout,
             ..Registry::default()
         }
+    }
+
+    /// How far ahead a connection's timer is armed: two ping intervals, so that the sweeper,
+    /// which visits every connection once per interval, sees each deadline before it is due.
+    pub(crate) fn timer_horizon(&self) -> Duration {
+        self.ping_interval.saturating_mul(2)
     }
 
     fn shard(&self, i: usize) -> MutexGuard<'_, Vec<Arc<ConnShared>>> {
@@ -114,7 +126,7 @@ impl Registry {
     /// Pings every connection of shard `s` and asks those silent for `max_missed` visits in a
     /// row to close with 4504.
     fn sweep(&self, s: usize, max_missed: u16) {
-        let horizon = Instant::now() + self.timer_horizon;
+        let horizon = Instant::now() + self.timer_horizon();
         let shard = self.shard(s);
         for conn in shard.iter() {
             conn.outbound.trim();
@@ -140,12 +152,13 @@ impl Registry {
 
 /// Runs the sweeps of `registry` until `shutdown`, then asks every connection to close with
 /// 1001 and returns. Ends by itself, too, when the registry is gone (server dropped).
-pub(crate) async fn run_sweeper(
-    registry: Weak<Registry>,
-    ping_interval: Duration,
-    idle_timeout: Duration,
-    shutdown: CancellationToken,
-) {
+pub(crate) async fn run_sweeper(registry: Weak<Registry>, shutdown: CancellationToken) {
+    let Some((ping_interval, idle_timeout)) = registry
+        .upgrade()
+        .map(|r| (r.ping_interval, r.idle_timeout))
+    else {
+        return;
+    };
     let tick = (ping_interval / SHARDS as u32).max(Duration::from_millis(1));
     // At most 65,535 ping intervals (a counter of two bytes per connection).
     let max_missed = idle_timeout

@@ -175,7 +175,7 @@ pub(crate) fn run<H: Handler>(
             }
 
             // A hook set a timer, or the sweeper found its deadline near.
-            ws.conn.update_timer(registry.timer_horizon);
+            ws.conn.update_timer(registry.timer_horizon());
 
             match poll_fn(|cx| ws.poll_event(cx)).await {
                 Event::Readable => {
