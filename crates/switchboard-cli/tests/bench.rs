@@ -231,12 +231,38 @@ fn dev_server(dir: &std::path::Path) -> (ServerProcess, std::path::PathBuf) {
     (server, secret)
 }
 
+/// Runs `bench connect ARGS… --url URL` against `server` (its development secret in
+/// `secret`, its CPU and memory read from its pid), writing the report to `json`; asserts it
+/// succeeded and returns its stdout and the report.
+fn bench_connect(
+    server: &ServerProcess,
+    secret: &Path,
+    url: &str,
+    args: &[&str],
+    json: &Path,
+) -> (String, Value) {
+    let pid = server.child.id().to_string();
+    let out = bench(
+        &[
+            &["connect", "--url", url][..],
+            args,
+            &["--server-pid", &pid, "--json", json.to_str().unwrap()],
+            &SHORT,
+        ]
+        .concat(),
+        &[("SWITCHBOARD_DEV_SECRET_FILE", secret)],
+    );
+    assert!(out.status.success(), "{url} {args:?}: {}", text(&out));
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        read_json(json),
+    )
+}
+
 #[test]
 fn connect_reports_memory_per_connection() {
     let dir = tempfile::tempdir().unwrap();
     let (server, secret) = dev_server(dir.path());
-    let env = [("SWITCHBOARD_DEV_SECRET_FILE", secret.as_path())];
-    let pid = server.child.id().to_string();
     // Plain connections to the echo route, then authenticated ones subscribed to a room.
     for (url, extra, json) in [
         (
@@ -250,20 +276,9 @@ fn connect_reports_memory_per_connection() {
             dir.path().join("subscribed.json"),
         ),
     ] {
-        let out = bench(
-            &[
-                &["connect", "--url", &url, "--connections", "50"][..],
-                &extra,
-                &["--server-pid", &pid, "--json", json.to_str().unwrap()],
-                &SHORT,
-            ]
-            .concat(),
-            &env,
-        );
-        assert!(out.status.success(), "{url}: {}", text(&out));
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let args = [&["--connections", "50"][..], &extra].concat();
+        let (stdout, v) = bench_connect(&server, &secret, &url, &args, &json);
         assert!(stdout.contains("memory per connection"), "{stdout}");
-        let v = read_json(&json);
         let r = &v["results"];
         assert_eq!(v["scenario"], "connect");
         assert_eq!(r["connections"], 50, "{r}");
@@ -286,8 +301,6 @@ fn connect_reports_memory_per_connection() {
 fn connect_with_deflate_negotiates_it_on_every_connection() {
     let dir = tempfile::tempdir().unwrap();
     let (server, secret) = dev_server(dir.path());
-    let env = [("SWITCHBOARD_DEV_SECRET_FILE", secret.as_path())];
-    let pid = server.child.id().to_string();
     let long_room = format!("bench:{}", "deflate".repeat(12));
     for (url, extra, json) in [
         (server.ws_url("/echo"), vec![], dir.path().join("echo.json")),
@@ -302,23 +315,12 @@ fn connect_with_deflate_negotiates_it_on_every_connection() {
             dir.path().join("long-room.json"),
         ),
     ] {
-        let out = bench(
-            &[
-                &["connect", "--deflate", "--url", &url, "--connections", "10"][..],
-                &extra,
-                &["--server-pid", &pid, "--json", json.to_str().unwrap()],
-                &SHORT,
-            ]
-            .concat(),
-            &env,
-        );
-        assert!(out.status.success(), "{url} {extra:?}: {}", text(&out));
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let args = [&["--deflate", "--connections", "10"][..], &extra].concat();
+        let (stdout, v) = bench_connect(&server, &secret, &url, &args, &json);
         assert!(
             stdout.contains("deflate negotiated on 10 of 10 connections"),
             "{stdout}"
         );
-        let v = read_json(&json);
         let r = &v["results"];
         assert_eq!(v["format"], "switchboard-bench/1");
         assert_eq!(v["config"]["params"]["deflate"], true);
@@ -334,17 +336,13 @@ fn connect_with_deflate_negotiates_it_on_every_connection() {
 
     // Without the flag nothing is offered: the field is absent (null), the param false.
     let json = dir.path().join("plain.json");
-    let out = bench(
-        &[
-            &["connect", "--url", &server.ws_url("/echo"), "-c", "2"][..],
-            &["--json", json.to_str().unwrap()],
-            &SHORT,
-        ]
-        .concat(),
-        &[],
+    let (_, v) = bench_connect(
+        &server,
+        &secret,
+        &server.ws_url("/echo"),
+        &["-c", "2"],
+        &json,
     );
-    assert!(out.status.success(), "{}", text(&out));
-    let v = read_json(&json);
     assert_eq!(v["config"]["params"]["deflate"], false);
     assert!(v["results"]["deflate_negotiated"].is_null(), "{v}");
 

@@ -372,6 +372,15 @@ fn note_error(ctx: &ThreadCtx, msg: &[u8]) {
         .note_error(|| String::from_utf8_lossy(&msg[..msg.len().min(300)]).into_owned());
 }
 
+/// Queues one text message: `prefix`, the data object `put` appends, `suffix`.
+fn send_wrapped(conn: &mut Conn, prefix: &[u8], suffix: &[u8], put: impl FnOnce(&mut Vec<u8>)) {
+    conn.output.text_with(|b| {
+        b.extend_from_slice(prefix);
+        put(b);
+        b.extend_from_slice(suffix);
+    });
+}
+
 /// Publishes until the stop, then keeps reading until the run ends.
 async fn publisher(
     ctx: &ThreadCtx,
@@ -391,10 +400,8 @@ async fn publisher(
         (Vec::new(), b"")
     };
     let publish = |conn: &mut Conn, t: u64, seq: u64| {
-        conn.output.text_with(|b| {
-            b.extend_from_slice(&prefix);
-            payload::put_data(b, t, index as u64, seq, params.size);
-            b.extend_from_slice(suffix);
+        send_wrapped(conn, &prefix, suffix, |b| {
+            payload::put_data(b, t, index as u64, seq, params.size)
         });
     };
     if protocol {
@@ -405,10 +412,8 @@ async fn publisher(
         let mut next_probe = tokio::time::Instant::now();
         loop {
             if tokio::time::Instant::now() >= next_probe {
-                conn.output.text_with(|b| {
-                    b.extend_from_slice(&prefix);
-                    payload::put_probe(b, index as u64);
-                    b.extend_from_slice(suffix);
+                send_wrapped(&mut conn, &prefix, suffix, |b| {
+                    payload::put_probe(b, index as u64)
                 });
                 conn.try_flush()?;
                 next_probe = tokio::time::Instant::now() + Duration::from_millis(20);
