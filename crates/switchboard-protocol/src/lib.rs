@@ -22,6 +22,7 @@
 pub mod close;
 pub mod codec;
 pub mod deflate;
+pub mod disconnect;
 pub mod error;
 pub mod frame;
 pub mod handshake;
@@ -30,6 +31,7 @@ pub mod utf8;
 pub mod wire;
 
 pub use close::{CloseCode, CloseFrame};
+pub use disconnect::{CLOSE_CODES, CloseCodeEntry, Disconnect};
 pub use error::{HandshakeError, ProtocolError};
 pub use prepared::PreparedMessage;
 
