@@ -11,8 +11,8 @@
 //! ```
 
 use switchboard_server::{
-    Accepted, Connection, Handler, Incoming, Refusal, Route, RouteOptions, Server, UpgradeContext,
-    User, server::shutdown_signal,
+    Accepted, Connection, Disconnect, Handler, Incoming, Refusal, Route, RouteOptions, Server,
+    UpgradeContext, User, server::shutdown_signal,
 };
 
 /// The application's handler; its per-connection state is the caller's name.
@@ -53,7 +53,7 @@ impl Handler for Shout {
                 let line = format!("{}: {}", conn.state, text.as_str().to_uppercase());
                 conn.broadcast(&["lobby"], Incoming::Text(line.into()), true);
             }
-            Incoming::Binary(_) => conn.close(1003, "text only"),
+            Incoming::Binary(_) => conn.close(Disconnect::from_code(1003).with_reason("text only")),
         }
     }
 

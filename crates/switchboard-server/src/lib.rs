@@ -1,33 +1,44 @@
-//! The Switchboard server library: the WebSocket transport, the hub of rooms, brokers,
-//! authentication, limits and the HTTP surfaces.
+//! The Switchboard server library: the service core (the node, access policy, hub and
+//! broker), the transports that carry it (WebSocket today; SSE next), the v1 protocol, the
+//! library API for applications' own protocols, and the HTTP surfaces.
 //!
-//! It owns *connections and rooms*: sockets, per-connection queues, fan-out, the v1 protocol
-//! handler and the HTTP API. Bytes on the wire (frames, handshake, deflate, JSON messages)
-//! belong to `switchboard-protocol`; command-line parsing belongs to the CLI.
+//! It owns *connections, rooms and the service over them*. Bytes on the wire (frames,
+//! handshake, deflate, JSON messages, the close-code table) belong to `switchboard-protocol`;
+//! command-line parsing and the load generator belong to the CLI and the bench crate.
 //!
-//! Applications embed it by implementing [`handler::Handler`] and serving it on a
-//! [`route::Route`]; the standalone protocol and the echo route are handlers too.
+//! The layers, each importing only those below it:
+//! - surfaces: [`v1`] (the standalone protocol), [`builtin`] (echo, raw fan-out), [`app`]
+//!   (routes and server assembly), [`server`] (listener, health, shutdown);
+//! - the library API: [`handler`] ([`Handler`], [`Connection`]) and [`route`];
+//! - the service: [`node`] ([`Node`]: every operation a surface may ask for) and [`access`]
+//!   (who may do what);
+//! - the core: [`hub`] (local rooms, users, dispatch), [`conn`] (a connection's shared
+//!   state and control inbox), `transport` (queues, sweeper, WebSocket), [`broker`],
+//!   [`auth`], [`config`].
 
+pub mod access;
+pub mod app;
 pub mod auth;
 pub mod broker;
+pub mod builtin;
 pub mod config;
-pub mod echo;
+pub mod conn;
 mod error;
-pub mod fanout;
 pub mod handler;
 pub mod hub;
 pub mod ids;
 pub mod node;
 pub mod route;
 pub mod server;
-pub mod session;
 pub mod telemetry;
 pub(crate) mod transport;
+pub mod v1;
 
-pub use error::Error;
+pub use conn::{ConnShared, Control};
+pub use error::{Error, Refused};
 pub use handler::{Accepted, Connection, Handler, Incoming, Refusal, UpgradeContext, User};
 pub use http::StatusCode;
 pub use node::Node;
 pub use route::{Route, RouteOptions};
 pub use server::Server;
-pub use switchboard_protocol::{CloseCode, CloseFrame};
+pub use switchboard_protocol::{CLOSE_CODES, CloseCode, CloseFrame, Disconnect};

@@ -1,12 +1,16 @@
-//! A node: one Switchboard process. It owns the hub (local rooms and members), the broker
-//! (what nodes share), the token verifier and the configuration, and assembles the routes
-//! the server serves.
+//! A node: one Switchboard process, and **the service every surface calls**.
 //!
-//! Broker events reach the node through one ordered channel per runtime worker, chosen by a
-//! hash of the room ([`Dispatchers`]): each room stays on one dispatcher task, so its events
-//! keep their order, while fan-out of different rooms runs on every core. A dispatcher encodes
-//! each publication once as a `message` push, frames it once (a [`PreparedMessage`]) and
-//! hands the same bytes to every local member of the room.
+//! The v1 protocol handler (and the HTTP server API, SSE and the proxies after it) call only
+//! this API: [`Node::publish`], [`Node::broadcast`], [`Node::subscribe`],
+//! [`Node::unsubscribe`], [`Node::presence`], [`Node::history`], [`Node::history_remove`],
+//! the per-user commands ([`Node::subscribe_user`], [`Node::unsubscribe_user`],
+//! [`Node::disconnect_user`]), [`Node::rooms`] and [`Node::info`]. Who may call what for a
+//! client is [`Access`]'s to say; the node carries requests out: it owns the hub (local rooms,
+//! members and users), the broker (what nodes share), the access policy and the
+//! configuration. Route and server assembly live in `app`.
+//!
+//! Broker events reach the hub's dispatchers (`hub::dispatch`), which fan each one out to the
+//! room's local members, encoded once.
 
 use std::{
     hash::{BuildHasher, RandomState},
@@ -14,22 +18,20 @@ use std::{
 };
 
 use bytes::Bytes;
-use switchboard_protocol::{PreparedMessage, frame::OpCode, wire};
-use tokio::sync::mpsc;
+use switchboard_protocol::Disconnect;
 
 use crate::{
-    Route, RouteOptions,
+    access::Access,
     auth::Verifier,
     broker::{
-        Broker, BrokerError, HistoryQuery, MemoryBroker, NodeEvent, NodeSink, StreamPosition,
+        Broker, BrokerError, HistoryQuery, HistoryResult, MemoryBroker, NodeSink, PresenceEntry,
+        PresencePage, PublishOptions, PublishResult, StreamPosition,
     },
     config::{Config, NamespaceConfig},
-    echo::Echo,
-    fanout::RawFanout,
-    handler::ConnShared,
-    hub::{Change, Hub},
-    server::{Server, ServerBuilder},
-    session::Protocol,
+    conn::{ConnShared, Control},
+    error::Refused,
+    handler::User,
+    hub::{Change, Hub, dispatch},
 };
 
 /// Stripes of the per-room lock that serialises node-level subscribe/unsubscribe.
@@ -38,16 +40,14 @@ const ROOM_LOCKS: usize = 256;
 /// One Switchboard process. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Node {
-    pub(crate) inner: Arc<NodeInner>,
+    inner: Arc<NodeInner>,
 }
 
-pub(crate) struct NodeInner {
-    pub(crate) config: Config,
-    pub(crate) id: String,
-    pub(crate) hub: Hub,
-    pub(crate) broker: Arc<dyn Broker>,
-    pub(crate) verifier: Verifier,
-    pub(crate) default_namespace: NamespaceConfig,
+struct NodeInner {
+    id: String,
+    hub: Hub,
+    broker: Arc<dyn Broker>,
+    access: Access,
     room_locks: Box<[tokio::sync::Mutex<()>]>,
     hasher: RandomState,
 }
@@ -56,7 +56,7 @@ impl std::fmt::Debug for NodeInner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
             .field("id", &self.id)
-            .field("listen", &self.config.listen)
+            .field("listen", &self.access.config().listen)
             .finish_non_exhaustive()
     }
 }
@@ -69,13 +69,64 @@ pub enum NodeError {
     Auth(#[from] crate::auth::AuthConfigError),
 }
 
-/// What a connection's subscription read: the reply's position and, with `since`, whether
-/// and what it recovered.
+/// A connection as a member of rooms: its shared state and who it is.
+#[derive(Debug, Clone, Copy)]
+pub struct Member<'a> {
+    /// The connection's shared state (its queue and holds).
+    pub conn: &'a Arc<ConnShared>,
+    /// Its user.
+    pub user: &'a User,
+}
+
+impl Member<'_> {
+    fn presence(&self) -> PresenceEntry {
+        PresenceEntry {
+            connection: self.conn.id.clone(),
+            user: self.user.id.clone(),
+            info: self.user.info.clone(),
+        }
+    }
+}
+
+/// What a subscription read: the reply's position and, with `since`, whether and what it
+/// recovered.
 #[derive(Debug)]
-pub(crate) struct Subscribed {
-    pub(crate) position: StreamPosition,
-    pub(crate) recovered: Option<bool>,
-    pub(crate) publications: Vec<Arc<crate::broker::Publication>>,
+pub struct Subscribed {
+    /// The room's stream position the reply carries.
+    pub position: StreamPosition,
+    /// With `since`: whether the missed publications could be recovered.
+    pub recovered: Option<bool>,
+    /// With `since` and `recovered`: the missed publications, oldest first.
+    pub publications: Vec<Arc<crate::broker::Publication>>,
+}
+
+/// A publication through the service: the same path for a client's `publish` and the server
+/// API's, so both get the same offsets, history, fan-out and idempotency.
+#[derive(Debug, Clone, Default)]
+pub struct Publish {
+    /// Raw JSON of `data`.
+    pub data: Bytes,
+    /// Raw JSON of the `from` object (`None` for the server API).
+    pub from: Option<Bytes>,
+    /// Delivered live only: not numbered, not stored.
+    pub ephemeral: bool,
+    /// Makes a retried publish a no-op within the room's `history_ttl`.
+    pub idempotency_key: Option<String>,
+    /// A connection that must not receive it live (the publisher with `echo: false`).
+    pub exclude: Option<Arc<str>>,
+}
+
+/// A node's figures for the server API's `info`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeInfo {
+    /// The node's id.
+    pub id: String,
+    /// Open connections on this node.
+    pub connections: usize,
+    /// Users with a connection on this node.
+    pub users: usize,
+    /// Rooms with a local member.
+    pub rooms: usize,
 }
 
 impl Node {
@@ -93,7 +144,7 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let verifier = Verifier::new(&config.auth)?;
         let workers = tokio::runtime::Handle::current().metrics().num_workers();
-        let (sink, receivers) = Dispatchers::new(workers);
+        let (sink, receivers) = dispatch::Dispatchers::new(workers);
         let broker = broker(Arc::new(sink));
         let threshold = config.websocket.compression.threshold.as_usize();
         let hub = Hub::new(threshold);
@@ -102,19 +153,17 @@ impl Node {
             .clone()
             .unwrap_or_else(|| format!("n_{}", crate::ids::random_base62(8)));
         let inner = Arc::new(NodeInner {
-            default_namespace: NamespaceConfig::default(),
             id,
             hub: hub.clone(),
             broker,
-            verifier,
+            access: Access::new(config, verifier),
             room_locks: (0..ROOM_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             hasher: RandomState::new(),
-            config,
         });
         for events in receivers {
-            tokio::spawn(dispatch(hub.clone(), events, threshold));
+            tokio::spawn(dispatch::dispatch(hub.clone(), events, threshold));
         }
         Ok(Node { inner })
     }
@@ -124,7 +173,7 @@ impl Node {
         &self.inner.id
     }
 
-    /// The hub of local rooms.
+    /// The hub of local rooms, members and users.
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
     }
@@ -134,53 +183,14 @@ impl Node {
         &self.inner.broker
     }
 
-    /// The routes of this configuration: the protocol route and, when configured, the echo route.
-    pub fn routes(&self) -> Vec<Route> {
-        let c = &self.inner.config;
-        let mut routes = vec![Route::new(
-            &c.websocket.path,
-            Protocol::new(self.clone()),
-            RouteOptions::from_config(&c.websocket).with_protocols(&[wire::SUBPROTOCOL]),
-        )];
-        if let Some(path) = &c.echo.path {
-            routes.push(Route::new(
-                path,
-                Echo,
-                RouteOptions::from_config(&c.websocket),
-            ));
-        }
-        if let Some(path) = &c.raw_fanout.path {
-            let options = RouteOptions::from_config(&c.websocket);
-            routes.push(Route::new(path, RawFanout, options));
-        }
-        routes
+    /// The access policy.
+    pub fn access(&self) -> &Access {
+        &self.inner.access
     }
 
-    /// A server builder with this node's routes and settings.
-    pub fn server(&self) -> ServerBuilder {
-        let c = &self.inner.config;
-        let mut b = Server::builder(c.listen)
-            .hub(self.inner.hub.clone())
-            .drain_timeout(c.shutdown.drain_timeout)
-            .backlog(c.listen_backlog);
-        for r in self.routes() {
-            b = b.route(r);
-        }
-        b
-    }
-
-    /// The options of `room`'s namespace, or `None` when strict namespaces refuse it.
-    pub(crate) fn namespace(&self, room: &str) -> Option<&NamespaceConfig> {
-        let ns = wire::namespace(room);
-        match self.inner.config.namespace(ns) {
-            Some(n) => Some(n),
-            None if self.inner.config.strict_namespaces
-                && !(ns == "user" && self.inner.config.personal_rooms) =>
-            {
-                None
-            }
-            None => Some(&self.inner.default_namespace),
-        }
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        self.inner.access.config()
     }
 
     fn room_lock(&self, room: &str) -> &tokio::sync::Mutex<()> {
@@ -189,77 +199,181 @@ impl Node {
     }
 
     /// Subscribes a connection to `room` with exact recovery (the procedure in `broker`'s
-    /// module docs). On success the caller queues its reply with
-    /// [`ConnShared::end_subscribe`]; on error this has undone everything.
-    pub(crate) async fn subscribe(
+    /// module docs), then adds it to the room's presence and publishes its `join`.
+    ///
+    /// `reply` makes the frame that must reach the connection before any live event of the
+    /// room (the subscribe reply or `subscribed` push), from what was read; it is queued with
+    /// the held events in order. The namespace's `max_subscribers` is checked and the member
+    /// joined under the room's lock, so concurrent subscribes never pass it on this node. On
+    /// error nothing is left behind.
+    pub async fn subscribe(
         &self,
-        conn: &Arc<ConnShared>,
+        member: Member<'_>,
         room: &Arc<str>,
         since: Option<StreamPosition>,
-    ) -> Result<Subscribed, BrokerError> {
+        reply: impl FnOnce(&Subscribed) -> Option<Bytes>,
+    ) -> Result<Subscribed, Refused> {
+        let read = self.begin_subscribe(member, room, since).await?;
+        let first = reply(&read);
+        self.finish_subscribe(member, room, &read, first).await;
+        Ok(read)
+    }
+
+    /// The first half of [`Node::subscribe`]: the member joins the room with its live events
+    /// held back, and the position or history is read. Call [`Node::finish_subscribe`] next
+    /// (several rooms may be begun before any is finished: the `welcome` of server-side
+    /// subscriptions goes out before the events of any of its rooms). On error nothing is left
+    /// behind.
+    pub async fn begin_subscribe(
+        &self,
+        member: Member<'_>,
+        room: &Arc<str>,
+        since: Option<StreamPosition>,
+    ) -> Result<Subscribed, Refused> {
+        let ns = self.inner.access.room(room)?;
+        let (hub, broker) = (&self.inner.hub, &self.inner.broker);
+        let conn = member.conn;
         conn.begin_subscribe(room);
         let joined = {
             let _guard = self.room_lock(room).lock().await;
-            match self.inner.hub.join(room, conn) {
-                Change::First => match self.inner.broker.subscribe(room).await {
-                    Ok(()) => Ok(()),
-                    Err(e) => {
-                        self.inner.hub.leave(room, conn);
-                        Err(e)
-                    }
+            match self.check_room_size(room, ns).await {
+                Err(e) => Err(e),
+                Ok(()) => match hub.join(room, conn) {
+                    Change::First => match broker.subscribe(room).await {
+                        Ok(()) => Ok(()),
+                        Err(e) => {
+                            hub.leave(room, conn);
+                            Err(Refused::unavailable(&e))
+                        }
+                    },
+                    _ => Ok(()),
                 },
-                _ => Ok(()),
             }
         };
         if let Err(e) = joined {
             conn.end_subscribe(room, None, None);
             return Err(e);
         }
-        let read = match since {
-            None => self
-                .inner
-                .broker
-                .position(room)
-                .await
-                .map(|position| Subscribed {
-                    position,
-                    recovered: None,
-                    publications: Vec::new(),
-                }),
-            Some(since) => match self
-                .inner
-                .broker
-                .history(room, HistoryQuery::recovery(since))
-                .await
-            {
-                Ok(h) if h.recoverable => Ok(Subscribed {
-                    position: h.position,
-                    recovered: Some(true),
-                    publications: h.publications,
-                }),
-                Ok(h) => Ok(Subscribed {
-                    position: h.position,
-                    recovered: Some(false),
-                    publications: Vec::new(),
-                }),
-                Err(BrokerError::EpochMismatch { current, .. }) => Ok(Subscribed {
-                    position: current,
-                    recovered: Some(false),
-                    publications: Vec::new(),
-                }),
-                Err(e) => Err(e),
-            },
-        };
-        if read.is_err() {
-            conn.end_subscribe(room, None, None);
-            self.leave(room, conn).await;
+        match self.read_for_subscribe(room, since).await {
+            Ok(read) => Ok(read),
+            Err(e) => {
+                conn.end_subscribe(room, None, None);
+                self.leave_hub(room, conn).await;
+                Err(Refused::unavailable(&e))
+            }
         }
-        read
+    }
+
+    /// The second half of [`Node::subscribe`]: queues `first`, then the held events past what
+    /// was read, then adds the member to presence and publishes its `join`.
+    pub async fn finish_subscribe(
+        &self,
+        member: Member<'_>,
+        room: &Arc<str>,
+        read: &Subscribed,
+        first: Option<Bytes>,
+    ) {
+        let position = (&read.position.epoch, read.position.offset);
+        member.conn.end_subscribe(room, Some(position), first);
+        if let Some(ns) = self.inner.access.namespace(room) {
+            self.after_join(member, room, ns).await;
+        }
+    }
+
+    /// `limit_exceeded` when `room` already has its namespace's `max_subscribers`.
+    async fn check_room_size(&self, room: &str, ns: &NamespaceConfig) -> Result<(), Refused> {
+        let Some(max) = ns.max_subscribers else {
+            return Ok(());
+        };
+        let page = self
+            .inner
+            .broker
+            .presence_list(room, None, 0)
+            .await
+            .map_err(|e| Refused::unavailable(&e))?;
+        let local = self.inner.hub.members(room).map(|m| m.len()).unwrap_or(0);
+        if page.connections.max(local) >= max {
+            return Err(Refused::limit_exceeded(format!(
+                "room '{room}' has its maximum of {max} subscribers"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn read_for_subscribe(
+        &self,
+        room: &str,
+        since: Option<StreamPosition>,
+    ) -> Result<Subscribed, BrokerError> {
+        let broker = &self.inner.broker;
+        let Some(since) = since else {
+            let position = broker.position(room).await?;
+            return Ok(Subscribed {
+                position,
+                recovered: None,
+                publications: Vec::new(),
+            });
+        };
+        match broker.history(room, HistoryQuery::recovery(since)).await {
+            Ok(h) if h.recoverable => Ok(Subscribed {
+                position: h.position,
+                recovered: Some(true),
+                publications: h.publications,
+            }),
+            Ok(h) => Ok(Subscribed {
+                position: h.position,
+                recovered: Some(false),
+                publications: Vec::new(),
+            }),
+            Err(BrokerError::EpochMismatch { current, .. }) => Ok(Subscribed {
+                position: current,
+                recovered: Some(false),
+                publications: Vec::new(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Presence and the join push after a subscription.
+    async fn after_join(&self, member: Member<'_>, room: &Arc<str>, ns: &NamespaceConfig) {
+        let broker = &self.inner.broker;
+        let id = member.conn.id();
+        if ns.presence
+            && let Err(e) = broker.presence_add(room, member.presence()).await
+        {
+            tracing::warn!(conn = %id, room = %room, error = %e, "presence add failed");
+        }
+        if ns.join_leave
+            && let Err(e) = broker.publish_join(room, member.presence()).await
+        {
+            tracing::warn!(conn = %id, room = %room, error = %e, "join push failed");
+        }
+    }
+
+    /// Removes a connection from `room`: presence, hub membership, then the leave push, so
+    /// whoever sees the `leave` no longer finds the connection in `presence` nor counted
+    /// against `max_subscribers`. The caller forgets the room in the connection's own set.
+    pub async fn unsubscribe(&self, member: Member<'_>, room: &str) {
+        let ns = self.inner.access.namespace(room);
+        let broker = &self.inner.broker;
+        let id = member.conn.id();
+        if ns.is_some_and(|n| n.presence)
+            && let Err(e) = broker.presence_remove(room, &member.conn.id).await
+        {
+            tracing::warn!(conn = %id, room, error = %e, "presence remove failed");
+        }
+        member.conn.forget(room);
+        self.leave_hub(room, member.conn).await;
+        if ns.is_some_and(|n| n.join_leave)
+            && let Err(e) = broker.publish_leave(room, member.presence()).await
+        {
+            tracing::warn!(conn = %id, room, error = %e, "leave push failed");
+        }
     }
 
     /// Removes a connection from `room` on this node, unsubscribing the node when it was the
     /// last local member.
-    pub(crate) async fn leave(&self, room: &str, conn: &ConnShared) {
+    async fn leave_hub(&self, room: &str, conn: &ConnShared) {
         let _guard = self.room_lock(room).lock().await;
         if self.inner.hub.leave(room, conn) == Change::Last
             && let Err(e) = self.inner.broker.unsubscribe(room).await
@@ -267,133 +381,149 @@ impl Node {
             tracing::warn!(room, error = %e, "broker unsubscribe failed");
         }
     }
-}
 
-/// The node's [`NodeSink`]: one channel per dispatcher task, chosen by a hash of the room.
-struct Dispatchers {
-    senders: Box<[mpsc::UnboundedSender<NodeEvent>]>,
-    hasher: RandomState,
-}
-
-impl Dispatchers {
-    /// `n` channels (at least one), and their receiving ends for the dispatcher tasks.
-    fn new(n: usize) -> (Dispatchers, Vec<mpsc::UnboundedReceiver<NodeEvent>>) {
-        let (senders, receivers): (Vec<_>, Vec<_>) =
-            (0..n.max(1)).map(|_| mpsc::unbounded_channel()).unzip();
-        let sink = Dispatchers {
-            senders: senders.into(),
-            hasher: RandomState::new(),
+    /// Publishes to `room` with the namespace's history settings.
+    pub async fn publish(
+        &self,
+        room: &str,
+        publication: Publish,
+    ) -> Result<PublishResult, Refused> {
+        let ns = self.inner.access.room(room)?;
+        let opts = PublishOptions {
+            ephemeral: publication.ephemeral,
+            idempotency_key: publication.idempotency_key,
+            history_size: ns.history_size,
+            history_ttl: ns.history_ttl,
+            exclude: publication.exclude,
         };
-        (sink, receivers)
+        self.inner
+            .broker
+            .publish(room, publication.data, publication.from, opts)
+            .await
+            .map_err(|e| Refused::unavailable(&e))
     }
 
-    fn index(&self, room: &str) -> usize {
-        match self.senders.len() {
-            1 => 0,
-            n => self.hasher.hash_one(room) as usize % n,
+    /// Publishes the same publication to several rooms, one after the other; one result per
+    /// room, in the order given.
+    pub async fn broadcast(
+        &self,
+        rooms: &[&str],
+        publication: Publish,
+    ) -> Vec<Result<PublishResult, Refused>> {
+        let mut results = Vec::with_capacity(rooms.len());
+        for room in rooms {
+            results.push(self.publish(room, publication.clone()).await);
         }
+        results
     }
-}
 
-impl NodeSink for Dispatchers {
-    /// A dropped receiver (the node shutting down) loses the event.
-    fn deliver(&self, event: NodeEvent) {
-        let _ = self.senders[self.index(event.room())].send(event);
-    }
-}
-
-/// Encodes each broker event once and fans it out to the room's local members, in the order
-/// the broker delivered it.
-async fn dispatch(hub: Hub, mut events: mpsc::UnboundedReceiver<NodeEvent>, threshold: usize) {
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    while let Some(event) = events.recv().await {
-        buf.clear();
-        let (room, position, exclude) = match &event {
-            NodeEvent::Publication(p) => {
-                if p.ephemeral {
-                    wire::encode_ephemeral_push_raw(&mut buf, &p.room, &p.data, p.from.as_deref());
-                } else {
-                    wire::encode_message_push_raw(
-                        &mut buf,
-                        &p.room,
-                        &p.epoch,
-                        p.offset,
-                        &p.data,
-                        p.from.as_deref(),
-                    );
+    /// A page of `room`'s presence (`limit` clamped to 1000).
+    pub async fn presence(
+        &self,
+        room: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<PresencePage, Refused> {
+        self.inner.access.room(room)?;
+        self.inner
+            .broker
+            .presence_list(room, cursor, limit.min(1000))
+            .await
+            .map_err(|e| match e {
+                BrokerError::InvalidCursor => {
+                    Refused::bad_request("field 'cursor' is not a cursor this server gave")
                 }
-                (
-                    &p.room,
-                    p.position().map(|_| (&p.epoch, p.offset)),
-                    p.exclude.as_deref(),
-                )
-            }
-            NodeEvent::Join { room, member } | NodeEvent::Leave { room, member } => {
-                let info = member.info.as_deref();
-                let kind = match event {
-                    NodeEvent::Join { .. } => wire::MemberPushKind::Join,
-                    _ => wire::MemberPushKind::Leave,
-                };
-                wire::encode_member_push_raw(
-                    &mut buf,
-                    kind,
-                    room,
-                    &member.user,
-                    &member.connection,
-                    info,
-                );
-                (room, None, Some(&*member.connection))
-            }
+                e => Refused::unavailable(&e),
+            })
+    }
+
+    /// `room`'s history; `limit` defaults to and is clamped at the namespace's `history_size`.
+    pub async fn history(
+        &self,
+        room: &str,
+        since: Option<StreamPosition>,
+        limit: Option<usize>,
+        reverse: bool,
+    ) -> Result<HistoryResult, Refused> {
+        let ns = self.inner.access.room(room)?;
+        let query = HistoryQuery {
+            since,
+            limit: limit.unwrap_or(ns.history_size).min(ns.history_size),
+            reverse,
         };
-        let message = PreparedMessage::new(OpCode::Text, Bytes::copy_from_slice(&buf), threshold);
-        hub.deliver(room, position, &message, exclude);
-        if buf.capacity() > 64 * 1024 {
-            buf = Vec::with_capacity(1024);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::broker::PresenceEntry;
-
-    fn join(room: &str, connection: usize) -> NodeEvent {
-        NodeEvent::Join {
-            room: room.into(),
-            member: PresenceEntry {
-                connection: connection.to_string().into(),
-                user: "".into(),
-                info: None,
-            },
-        }
+        self.inner
+            .broker
+            .history(room, query)
+            .await
+            .map_err(|e| match e {
+                BrokerError::EpochMismatch { since, current } => Refused::bad_request(format!(
+                    "field 'since.epoch': '{since}' is not the room's epoch '{}'",
+                    current.epoch
+                )),
+                e => Refused::unavailable(&e),
+            })
     }
 
-    #[test]
-    fn dispatchers_keep_each_room_on_one_channel_in_order_and_spread_rooms() {
-        let (sink, mut receivers) = Dispatchers::new(8);
-        for i in 0..10 {
-            for r in 0..64 {
-                sink.deliver(join(&format!("room:{r}"), i));
+    /// Drops `room`'s history; the stream gets a new epoch (clients then cannot recover
+    /// across it and are told `recovered: false`).
+    pub async fn history_remove(&self, room: &str) -> Result<(), Refused> {
+        self.inner.access.room(room)?;
+        self.inner
+            .broker
+            .remove_history(room)
+            .await
+            .map(|_| ())
+            .map_err(|e| Refused::unavailable(&e))
+    }
+
+    /// Asks every local connection of `user` to subscribe to `room` (each sends its client a
+    /// `subscribed` push). Returns how many connections were asked.
+    pub fn subscribe_user(&self, user: &str, room: &str) -> Result<usize, Refused> {
+        self.inner.access.room(room)?;
+        Ok(self.post_user(user, || Control::Subscribe(room.into())))
+    }
+
+    /// Asks every local connection of `user` to unsubscribe from `room`.
+    pub fn unsubscribe_user(&self, user: &str, room: &str) -> Result<usize, Refused> {
+        crate::access::valid_room(room)?;
+        Ok(self.post_user(user, || Control::Unsubscribe(room.into())))
+    }
+
+    /// Closes every local connection of `user` with `disconnect`.
+    pub fn disconnect_user(&self, user: &str, disconnect: Disconnect) -> usize {
+        let conns = self.inner.hub.connections_of(user);
+        for conn in &conns {
+            self.inner.hub.disconnect(conn, disconnect.clone());
+        }
+        conns.len()
+    }
+
+    fn post_user(&self, user: &str, control: impl Fn() -> Control) -> usize {
+        let mut posted = 0;
+        for conn in self.inner.hub.connections_of(user) {
+            match self.inner.hub.post(&conn, control()) {
+                Ok(()) => posted += 1,
+                Err(c) => {
+                    tracing::warn!(conn = %conn.id(), control = ?c, "control inbox full or closed")
+                }
             }
         }
-        let mut channel_of = std::collections::HashMap::new();
-        for (c, rx) in receivers.iter_mut().enumerate() {
-            let mut next = std::collections::HashMap::new();
-            while let Ok(NodeEvent::Join { room, member }) = rx.try_recv() {
-                assert_eq!(*channel_of.entry(room.clone()).or_insert(c), c, "{room}");
-                let expected = next.entry(room.clone()).or_insert(0);
-                assert_eq!(
-                    &*member.connection,
-                    expected.to_string(),
-                    "{room} out of order"
-                );
-                *expected += 1;
-            }
-            assert!(next.values().all(|n| *n == 10), "every event arrives");
+        posted
+    }
+
+    /// Rooms with local members whose name starts with `prefix`, with their member counts.
+    pub fn rooms(&self, prefix: &str) -> Vec<(Arc<str>, usize)> {
+        self.inner.hub.rooms(prefix)
+    }
+
+    /// This node's figures.
+    pub fn info(&self) -> NodeInfo {
+        let hub = &self.inner.hub;
+        NodeInfo {
+            id: self.inner.id.clone(),
+            connections: hub.connection_count(),
+            users: hub.user_count(),
+            rooms: hub.room_count(),
         }
-        assert_eq!(channel_of.len(), 64);
-        let used: std::collections::HashSet<_> = channel_of.values().collect();
-        assert!(used.len() > 1, "64 rooms all on one of 8 dispatchers");
     }
 }

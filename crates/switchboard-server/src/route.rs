@@ -22,7 +22,8 @@ use tracing::Instrument;
 
 use crate::{
     config::WebSocketConfig,
-    handler::{ConnShared, Connection, Handler, Refusal, UpgradeContext, User},
+    conn::ConnShared,
+    handler::{Connection, Handler, Refusal, UpgradeContext, User},
     hub::Hub,
     transport::{registry::Registry, ws},
 };

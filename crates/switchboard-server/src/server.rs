@@ -23,6 +23,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::Service;
 
 use crate::{
+    broker::Broker,
     hub::Hub,
     route::{PeerAddr, Route, RouteContext, json_response},
     transport::registry::{Registry, run_sweeper},
@@ -44,6 +45,8 @@ pub struct Server {
 #[derive(Debug, Default)]
 struct Health {
     ready: AtomicBool,
+    /// Asked on every `/readyz`: a node whose broker cannot serve is not ready.
+    broker: Option<Arc<dyn Broker>>,
 }
 
 /// Builds a [`Server`] from routes.
@@ -54,6 +57,7 @@ pub struct ServerBuilder {
     http: Option<Router>,
     drain_timeout: Duration,
     hub: Hub,
+    broker: Option<Arc<dyn Broker>>,
     backlog: u32,
 }
 
@@ -66,6 +70,7 @@ impl Server {
             http: None,
             drain_timeout: Duration::from_secs(10),
             hub: Hub::new(128),
+            broker: None,
             backlog: 1024,
         }
     }
@@ -196,6 +201,12 @@ impl ServerBuilder {
         self
     }
 
+    /// `/readyz` answers 503 while this broker's [`Broker::ready`] fails.
+    pub fn broker(mut self, broker: Arc<dyn Broker>) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
     /// The accept queue length (`listen(2)` backlog). Default 1024: connection bursts
     /// beyond the kernel's usual 128 would otherwise wait a second for a SYN retry.
     pub fn backlog(mut self, backlog: u32) -> Self {
@@ -215,7 +226,10 @@ impl ServerBuilder {
         let listener = socket.listen(self.backlog)?;
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let health = Arc::new(Health::default());
+        let health = Arc::new(Health {
+            ready: AtomicBool::new(false),
+            broker: self.broker.clone(),
+        });
         let mut sweeps = Vec::new();
         let mut router = Router::new()
             .route(
@@ -270,14 +284,21 @@ impl ServerBuilder {
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> axum::response::Response {
-    if health.ready.load(Ordering::Relaxed) {
-        json_response(StatusCode::OK, &serde_json::json!({"status": "ready"}))
-    } else {
-        json_response(
+    if !health.ready.load(Ordering::Relaxed) {
+        return json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({"status": "not_ready"}),
-        )
+        );
     }
+    if let Some(broker) = &health.broker
+        && let Err(e) = broker.ready().await
+    {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "not_ready", "reason": format!("broker: {e}")}),
+        );
+    }
+    json_response(StatusCode::OK, &serde_json::json!({"status": "ready"}))
 }
 
 /// Completes on SIGTERM or SIGINT. The handlers are installed when this is called, not when

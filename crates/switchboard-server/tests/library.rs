@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use switchboard_client::{WsOptions, WsStream};
 use switchboard_protocol::{CloseCode, codec::Message, frame::OpCode};
 use switchboard_server::{
-    Accepted, CloseFrame, Connection, Handler, Incoming, Refusal, Route, RouteOptions, Server,
-    StatusCode, UpgradeContext, User,
+    Accepted, CloseFrame, Connection, Disconnect, Handler, Incoming, Refusal, Route, RouteOptions,
+    Server, StatusCode, UpgradeContext, User,
 };
 
 /// Who closed, with which code.
@@ -45,7 +45,9 @@ impl Handler for Relay {
 
     async fn on_message(&self, conn: &mut Connection<()>, message: Incoming) {
         match &message {
-            Incoming::Text(t) if t.as_str() == "bye" => conn.close(4003, "asked to leave"),
+            Incoming::Text(t) if t.as_str() == "bye" => {
+                conn.close(Disconnect::DISCONNECTED.with_reason("asked to leave"))
+            }
             Incoming::Text(t) if t.as_str() == "rooms" => {
                 let rooms: Vec<_> = conn.rooms().map(str::to_string).collect();
                 conn.send_text(&rooms.join(","));
@@ -237,8 +239,12 @@ async fn a_message_larger_than_the_outbound_bound_leaves_room_for_a_pong() {
     let mut options = RouteOptions::default();
     options.max_message_size = 16 << 20;
     options.outbound_queue = 64 * 1024;
-    let serving =
-        Serving::start(Route::new("/echo", switchboard_server::echo::Echo, options)).await;
+    let serving = Serving::start(Route::new(
+        "/echo",
+        switchboard_server::builtin::Echo,
+        options,
+    ))
+    .await;
     let url = format!("ws://{}/echo", serving.addr);
 
     let plain = WsOptions {

@@ -416,6 +416,12 @@ where
     }
 }
 
+impl fmt::Debug for dyn Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Broker")
+    }
+}
+
 /// Why a broker call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -248,6 +248,11 @@ impl Outbound {
         inner.waker = None;
     }
 
+    /// Whether the connection is closing or closed (pushes are refused).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().state != State::Open
+    }
+
     /// Bytes queued and not yet written.
     pub(crate) fn queued_bytes(&self) -> usize {
         self.lock().bytes

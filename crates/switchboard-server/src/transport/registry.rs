@@ -26,11 +26,11 @@ use std::{
 };
 
 use bytes::Bytes;
-use switchboard_protocol::codec::DecoderConfig;
+use switchboard_protocol::{Disconnect, codec::DecoderConfig};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::handler::ConnShared;
+use crate::conn::ConnShared;
 
 /// Shards of the registry: the sweeper visits one per tick.
 pub(crate) const SHARDS: usize = 16;
@@ -38,20 +38,6 @@ pub(crate) const SHARDS: usize = 16;
 /// A server ping with an empty payload: the same two bytes for every connection, compressed
 /// or not (control frames are never compressed).
 static PING: &[u8] = &[0x89, 0x00];
-
-/// Close codes the sweeper asks for.
-pub(crate) const GOING_AWAY: u16 = 1001;
-/// No frame from the peer within the idle timeout.
-pub(crate) const IDLE_TIMEOUT: u16 = 4504;
-
-/// The reason sent with a close the server asked for.
-pub(crate) fn close_reason(code: u16) -> &'static str {
-    match code {
-        GOING_AWAY => "server shutting down",
-        IDLE_TIMEOUT => "idle timeout",
-        _ => "",
-    }
-}
 
 /// The connections of one route on one server, and what they share.
 #[derive(Debug, Default)]
@@ -132,7 +118,7 @@ impl Registry {
             conn.outbound.trim();
             conn.arm_deadline_before(horizon);
             if conn.visit() >= max_missed {
-                conn.request_close(IDLE_TIMEOUT);
+                conn.request_close_code(Disconnect::IDLE_TIMEOUT.code.0);
             } else {
                 conn.outbound.push_ping(Bytes::from_static(PING));
             }
@@ -144,7 +130,7 @@ impl Registry {
         self.closing.store(true, Ordering::Release);
         for s in 0..SHARDS {
             for conn in self.shard(s).iter() {
-                conn.request_close(GOING_AWAY);
+                conn.request_close_code(Disconnect::GOING_AWAY.code.0);
             }
         }
     }

@@ -22,7 +22,7 @@ use std::{
 
 use bytes::{Buf, Bytes, BytesMut};
 use switchboard_protocol::{
-    CloseCode, CloseFrame, ProtocolError, Role,
+    CloseFrame, Disconnect, ProtocolError, Role,
     codec::{Decoder, DecoderConfig, Message},
     deflate::DeflateParams,
     frame::OpCode,
@@ -32,10 +32,7 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-use super::{
-    outbound::Overflowed,
-    registry::{self, Registry},
-};
+use super::{outbound::Overflowed, registry::Registry};
 use crate::handler::{Connection, Handler, Incoming};
 
 /// Bytes read per wake-up at most.
@@ -120,7 +117,13 @@ pub(crate) fn run<H: Handler>(
     // arguments into locals and keep both copies for the task's whole life.
     async move {
         if registry.insert(&ws.conn.shared) {
-            ws.conn.shared.request_close(registry::GOING_AWAY);
+            ws.conn
+                .shared
+                .request_close_code(Disconnect::GOING_AWAY.code.0);
+        }
+        // The user index: how the server API reaches every connection of a user.
+        if let Some(hub) = &ws.conn.hub {
+            hub.add_connection(&ws.conn.user.id, &ws.conn.shared);
         }
         Box::pin(handler.on_connect(&mut ws.conn)).await;
         let end = loop {
@@ -149,11 +152,13 @@ pub(crate) fn run<H: Handler>(
 
             // The server (shutdown, idle timeout) or a hook asked to close.
             if ws.sent_close.is_none() {
-                if let Some(code) = ws.conn.shared.take_close_request() {
-                    if code == registry::IDLE_TIMEOUT {
-                        tracing::debug!("idle timeout");
-                    }
-                    ws.conn.close(code, registry::close_reason(code));
+                if let Some(disconnect) = ws.conn.shared.take_close_request() {
+                    tracing::debug!(%disconnect, "closing as asked");
+                    ws.conn.close(disconnect);
+                }
+                // Requests of other tasks (the server API, per-user commands).
+                if ws.conn.shared.has_control() {
+                    Box::pin(drain_controls(&*handler, &mut ws.conn)).await;
                 }
                 if let Some(frame) = ws.conn.close.take() {
                     send_close(&mut ws.conn, Some(&*frame));
@@ -212,6 +217,16 @@ pub(crate) fn run<H: Handler>(
     }
 }
 
+/// Hands every request waiting in the connection's control inbox to the handler, in order.
+async fn drain_controls<H: Handler>(handler: &H, conn: &mut Connection<H::State>) {
+    let Some(hub) = conn.hub.clone() else {
+        return;
+    };
+    for control in hub.take_controls(&conn.shared) {
+        handler.on_control(conn, control).await;
+    }
+}
+
 /// After the connection loop: the handler's `on_close`, the rooms it did not leave, and the
 /// end of the TCP connection.
 async fn finish<H: Handler>(handler: &H, ws: Ws<H::State>, registry: &Registry, end: End) {
@@ -220,6 +235,9 @@ async fn finish<H: Handler>(handler: &H, ws: Ws<H::State>, registry: &Registry, 
     } = ws;
     conn.shared.outbound.close();
     registry.remove(&conn.shared);
+    if let Some(hub) = &conn.hub {
+        hub.remove_connection(&conn.user.id, &conn.shared);
+    }
     let close = match &end {
         End::Closed(f) => f.as_deref().cloned(),
         End::Abnormal => None,
@@ -269,7 +287,8 @@ impl<S: Send + 'static> Ws<S> {
             outbound.poll_ready(cx).is_ready()
         };
         // A close request wakes the task through the queue's waker, registered above.
-        if output || (self.sent_close.is_none() && self.conn.shared.has_close_request()) {
+        let asked = self.conn.shared.has_close_request() || self.conn.shared.has_control();
+        if output || (self.sent_close.is_none() && asked) {
             return Poll::Ready(Event::Output);
         }
         Poll::Pending
@@ -359,7 +378,7 @@ impl<S: Send + 'static> Ws<S> {
             queued = self.conn.shared.outbound.queued_bytes(),
             "slow consumer, closing with 4500"
         );
-        let frame = CloseFrame::new(CloseCode(4500), "slow consumer");
+        let frame = Disconnect::SLOW_CONSUMER.close_frame();
         let mut buf = BytesMut::new();
         for piece in rest {
             buf.extend_from_slice(&piece);
@@ -519,7 +538,7 @@ mod tests {
     use switchboard_protocol::codec::Encoder;
 
     use super::*;
-    use crate::handler::{ConnShared, User};
+    use crate::{conn::ConnShared, handler::User};
 
     /// What an idle connection costs is mostly this future (tokio adds about 100 bytes and
     /// rounds the task up to a multiple of 128): keep an eye on it.
@@ -540,7 +559,7 @@ mod tests {
             state: (),
         };
         let task = run(
-            Arc::new(crate::echo::Echo),
+            Arc::new(crate::builtin::Echo),
             stream,
             Bytes::new(),
             conn,

@@ -1,4 +1,5 @@
-//! The hub: this node's registry of rooms and their local members.
+//! The hub: this node's registry of rooms and their local members, of users and their local
+//! connections (`users`), and the dispatchers that fan broker events out to them (`dispatch`).
 //!
 //! The hub is local and says so: it knows the connections of this node only. Delivery across
 //! nodes goes through the broker, which hands each publication to the hub of every node
@@ -15,9 +16,12 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use switchboard_protocol::PreparedMessage;
+use switchboard_protocol::{Disconnect, PreparedMessage};
 
-use crate::handler::ConnShared;
+use crate::conn::{ConnShared, Control};
+
+pub(crate) mod dispatch;
+pub mod users;
 
 const SHARDS: usize = 64;
 
@@ -35,6 +39,7 @@ struct Inner {
     shards: Box<[Shard]>,
     hasher: RandomState,
     threshold: usize,
+    users: users::Users,
 }
 
 /// What a join or leave did to the room on this node.
@@ -59,6 +64,7 @@ impl Hub {
                 shards,
                 hasher: RandomState::new(),
                 threshold,
+                users: users::Users::default(),
             }),
         }
     }
@@ -148,6 +154,54 @@ impl Hub {
             }
         }
         sent
+    }
+
+    /// Registers an open connection of `user` (`""`: anonymous) in the user index; returns
+    /// how many connections the user now has on this node.
+    pub fn add_connection(&self, user: &Arc<str>, conn: &Arc<ConnShared>) -> usize {
+        self.inner.users.add(user, conn)
+    }
+
+    /// Removes a connection registered with [`Hub::add_connection`].
+    pub fn remove_connection(&self, user: &str, conn: &ConnShared) {
+        self.inner.users.remove(user, conn)
+    }
+
+    /// Puts a request in `conn`'s control inbox and wakes its task; refused (given back) when
+    /// the inbox is full ([`users::INBOX_LIMIT`]) or the connection is closing.
+    pub fn post(&self, conn: &ConnShared, control: Control) -> Result<(), Control> {
+        self.inner.users.post(conn, control)
+    }
+
+    /// Takes every request waiting in `conn`'s inbox, oldest first (its task calls this).
+    pub(crate) fn take_controls(&self, conn: &ConnShared) -> Vec<Control> {
+        self.inner.users.take_controls(conn)
+    }
+
+    /// Closes `conn` with `disconnect`: a row of the close-code table is a flag on the
+    /// connection; a close with a reason of its own waits in its inbox.
+    pub fn disconnect(&self, conn: &ConnShared, disconnect: Disconnect) {
+        if disconnect == Disconnect::from_code(disconnect.code.0) {
+            conn.request_close_code(disconnect.code.0);
+        } else if let Err(Control::Close(d)) = self.post(conn, Control::Close(disconnect)) {
+            // A full inbox: close all the same, with the table's reason.
+            conn.request_close_code(d.code.0);
+        }
+    }
+
+    /// The connections of `user` on this node (a snapshot).
+    pub fn connections_of(&self, user: &str) -> Vec<Arc<ConnShared>> {
+        self.inner.users.connections_of(user)
+    }
+
+    /// Open connections on this node (those registered with [`Hub::add_connection`]).
+    pub fn connection_count(&self) -> usize {
+        self.inner.users.connection_count()
+    }
+
+    /// Users with at least one connection on this node.
+    pub fn user_count(&self) -> usize {
+        self.inner.users.user_count()
     }
 
     /// Number of rooms with local members.

@@ -1,0 +1,54 @@
+//! Assembly: the routes a node's configuration serves and the server that serves them.
+//!
+//! The node is the service and knows no route; the v1 protocol and the built-in routes are
+//! handlers over it; this module puts them on their paths. The HTTP server API, SSE and the
+//! metrics endpoint join the same server here (`ServerBuilder::http`).
+
+use switchboard_protocol::wire;
+
+use crate::{
+    Route, RouteOptions,
+    builtin::{Echo, RawFanout},
+    node::Node,
+    server::{Server, ServerBuilder},
+    v1::Protocol,
+};
+
+impl Node {
+    /// The routes of this configuration: the protocol route and, when configured, the echo
+    /// and raw fan-out routes.
+    pub fn routes(&self) -> Vec<Route> {
+        let c = self.config();
+        let mut routes = vec![Route::new(
+            &c.websocket.path,
+            Protocol::new(self.clone()),
+            RouteOptions::from_config(&c.websocket).with_protocols(&[wire::SUBPROTOCOL]),
+        )];
+        if let Some(path) = &c.echo.path {
+            routes.push(Route::new(
+                path,
+                Echo,
+                RouteOptions::from_config(&c.websocket),
+            ));
+        }
+        if let Some(path) = &c.raw_fanout.path {
+            let options = RouteOptions::from_config(&c.websocket);
+            routes.push(Route::new(path, RawFanout, options));
+        }
+        routes
+    }
+
+    /// A server builder with this node's routes and settings; `/readyz` asks the broker.
+    pub fn server(&self) -> ServerBuilder {
+        let c = self.config();
+        let mut b = Server::builder(c.listen)
+            .hub(self.hub().clone())
+            .broker(self.broker().clone())
+            .drain_timeout(c.shutdown.drain_timeout)
+            .backlog(c.listen_backlog);
+        for r in self.routes() {
+            b = b.route(r);
+        }
+        b
+    }
+}
