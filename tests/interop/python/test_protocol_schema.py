@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from typing import Any
 
 import pytest
 
 from protocol_schema import (
+    SEMANTIC_BAD_REQUESTS,
     TRANSCRIPT_DIR,
     Conversation,
     Schemas,
@@ -453,6 +455,61 @@ def test_transcript_closes_use_the_close_code_table():
         assert close["code"] in rows, f"close {close} is not in close-codes.json"
         if "reason" in rows[close["code"]]:
             assert close["reason"] == rows[close["code"]]["reason"], close
+
+
+# -------------------------------------------------------------------------------------------
+# The examples of docs/protocol.md.
+
+
+def protocol_examples() -> list[tuple[int, str, Any, dict | None]]:
+    """(line, arrow, message, the server's answer right after it) for every one-line example
+    of docs/protocol.md that is whole JSON (`→` client, `←` server); examples with `…` or with
+    a duplicate field are left out."""
+
+    def no_duplicates(pairs):
+        keys = [k for k, _ in pairs]
+        if len(keys) != len(set(keys)):
+            raise ValueError("duplicate field")
+        return dict(pairs)
+
+    found = []
+    lines = (TRANSCRIPT_DIR.parents[1] / "protocol.md").read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text.startswith(("→ ", "← ")):
+            continue
+        try:
+            message = json.loads(text[2:], object_pairs_hook=no_duplicates)
+        except ValueError:
+            continue
+        found.append([number, text[0], message, None])
+    for earlier, later in zip(found, found[1:], strict=False):
+        # The answer is the line right after the command (or the one after that).
+        if earlier[1] == "→" and later[1] == "←" and later[0] - earlier[0] <= 2:
+            earlier[3] = later[2]
+    return [tuple(f) for f in found]
+
+
+def test_protocol_examples_are_valid_against_the_schemas(schemas):
+    """Every whole example: a command is valid unless the answer shown refuses its form."""
+    examples = protocol_examples()
+    assert len(examples) >= 40, f"only {len(examples)} examples found in docs/protocol.md"
+    for number, arrow, message, answer in examples:
+        where = f"docs/protocol.md:{number}: {json.dumps(message)}"
+        if arrow == "←":
+            assert schemas.errors("server", message) == [], where
+            continue
+        refused_form = (
+            isinstance(answer, dict)
+            and answer.get("type") == "error"
+            and answer.get("code") in ("bad_request", "unknown_type")
+            and not answer.get("message", "").startswith(SEMANTIC_BAD_REQUESTS)
+        )
+        errors = schemas.errors("client", message)
+        if refused_form:
+            assert errors, f"{where}: the server refuses its form, the schema accepts it"
+        else:
+            assert errors == [], f"{where}: {errors}"
 
 
 # -------------------------------------------------------------------------------------------
