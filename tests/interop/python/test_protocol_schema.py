@@ -437,7 +437,10 @@ def test_transcript_closes_use_the_close_code_table():
         if isinstance(value, dict):
             if isinstance(value.get("code"), int):
                 rows[value["code"]] = value
-            for v in value.values():
+            for k, v in value.items():
+                # A table keyed by code: {"4501": {"name": …, "reason": …}}.
+                if k.isdigit() and isinstance(v, dict):
+                    rows.setdefault(int(k), v)
                 collect(v)
         elif isinstance(value, list):
             for v in value:
