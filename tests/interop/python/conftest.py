@@ -2,11 +2,17 @@
 
 The suite talks to a running `switchboard serve --echo /echo` whose base URL is in the
 environment variable SWITCHBOARD_URL (for example http://127.0.0.1:8080); scripts/test starts
-the server and sets it. SWITCHBOARD_ECHO_PATH names the echo route (default /echo).
+the server and sets it. SWITCHBOARD_ECHO_PATH names the echo route (default /echo),
+SWITCHBOARD_WS_PATH the protocol route (default /ws).
+
+The protocol tests mint their tokens with the development-mode secret of that server, which it
+keeps in `.switchboard/dev-secret` in its working directory: scripts/test runs it in
+target/interop/, the default here; SWITCHBOARD_DEV_SECRET_FILE names another file.
 """
 
 import os
 import urllib.parse
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +47,27 @@ def echo_path() -> str:
 def echo_url(server, echo_path) -> str:
     host, port = server
     return f"ws://{host}:{port}{echo_path}"
+
+
+@pytest.fixture(scope="session")
+def ws_url(server) -> str:
+    """The protocol route."""
+    host, port = server
+    return f"ws://{host}:{port}{os.environ.get('SWITCHBOARD_WS_PATH', '/ws')}"
+
+
+@pytest.fixture(scope="session")
+def dev_secret() -> str:
+    """The server's development-mode token secret (its UTF-8 text is the HMAC key)."""
+    default = Path(__file__).resolve().parents[3] / "target/interop/.switchboard/dev-secret"
+    path = Path(os.environ.get("SWITCHBOARD_DEV_SECRET_FILE") or default)
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise pytest.UsageError(
+            f"no dev secret at {path}: run the server in development mode in target/interop/ "
+            "(scripts/test does) or set SWITCHBOARD_DEV_SECRET_FILE to its .switchboard/dev-secret"
+        ) from None
+    if not secret:
+        raise pytest.UsageError(f"the dev secret file {path} is empty")
+    return secret
