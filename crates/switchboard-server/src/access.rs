@@ -220,3 +220,212 @@ fn truncate(s: &str) -> &str {
     }
     &s[..end]
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::auth::{HmacAlgorithm, MintClaims, mint};
+
+    const SECRET: &str = "switchboard-access-tests-secret-0123456789";
+
+    fn access(configure: impl FnOnce(&mut Config)) -> Access {
+        let mut config = Config::default();
+        config.auth.secret = Some(SECRET.into());
+        configure(&mut config);
+        let verifier = Verifier::new(&config.auth).unwrap();
+        Access::new(config, verifier)
+    }
+
+    fn user(id: &str, rooms: &[&str]) -> User {
+        User {
+            id: Arc::from(id),
+            rooms: rooms.iter().map(|r| r.to_string()).collect(),
+            ..User::default()
+        }
+    }
+
+    fn ns(subscribe: SubscribePolicy, publish: PublishPolicy) -> NamespaceConfig {
+        NamespaceConfig {
+            subscribe,
+            publish,
+            ..NamespaceConfig::default()
+        }
+    }
+
+    fn code(r: Result<&NamespaceConfig, Refused>) -> Option<&'static str> {
+        r.err().map(|e| e.code.as_str())
+    }
+
+    const SUB: Action<'static> = Action::Subscribe { token: None };
+
+    #[tokio::test]
+    async fn personal_rooms_belong_to_their_user_only() {
+        let a = access(|_| {});
+        let alice = user("alice", &[]);
+        assert_eq!(code(a.check(&alice, "user:alice", SUB).await), None);
+        assert_eq!(
+            code(a.check(&alice, "user:bob", SUB).await),
+            Some("forbidden")
+        );
+        assert_eq!(
+            code(a.check(&user("", &[]), "user:alice", SUB).await),
+            Some("forbidden"),
+            "anonymous connections have no personal room"
+        );
+        // A claim never grants another user's personal room, nor publishing to one's own.
+        let claims_bob = user("alice", &["user:bob"]);
+        assert_eq!(
+            code(
+                a.check(&claims_bob, "user:bob", Action::ClaimSubscribe)
+                    .await
+            ),
+            Some("forbidden")
+        );
+        let publish = Action::Publish { subscribed: true };
+        assert_eq!(
+            code(a.check(&alice, "user:alice", publish).await),
+            Some("forbidden")
+        );
+        assert_eq!(a.personal_room(&alice).as_deref(), Some("user:alice"));
+        assert_eq!(a.personal_room(&user("", &[])), None);
+        // Off: `user:` is a namespace like any other.
+        let off = access(|c| c.personal_rooms = false);
+        assert!(!off.is_personal("user:bob"));
+        assert_eq!(code(off.check(&alice, "user:bob", SUB).await), None);
+    }
+
+    #[tokio::test]
+    async fn subscribe_policies() {
+        let a = access(|c| {
+            c.namespaces.insert(
+                "open".into(),
+                ns(SubscribePolicy::Anyone, PublishPolicy::None),
+            );
+            c.namespaces.insert(
+                "auth".into(),
+                ns(SubscribePolicy::Authenticated, PublishPolicy::Subscribers),
+            );
+            c.namespaces.insert(
+                "tok".into(),
+                ns(SubscribePolicy::Token, PublishPolicy::None),
+            );
+            c.namespaces.insert(
+                "claim".into(),
+                ns(SubscribePolicy::Claim, PublishPolicy::None),
+            );
+        });
+        let anon = user("", &[]);
+        let alice = user("alice", &["claim:a"]);
+        assert_eq!(code(a.check(&anon, "open:x", SUB).await), None);
+        assert_eq!(code(a.check(&anon, "auth:x", SUB).await), Some("forbidden"));
+        assert_eq!(code(a.check(&alice, "auth:x", SUB).await), None);
+        assert_eq!(code(a.check(&alice, "claim:a", SUB).await), None);
+        assert_eq!(
+            code(a.check(&alice, "claim:b", SUB).await),
+            Some("forbidden")
+        );
+
+        // Subscription tokens: missing, for another room, for this room.
+        let refused = a.check(&alice, "tok:x", SUB).await.unwrap_err();
+        assert!(refused.message.contains("'token'"), "{refused}");
+        let token = |room: &str| {
+            mint(
+                SECRET.as_bytes(),
+                HmacAlgorithm::HS256,
+                &MintClaims {
+                    sub: "alice".into(),
+                    ttl: Some(std::time::Duration::from_secs(60)),
+                    room: Some(room.into()),
+                    ..MintClaims::default()
+                },
+            )
+        };
+        let other = token("tok:y");
+        let action = Action::Subscribe {
+            token: Some(&other),
+        };
+        let refused = a.check(&alice, "tok:x", action).await.unwrap_err();
+        assert!(
+            refused.message.starts_with("subscription token refused"),
+            "{refused}"
+        );
+        let right = token("tok:x");
+        let action = Action::Subscribe {
+            token: Some(&right),
+        };
+        assert_eq!(code(a.check(&alice, "tok:x", action).await), None);
+    }
+
+    #[tokio::test]
+    async fn publish_presence_and_history_rules() {
+        let a = access(|c| {
+            c.namespaces.insert(
+                "feed".into(),
+                ns(SubscribePolicy::Anyone, PublishPolicy::None),
+            );
+            c.namespaces.insert(
+                "board".into(),
+                ns(SubscribePolicy::Anyone, PublishPolicy::Authenticated),
+            );
+            let mut quiet = NamespaceConfig::default();
+            quiet.presence = false;
+            c.namespaces.insert("quiet".into(), quiet);
+        });
+        let alice = user("alice", &[]);
+        let anon = user("", &[]);
+        let publish = |subscribed| Action::Publish { subscribed };
+        assert_eq!(
+            code(a.check(&alice, "chat:x", publish(false)).await),
+            Some("not_subscribed")
+        );
+        assert_eq!(code(a.check(&alice, "chat:x", publish(true)).await), None);
+        assert_eq!(
+            code(a.check(&alice, "feed:x", publish(true)).await),
+            Some("forbidden")
+        );
+        assert_eq!(code(a.check(&alice, "board:x", publish(false)).await), None);
+        assert_eq!(
+            code(a.check(&anon, "board:x", publish(false)).await),
+            Some("forbidden")
+        );
+        let presence = |subscribed| Action::Presence { subscribed };
+        assert_eq!(
+            code(a.check(&alice, "chat:x", presence(false)).await),
+            Some("not_subscribed")
+        );
+        assert_eq!(
+            code(a.check(&alice, "quiet:x", presence(true)).await),
+            Some("forbidden")
+        );
+        let history = |subscribed| Action::History { subscribed };
+        assert_eq!(
+            code(a.check(&alice, "chat:x", history(false)).await),
+            Some("not_subscribed")
+        );
+        assert_eq!(code(a.check(&alice, "chat:x", history(true)).await), None);
+    }
+
+    #[tokio::test]
+    async fn rooms_and_strict_namespaces() {
+        let strict = access(|c| {
+            c.strict_namespaces = true;
+            c.namespaces
+                .insert("chat".into(), NamespaceConfig::default());
+        });
+        let alice = user("alice", &[]);
+        assert_eq!(
+            code(strict.check(&alice, "game:1", SUB).await),
+            Some("unknown_namespace")
+        );
+        assert_eq!(code(strict.check(&alice, "chat:1", SUB).await), None);
+        // Personal rooms are served even when their namespace is not listed.
+        assert_eq!(code(strict.check(&alice, "user:alice", SUB).await), None);
+        assert_eq!(code(strict.check(&alice, "", SUB).await), Some("bad_room"));
+        let long = "é".repeat(200);
+        let refused = strict.room(&long).unwrap_err();
+        assert_eq!(refused.code.as_str(), "bad_room");
+        assert!(refused.message.len() < 120, "{refused}");
+    }
+}

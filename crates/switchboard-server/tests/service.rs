@@ -8,7 +8,7 @@ use switchboard_protocol::codec::Message;
 use switchboard_server::{
     Disconnect, Node,
     auth::{HmacAlgorithm, MintClaims, mint},
-    config::Config,
+    config::{Config, NamespaceConfig},
 };
 
 const SECRET: &str = "switchboard-service-tests-secret-0123456789";
@@ -24,6 +24,12 @@ async fn start() -> Running {
     let mut config = Config::default();
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.auth.secret = Some(SECRET.into());
+    // Join and leave pushes are not what this test is about: keep the streams to the pushes
+    // of the commands.
+    config.personal_rooms = false;
+    let mut news = NamespaceConfig::default();
+    news.join_leave = false;
+    config.namespaces.insert("news".into(), news);
     let node = Node::new(config).unwrap();
     let server = node.server().bind().await.unwrap();
     let addr = server.local_addr().unwrap();
@@ -47,7 +53,9 @@ async fn connect(running: &Running, user: &str) -> WsStream {
         },
     );
     let url = format!("ws://{}/ws?token={token}", running.addr);
-    let mut ws = WsStream::connect(&url, &WsOptions::default()).await.unwrap();
+    let mut ws = WsStream::connect(&url, &WsOptions::default())
+        .await
+        .unwrap();
     assert_eq!(json(&mut ws).await["type"], "welcome");
     ws
 }
