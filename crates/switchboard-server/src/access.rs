@@ -369,8 +369,10 @@ mod tests {
                 "board".into(),
                 ns(SubscribePolicy::Anyone, PublishPolicy::Authenticated),
             );
-            let mut quiet = NamespaceConfig::default();
-            quiet.presence = false;
+            let quiet = NamespaceConfig {
+                presence: false,
+                ..NamespaceConfig::default()
+            };
             c.namespaces.insert("quiet".into(), quiet);
         });
         let alice = user("alice", &[]);

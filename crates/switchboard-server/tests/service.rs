@@ -21,14 +21,18 @@ struct Running {
 }
 
 async fn start() -> Running {
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.auth.secret = Some(SECRET.into());
     // Join and leave pushes are not what this test is about: keep the streams to the pushes
     // of the commands.
-    config.personal_rooms = false;
-    let mut news = NamespaceConfig::default();
-    news.join_leave = false;
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        personal_rooms: false,
+        ..Config::default()
+    };
+    config.auth.secret = Some(SECRET.into());
+    let news = NamespaceConfig {
+        join_leave: false,
+        ..NamespaceConfig::default()
+    };
     config.namespaces.insert("news".into(), news);
     let node = Node::new(config).unwrap();
     let server = node.server().bind().await.unwrap();

@@ -55,35 +55,66 @@ macro_rules! checks {
     };
 }
 
-/// The checks that do not need [`Backend::advance`], by name.
-pub const UNTIMED: &[(&str, Check)] = checks![
-    position_creates_stream,
-    offsets_are_gap_free,
-    rooms_are_independent,
-    ephemeral_is_delivered_not_stored,
-    history_forward_and_limit,
-    history_reverse,
-    history_since,
-    history_size_bound,
-    history_size_zero,
-    history_epoch_mismatch,
-    remove_history_changes_epoch,
-    idempotency_same_key,
-    idempotency_rooms_independent,
-    idempotency_ephemeral,
-    subscribe_unsubscribe,
-    multi_node_delivery,
-    join_leave_delivered,
-    delivery_order_concurrent,
-    recovery_race,
-    presence_counts,
-    presence_paging,
-    presence_invalid_cursor,
-];
+/// The one list of the suite's checks, and what is made from it: the [`UNTIMED`] and
+/// [`TIMED`] lists here, and a `#[tokio::test]` per check for a backend
+/// (`switchboard_server::broker_conformance_tests!(backend)` in the backend's test module:
+/// untimed checks on a multi-threaded runtime, timed ones on a paused clock).
+#[macro_export]
+macro_rules! broker_conformance_tests {
+    (@list $mode:ident $($args:tt)*) => {
+        $crate::broker_conformance_tests!(@go $mode ($($args)*)
+            untimed [
+                position_creates_stream,
+                offsets_are_gap_free,
+                rooms_are_independent,
+                ephemeral_is_delivered_not_stored,
+                history_forward_and_limit,
+                history_reverse,
+                history_since,
+                history_size_bound,
+                history_size_zero,
+                history_epoch_mismatch,
+                remove_history_changes_epoch,
+                idempotency_same_key,
+                idempotency_rooms_independent,
+                idempotency_ephemeral,
+                subscribe_unsubscribe,
+                multi_node_delivery,
+                join_leave_delivered,
+                delivery_order_concurrent,
+                recovery_race,
+                presence_counts,
+                presence_paging,
+                presence_invalid_cursor
+            ]
+            timed [history_ttl, history_ttl_keeps_position, idempotency_expires]);
+    };
+    (@go consts () untimed [$($u:ident),*] timed [$($t:ident),*]) => {
+        /// The checks that do not need [`Backend::advance`], by name.
+        pub const UNTIMED: &[(&str, Check)] = checks![$($u),*];
+        /// The checks that let time pass with [`Backend::advance`], by name.
+        pub const TIMED: &[(&str, Check)] = checks![$($t),*];
+    };
+    (@go tests ($backend:expr) untimed [$($u:ident),*] timed [$($t:ident),*]) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $u() {
+                $crate::broker::conformance::$u(&$backend).await;
+            }
+        )*
+        $(
+            #[tokio::test(start_paused = true)]
+            async fn $t() {
+                $crate::broker::conformance::$t(&$backend).await;
+            }
+        )*
+    };
+    ($backend:expr) => {
+        $crate::broker_conformance_tests!(@list tests $backend);
+    };
+}
 
-/// The checks that let time pass with [`Backend::advance`], by name.
-pub const TIMED: &[(&str, Check)] =
-    checks![history_ttl, history_ttl_keeps_position, idempotency_expires,];
+crate::broker_conformance_tests!(@list consts);
 
 /// Runs every check, untimed ones first.
 pub async fn run_all(backend: &dyn Backend) {

@@ -988,50 +988,7 @@ mod tests {
         }
     }
 
-    macro_rules! untimed {
-        ($($name:ident),* $(,)?) => {$(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() {
-                conformance::$name(&Memory).await;
-            }
-        )*};
-    }
-
-    macro_rules! timed {
-        ($($name:ident),* $(,)?) => {$(
-            #[tokio::test(start_paused = true)]
-            async fn $name() {
-                conformance::$name(&Memory).await;
-            }
-        )*};
-    }
-
-    untimed![
-        position_creates_stream,
-        offsets_are_gap_free,
-        rooms_are_independent,
-        ephemeral_is_delivered_not_stored,
-        history_forward_and_limit,
-        history_reverse,
-        history_since,
-        history_size_bound,
-        history_size_zero,
-        history_epoch_mismatch,
-        remove_history_changes_epoch,
-        idempotency_same_key,
-        idempotency_rooms_independent,
-        idempotency_ephemeral,
-        subscribe_unsubscribe,
-        multi_node_delivery,
-        join_leave_delivered,
-        delivery_order_concurrent,
-        recovery_race,
-        presence_counts,
-        presence_paging,
-        presence_invalid_cursor,
-    ];
-
-    timed![history_ttl, history_ttl_keeps_position, idempotency_expires];
+    crate::broker_conformance_tests!(Memory);
 
     /// The whole suite in one go, on a paused single-threaded runtime.
     #[tokio::test(start_paused = true)]

@@ -8,7 +8,7 @@
 //! unsubscribes it when the last one leaves; the hub then fans each delivered
 //! event out to its local connections. [`memory::MemoryBroker`] serves a
 //! single process; Redis and NATS brokers implement the same trait later, and
-//! [`conformance`] is the suite every implementation must pass.
+//! `conformance` (the `conformance` feature) is the suite every implementation must pass.
 //!
 //! # Streams, offsets and epochs
 //!
@@ -153,7 +153,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-#[doc(hidden)]
+/// The suite every broker passes; built for the crate's own tests and with the
+/// `conformance` feature (for other brokers' tests), not into the release library.
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod memory;
 
