@@ -24,11 +24,11 @@ use crate::{
     access::Access,
     auth::Verifier,
     broker::{
-        Broker, BrokerError, HistoryQuery, HistoryResult, MemoryBroker, NodeSink, PresenceEntry,
-        PresencePage, PublishOptions, PublishResult, StreamPosition,
+        Broker, BrokerError, ClusterCommand, HistoryQuery, HistoryResult, MemoryBroker, NodeSink,
+        PresenceEntry, PresencePage, PublishOptions, PublishResult, StreamPosition,
     },
     config::{Config, NamespaceConfig},
-    conn::{ConnShared, Control},
+    conn::ConnShared,
     error::Refused,
     handler::User,
     hub::{Change, Hub, dispatch},
@@ -47,6 +47,8 @@ struct NodeInner {
     id: String,
     hub: Hub,
     broker: Arc<dyn Broker>,
+    /// The node's sink, also told when the node subscribes to a room afresh.
+    dispatchers: Arc<dispatch::Dispatchers>,
     access: Access,
     room_locks: Box<[tokio::sync::Mutex<()>]>,
     hasher: RandomState,
@@ -67,6 +69,9 @@ pub enum NodeError {
     /// The `auth` section is unusable.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthConfigError),
+    /// The broker could not be set up.
+    #[error("broker: {0}")]
+    Broker(#[from] BrokerError),
 }
 
 /// A connection as a member of rooms: its shared state and who it is.
@@ -133,39 +138,83 @@ impl Node {
     /// Builds a node with the in-memory broker. Must be called inside a tokio runtime (it
     /// spawns the dispatchers).
     pub fn new(config: Config) -> Result<Node, NodeError> {
-        Self::with_broker(config, |sink| Arc::new(MemoryBroker::new(sink)))
+        let (verifier, dispatchers, receivers) = Self::parts(&config)?;
+        let broker = Arc::new(MemoryBroker::new(dispatchers.clone()));
+        Ok(Self::assemble(
+            config,
+            verifier,
+            dispatchers,
+            receivers,
+            broker,
+        ))
     }
 
-    /// Builds a node on the broker that `broker` makes for the node's event sink. Must be
-    /// called inside a tokio runtime: it spawns one dispatcher per runtime worker.
-    pub fn with_broker(
-        config: Config,
-        broker: impl FnOnce(Arc<dyn NodeSink>) -> Arc<dyn Broker>,
-    ) -> Result<Node, NodeError> {
+    /// Builds a node on the broker that `broker` makes, asynchronously (a remote broker
+    /// connects first), for the node's event sink. Must be called inside a tokio runtime: it
+    /// spawns one dispatcher per runtime worker.
+    pub async fn with_broker<F, Fut>(config: Config, broker: F) -> Result<Node, NodeError>
+    where
+        F: FnOnce(Arc<dyn NodeSink>) -> Fut,
+        Fut: std::future::Future<Output = Result<Arc<dyn Broker>, BrokerError>>,
+    {
+        let (verifier, dispatchers, receivers) = Self::parts(&config)?;
+        let broker = broker(dispatchers.clone()).await?;
+        Ok(Self::assemble(
+            config,
+            verifier,
+            dispatchers,
+            receivers,
+            broker,
+        ))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn parts(
+        config: &Config,
+    ) -> Result<
+        (
+            Verifier,
+            Arc<dispatch::Dispatchers>,
+            Vec<tokio::sync::mpsc::UnboundedReceiver<dispatch::Dispatch>>,
+        ),
+        NodeError,
+    > {
         let verifier = Verifier::new(&config.auth)?;
         let workers = tokio::runtime::Handle::current().metrics().num_workers();
         let (sink, receivers) = dispatch::Dispatchers::new(workers);
-        let broker = broker(Arc::new(sink));
+        Ok((verifier, Arc::new(sink), receivers))
+    }
+
+    fn assemble(
+        config: Config,
+        verifier: Verifier,
+        dispatchers: Arc<dispatch::Dispatchers>,
+        receivers: Vec<tokio::sync::mpsc::UnboundedReceiver<dispatch::Dispatch>>,
+        broker: Arc<dyn Broker>,
+    ) -> Node {
         let threshold = config.websocket.compression.threshold.as_usize();
         let hub = Hub::new(threshold);
         let id = config
             .node_id
             .clone()
             .unwrap_or_else(|| format!("n_{}", crate::ids::random_base62(8)));
-        let inner = Arc::new(NodeInner {
-            id,
-            hub: hub.clone(),
-            broker,
-            access: Access::new(config, verifier),
-            room_locks: (0..ROOM_LOCKS)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
-            hasher: RandomState::new(),
-        });
         for events in receivers {
-            tokio::spawn(dispatch::dispatch(hub.clone(), events, threshold));
+            let dispatcher = dispatch::Dispatcher::new(hub.clone(), broker.clone(), threshold);
+            tokio::spawn(dispatcher.run(events));
         }
-        Ok(Node { inner })
+        Node {
+            inner: Arc::new(NodeInner {
+                id,
+                hub,
+                broker,
+                dispatchers,
+                access: Access::new(config, verifier),
+                room_locks: (0..ROOM_LOCKS)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
+                hasher: RandomState::new(),
+            }),
+        }
     }
 
     /// The node's id.
@@ -239,13 +288,18 @@ impl Node {
             match self.check_room_size(room, ns).await {
                 Err(e) => Err(e),
                 Ok(()) => match hub.join(room, conn) {
-                    Change::First => match broker.subscribe(room).await {
-                        Ok(()) => Ok(()),
-                        Err(e) => {
-                            hub.leave(room, conn);
-                            Err(Refused::unavailable(&e))
+                    Change::First => {
+                        // Before the subscribe, so that every event of the new subscription
+                        // reaches the dispatcher after it.
+                        self.inner.dispatchers.reset(room);
+                        match broker.subscribe(room).await {
+                            Ok(()) => Ok(()),
+                            Err(e) => {
+                                hub.leave(room, conn);
+                                Err(Refused::unavailable(&e))
+                            }
                         }
-                    },
+                    }
                     _ => Ok(()),
                 },
             }
@@ -476,39 +530,44 @@ impl Node {
             .map_err(|e| Refused::unavailable(&e))
     }
 
-    /// Asks every local connection of `user` to subscribe to `room` (each sends its client a
-    /// `subscribed` push). Returns how many connections were asked.
-    pub fn subscribe_user(&self, user: &str, room: &str) -> Result<usize, Refused> {
+    /// Asks every connection of `user`, on every node, to subscribe to `room` (each sends its
+    /// client a `subscribed` push).
+    pub async fn subscribe_user(&self, user: &str, room: &str) -> Result<(), Refused> {
         self.inner.access.room(room)?;
-        Ok(self.post_user(user, || Control::Subscribe(room.into())))
+        self.command(ClusterCommand::Subscribe {
+            user: user.into(),
+            room: room.into(),
+        })
+        .await
     }
 
-    /// Asks every local connection of `user` to unsubscribe from `room`.
-    pub fn unsubscribe_user(&self, user: &str, room: &str) -> Result<usize, Refused> {
+    /// Asks every connection of `user`, on every node, to unsubscribe from `room` (each sends
+    /// its client an `unsubscribed` push).
+    pub async fn unsubscribe_user(&self, user: &str, room: &str) -> Result<(), Refused> {
         crate::access::valid_room(room)?;
-        Ok(self.post_user(user, || Control::Unsubscribe(room.into())))
+        self.command(ClusterCommand::Unsubscribe {
+            user: user.into(),
+            room: room.into(),
+        })
+        .await
     }
 
-    /// Closes every local connection of `user` with `disconnect`.
-    pub fn disconnect_user(&self, user: &str, disconnect: Disconnect) -> usize {
-        let conns = self.inner.hub.connections_of(user);
-        for conn in &conns {
-            self.inner.hub.disconnect(conn, disconnect.clone());
-        }
-        conns.len()
+    /// Closes every connection of `user`, on every node, with `disconnect`.
+    pub async fn disconnect_user(&self, user: &str, disconnect: Disconnect) -> Result<(), Refused> {
+        self.command(ClusterCommand::Disconnect {
+            user: user.into(),
+            code: disconnect.code.0,
+            reason: disconnect.reason.into_owned(),
+        })
+        .await
     }
 
-    fn post_user(&self, user: &str, control: impl Fn() -> Control) -> usize {
-        let mut posted = 0;
-        for conn in self.inner.hub.connections_of(user) {
-            match self.inner.hub.post(&conn, control()) {
-                Ok(()) => posted += 1,
-                Err(c) => {
-                    tracing::warn!(conn = %conn.id(), control = ?c, "control inbox full or closed")
-                }
-            }
-        }
-        posted
+    async fn command(&self, command: ClusterCommand) -> Result<(), Refused> {
+        self.inner
+            .broker
+            .command(command)
+            .await
+            .map_err(|e| Refused::unavailable(&e))
     }
 
     /// Rooms with local members whose name starts with `prefix`, with their member counts.

@@ -56,8 +56,9 @@ use rand::distr::Alphanumeric;
 use tokio::time::Instant;
 
 use super::{
-    BoxFuture, Broker, BrokerError, HistoryQuery, HistoryResult, NodeEvent, NodeSink,
-    PresenceEntry, PresencePage, Publication, PublishOptions, PublishResult, StreamPosition,
+    BoxFuture, Broker, BrokerError, ClusterCommand, HistoryQuery, HistoryResult, NodeEvent,
+    NodeSink, Presence as PresenceStore, PresenceEntry, PresencePage, Publication, PublishOptions,
+    PublishResult, StreamPosition,
 };
 
 /// Settings of a [`MemoryBroker`].
@@ -120,6 +121,7 @@ impl MemoryBroker {
             hasher: RandomState::new(),
             empty: Arc::from(""),
             next_node: AtomicU64::new(1),
+            nodes: Mutex::new(vec![(0, sink.clone())]),
             config,
         });
         spawn_sweeper(&shared);
@@ -134,9 +136,15 @@ impl MemoryBroker {
     /// either reach both when both are subscribed. For tests of multi-node
     /// behaviour in one process.
     pub fn connect_node(&self, sink: Arc<dyn NodeSink>) -> MemoryBroker {
+        let node = self.shared.next_node.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .nodes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((node, sink.clone()));
         MemoryBroker {
             shared: self.shared.clone(),
-            node: self.shared.next_node.fetch_add(1, Ordering::Relaxed),
+            node,
             sink,
         }
     }
@@ -349,6 +357,11 @@ impl MemoryBroker {
 
 impl Drop for MemoryBroker {
     fn drop(&mut self) {
+        self.shared
+            .nodes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(node, _)| *node != self.node);
         for shard in self.shared.shards.iter() {
             let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
             for state in map.values_mut() {
@@ -448,6 +461,23 @@ impl Broker for MemoryBroker {
         })
     }
 
+    fn command<'a>(&'a self, command: ClusterCommand) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let nodes: Vec<_> = self
+            .shared
+            .nodes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(_, sink)| sink.clone())
+            .collect();
+        for sink in nodes {
+            sink.deliver(NodeEvent::Command(command.clone()));
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+impl PresenceStore for MemoryBroker {
     fn presence_add<'a>(
         &'a self,
         room: &'a str,
@@ -497,6 +527,8 @@ struct Shared {
     /// The epoch of ephemeral publications.
     empty: Arc<str>,
     next_node: AtomicU64,
+    /// Every node's sink, for [`Broker::command`].
+    nodes: Mutex<Vec<(u64, Arc<dyn NodeSink>)>>,
     config: MemoryBrokerConfig,
 }
 

@@ -379,16 +379,58 @@ pub enum NodeEvent {
         /// Who left.
         member: PresenceEntry,
     },
+    /// Events of `room` (`None`: of every room) may have been lost on the way to this node
+    /// (a remote broker's subscription connection dropped and came back). The node catches
+    /// each such room's members up from history, or tells them `recovered: false`.
+    Lost {
+        /// The room, or `None` for every room.
+        room: Option<Arc<str>>,
+    },
+    /// A command for every node ([`Broker::command`]).
+    Command(ClusterCommand),
 }
 
 impl NodeEvent {
-    /// The room the event is about.
-    pub fn room(&self) -> &Arc<str> {
+    /// The room the event is about; `None` for events about no one room (commands, a loss
+    /// of every room).
+    pub fn room(&self) -> Option<&Arc<str>> {
         match self {
-            NodeEvent::Publication(p) => &p.room,
-            NodeEvent::Join { room, .. } | NodeEvent::Leave { room, .. } => room,
+            NodeEvent::Publication(p) => Some(&p.room),
+            NodeEvent::Join { room, .. } | NodeEvent::Leave { room, .. } => Some(room),
+            NodeEvent::Lost { room } => room.as_ref(),
+            NodeEvent::Command(_) => None,
         }
     }
+}
+
+/// A command for every node of the cluster ([`Broker::command`]): the server API's per-user
+/// commands reach a user's connections wherever they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClusterCommand {
+    /// Close every connection of `user` with this close code and reason.
+    Disconnect {
+        /// The user id.
+        user: Arc<str>,
+        /// The close code (a row of the close-code table, or an application's own).
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
+    /// Subscribe every connection of `user` to `room`.
+    Subscribe {
+        /// The user id.
+        user: Arc<str>,
+        /// The room.
+        room: Arc<str>,
+    },
+    /// Unsubscribe every connection of `user` from `room`.
+    Unsubscribe {
+        /// The user id.
+        user: Arc<str>,
+        /// The room.
+        room: Arc<str>,
+    },
 }
 
 /// Where a broker delivers a node's events.
@@ -453,12 +495,55 @@ pub enum BrokerError {
     },
 }
 
+/// Who is in a room, across the cluster: one entry per subscribed connection.
+///
+/// Its own trait so that a deployment may keep presence apart from publications (another
+/// store, or none); every [`Broker`] is one too. Entries of a broker whose entries expire
+/// ([`Presence::presence_ttl`]) are refreshed by the node that added them, by adding them
+/// again within the ttl.
+pub trait Presence: Send + Sync + 'static {
+    /// Adds `entry` to the room's presence, replacing an entry with the same
+    /// connection id (brokers whose entries expire also refresh it).
+    fn presence_add<'a>(
+        &'a self,
+        room: &'a str,
+        entry: PresenceEntry,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Removes the connection's entry from the room's presence, if present.
+    fn presence_remove<'a>(
+        &'a self,
+        room: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// One page of the room's presence: at most `limit` members after
+    /// `cursor` (`None` for the first page), ordered by connection id, with
+    /// the room's counts. Walking the pages returns every member that is
+    /// present for the whole walk exactly once, whatever is added or removed
+    /// meanwhile. `limit` 0 returns only the counts. A cursor this broker did
+    /// not produce fails with [`BrokerError::InvalidCursor`].
+    fn presence_list<'a>(
+        &'a self,
+        room: &'a str,
+        cursor: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<PresencePage, BrokerError>>;
+
+    /// How long an entry lives unless added again; `None`: until removed (the memory
+    /// broker: its entries live and die with the one process that holds them).
+    fn presence_ttl(&self) -> Option<Duration> {
+        None
+    }
+}
+
 /// What the nodes of a cluster share: numbered publications per room, their
-/// history and presence, and delivery to subscribed nodes. See the module
-/// docs for the guarantees and for what the hub must do.
+/// history, presence ([`Presence`]), delivery to subscribed nodes and commands
+/// to every node. See the module docs for the guarantees and for what the hub
+/// must do.
 ///
 /// Every method is a lazy future: nothing happens until it is polled.
-pub trait Broker: Send + Sync + 'static {
+pub trait Broker: Presence {
     /// Publishes `data` (raw JSON) to `room`, with `from` (raw JSON of the
     /// `from` object, `None` from the server API).
     ///
@@ -522,33 +607,37 @@ pub trait Broker: Send + Sync + 'static {
         room: &'a str,
     ) -> BoxFuture<'a, Result<StreamPosition, BrokerError>>;
 
-    /// Adds `entry` to the room's presence, replacing an entry with the same
-    /// connection id (brokers whose entries expire also refresh it).
-    fn presence_add<'a>(
+    /// Subscribes this node to every room of `rooms` (a node resubscribing after a
+    /// reconnect does it in one call). By default one [`Broker::subscribe`] after another;
+    /// a remote broker sends one command. Stops at the first error.
+    fn subscribe_many<'a>(
         &'a self,
-        room: &'a str,
-        entry: PresenceEntry,
-    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+        rooms: &'a [Arc<str>],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            for room in rooms {
+                self.subscribe(room).await?;
+            }
+            Ok(())
+        })
+    }
 
-    /// Removes the connection's entry from the room's presence, if present.
-    fn presence_remove<'a>(
+    /// Unsubscribes this node from every room of `rooms`; see [`Broker::subscribe_many`].
+    fn unsubscribe_many<'a>(
         &'a self,
-        room: &'a str,
-        connection: &'a str,
-    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+        rooms: &'a [Arc<str>],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            for room in rooms {
+                self.unsubscribe(room).await?;
+            }
+            Ok(())
+        })
+    }
 
-    /// One page of the room's presence: at most `limit` members after
-    /// `cursor` (`None` for the first page), ordered by connection id, with
-    /// the room's counts. Walking the pages returns every member that is
-    /// present for the whole walk exactly once, whatever is added or removed
-    /// meanwhile. `limit` 0 returns only the counts. A cursor this broker did
-    /// not produce fails with [`BrokerError::InvalidCursor`].
-    fn presence_list<'a>(
-        &'a self,
-        room: &'a str,
-        cursor: Option<&'a str>,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<PresencePage, BrokerError>>;
+    /// Sends `command` to every node of the cluster, this one included: each node's sink
+    /// receives [`NodeEvent::Command`]. Commands are not ordered with publications.
+    fn command<'a>(&'a self, command: ClusterCommand) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Whether the broker can serve calls now (`/readyz`). The memory broker
     /// always can.

@@ -4,24 +4,41 @@
 //! runs on every core. A dispatcher encodes each publication once as a `message` push, frames
 //! it once (a [`PreparedMessage`]) and hands the same bytes to every local member of the room.
 
-use std::hash::{BuildHasher, RandomState};
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+    sync::Arc,
+};
 
 use bytes::Bytes;
 use switchboard_protocol::{PreparedMessage, frame::OpCode, wire};
 use tokio::sync::mpsc;
 
 use super::Hub;
-use crate::broker::{NodeEvent, NodeSink};
+use crate::broker::{
+    Broker, BrokerError, HistoryQuery, NodeEvent, NodeSink, PresenceEntry, Publication,
+    StreamPosition,
+};
+
+/// What a dispatcher task receives: a broker event, or the node's word that it subscribed to
+/// a room afresh (what the dispatcher knew of the room's stream no longer holds).
+#[derive(Debug)]
+pub(crate) enum Dispatch {
+    Event(NodeEvent),
+    Reset(Arc<str>),
+}
 
 /// The node's [`NodeSink`]: one channel per dispatcher task, chosen by a hash of the room.
+/// Events about no one room go to the first dispatcher (commands) or to all (a loss of every
+/// room).
 pub(crate) struct Dispatchers {
-    senders: Box<[mpsc::UnboundedSender<NodeEvent>]>,
+    senders: Box<[mpsc::UnboundedSender<Dispatch>]>,
     hasher: RandomState,
 }
 
 impl Dispatchers {
     /// `n` channels (at least one), and their receiving ends for the dispatcher tasks.
-    pub(crate) fn new(n: usize) -> (Dispatchers, Vec<mpsc::UnboundedReceiver<NodeEvent>>) {
+    pub(crate) fn new(n: usize) -> (Dispatchers, Vec<mpsc::UnboundedReceiver<Dispatch>>) {
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..n.max(1)).map(|_| mpsc::unbounded_channel()).unzip();
         let sink = Dispatchers {
@@ -37,74 +54,365 @@ impl Dispatchers {
             n => self.hasher.hash_one(room) as usize % n,
         }
     }
+
+    /// The node subscribes to `room` afresh: its dispatcher forgets the room's last offset,
+    /// so that publications made while the node was not subscribed are no gap.
+    pub(crate) fn reset(&self, room: &Arc<str>) {
+        let _ = self.senders[self.index(room)].send(Dispatch::Reset(room.clone()));
+    }
 }
 
 impl NodeSink for Dispatchers {
     /// A dropped receiver (the node shutting down) loses the event.
     fn deliver(&self, event: NodeEvent) {
-        let _ = self.senders[self.index(event.room())].send(event);
-    }
-}
-
-/// Encodes each broker event once and fans it out to the room's local members, in the order
-/// the broker delivered it.
-pub(crate) async fn dispatch(
-    hub: Hub,
-    mut events: mpsc::UnboundedReceiver<NodeEvent>,
-    threshold: usize,
-) {
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    while let Some(event) = events.recv().await {
-        buf.clear();
-        let (room, position, exclude) = match &event {
-            NodeEvent::Publication(p) => {
-                if p.ephemeral {
-                    wire::encode_ephemeral_push_raw(&mut buf, &p.room, &p.data, p.from.as_deref());
-                } else {
-                    wire::encode_message_push_raw(
-                        &mut buf,
-                        &p.room,
-                        &p.epoch,
-                        p.offset,
-                        &p.data,
-                        p.from.as_deref(),
-                    );
+        match event.room() {
+            Some(room) => {
+                let i = self.index(room);
+                let _ = self.senders[i].send(Dispatch::Event(event));
+            }
+            None if matches!(event, NodeEvent::Lost { room: None }) => {
+                for sender in self.senders.iter() {
+                    let _ = sender.send(Dispatch::Event(NodeEvent::Lost { room: None }));
                 }
-                (
-                    &p.room,
-                    p.position().map(|_| (&p.epoch, p.offset)),
-                    p.exclude.as_deref(),
-                )
             }
-            NodeEvent::Join { room, member } | NodeEvent::Leave { room, member } => {
-                let info = member.info.as_deref();
-                let kind = match event {
-                    NodeEvent::Join { .. } => wire::MemberPushKind::Join,
-                    _ => wire::MemberPushKind::Leave,
-                };
-                wire::encode_member_push_raw(
-                    &mut buf,
-                    kind,
-                    room,
-                    &member.user,
-                    &member.connection,
-                    info,
-                );
-                (room, None, Some(&*member.connection))
+            None => {
+                let _ = self.senders[0].send(Dispatch::Event(event));
             }
-        };
-        let message = PreparedMessage::new(OpCode::Text, Bytes::copy_from_slice(&buf), threshold);
-        hub.deliver(room, position, &message, exclude);
-        if buf.capacity() > 64 * 1024 {
-            buf = Vec::with_capacity(1024);
         }
     }
 }
 
+/// One dispatcher task: encodes each broker event once and fans it out to the room's local
+/// members, in the order the broker delivered it.
+///
+/// It also keeps, for each of its rooms with local members, the last offset it delivered. A
+/// publication past the next offset (a remote broker lost some on the way) or the broker's
+/// [`NodeEvent::Lost`] makes it catch the room's members up from history before going on;
+/// when history cannot cover the gap, every member gets a `subscribed` push with
+/// `recovered: false` and the position live pushes continue from. Never a silent skip. A
+/// publication at or below the last offset (delivered twice) is dropped.
+pub(crate) struct Dispatcher {
+    pub(crate) hub: Hub,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) threshold: usize,
+    last: HashMap<Arc<str>, StreamPosition>,
+    buf: Vec<u8>,
+}
+
+impl Dispatcher {
+    /// A dispatcher delivering to `hub`, reading history from `broker` to fill gaps.
+    pub(crate) fn new(hub: Hub, broker: Arc<dyn Broker>, threshold: usize) -> Dispatcher {
+        Dispatcher {
+            hub,
+            broker,
+            threshold,
+            last: HashMap::new(),
+            buf: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Runs until the node's sink is dropped.
+    pub(crate) async fn run(mut self, mut events: mpsc::UnboundedReceiver<Dispatch>) {
+        while let Some(dispatch) = events.recv().await {
+            match dispatch {
+                Dispatch::Reset(room) => {
+                    self.last.remove(&room);
+                }
+                Dispatch::Event(event) => self.event(event).await,
+            }
+            if self.buf.capacity() > 64 * 1024 {
+                self.buf = Vec::with_capacity(1024);
+            }
+        }
+    }
+
+    async fn event(&mut self, event: NodeEvent) {
+        match event {
+            NodeEvent::Publication(p) => self.publication(&p).await,
+            NodeEvent::Join { room, member } => {
+                self.member(wire::MemberPushKind::Join, &room, &member)
+            }
+            NodeEvent::Leave { room, member } => {
+                self.member(wire::MemberPushKind::Leave, &room, &member)
+            }
+            NodeEvent::Lost { room: Some(room) } => self.catch_up(&room, None).await,
+            NodeEvent::Lost { room: None } => {
+                let rooms: Vec<Arc<str>> = self.last.keys().cloned().collect();
+                for room in rooms {
+                    self.catch_up(&room, None).await;
+                }
+            }
+            NodeEvent::Command(command) => self.hub.command(command),
+        }
+    }
+
+    async fn publication(&mut self, p: &Arc<Publication>) {
+        if !p.ephemeral {
+            if self.hub.members(&p.room).is_none() {
+                // In flight after the node unsubscribed: nobody here to tell.
+                self.last.remove(&p.room);
+                return;
+            }
+            if let Some(last) = self.last.get(&p.room)
+                && last.epoch == p.epoch
+            {
+                if p.offset <= last.offset {
+                    return;
+                }
+                if p.offset > last.offset + 1 {
+                    tracing::warn!(room = %p.room, after = last.offset, got = p.offset, "gap in a room's stream; catching up from history");
+                    self.catch_up(&p.room, Some(p.offset)).await;
+                }
+            }
+            self.last.insert(
+                p.room.clone(),
+                StreamPosition::new(p.epoch.clone(), p.offset),
+            );
+        }
+        self.send_publication(p);
+    }
+
+    /// Delivers what `room` missed after the last offset delivered: up to `before`
+    /// (exclusive; the publication that showed the gap), or up to the stream's top.
+    async fn catch_up(&mut self, room: &Arc<str>, before: Option<u64>) {
+        let Some(last) = self.last.get(room).cloned() else {
+            return;
+        };
+        let continues_at = |top: &StreamPosition| match before {
+            Some(b) => StreamPosition::new(last.epoch.clone(), b - 1),
+            None => top.clone(),
+        };
+        let lost = match self
+            .broker
+            .history(room, HistoryQuery::recovery(last.clone()))
+            .await
+        {
+            Ok(h) if h.recoverable => {
+                for p in &h.publications {
+                    if before.is_some_and(|b| p.offset >= b) {
+                        break;
+                    }
+                    self.send_publication(p);
+                    self.last
+                        .insert(room.clone(), StreamPosition::new(p.epoch.clone(), p.offset));
+                }
+                if before.is_none() {
+                    self.last.insert(room.clone(), h.position);
+                }
+                return;
+            }
+            Ok(h) => continues_at(&h.position),
+            Err(BrokerError::EpochMismatch { current, .. }) => continues_at(&current),
+            Err(e) => {
+                tracing::warn!(room = %room, error = %e, "cannot read history to fill a gap");
+                match before {
+                    Some(b) => StreamPosition::new(last.epoch.clone(), b - 1),
+                    // Nothing known: the next publication shows the gap again.
+                    None => return,
+                }
+            }
+        };
+        tracing::warn!(room = %room, epoch = %lost.epoch, offset = lost.offset, "publications lost for good; members told recovered: false");
+        self.buf.clear();
+        encode_lost(&mut self.buf, room, &lost);
+        let message = PreparedMessage::new(
+            OpCode::Text,
+            Bytes::copy_from_slice(&self.buf),
+            self.threshold,
+        );
+        self.hub.deliver(room, None, &message, None);
+        self.last.insert(room.clone(), lost);
+    }
+
+    fn send_publication(&mut self, p: &Publication) {
+        let buf = &mut self.buf;
+        buf.clear();
+        if p.ephemeral {
+            wire::encode_ephemeral_push_raw(buf, &p.room, &p.data, p.from.as_deref());
+        } else {
+            wire::encode_message_push_raw(
+                buf,
+                &p.room,
+                &p.epoch,
+                p.offset,
+                &p.data,
+                p.from.as_deref(),
+            );
+        }
+        let message =
+            PreparedMessage::new(OpCode::Text, Bytes::copy_from_slice(buf), self.threshold);
+        let position = p.position().map(|_| (&p.epoch, p.offset));
+        self.hub
+            .deliver(&p.room, position, &message, p.exclude.as_deref());
+    }
+
+    fn member(&mut self, kind: wire::MemberPushKind, room: &Arc<str>, member: &PresenceEntry) {
+        let buf = &mut self.buf;
+        buf.clear();
+        wire::encode_member_push_raw(
+            buf,
+            kind,
+            room,
+            &member.user,
+            &member.connection,
+            member.info.as_deref(),
+        );
+        let message =
+            PreparedMessage::new(OpCode::Text, Bytes::copy_from_slice(buf), self.threshold);
+        self.hub
+            .deliver(room, None, &message, Some(&*member.connection));
+    }
+}
+
+/// `{"type":"subscribed","room":…,"epoch":…,"offset":…,"recovered":false}`: the room's
+/// stream continues at `offset + 1`, and what came before it could not be delivered.
+fn encode_lost(buf: &mut Vec<u8>, room: &str, at: &StreamPosition) {
+    let push = serde_json::json!({
+        "type": "subscribed",
+        "room": room,
+        "epoch": &*at.epoch,
+        "offset": at.offset,
+        "recovered": false,
+    });
+    let _ = serde_json::to_writer(buf, &push);
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
+    use switchboard_protocol::{
+        Role,
+        codec::{Decoder, DecoderConfig, Message},
+    };
+
     use super::*;
-    use crate::broker::PresenceEntry;
+    use crate::{
+        broker::{MemoryBroker, PresenceEntry, PublishOptions},
+        conn::ConnShared,
+    };
+
+    /// A sink that loses the publications at some offsets, as a remote broker's dropped
+    /// connection would.
+    struct Lossy {
+        inner: Arc<Dispatchers>,
+        lose: Vec<u64>,
+    }
+
+    impl NodeSink for Lossy {
+        fn deliver(&self, event: NodeEvent) {
+            if let NodeEvent::Publication(p) = &event
+                && self.lose.contains(&p.offset)
+            {
+                return;
+            }
+            self.inner.deliver(event);
+        }
+    }
+
+    /// A member of `room` on a hub whose dispatcher reads a memory broker that loses `lose`.
+    async fn lossy_room(
+        room: &Arc<str>,
+        lose: Vec<u64>,
+    ) -> (Arc<dyn Broker>, Arc<ConnShared>, Arc<Dispatchers>) {
+        let (sink, mut receivers) = Dispatchers::new(1);
+        let sink = Arc::new(sink);
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(Arc::new(Lossy {
+            inner: sink.clone(),
+            lose,
+        })));
+        let hub = Hub::new(usize::MAX);
+        let conn = Arc::new(ConnShared::new("c_member".into(), 1 << 20, None));
+        hub.join(room, &conn);
+        broker.subscribe(room).await.unwrap();
+        let dispatcher = Dispatcher::new(hub, broker.clone(), usize::MAX);
+        tokio::spawn(dispatcher.run(receivers.pop().unwrap()));
+        (broker, conn, sink)
+    }
+
+    async fn publish(broker: &Arc<dyn Broker>, room: &str, n: u64, history_size: usize) {
+        let opts = PublishOptions {
+            history_size,
+            ..PublishOptions::default()
+        };
+        let data = Bytes::from(format!("{{\"n\":{n}}}"));
+        broker.publish(room, data, None, opts).await.unwrap();
+    }
+
+    /// The next `n` JSON messages queued for `conn`, awaiting them.
+    async fn received(conn: &ConnShared, n: usize) -> Vec<serde_json::Value> {
+        let mut decoder = Decoder::new(Role::Client, DecoderConfig::default(), None);
+        let mut wire = bytes::BytesMut::new();
+        let mut out = Vec::new();
+        while out.len() < n {
+            let ready = std::future::poll_fn(|cx| conn.outbound.poll_ready(cx));
+            tokio::time::timeout(std::time::Duration::from_secs(10), ready)
+                .await
+                .expect("the dispatcher delivers");
+            let mut frames = VecDeque::new();
+            conn.outbound.take(&mut frames).unwrap();
+            let written: usize = frames.iter().map(|f| f.len()).sum();
+            for frame in frames {
+                wire.extend_from_slice(&frame);
+            }
+            conn.outbound.put_back(VecDeque::new(), written, false);
+            while let Some(Message::Text(t)) = decoder.decode(&mut wire).unwrap() {
+                out.push(serde_json::from_str(t.as_str()).unwrap());
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_gap_is_filled_from_history_in_order() {
+        let room: Arc<str> = "chat:gap".into();
+        let (broker, conn, sink) = lossy_room(&room, vec![2, 3]).await;
+        for n in 1..=4 {
+            publish(&broker, &room, n, 100).await;
+        }
+        let got = received(&conn, 4).await;
+        let offsets: Vec<_> = got.iter().map(|m| m["offset"].as_u64().unwrap()).collect();
+        assert_eq!(offsets, [1, 2, 3, 4], "{got:?}");
+        assert!(got.iter().all(|m| m["type"] == "message"));
+        // A publication delivered twice (again, after the fact) is delivered once.
+        let h = broker.history(&room, HistoryQuery::default()).await.unwrap();
+        sink.deliver(NodeEvent::Publication(h.publications[3].clone()));
+        publish(&broker, &room, 5, 100).await;
+        let got = received(&conn, 1).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0]["offset"], 5);
+    }
+
+    #[tokio::test]
+    async fn a_gap_history_cannot_cover_is_announced_never_skipped() {
+        let room: Arc<str> = "chat:lost".into();
+        let (broker, conn, _sink) = lossy_room(&room, vec![2, 3]).await;
+        for n in 1..=4 {
+            publish(&broker, &room, n, 0).await;
+        }
+        let got = received(&conn, 3).await;
+        assert_eq!(got[0]["offset"], 1);
+        assert_eq!(got[1]["type"], "subscribed", "{got:?}");
+        assert_eq!(got[1]["recovered"], false);
+        assert_eq!(got[1]["offset"], 3, "live pushes continue at offset + 1");
+        assert_eq!(got[1]["epoch"], got[0]["epoch"]);
+        assert_eq!(got[2]["offset"], 4);
+    }
+
+    #[tokio::test]
+    async fn the_brokers_loss_signal_catches_a_room_up() {
+        let room: Arc<str> = "chat:signal".into();
+        let (broker, conn, sink) = lossy_room(&room, vec![2, 3]).await;
+        for n in 1..=3 {
+            publish(&broker, &room, n, 100).await;
+        }
+        assert_eq!(received(&conn, 1).await[0]["offset"], 1);
+        // No later publication shows the gap: the broker says so itself, through the sink.
+        sink.deliver(NodeEvent::Lost { room: None });
+        let got = received(&conn, 2).await;
+        let offsets: Vec<_> = got.iter().map(|m| m["offset"].as_u64().unwrap()).collect();
+        assert_eq!(offsets, [2, 3]);
+    }
 
     fn join(room: &str, connection: usize) -> NodeEvent {
         NodeEvent::Join {
@@ -128,7 +436,7 @@ mod tests {
         let mut channel_of = std::collections::HashMap::new();
         for (c, rx) in receivers.iter_mut().enumerate() {
             let mut next = std::collections::HashMap::new();
-            while let Ok(NodeEvent::Join { room, member }) = rx.try_recv() {
+            while let Ok(Dispatch::Event(NodeEvent::Join { room, member })) = rx.try_recv() {
                 assert_eq!(*channel_of.entry(room.clone()).or_insert(c), c, "{room}");
                 let expected = next.entry(room.clone()).or_insert(0);
                 assert_eq!(

@@ -18,7 +18,10 @@ use std::{
 
 use switchboard_protocol::{Disconnect, PreparedMessage};
 
-use crate::conn::{ConnShared, Control};
+use crate::{
+    broker::ClusterCommand,
+    conn::{ConnShared, Control},
+};
 
 pub(crate) mod dispatch;
 pub mod users;
@@ -186,6 +189,32 @@ impl Hub {
         } else if let Err(Control::Close(d)) = self.post(conn, Control::Close(disconnect)) {
             // A full inbox: close all the same, with the table's reason.
             conn.request_close_code(d.code.0);
+        }
+    }
+
+    /// Carries out a cluster command for this node's connections.
+    pub(crate) fn command(&self, command: ClusterCommand) {
+        match command {
+            ClusterCommand::Disconnect { user, code, reason } => {
+                let disconnect = Disconnect::from_code(code).with_reason(reason);
+                for conn in self.connections_of(&user) {
+                    self.disconnect(&conn, disconnect.clone());
+                }
+            }
+            ClusterCommand::Subscribe { user, room } => {
+                self.post_user(&user, || Control::Subscribe(room.clone()))
+            }
+            ClusterCommand::Unsubscribe { user, room } => {
+                self.post_user(&user, || Control::Unsubscribe(room.clone()))
+            }
+        }
+    }
+
+    fn post_user(&self, user: &str, control: impl Fn() -> Control) {
+        for conn in self.connections_of(user) {
+            if let Err(c) = self.post(&conn, control()) {
+                tracing::warn!(conn = %conn.id(), control = ?c, "control inbox full or closed");
+            }
         }
     }
 
