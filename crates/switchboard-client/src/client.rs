@@ -36,7 +36,8 @@
 //!   `subscribed`, `unsubscribed`, `refresh_required`, messages of rooms the server subscribed
 //!   the connection to (the personal room, the `rooms` claim) that no [`Subscription`] has
 //!   adopted, errors without an `id`, unknown types, and the connection's own events
-//!   ([`Event::Connected`], [`Event::Disconnected`], [`Event::Reconnecting`]).
+//!   ([`Event::Connected`], [`Event::Disconnected`], [`Event::Reconnecting`],
+//!   [`Event::Resubscribed`]).
 //!
 //! # Reconnects and recovery
 //!
@@ -45,10 +46,11 @@
 //! plus 5 s), the driver reconnects with exponential backoff and full jitter
 //! ([`ReconnectPolicy`]). It does **not** reconnect after a terminal close code (one whose
 //! [`Disconnect::from_code`] has `reconnect: false`: 1000, 1002, 1003, 1007, 1008, 1009,
-//! 4000–4499; the table is [`CLOSE_CODES`](crate::CLOSE_CODES)), after a handshake refused with 400, 401
-//! (unless a [`TokenProvider`] may mint a better token), 403, 404 or 426, or when
-//! [`ReconnectPolicy::max_attempts`] is reached: the client is then closed for good
-//! ([`ConnectionState::Closed`]) and every call fails with [`Error::Closed`].
+//! 4000–4499; the table is [`CLOSE_CODES`](crate::CLOSE_CODES)), after a handshake refused
+//! with 400, 401 (unless a [`TokenProvider`] may mint a better token), 403, 404 or 426, or
+//! when [`ReconnectPolicy::max_attempts`] is reached: the client is then closed for good
+//! ([`ConnectionState::Closed`]) and every call fails with [`Error::Closed`], which carries
+//! the [`Disconnect`] that ended it.
 //!
 //! After a reconnect every subscription is renewed with `since` = the position of the last
 //! publication it received. When the server answers `recovered: true`, the missed
@@ -56,9 +58,11 @@
 //! publication exactly once. When it answers `recovered: false` (the history is gone, or the
 //! room has a new epoch, as after a server restart with the in-memory broker), the
 //! subscription delivers [`SubscriptionEvent::Reset`] with the room's current position: the
-//! application must reload the room's state, and live messages follow. A room the server
-//! subscribes by itself (the personal room, the `rooms` claim) and that a [`Subscription`]
-//! adopted is not subscribed again: it is recovered through `history` the same way.
+//! application must reload the room's state, and live messages follow. Each renewal is
+//! reported on the [`Event`] stream as [`Event::Resubscribed`], with what it established. A
+//! room the server subscribes by itself (the personal room, the `rooms` claim) and that a
+//! [`Subscription`] adopted is not subscribed again: it is recovered through `history` the
+//! same way.
 //!
 //! Commands in flight when the connection drops fail with [`Error::ConnectionLost`] (they
 //! may or may not have been carried out; a `publish` with an `idempotency_key` can be retried
@@ -266,6 +270,16 @@ pub enum Event {
         attempt: u32,
         /// The backoff delay before it.
         delay: Duration,
+    },
+    /// A subscription was renewed on a new connection: where it resumed, and whether the
+    /// publications missed while disconnected were recovered (`Some(true)`: they were
+    /// delivered to the [`Subscription`] first, before this event; `Some(false)`: it received
+    /// a [`SubscriptionEvent::Reset`] instead).
+    Resubscribed {
+        /// The room.
+        room: String,
+        /// What the renewal established.
+        info: SubscribeInfo,
     },
     /// A reconnect attempt failed; another one follows unless the client closes.
     ReconnectFailed {

@@ -937,18 +937,29 @@ impl Driver {
             return Ok(());
         };
         sub.activate();
-        if let Some(waiting) = sub.waiting.take() {
-            let info = SubscribeInfo {
-                epoch: at.epoch.clone(),
-                offset: at.offset,
-                recovered,
-            };
-            if waiting.send(Ok((sub.generation, info))).is_err() {
-                // The caller gave up (timeout): nobody will read this subscription.
-                sub.closed = true;
+        let info = SubscribeInfo {
+            epoch: at.epoch.clone(),
+            offset: at.offset,
+            recovered,
+        };
+        let mut renewed = None;
+        match sub.waiting.take() {
+            Some(waiting) => {
+                if waiting.send(Ok((sub.generation, info))).is_err() {
+                    // The caller gave up (timeout): nobody will read this subscription.
+                    sub.closed = true;
+                }
             }
+            None => renewed = Some(info),
         }
-        if sub.closed {
+        let closed = sub.closed;
+        if let Some(info) = renewed {
+            self.emit(Event::Resubscribed {
+                room: room.to_owned(),
+                info,
+            });
+        }
+        if closed {
             self.forget(ws, room).await?;
         }
         Ok(())
