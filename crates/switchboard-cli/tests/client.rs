@@ -18,8 +18,8 @@ use bytes::BytesMut;
 use common::ServerProcess;
 use serde_json::{Value, json};
 use switchboard_client::{
-    Client, ClientOptions, ConnectionState, Error, ErrorCode, Event, HistoryQuery, MessagePush,
-    PublishOptions, ReconnectPolicy, StreamPosition, Subscription, SubscriptionEvent,
+    Client, ClientOptions, ConnectionState, Disconnect, Error, ErrorCode, Event, HistoryQuery,
+    MessagePush, PublishOptions, ReconnectPolicy, StreamPosition, Subscription, SubscriptionEvent,
     TokenProvider,
 };
 use switchboard_protocol::{
@@ -263,7 +263,10 @@ async fn subscribe_publish_receive_and_the_other_commands() {
     assert!(matches!(
         alice.state(),
         ConnectionState::Closed {
-            code: Some(1000),
+            disconnect: Some(Disconnect {
+                code: CloseCode(1000),
+                ..
+            }),
             ..
         }
     ));
@@ -363,7 +366,11 @@ async fn a_restarted_server_means_a_reset_with_the_new_epoch() {
         matches!(
             disconnected,
             Event::Disconnected {
-                code: Some(1001),
+                disconnect: Some(Disconnect {
+                    code: CloseCode(1001),
+                    reconnect: true,
+                    ..
+                }),
                 reconnect: true,
                 ..
             }
@@ -488,8 +495,8 @@ async fn a_terminal_close_code_is_not_followed_by_a_reconnect() {
         .await
         .unwrap_err();
     assert_eq!(e.close_code(), Some(1009), "{e}");
-    let (code, reason) = tokio::time::timeout(T, client.closed()).await.unwrap();
-    assert_eq!(code, Some(1009), "{reason}");
+    let (disconnect, reason) = tokio::time::timeout(T, client.closed()).await.unwrap();
+    assert_eq!(disconnect.map(|d| d.code.0), Some(1009), "{reason}");
     // The client has stopped: its complete event history has no reconnect.
     let mut seen = Vec::new();
     while let Ok(event) = events.try_recv() {
@@ -499,7 +506,11 @@ async fn a_terminal_close_code_is_not_followed_by_a_reconnect() {
         seen.iter().any(|e| matches!(
             e,
             Event::Disconnected {
-                code: Some(1009),
+                disconnect: Some(Disconnect {
+                    code: CloseCode(1009),
+                    reconnect: false,
+                    ..
+                }),
                 reconnect: false,
                 ..
             }
@@ -837,9 +848,12 @@ async fn close_codes_decide_whether_to_reconnect() {
         conn.command().await; // the ping is in flight when the close comes
         conn.close(code).await;
         let (closed, _) = tokio::time::timeout(T, client.closed()).await.unwrap();
-        assert_eq!(closed, Some(code));
+        // The error carries the server's close as sent, with the contract's verdict.
+        let expected = Disconnect::from_code(code).with_reason("bye");
+        assert!(!expected.reconnect);
+        assert_eq!(closed, Some(expected));
         let e = pending.await.unwrap().unwrap_err();
-        assert_eq!(e.close_code(), Some(code), "{e}");
+        assert_eq!(e.disconnect(), closed.as_ref(), "{e}");
         // No second connection was attempted: the driver is gone.
         assert!(
             tokio::time::timeout(Duration::from_millis(50), fake.listener.accept())

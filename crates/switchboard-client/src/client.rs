@@ -36,18 +36,21 @@
 //!   `subscribed`, `unsubscribed`, `refresh_required`, messages of rooms the server subscribed
 //!   the connection to (the personal room, the `rooms` claim) that no [`Subscription`] has
 //!   adopted, errors without an `id`, unknown types, and the connection's own events
-//!   ([`Event::Connected`], [`Event::Disconnected`], [`Event::Reconnecting`]).
+//!   ([`Event::Connected`], [`Event::Disconnected`], [`Event::Reconnecting`],
+//!   [`Event::Resubscribed`]).
 //!
 //! # Reconnects and recovery
 //!
-//! When the connection is lost (the TCP connection ends, a close code that is not terminal,
-//! nothing received for twice the server's ping interval plus 5 s), the driver reconnects
-//! with exponential backoff and full jitter ([`ReconnectPolicy`]). It does **not** reconnect
-//! after a terminal close code ([`is_terminal_close_code`](crate::is_terminal_close_code):
-//! 1000, 1002, 1003, 1007, 1008, 1009, 4000–4499), after a handshake refused with 400, 401
-//! (unless a [`TokenProvider`] may mint a better token), 403, 404 or 426, or when
-//! [`ReconnectPolicy::max_attempts`] is reached: the client is then closed for good
-//! ([`ConnectionState::Closed`]) and every call fails with [`Error::Closed`].
+//! When the connection is lost (the TCP connection ends, a close code after which the
+//! contract lets a client reconnect, nothing received for twice the server's ping interval
+//! plus 5 s), the driver reconnects with exponential backoff and full jitter
+//! ([`ReconnectPolicy`]). It does **not** reconnect after a terminal close code (one whose
+//! [`Disconnect::from_code`] has `reconnect: false`: 1000, 1002, 1003, 1007, 1008, 1009,
+//! 4000–4499; the table is [`CLOSE_CODES`](crate::CLOSE_CODES)), after a handshake refused
+//! with 400, 401 (unless a [`TokenProvider`] may mint a better token), 403, 404 or 426, or
+//! when [`ReconnectPolicy::max_attempts`] is reached: the client is then closed for good
+//! ([`ConnectionState::Closed`]) and every call fails with [`Error::Closed`], which carries
+//! the [`Disconnect`] that ended it.
 //!
 //! After a reconnect every subscription is renewed with `since` = the position of the last
 //! publication it received. When the server answers `recovered: true`, the missed
@@ -55,9 +58,11 @@
 //! publication exactly once. When it answers `recovered: false` (the history is gone, or the
 //! room has a new epoch, as after a server restart with the in-memory broker), the
 //! subscription delivers [`SubscriptionEvent::Reset`] with the room's current position: the
-//! application must reload the room's state, and live messages follow. A room the server
-//! subscribes by itself (the personal room, the `rooms` claim) and that a [`Subscription`]
-//! adopted is not subscribed again: it is recovered through `history` the same way.
+//! application must reload the room's state, and live messages follow. Each renewal is
+//! reported on the [`Event`] stream as [`Event::Resubscribed`], with what it established. A
+//! room the server subscribes by itself (the personal room, the `rooms` claim) and that a
+//! [`Subscription`] adopted is not subscribed again: it is recovered through `history` the
+//! same way.
 //!
 //! Commands in flight when the connection drops fail with [`Error::ConnectionLost`] (they
 //! may or may not have been carried out; a `publish` with an `idempotency_key` can be retried
@@ -86,7 +91,7 @@ use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use switchboard_protocol::{
-    CloseCode, CloseFrame,
+    Disconnect,
     wire::{
         HistoryResult, MemberPush, MessagePush, PresenceResult, PublishResult, RefreshResult,
         RpcResult, StreamPosition, SubscribedPush, UnsubscribedPush, Welcome,
@@ -233,8 +238,9 @@ pub enum ConnectionState {
     /// Closed for good: by [`Client::close`], a terminal close code, a terminal handshake
     /// refusal or the reconnect limit.
     Closed {
-        /// The close code, when there was one.
-        code: Option<u16>,
+        /// The close that ended it, when there was one: the server's (as received), or
+        /// [`Disconnect::NORMAL`] after [`Client::close`].
+        disconnect: Option<Disconnect>,
         /// Why, for people.
         reason: String,
     },
@@ -249,9 +255,10 @@ pub enum Event {
     Connected(Welcome),
     /// The connection ended.
     Disconnected {
-        /// The close code; `None` for an abnormal closure (no close frame) or a failure
-        /// detected by the client.
-        code: Option<u16>,
+        /// The close (its code, the reason sent, whether the contract lets a client
+        /// reconnect); `None` for an abnormal closure (no close frame) or a failure detected
+        /// by the client.
+        disconnect: Option<Disconnect>,
         /// The close reason or the failure.
         reason: String,
         /// Whether the client will reconnect.
@@ -263,6 +270,16 @@ pub enum Event {
         attempt: u32,
         /// The backoff delay before it.
         delay: Duration,
+    },
+    /// A subscription was renewed on a new connection: where it resumed, and whether the
+    /// publications missed while disconnected were recovered (`Some(true)`: they were
+    /// delivered to the [`Subscription`] first, before this event; `Some(false)`: it received
+    /// a [`SubscriptionEvent::Reset`] instead).
+    Resubscribed {
+        /// The room.
+        room: String,
+        /// What the renewal established.
+        info: SubscribeInfo,
     },
     /// A reconnect attempt failed; another one follows unless the client closes.
     ReconnectFailed {
@@ -467,16 +484,16 @@ impl Client {
         self.shared.events.subscribe()
     }
 
-    /// Waits until the client is closed for good, and returns the final state's code and
-    /// reason.
-    pub async fn closed(&self) -> (Option<u16>, String) {
+    /// Waits until the client is closed for good, and returns the final state's close and
+    /// reason (see [`ConnectionState::Closed`]).
+    pub async fn closed(&self) -> (Option<Disconnect>, String) {
         let mut state = self.shared.state.clone();
         let result = state
             .wait_for(|s| matches!(s, ConnectionState::Closed { .. }))
             .await
             .map(|s| s.clone());
         match result {
-            Ok(ConnectionState::Closed { code, reason }) => (code, reason),
+            Ok(ConnectionState::Closed { disconnect, reason }) => (disconnect, reason),
             _ => (None, "the client stopped".into()),
         }
     }
@@ -672,7 +689,7 @@ impl Client {
             .unwrap_or(Err(Error::Timeout(limit)))
     }
 
-    /// The error of a call on a closed client: [`Error::Closed`] with the final close code.
+    /// The error of a call on a closed client: [`Error::Closed`] with the final close.
     fn closed_error(&self) -> Error {
         closed_error(&self.shared.state.borrow())
     }
@@ -680,10 +697,7 @@ impl Client {
 
 fn closed_error(state: &ConnectionState) -> Error {
     match state {
-        ConnectionState::Closed {
-            code: Some(code),
-            reason,
-        } => Error::Closed(Some(CloseFrame::new(CloseCode(*code), reason))),
+        ConnectionState::Closed { disconnect, .. } => Error::Closed(disconnect.clone()),
         _ => Error::Closed(None),
     }
 }

@@ -1,6 +1,6 @@
 //! The client's error type.
 
-use switchboard_protocol::{CloseFrame, HandshakeError, wire::ErrorCode};
+use switchboard_protocol::{CloseFrame, Disconnect, HandshakeError, wire::ErrorCode};
 
 /// What went wrong talking to a server.
 #[derive(Debug, thiserror::Error)]
@@ -18,10 +18,12 @@ pub enum Error {
     /// The server broke the WebSocket protocol.
     #[error("protocol: {0}")]
     Protocol(#[from] switchboard_protocol::ProtocolError),
-    /// The connection closed (with the server's close frame, if any). For the protocol
-    /// client ([`crate::Client`]) this is final: it does not reconnect any more.
-    #[error("connection closed{}", .0.as_ref().map(|f| format!(" with {} {}", f.code.0, f.reason_str())).unwrap_or_default())]
-    Closed(Option<CloseFrame>),
+    /// The connection closed: with the server's close (its code, its reason as sent and
+    /// whether the contract lets a client reconnect after it, see [`Disconnect::from_code`]),
+    /// or without a close frame (`None`). For the protocol client ([`crate::Client`]) this
+    /// is final: it does not reconnect any more.
+    #[error("connection closed{}", .0.as_ref().map(|d| format!(" with {d}")).unwrap_or_default())]
+    Closed(Option<Disconnect>),
     /// The server answered a command with an `error` (PROTOCOL.md section 7).
     #[error("server error {code}: {message}")]
     Server {
@@ -67,27 +69,27 @@ impl Error {
     /// The HTTP status of a refused upgrade (`401`, `429`, …), when that is what happened.
     pub fn http_status(&self) -> Option<u16> {
         match self {
-            Error::Handshake(HandshakeError::Refused(message)) => message
-                .get(..3)
-                .and_then(|s| s.parse().ok())
-                .filter(|s| (100..600).contains(s)),
+            Error::Handshake(HandshakeError::Refused { status, .. }) => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The server's close of an [`Error::Closed`] with a close frame.
+    pub fn disconnect(&self) -> Option<&Disconnect> {
+        match self {
+            Error::Closed(disconnect) => disconnect.as_ref(),
             _ => None,
         }
     }
 
     /// The close code of an [`Error::Closed`] with a close frame.
     pub fn close_code(&self) -> Option<u16> {
-        match self {
-            Error::Closed(Some(frame)) => Some(frame.code.0),
-            _ => None,
-        }
+        self.disconnect().map(|d| d.code.0)
     }
 }
 
-/// Whether a close code ends a connection for good (PROTOCOL.md section 7): 1000, 1002, 1003,
-/// 1007, 1008, 1009 and 4000–4499. Every other code (1001, 1011, 4500–4504, …), a close
-/// without a code and an abnormal closure (the TCP connection ended without a close frame)
-/// are followed by a reconnect.
-pub fn is_terminal_close_code(code: u16) -> bool {
-    matches!(code, 1000 | 1002 | 1003 | 1007 | 1008 | 1009 | 4000..=4499)
+/// The server's close as received: the table's row for its code (whether to reconnect comes
+/// from there, [`Disconnect::from_code`]) with the reason the server actually sent.
+pub(crate) fn received(frame: &CloseFrame) -> Disconnect {
+    Disconnect::from_code(frame.code.0).with_reason(frame.reason_str().to_owned())
 }

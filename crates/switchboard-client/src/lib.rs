@@ -13,7 +13,10 @@ pub use client::{
     Client, ClientOptions, ConnectionState, Event, HistoryQuery, PublishOptions, ReconnectPolicy,
     SubscribeInfo, Subscription, SubscriptionEvent, TokenError, TokenFuture, TokenProvider,
 };
-pub use error::{Error, is_terminal_close_code};
+pub use error::Error;
+/// Why a connection ended, and whether the client reconnects after it: the contract's
+/// close-code table, re-exported from `switchboard-protocol`.
+pub use switchboard_protocol::{CLOSE_CODES, CloseCode, CloseCodeEntry, Disconnect};
 pub use ws::{WsOptions, WsStream};
 
 /// The v1 message types the client's API uses, re-exported from `switchboard-protocol`.

@@ -96,9 +96,17 @@ pub enum HandshakeError {
     /// The HTTP request or response could not be parsed.
     #[error("malformed HTTP: {0}")]
     Http(String),
-    /// (Client side) the server's response was not a valid 101 acceptance.
-    #[error("server refused the upgrade: {0}")]
-    Refused(String),
+    /// (Client side) the server answered with another status than 101.
+    #[error("server refused the upgrade: {status}{}{message}", if message.is_empty() { "" } else { " " })]
+    Refused {
+        /// The HTTP status (`401`, `429`, …).
+        status: u16,
+        /// The reason phrase and the start of the body, for people.
+        message: String,
+    },
+    /// (Client side) a 101 whose `Sec-WebSocket-Accept` is not the one for the key sent.
+    #[error("wrong Sec-WebSocket-Accept")]
+    AcceptKey,
 }
 
 impl HandshakeError {

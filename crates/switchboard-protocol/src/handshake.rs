@@ -251,14 +251,16 @@ impl ClientHandshake {
             httparse::Status::Complete(len) => len,
             httparse::Status::Partial => return Ok(None),
         };
-        let code = res.code.unwrap_or_default();
-        if code != 101 {
-            let mut message = format!("{code} {}", res.reason.unwrap_or_default());
-            let body = &buf[len..buf.len().min(len + 200)];
-            if !body.is_empty() {
-                message = format!("{}: {}", message.trim_end(), String::from_utf8_lossy(body));
-            }
-            return Err(HandshakeError::Refused(message));
+        let status = res.code.unwrap_or_default();
+        if status != 101 {
+            let body = String::from_utf8_lossy(&buf[len..buf.len().min(len + 200)]);
+            let reason = res.reason.unwrap_or_default().trim();
+            let message = [reason, &body]
+                .into_iter()
+                .filter(|part| !part.is_empty())
+                .collect::<Vec<_>>()
+                .join(": ");
+            return Err(HandshakeError::Refused { status, message });
         }
         let mut map = HeaderMap::new();
         collect_headers(res.headers, &mut map)?;
@@ -272,7 +274,7 @@ impl ClientHandshake {
             .get(header::SEC_WEBSOCKET_ACCEPT)
             .map(|v| v.as_bytes().trim_ascii());
         if accept != Some(accept_key(self.key.as_bytes()).as_bytes()) {
-            return Err(HandshakeError::Refused("wrong Sec-WebSocket-Accept".into()));
+            return Err(HandshakeError::AcceptKey);
         }
         let protocol = match map.get(header::SEC_WEBSOCKET_PROTOCOL) {
             None => None,
@@ -532,22 +534,27 @@ mod tests {
             "HTTP/1.1 401 Unauthorized\r\nContent-Length: 24\r\n\r\n{\"error\":\"unauthorized\"}";
         assert_eq!(
             client.parse_response(refused.as_bytes()),
-            Err(HandshakeError::Refused(
-                "401 Unauthorized: {\"error\":\"unauthorized\"}".into()
-            ))
+            Err(HandshakeError::Refused {
+                status: 401,
+                message: "Unauthorized: {\"error\":\"unauthorized\"}".into()
+            })
         );
         let long = format!("HTTP/1.1 503 Busy\r\n\r\n{}", "x".repeat(500));
-        let Err(HandshakeError::Refused(message)) = client.parse_response(long.as_bytes()) else {
+        let Err(HandshakeError::Refused { status, message }) =
+            client.parse_response(long.as_bytes())
+        else {
             panic!("expected a refusal");
         };
-        assert_eq!(message.len(), "503 Busy: ".len() + 200);
+        assert_eq!((status, message.len()), (503, "Busy: ".len() + 200));
+        let bare = client.parse_response(b"HTTP/1.1 429 \r\n\r\n").unwrap_err();
+        assert_eq!(bare.to_string(), "server refused the upgrade: 429");
 
         let wrong_key = "HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\
                          Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-        assert!(matches!(
+        assert_eq!(
             client.parse_response(wrong_key.as_bytes()),
-            Err(HandshakeError::Refused(_))
-        ));
+            Err(HandshakeError::AcceptKey)
+        );
         let no_upgrade = "HTTP/1.1 101 OK\r\nConnection: upgrade\r\n\r\n";
         assert_eq!(
             client.parse_response(no_upgrade.as_bytes()),

@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::value::RawValue;
 use switchboard_protocol::{
-    CloseCode, CloseFrame, HandshakeError,
+    Disconnect, HandshakeError,
     codec::Message,
     frame::OpCode,
     wire::{
@@ -30,7 +30,7 @@ use super::{
     SubscriptionEvent,
 };
 use crate::{
-    error::{Error, is_terminal_close_code},
+    error::{Error, received},
     ws::{WsOptions, WsStream},
 };
 
@@ -335,9 +335,10 @@ impl Sub {
 enum Ending {
     /// The client closed it ([`Request::Close`], or every handle dropped).
     Shutdown(Option<oneshot::Sender<()>>),
-    /// It ended; the client reconnects unless `terminal`.
+    /// It ended, with `disconnect` when there was a close frame; the client reconnects
+    /// unless `terminal`.
     Ended {
-        code: Option<u16>,
+        disconnect: Option<Disconnect>,
         reason: String,
         terminal: bool,
     },
@@ -345,7 +346,7 @@ enum Ending {
 
 fn lost(e: impl std::fmt::Display) -> Ending {
     Ending::Ended {
-        code: None,
+        disconnect: None,
         reason: e.to_string(),
         terminal: false,
     }
@@ -387,7 +388,7 @@ async fn open_with(
                 Some(Message::Ping(payload)) => ws.send(OpCode::Pong, &payload).await?,
                 Some(Message::Close(frame)) => {
                     let _ = ws.close(frame.as_ref()).await;
-                    return Err(Error::Closed(frame));
+                    return Err(Error::Closed(frame.as_ref().map(received)));
                 }
                 Some(Message::Text(text)) => {
                     return match wire::parse_server_message(text.as_str()) {
@@ -410,11 +411,11 @@ async fn open_with(
 /// Whether a failed reconnect attempt ends the client.
 fn open_error_is_terminal(e: &Error, has_provider: bool) -> bool {
     match e {
-        Error::Closed(Some(frame)) => is_terminal_close_code(frame.code.0),
+        Error::Closed(Some(disconnect)) => !disconnect.reconnect,
         Error::Url(_) => true,
-        Error::Handshake(HandshakeError::Refused(_)) => match e.http_status() {
-            Some(401) => !has_provider,
-            Some(400 | 403 | 404 | 426) => true,
+        Error::Handshake(HandshakeError::Refused { status, .. }) => match status {
+            401 => !has_provider,
+            400 | 403 | 404 | 426 => true,
             _ => false,
         },
         _ => false,
@@ -455,8 +456,11 @@ async fn write(ws: &mut WsStream, buf: &mut Vec<u8>, command: &Command<'_>) -> R
 }
 
 async fn close_gracefully(ws: &mut WsStream) {
-    let frame = CloseFrame::new(CloseCode::NORMAL, "");
-    if ws.close(Some(&frame)).await.is_err() {
+    if ws
+        .close(Some(&Disconnect::NORMAL.close_frame()))
+        .await
+        .is_err()
+    {
         return;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -530,29 +534,29 @@ impl Driver {
             let Err(ending) = self.serve(&mut ws, welcome, !first).await;
             first = false;
             drop(ws);
-            let (code, reason, terminal) = match ending {
+            let (disconnect, reason, terminal) = match ending {
                 Ending::Shutdown(done) => {
-                    self.finish(Some(1000), "closed by the client".into());
+                    self.finish(Some(Disconnect::NORMAL), "closed by the client".into());
                     if let Some(done) = done {
                         let _ = done.send(());
                     }
                     return;
                 }
                 Ending::Ended {
-                    code,
+                    disconnect,
                     reason,
                     terminal,
-                } => (code, reason, terminal),
+                } => (disconnect, reason, terminal),
             };
             let reconnect = !terminal && self.options.reconnect.enabled;
-            tracing::debug!(?code, %reason, reconnect, "disconnected");
+            tracing::debug!(?disconnect, %reason, reconnect, "disconnected");
             self.emit(Event::Disconnected {
-                code,
+                disconnect: disconnect.clone(),
                 reason: reason.clone(),
                 reconnect,
             });
             if !reconnect {
-                self.finish(code, reason);
+                self.finish(disconnect, reason);
                 return;
             }
             self.connection_lost();
@@ -595,11 +599,8 @@ impl Driver {
     }
 
     /// Closed for good: everything waiting fails, every subscription ends.
-    fn finish(&mut self, code: Option<u16>, reason: String) {
-        let error = || match code {
-            Some(code) => Error::Closed(Some(CloseFrame::new(CloseCode(code), &reason))),
-            None => Error::Closed(None),
-        };
+    fn finish(&mut self, disconnect: Option<Disconnect>, reason: String) {
+        let error = || Error::Closed(disconnect.clone());
         for (_, pending) in self.pending.drain() {
             if let Pending::Command(reply) | Pending::Refresh { reply, .. } = pending {
                 let _ = reply.send(Err(error()));
@@ -612,7 +613,7 @@ impl Driver {
             sub.end(error());
         }
         self.state
-            .send_replace(ConnectionState::Closed { code, reason });
+            .send_replace(ConnectionState::Closed { disconnect, reason });
     }
 
     /// Waits and reconnects; `None` when the client is closed for good.
@@ -668,7 +669,7 @@ impl Driver {
                         error: e.to_string(),
                     });
                     if open_error_is_terminal(&e, self.options.token_provider.is_some()) {
-                        self.finish(e.close_code(), format!("reconnect refused: {e}"));
+                        self.finish(e.disconnect().cloned(), format!("reconnect refused: {e}"));
                         return None;
                     }
                 }
@@ -677,7 +678,7 @@ impl Driver {
     }
 
     fn shut_down(&mut self, ending: Ending) -> Option<(WsStream, Welcome)> {
-        self.finish(Some(1000), "closed by the client".into());
+        self.finish(Some(Disconnect::NORMAL), "closed by the client".into());
         if let Ending::Shutdown(Some(done)) = ending {
             let _ = done.send(());
         }
@@ -803,9 +804,10 @@ impl Driver {
                         Ok(None) => return Err(lost("the connection ended without a close frame")),
                         Err(Error::Protocol(e)) => {
                             // The server broke the protocol: say so and stop.
-                            let code = e.close_code();
-                            let _ = ws.close(Some(&CloseFrame::new(code, "protocol error"))).await;
-                            return Err(Ending::Ended { code: Some(code.0), reason: e.to_string(), terminal: true });
+                            // The client's own close, terminal whatever the code's row says.
+                            let disconnect = Disconnect::from_code(e.close_code().0).with_reason("protocol error");
+                            let _ = ws.close(Some(&disconnect.close_frame())).await;
+                            return Err(Ending::Ended { disconnect: Some(disconnect), reason: e.to_string(), terminal: true });
                         }
                         Err(e) => return Err(lost(e)),
                     }
@@ -935,18 +937,29 @@ impl Driver {
             return Ok(());
         };
         sub.activate();
-        if let Some(waiting) = sub.waiting.take() {
-            let info = SubscribeInfo {
-                epoch: at.epoch.clone(),
-                offset: at.offset,
-                recovered,
-            };
-            if waiting.send(Ok((sub.generation, info))).is_err() {
-                // The caller gave up (timeout): nobody will read this subscription.
-                sub.closed = true;
+        let info = SubscribeInfo {
+            epoch: at.epoch.clone(),
+            offset: at.offset,
+            recovered,
+        };
+        let mut renewed = None;
+        match sub.waiting.take() {
+            Some(waiting) => {
+                if waiting.send(Ok((sub.generation, info))).is_err() {
+                    // The caller gave up (timeout): nobody will read this subscription.
+                    sub.closed = true;
+                }
             }
+            None => renewed = Some(info),
         }
-        if sub.closed {
+        let closed = sub.closed;
+        if let Some(info) = renewed {
+            self.emit(Event::Resubscribed {
+                room: room.to_owned(),
+                info,
+            });
+        }
+        if closed {
             self.forget(ws, room).await?;
         }
         Ok(())
@@ -1050,15 +1063,15 @@ impl Driver {
             Message::Pong(_) | Message::Binary(_) => Ok(()),
             Message::Close(frame) => {
                 let _ = ws.close(frame.as_ref()).await;
-                let code = frame.as_ref().map(|f| f.code.0);
-                let reason = match &frame {
-                    Some(f) => format!("closed by the server: {} {}", f.code.0, f.reason_str()),
+                let disconnect = frame.as_ref().map(received);
+                let reason = match &disconnect {
+                    Some(d) => format!("closed by the server: {d}"),
                     None => "closed by the server without a code".to_owned(),
                 };
                 Err(Ending::Ended {
-                    code,
+                    terminal: disconnect.as_ref().is_some_and(|d| !d.reconnect),
+                    disconnect,
                     reason,
-                    terminal: code.is_some_and(is_terminal_close_code),
                 })
             }
             Message::Text(text) => self.text(ws, text.as_str()).await,

@@ -5,13 +5,15 @@ use std::borrow::Cow;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
-use super::StreamPosition;
-use super::encode::{WireBuf, put, put_id, put_raw, put_str, put_u64};
 use super::scan::{
     CURSOR, CommandFields, ECHO, EPHEMERAL, ID, IDEMPOTENCY_KEY, LIMIT, METHOD, REVERSE, ROOM,
     SCALAR_FIELDS, Scalar, Since, TOKEN, TYPE,
 };
-use super::{ErrorCode, Id, MAX_IDEMPOTENCY_KEY_LEN, MAX_NUMERIC_ID, MAX_STRING_ID_LEN};
+use super::types::{
+    ErrorCode, Id, MAX_IDEMPOTENCY_KEY_LEN, MAX_NUMERIC_ID, MAX_STRING_ID_LEN, StreamPosition,
+    put_id,
+};
+use super::writer::{WireBuf, put, put_raw, put_str, put_u64};
 
 /// One client command: its optional `id` and what it asks for.
 ///

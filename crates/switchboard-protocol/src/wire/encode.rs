@@ -2,116 +2,14 @@
 //! replies.
 
 use std::borrow::Cow;
-use std::io;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::command::CommandError;
 use super::server::Welcome;
-use super::{ErrorCode, Id};
-
-/// A buffer the encoders append to: implemented for `Vec<u8>` and `bytes::BytesMut`. Both
-/// become a `bytes::Bytes` without copying (`Bytes::from(vec)`, `bytes_mut.freeze()`).
-pub trait WireBuf {
-    /// Appends `bytes`.
-    fn write_bytes(&mut self, bytes: &[u8]);
-    /// Reserves room for at least `additional` more bytes.
-    fn reserve_bytes(&mut self, additional: usize);
-    /// The number of bytes in the buffer.
-    fn written_len(&self) -> usize;
-    /// Shortens the buffer to `len` bytes (to undo a failed encode).
-    fn truncate_bytes(&mut self, len: usize);
-}
-
-impl WireBuf for Vec<u8> {
-    fn write_bytes(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
-    }
-    fn reserve_bytes(&mut self, additional: usize) {
-        self.reserve(additional);
-    }
-    fn written_len(&self) -> usize {
-        self.len()
-    }
-    fn truncate_bytes(&mut self, len: usize) {
-        self.truncate(len);
-    }
-}
-
-impl WireBuf for bytes::BytesMut {
-    fn write_bytes(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
-    }
-    fn reserve_bytes(&mut self, additional: usize) {
-        self.reserve(additional);
-    }
-    fn written_len(&self) -> usize {
-        self.len()
-    }
-    fn truncate_bytes(&mut self, len: usize) {
-        self.truncate(len);
-    }
-}
-
-/// `io::Write` over a [`WireBuf`], for serde_json. Never fails.
-struct IoWriter<'b, B: ?Sized>(&'b mut B);
-
-impl<B: WireBuf + ?Sized> io::Write for IoWriter<'_, B> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write_bytes(buf);
-        Ok(buf.len())
-    }
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.0.write_bytes(buf);
-        Ok(())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-pub(super) fn put<B: WireBuf + ?Sized>(out: &mut B, bytes: &[u8]) {
-    out.write_bytes(bytes);
-}
-
-/// A JSON string, escaped by serde_json.
-pub(super) fn put_str<B: WireBuf + ?Sized>(out: &mut B, s: &str) {
-    // Serialising a `str` fails only when the writer does, and `IoWriter` never does.
-    let _ = serde_json::to_writer(IoWriter(out), s);
-}
-
-pub(super) fn put_u64<B: WireBuf + ?Sized>(out: &mut B, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.write_bytes(&digits[start..]);
-}
-
-pub(super) fn put_raw<B: WireBuf + ?Sized>(out: &mut B, raw: &RawValue) {
-    out.write_bytes(raw.get().as_bytes());
-}
-
-pub(super) fn put_id<B: WireBuf + ?Sized>(out: &mut B, id: &Id) {
-    match id {
-        Id::Number(n) => put_u64(out, *n),
-        Id::String(s) => put_str(out, s),
-    }
-}
-
-fn put_opt_u64<B: WireBuf + ?Sized>(out: &mut B, n: Option<u64>) {
-    match n {
-        Some(n) => put_u64(out, n),
-        None => put(out, b"null"),
-    }
-}
+use super::types::{ErrorCode, Id, Member, put_id};
+use super::writer::{IoWriter, WireBuf, put, put_opt_u64, put_raw, put_str, put_u64};
 
 /// Writes `{"type":"reply","id":…,"result":…}`. `result` is any `Serialize` value: one of the
 /// result structs of this module, or a `&RawValue` spliced as is.
@@ -381,44 +279,6 @@ pub fn encode_refresh_required<B: WireBuf + ?Sized>(out: &mut B, expires: u64) {
     put(out, b"{\"type\":\"refresh_required\",\"expires\":");
     put_u64(out, expires);
     put(out, b"}");
-}
-
-/// A connection as others see it: in `presence`, `join`/`leave` and the `from` of a
-/// publication. Borrowed when the server builds it, owned when a client parses it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Member<'a> {
-    /// The user id (`""` for anonymous users).
-    pub user: Cow<'a, str>,
-    /// The connection id.
-    pub connection: Cow<'a, str>,
-    /// The token's `info` claim, as it was in the token.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub info: Option<Cow<'a, RawValue>>,
-}
-
-impl<'a> Member<'a> {
-    /// A member borrowing its parts.
-    pub fn new(user: &'a str, connection: &'a str, info: Option<&'a RawValue>) -> Self {
-        Member {
-            user: Cow::Borrowed(user),
-            connection: Cow::Borrowed(connection),
-            info: info.map(Cow::Borrowed),
-        }
-    }
-
-    /// Parses a member object (such as [`Publication::from`]).
-    pub fn from_raw(raw: &RawValue) -> Result<Member<'static>, serde_json::Error> {
-        serde_json::from_str(raw.get())
-    }
-}
-
-impl PartialEq for Member<'_> {
-    /// `info` is compared as text.
-    fn eq(&self, other: &Self) -> bool {
-        self.user == other.user
-            && self.connection == other.connection
-            && self.info.as_deref().map(RawValue::get) == other.info.as_deref().map(RawValue::get)
-    }
 }
 
 /// One publication in a `subscribe` or `history` reply: `{"offset", "data", "from"?}`.

@@ -7,8 +7,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
-use super::encode::Member;
-use super::{ErrorCode, Id, PROTOCOL_VERSION, StreamPosition};
+use super::types::{ErrorCode, Id, Member, PROTOCOL_VERSION, StreamPosition};
 
 /// One message from the server, owned. Unknown fields are ignored, and an unknown `type`
 /// becomes [`ServerMessage::Unknown`] so that newer servers do not break older clients.
