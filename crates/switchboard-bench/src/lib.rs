@@ -9,11 +9,12 @@
 //!
 //! This crate owns the command's options ([`BenchArgs`]), the connections and scenarios, the
 //! measurements (latency histograms, CPU and memory from `/proc`), the result format, the
-//! tables and the charts. It drives servers over sockets as a client and knows nothing of their
-//! internals: it speaks WebSocket frames, the v1 JSON messages it needs (through
-//! `switchboard-protocol`'s wire layer, as any client would) and Socket.IO; the tokens it sends
-//! are minted by the [`TokenIssuer`] its caller supplies. Whatever server it measures,
-//! Switchboard's or another, is only a URL and a process id.
+//! tables and the charts. It drives servers over sockets as a client and must know nothing of
+//! their internals: it takes from `switchboard-protocol` only what any client uses (the client
+//! handshake, permessage-deflate, the room-name rule), writes the few v1 JSON messages and
+//! Socket.IO packets it sends itself, and sends tokens minted by the [`TokenIssuer`] its caller
+//! supplies. It does not depend on the server crate: whatever server it measures, Switchboard
+//! or another, is a URL and a process id.
 //!
 //! The generator must cost less per message than the server it measures, so it speaks raw
 //! frames (see `conn`), runs one current-thread runtime per worker thread (see `engine`) and
