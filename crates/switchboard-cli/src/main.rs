@@ -1,8 +1,8 @@
 //! The `switchboard` command: `serve` runs the server; `connect`, `publish` and `token` talk to
 //! one; `bench` measures one. It owns argument parsing and terminal output only: everything
-//! else lives in the server and client libraries.
+//! else lives in the server, client and bench libraries.
 
-use std::process::ExitCode;
+use std::{process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand};
 
@@ -14,7 +14,6 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-mod bench;
 mod connect;
 mod publish;
 mod serve;
@@ -39,7 +38,7 @@ enum Command {
     /// Mint a token (by default with the development-mode secret).
     Token(token::TokenArgs),
     /// Measure a server over loopback: echo, fan-out, rooms, connections; merge reports.
-    Bench(bench::BenchArgs),
+    Bench(switchboard_bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,7 +48,7 @@ fn main() -> ExitCode {
         Command::Connect(args) => connect::run(args),
         Command::Publish(args) => publish::run(args),
         Command::Token(args) => token::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => switchboard_bench::run(args, Arc::new(token::BenchTokens)),
     };
     match result {
         Ok(code) => code,

@@ -156,3 +156,31 @@ pub(crate) fn run(args: TokenArgs) -> Result<ExitCode, Box<dyn std::error::Error
     println!("{}", auth::mint(secret.as_bytes(), args.algorithm, &claims));
     Ok(ExitCode::SUCCESS)
 }
+
+/// Tokens for `switchboard bench`: HS256 with the server library's minting and development
+/// secret, so that the bench crate needs nothing of the server.
+#[derive(Debug)]
+pub(crate) struct BenchTokens;
+
+impl switchboard_bench::TokenIssuer for BenchTokens {
+    fn mint(&self, secret: &str, user: &str, ttl: Duration) -> String {
+        auth::mint(
+            secret.as_bytes(),
+            HmacAlgorithm::HS256,
+            &MintClaims {
+                sub: user.to_string(),
+                ttl: Some(ttl),
+                ..MintClaims::default()
+            },
+        )
+    }
+
+    fn dev_secret_path(&self) -> PathBuf {
+        auth::default_dev_secret_path()
+    }
+
+    fn read_secret(&self, path: &std::path::Path) -> std::io::Result<String> {
+        // The file exists (the bench checks first), so this only reads it.
+        auth::load_or_create_dev_secret(path)
+    }
+}

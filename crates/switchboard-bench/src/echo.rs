@@ -9,12 +9,14 @@ use std::{collections::BTreeMap, process::ExitCode, sync::Arc};
 use clap::Args;
 use serde_json::json;
 
-use super::{
-    Auth, CommonArgs, Plan,
-    conn::{BINARY, Conn, TEXT},
+use crate::{
+    auth::Auth,
+    conn::{BINARY, Conn, ConnError, TEXT},
     engine::{Counters, ThreadCtx},
     payload,
-    report::{BenchResult, Latency, Load, round1},
+    plan::{self, CommonArgs, Plan},
+    report,
+    result::{BenchResult, Latency, Load, round1},
     socketio,
 };
 
@@ -85,7 +87,7 @@ pub(crate) fn run(args: EchoArgs) -> Result<ExitCode, String> {
     let driver = plan.start_connections(
         move |_, i, limit| {
             let plan = open_plan.clone();
-            async move { super::open(&plan, i, &Auth::None, read_buffer, &limit).await }
+            async move { plan::open(&plan, i, &Auth::None, read_buffer, &limit).await }
         },
         move |ctx, _, conn| {
             let params = params.clone();
@@ -129,7 +131,7 @@ pub(crate) fn run(args: EchoArgs) -> Result<ExitCode, String> {
     r.latency_kind = "round_trip".into();
     r.latency_us = Latency::from_ns(&hist.latency);
     result.check(Load::Saturating);
-    super::finish(&plan, &result, true)
+    report::finish(&plan, &result, true)
 }
 
 /// Appends one echo message stamped with `now`.
@@ -138,11 +140,7 @@ fn push(conn: &mut Conn, params: &Params, template: &[u8], now: u64) {
     payload::put_hex16(&mut frame[params.stamp_at..], now);
 }
 
-async fn echo_loop(
-    ctx: &ThreadCtx,
-    mut conn: Conn,
-    params: &Params,
-) -> Result<(), super::ConnError> {
+async fn echo_loop(ctx: &ThreadCtx, mut conn: Conn, params: &Params) -> Result<(), ConnError> {
     let shared = &ctx.shared;
     let mut template = payload::echo_template(params.size);
     if params.stamp_at > 0 {

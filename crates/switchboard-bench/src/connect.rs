@@ -25,12 +25,13 @@ use std::{
 use clap::Args;
 use serde_json::json;
 
-use super::{
-    Auth, AuthArgs, CommonArgs, ConnError, Plan,
-    conn::Conn,
+use crate::{
+    auth::{Auth, AuthArgs, TokenIssuer},
+    conn::{Conn, ConnError},
     engine::{Counters, ThreadCtx},
-    proc,
-    report::{BenchResult, Latency, Load, round1},
+    plan::{self, CommonArgs, Plan},
+    proc, report,
+    result::{BenchResult, Latency, Load, round1},
     socketio,
 };
 
@@ -62,7 +63,7 @@ pub(crate) struct ConnectArgs {
 }
 
 /// Runs `bench connect`.
-pub(crate) fn run(args: ConnectArgs) -> Result<ExitCode, String> {
+pub(crate) fn run(args: ConnectArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<ExitCode, String> {
     if let Some(room) = &args.subscribe {
         switchboard_protocol::wire::validate_room(room)
             .map_err(|e| format!("--subscribe {room:?}: {e}"))?;
@@ -75,7 +76,11 @@ pub(crate) fn run(args: ConnectArgs) -> Result<ExitCode, String> {
     let plan = Plan::new(args.common, default_url, args.connections)?
         .with_socketio(args.socketio)?
         .with_deflate(args.deflate);
-    let auth = Auth::resolve(&args.auth, args.authenticate || args.subscribe.is_some())?;
+    let auth = Auth::resolve(
+        &args.auth,
+        args.authenticate || args.subscribe.is_some(),
+        tokens,
+    )?;
     let auth_kind = auth.describe();
     let rss_before = plan
         .common
@@ -159,7 +164,7 @@ pub(crate) fn run(args: ConnectArgs) -> Result<ExitCode, String> {
         }
     }
     result.check(Load::Paced);
-    super::finish(&plan, &result, true)
+    report::finish(&plan, &result, true)
 }
 
 async fn open(
@@ -168,9 +173,9 @@ async fn open(
     i: usize,
     room: Option<&str>,
 ) -> Result<Conn, ConnError> {
-    let mut conn = super::open_with(plan, i, authorization, 4096).await?;
+    let mut conn = plan::open_with(plan, i, authorization, 4096).await?;
     if let Some(room) = room {
-        super::subscribe(&mut conn, room, 1).await?;
+        plan::subscribe(&mut conn, room, 1).await?;
     }
     Ok(conn)
 }

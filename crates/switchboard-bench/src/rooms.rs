@@ -11,12 +11,14 @@ use std::{collections::BTreeMap, process::ExitCode, sync::Arc, time::Duration};
 use clap::Args;
 use serde_json::json;
 
-use super::{
-    Auth, AuthArgs, CommonArgs, ConnError, Plan,
-    conn::Conn,
+use crate::{
+    auth::{Auth, AuthArgs, TokenIssuer},
+    conn::{Conn, ConnError},
     engine::{Counters, Pacer, ThreadCtx},
     payload::{self, Kind, StampFinder},
-    report::{BenchResult, Latency, Load, round1},
+    plan::{self, CommonArgs, Plan},
+    report,
+    result::{BenchResult, Latency, Load, round1},
 };
 
 /// Options of `bench rooms`.
@@ -65,7 +67,7 @@ enum State {
 }
 
 /// Runs `bench rooms`.
-pub(crate) fn run(args: RoomsArgs) -> Result<ExitCode, String> {
+pub(crate) fn run(args: RoomsArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<ExitCode, String> {
     if args.rooms == 0 || args.members == 0 {
         return Err("--rooms and --members must be at least 1".into());
     }
@@ -82,7 +84,7 @@ pub(crate) fn run(args: RoomsArgs) -> Result<ExitCode, String> {
         .checked_mul(args.members)
         .ok_or("too many connections")?;
     let plan = Plan::new(args.common, "ws://127.0.0.1:8080/ws", total)?;
-    let auth = Auth::resolve(&args.auth, true)?;
+    let auth = Auth::resolve(&args.auth, true, tokens)?;
     let auth_kind = auth.describe();
     let params = Arc::new(Params {
         members: args.members,
@@ -175,7 +177,7 @@ pub(crate) fn run(args: RoomsArgs) -> Result<ExitCode, String> {
             args.rate
         ));
     }
-    super::finish(&plan, &result, !churn)
+    report::finish(&plan, &result, !churn)
 }
 
 async fn open(
@@ -185,8 +187,8 @@ async fn open(
     room: &str,
     limit: &tokio::sync::Semaphore,
 ) -> Result<Conn, ConnError> {
-    let mut conn = super::open(plan, i, &params.auth, 16 * 1024, limit).await?;
-    super::subscribe(&mut conn, room, 1).await?;
+    let mut conn = plan::open(plan, i, &params.auth, 16 * 1024, limit).await?;
+    plan::subscribe(&mut conn, room, 1).await?;
     Ok(conn)
 }
 

@@ -35,7 +35,7 @@ use tokio::{
 
 use tokio_util::bytes::BytesMut;
 
-use super::{
+use crate::{
     socketio::{self, Packet},
     target::Target,
 };
@@ -118,7 +118,7 @@ pub(crate) struct Conn {
     pub(crate) input: Input,
     /// Output not yet written.
     pub(crate) output: Output,
-    /// Socket.IO framing (see [`super::socketio`]): only event packets are handed out.
+    /// Socket.IO framing (see [`socketio`]): only event packets are handed out.
     socketio: bool,
     /// The permessage-deflate parameters the server agreed to.
     deflate: Option<DeflateParams>,
@@ -217,10 +217,42 @@ impl Conn {
         }
     }
 
-    /// From now on, hand out Socket.IO events only and answer engine.io pings (after the
-    /// Socket.IO handshake).
-    pub(crate) fn set_socketio(&mut self) {
-        self.socketio = true;
+    /// Connects this connection (just upgraded) to Socket.IO's default namespace: waits for
+    /// `0{…}`, sends `40`, waits for `40…` (see [`socketio`]). From then on it hands out
+    /// Socket.IO events only and answers engine.io pings.
+    pub(crate) async fn join_socketio(&mut self) -> Result<(), ConnError> {
+        let wait = async {
+            let mut opened = false;
+            loop {
+                while let Some(r) = self.next_message()? {
+                    let msg = &self.input.bytes()[r];
+                    match socketio::packet(msg) {
+                        Packet::Open if !opened => {
+                            opened = true;
+                            self.output.frame(TEXT, b"40");
+                        }
+                        Packet::Connected if opened => {
+                            self.socketio = true;
+                            return self.try_flush();
+                        }
+                        Packet::ConnectError | Packet::Close => {
+                            return Err(ConnError::Refused(format!(
+                                "Socket.IO: {}",
+                                String::from_utf8_lossy(&msg[..msg.len().min(300)])
+                            )));
+                        }
+                        Packet::Ping => {
+                            self.output.frame(TEXT, b"3");
+                        }
+                        _ => {}
+                    }
+                }
+                self.read_some().await?;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(15), wait)
+            .await
+            .map_err(|_| ConnError::Timeout("the Socket.IO handshake (0{…}, 40, 40{…})"))?
     }
 
     /// Whether Socket.IO framing is on.

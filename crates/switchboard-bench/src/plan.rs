@@ -1,77 +1,23 @@
-//! `switchboard bench`: a load generator for WebSocket servers on this machine, and a merger
-//! of its reports.
-//!
-//! Scenarios: `echo` (round trips through any server's echo route), `fanout` (one room, many
-//! subscribers, through the protocol or a raw broadcast route), `rooms` (many small rooms with
-//! subscription churn), `connect` (handshake rate and memory per idle connection). `report`
-//! merges result files into one table with ratios against a baseline.
-//!
-//! The generator must cost less per message than the server it measures, so it speaks raw
-//! frames (see [`conn`]), runs one current-thread runtime per worker thread (see [`engine`])
-//! and reads only the bytes it needs from each message (see [`payload`]). It loads loopback
-//! addresses only (see [`target`]). `docs/benchmarks.md` describes flags and the JSON format.
+//! A checked run configuration ([`Plan`]) from the options every load scenario takes
+//! ([`CommonArgs`]), and how a plan opens its connections: where each goes, from which source
+//! address, with which headers, on which worker thread.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
-    process::ExitCode,
     rc::Rc,
     sync::Arc,
     time::Duration,
 };
 
-use clap::{Args, Subcommand};
-use switchboard_server::auth::{self as server_auth, HmacAlgorithm, MintClaims};
+use clap::Args;
 
-mod chart;
-mod conn;
-mod connect;
-mod echo;
-mod engine;
-mod fanout;
-mod payload;
-mod proc;
-mod report;
-mod rooms;
-mod socketio;
-mod target;
-
-use conn::{Conn, ConnError, Dial};
-use report::BenchResult;
-use target::Target;
-
-/// Options of `switchboard bench`.
-#[derive(Debug, Args)]
-pub(crate) struct BenchArgs {
-    #[command(subcommand)]
-    scenario: Scenario,
-}
-
-#[derive(Debug, Subcommand)]
-enum Scenario {
-    /// Round trips through an echo route: N connections, k messages in flight each.
-    Echo(echo::EchoArgs),
-    /// One room, N subscribers, P publishers: deliveries/s, delivery ratio, latency.
-    Fanout(fanout::FanoutArgs),
-    /// Many small rooms (chat-like) with subscribe/unsubscribe churn.
-    Rooms(rooms::RoomsArgs),
-    /// Handshake rate, then the server's memory per idle connection.
-    Connect(connect::ConnectArgs),
-    /// Merge result files into one table with ratios against a baseline.
-    Report(report::ReportArgs),
-}
-
-/// Runs `switchboard bench`.
-pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let result = match args.scenario {
-        Scenario::Echo(a) => echo::run(a),
-        Scenario::Fanout(a) => fanout::run(a),
-        Scenario::Rooms(a) => rooms::run(a),
-        Scenario::Connect(a) => connect::run(a),
-        Scenario::Report(a) => return report::run(a).map_err(Into::into),
-    };
-    Ok(result?)
-}
+use crate::{
+    auth::Auth,
+    conn::{Conn, ConnError, Dial},
+    engine, payload, proc,
+    target::Target,
+};
 
 /// Options every load scenario takes.
 #[derive(Debug, Clone, Args)]
@@ -79,59 +25,44 @@ pub(crate) struct CommonArgs {
     /// Server URL (ws://, loopback only); repeat it for several nodes: connections are spread
     /// over them round-robin. Default: the scenario's route on ws://127.0.0.1:8080.
     #[arg(long = "url", value_name = "URL")]
-    urls: Vec<String>,
+    pub(crate) urls: Vec<String>,
     /// Measurement length (e.g. 10, 10s, 1m).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
+    pub(crate) duration: Duration,
     /// Load before the measurement, not counted (e.g. 2s; 0 for none).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    warmup: Duration,
+    pub(crate) warmup: Duration,
     /// Worker threads, one current-thread runtime each. Default: available cores - 1 (min 1).
     #[arg(long, value_name = "N")]
-    threads: Option<usize>,
+    pub(crate) threads: Option<usize>,
     /// Pin worker thread i to the i-th CPU of this list (e.g. 2,3 or 2-3).
     #[arg(long, value_name = "LIST")]
-    cpu_list: Option<String>,
+    pub(crate) cpu_list: Option<String>,
     /// The server's process id, for its CPU use (and memory in `connect`); repeatable.
     #[arg(long = "server-pid", value_name = "PID")]
-    server_pids: Vec<u32>,
+    pub(crate) server_pids: Vec<u32>,
     /// Source addresses 127.0.0.1..=127.0.0.K the connections are spread over (1: let the
     /// kernel choose). Only for IPv4 targets.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u8).range(1..=254), value_name = "K")]
-    source_addrs: u8,
+    pub(crate) source_addrs: u8,
     /// Connections being set up at once (keep it below the server's listen backlog).
     #[arg(long, default_value_t = 100, value_name = "N")]
-    concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Time allowed for messages in flight to arrive after the measurement.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
     /// The name of this run in reports (e.g. the server's name). Default: the URL.
     #[arg(long)]
-    name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Write the result as JSON to FILE.
     #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
+    pub(crate) json: Option<PathBuf>,
     /// Write a PNG chart of the result to FILE.
     #[arg(long, value_name = "FILE")]
-    png: Option<PathBuf>,
+    pub(crate) png: Option<PathBuf>,
     /// No progress bars.
     #[arg(long, short)]
-    quiet: bool,
-}
-
-/// Authentication of protocol connections.
-#[derive(Debug, Clone, Args)]
-pub(crate) struct AuthArgs {
-    /// Send this token on every connection (`Authorization: Bearer`).
-    #[arg(long, value_name = "JWT")]
-    token: Option<String>,
-    /// Mint one token per connection (user `bench-<i>`) with this HS256 secret.
-    #[arg(long, value_name = "SECRET", conflicts_with = "token")]
-    secret: Option<String>,
-    /// Read the HS256 secret from FILE. Default: the development secret
-    /// ($SWITCHBOARD_DEV_SECRET_FILE, else .switchboard/dev-secret).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["token", "secret"])]
-    secret_file: Option<PathBuf>,
+    pub(crate) quiet: bool,
 }
 
 /// `10`, `1.5` (seconds) or a humantime duration (`10s`, `500ms`, `1m`).
@@ -143,77 +74,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("bad duration {s:?}"));
     }
     humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))
-}
-
-/// How connections authenticate.
-#[derive(Debug, Clone)]
-pub(crate) enum Auth {
-    /// No `Authorization` header.
-    None,
-    /// The same token on every connection.
-    Token(Arc<str>),
-    /// A token per connection, minted with this secret.
-    Secret(Arc<str>),
-}
-
-impl Auth {
-    /// Resolves the options; `needed`: a token is required (then the dev secret is the
-    /// default).
-    pub(crate) fn resolve(args: &AuthArgs, needed: bool) -> Result<Auth, String> {
-        if let Some(t) = &args.token {
-            return Ok(Auth::Token(t.as_str().into()));
-        }
-        if let Some(s) = &args.secret {
-            return Ok(Auth::Secret(s.as_str().into()));
-        }
-        if !needed && args.secret_file.is_none() {
-            return Ok(Auth::None);
-        }
-        let path = args
-            .secret_file
-            .clone()
-            .unwrap_or_else(server_auth::default_dev_secret_path);
-        if !path.exists() {
-            return Err(format!(
-                "no token: pass --token or --secret, or run the server in development mode so \
-                 that its secret is in {} (or point --secret-file or \
-                 SWITCHBOARD_DEV_SECRET_FILE at it)",
-                path.display()
-            ));
-        }
-        let secret = server_auth::load_or_create_dev_secret(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(Auth::Secret(secret.into()))
-    }
-
-    /// The `Authorization` value for connection `i`.
-    pub(crate) fn header(&self, i: usize) -> Option<String> {
-        match self {
-            Auth::None => None,
-            Auth::Token(t) => Some(format!("Bearer {t}")),
-            Auth::Secret(s) => {
-                let token = server_auth::mint(
-                    s.as_bytes(),
-                    HmacAlgorithm::HS256,
-                    &MintClaims {
-                        sub: format!("bench-{i}"),
-                        ttl: Some(Duration::from_secs(24 * 3600)),
-                        ..MintClaims::default()
-                    },
-                );
-                Some(format!("Bearer {token}"))
-            }
-        }
-    }
-
-    /// How the JSON report names it.
-    pub(crate) fn describe(&self) -> &'static str {
-        match self {
-            Auth::None => "none",
-            Auth::Token(_) => "token",
-            Auth::Secret(_) => "minted",
-        }
-    }
 }
 
 /// A checked run configuration shared by the scenarios.
@@ -308,7 +168,7 @@ impl Plan {
         })
     }
 
-    /// Speaks Socket.IO on every connection (see [`socketio`]); the URLs must be engine.io
+    /// Speaks Socket.IO on every connection (see [`crate::socketio`]); the URLs must be engine.io
     /// WebSocket endpoints.
     pub(crate) fn with_socketio(mut self, on: bool) -> Result<Plan, String> {
         if on
@@ -489,7 +349,7 @@ pub(crate) async fn open_with(
         .unwrap_or_default();
     let mut conn = Conn::open(plan.dial(i, &headers, read_buffer)).await?;
     if plan.socketio {
-        socketio::handshake(&mut conn).await?;
+        conn.join_socketio().await?;
     }
     Ok(conn)
 }
@@ -520,33 +380,6 @@ pub(crate) async fn subscribe(conn: &mut Conn, room: &str, id: u64) -> Result<()
     tokio::time::timeout(Duration::from_secs(15), wait)
         .await
         .map_err(|_| ConnError::Timeout("the subscribe reply"))?
-}
-
-/// Prints, saves and charts a result; the exit code says whether it was clean: no failed
-/// connection, no error and, when `complete` (every scenario but rooms with churn), every
-/// expected message delivered.
-pub(crate) fn finish(
-    plan: &Plan,
-    result: &BenchResult,
-    complete: bool,
-) -> Result<ExitCode, String> {
-    print!("{}", report::single_table(result));
-    if let Some(path) = &plan.common.json {
-        let text = serde_json::to_string_pretty(result).map_err(|e| e.to_string())?;
-        std::fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    if let Some(path) = &plan.common.png {
-        chart::draw(std::slice::from_ref(result), path)?;
-    }
-    let clean = result.results.errors == 0
-        && result.results.failed_connections == 0
-        && result.results.lost_connections == 0
-        && (!complete || result.results.delivery_ratio.is_none_or(|r| r >= 1.0));
-    Ok(if clean {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use super::proc::{self, CpuSample};
+use crate::proc::{self, CpuSample};
 
 /// Connecting and setting up.
 const SETUP: u8 = 0;

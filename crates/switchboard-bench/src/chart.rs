@@ -14,7 +14,7 @@ use plotters::{
     },
 };
 
-use super::report::BenchResult;
+use crate::{engine::human, result::BenchResult};
 
 static FONT: Once = Once::new();
 
@@ -87,7 +87,7 @@ fn draw_inner(
             &format!("{scenario}: {unit}"),
             NAMES,
             &|r| Some(r.results.throughput),
-            &|v| super::engine::human(v),
+            &|v| human(v),
             &color,
         )?;
         let memory = |r: &BenchResult| {
@@ -250,7 +250,7 @@ where
         .y_labels(n as usize)
         .y_label_formatter(&|_| String::new())
         .x_labels(6)
-        .x_label_formatter(&|v| super::engine::human(*v))
+        .x_label_formatter(&|v| human(*v))
         .label_style(("sans-serif", 13))
         .draw()?;
     let text =
@@ -270,11 +270,7 @@ where
             )?;
         }
         chart.draw_series(std::iter::once(Text::new(
-            format!(
-                " {} / {}",
-                super::engine::human(l.p50),
-                super::engine::human(l.p99)
-            ),
+            format!(" {} / {}", human(l.p50), human(l.p99)),
             (l.p99.max(lo), SegmentValue::CenterOf(slot(runs, i))),
             text.clone(),
         )))?;

@@ -1,5 +1,7 @@
-//! Socket.IO over raw frames (`--socketio`): just enough of engine.io v4 and the Socket.IO
-//! protocol v5 to load a Socket.IO server with the same generator.
+//! The Socket.IO wire format (`--socketio`): just enough of engine.io v4 and the Socket.IO
+//! protocol v5 to load a Socket.IO server with the same generator: how packets are told
+//! apart and how scenarios wrap what they send. Connections use it (see `Conn::join_socketio`
+//! for the handshake); it knows nothing of connections.
 //!
 //! The URL is the engine.io endpoint with the WebSocket transport
 //! (`/socket.io/?EIO=4&transport=websocket`). After the upgrade the server sends the open
@@ -8,14 +10,10 @@
 //! pings with `2`, which the client answers with `3` (a server configured with a long
 //! `pingInterval` keeps this off the hot path, but it is answered whenever it comes).
 //!
-//! Once connected, [`Conn::next_message`](super::conn::Conn::next_message) hands out only
-//! event packets, whole (`42[…]`), answering pings on the way and skipping everything else,
-//! so scenarios wrap what they send with [`FANOUT_PREFIX`] / [`ECHO_PREFIX`] and find their
-//! stamps after the prefix. Nothing is allocated per message.
-
-use std::time::Duration;
-
-use super::conn::{Conn, ConnError, TEXT};
+//! Once connected, `Conn::next_message` hands out only event packets, whole (`42[…]`),
+//! answering pings on the way and skipping everything else, so scenarios wrap what they send
+//! with [`FANOUT_PREFIX`] / [`ECHO_PREFIX`] and find their stamps after the prefix. Nothing is
+//! allocated per message.
 
 /// What a fan-out publisher puts before its data object (the event `m`), then `]`.
 pub(crate) const FANOUT_PREFIX: &[u8] = b"42[\"m\",";
@@ -60,43 +58,6 @@ pub(crate) fn packet(msg: &[u8]) -> Packet {
     }
 }
 
-/// Connects `conn` (just upgraded) to the default namespace: waits for `0{…}`, sends `40`,
-/// waits for `40…`. Afterwards the connection hands out events only.
-pub(crate) async fn handshake(conn: &mut Conn) -> Result<(), ConnError> {
-    let wait = async {
-        let mut opened = false;
-        loop {
-            while let Some(r) = conn.next_message()? {
-                let msg = &conn.input.bytes()[r];
-                match packet(msg) {
-                    Packet::Open if !opened => {
-                        opened = true;
-                        conn.output.frame(TEXT, b"40");
-                    }
-                    Packet::Connected if opened => {
-                        conn.set_socketio();
-                        return conn.try_flush();
-                    }
-                    Packet::ConnectError | Packet::Close => {
-                        return Err(ConnError::Refused(format!(
-                            "Socket.IO: {}",
-                            String::from_utf8_lossy(&msg[..msg.len().min(300)])
-                        )));
-                    }
-                    Packet::Ping => {
-                        conn.output.frame(TEXT, b"3");
-                    }
-                    _ => {}
-                }
-            }
-            conn.read_some().await?;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(15), wait)
-        .await
-        .map_err(|_| ConnError::Timeout("the Socket.IO handshake (0{…}, 40, 40{…})"))?
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,7 +87,7 @@ mod tests {
     #[test]
     fn wrapped_payloads_are_json() {
         let mut m = FANOUT_PREFIX.to_vec();
-        super::super::payload::put_data(&mut m, 12, 3, 4, 64);
+        crate::payload::put_data(&mut m, 12, 3, 4, 64);
         m.extend_from_slice(FANOUT_SUFFIX);
         let v: serde_json::Value = serde_json::from_slice(&m[2..]).unwrap();
         assert_eq!(v[0], "m");

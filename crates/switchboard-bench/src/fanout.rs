@@ -35,12 +35,14 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 use tokio::sync::Notify;
 
-use super::{
-    Auth, AuthArgs, CommonArgs, ConnError, Plan,
-    conn::Conn,
+use crate::{
+    auth::{Auth, AuthArgs, TokenIssuer},
+    conn::{Conn, ConnError},
     engine::{Counters, Pacer, ThreadCtx},
     payload::{self, Kind, StampFinder},
-    report::{BenchResult, Latency, Load, round1},
+    plan::{self, CommonArgs, Plan},
+    report,
+    result::{BenchResult, Latency, Load, round1},
     socketio,
 };
 
@@ -120,7 +122,7 @@ const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BUFFERED: usize = 8 << 20;
 
 /// Runs `bench fanout`.
-pub(crate) fn run(args: FanoutArgs) -> Result<ExitCode, String> {
+pub(crate) fn run(args: FanoutArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<ExitCode, String> {
     if args.subscribers == 0 || args.publishers == 0 {
         return Err("--subscribers and --publishers must be at least 1".into());
     }
@@ -145,8 +147,8 @@ pub(crate) fn run(args: FanoutArgs) -> Result<ExitCode, String> {
     let total = args.subscribers + args.publishers;
     let plan = Plan::new(args.common, default_url, total)?.with_socketio(args.socketio)?;
     let auth = match args.mode {
-        Mode::Protocol => Auth::resolve(&args.auth, true)?,
-        Mode::Raw => Auth::resolve(&args.auth, false)?,
+        Mode::Protocol => Auth::resolve(&args.auth, true, tokens)?,
+        Mode::Raw => Auth::resolve(&args.auth, false, tokens)?,
     };
     let auth_kind = auth.describe();
     let params = Arc::new(Params {
@@ -263,7 +265,7 @@ pub(crate) fn run(args: FanoutArgs) -> Result<ExitCode, String> {
             ));
         }
     }
-    super::finish(&plan, &result, true)
+    report::finish(&plan, &result, true)
 }
 
 /// Connects connection `i`; in protocol mode authenticates and subscribes it.
@@ -278,9 +280,9 @@ async fn setup(
     } else {
         16 * 1024
     };
-    let mut conn = super::open(plan, i, &params.auth, read_buffer, limit).await?;
+    let mut conn = plan::open(plan, i, &params.auth, read_buffer, limit).await?;
     if params.mode == Mode::Protocol {
-        super::subscribe(&mut conn, &params.room, 1).await?;
+        plan::subscribe(&mut conn, &params.room, 1).await?;
     }
     Ok(conn)
 }
