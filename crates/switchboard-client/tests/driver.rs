@@ -27,7 +27,7 @@ use switchboard_server::{
     UpgradeContext,
     auth::{self, AuthConfig, HmacAlgorithm, MintClaims},
     config::Config,
-    session::{Protocol, Session},
+    v1::{Protocol, Session},
 };
 use tokio::sync::{
     Semaphore,
@@ -82,7 +82,7 @@ impl Handler for Kicker {
         let armed = self.armed.lock().unwrap().take();
         match armed {
             // The message (a command) goes unanswered: it is in flight when the close comes.
-            Some(close) => conn.close(close.code.0, &close.reason),
+            Some(close) => conn.close(close),
             None => self.protocol.on_message(conn, message).await,
         }
     }
