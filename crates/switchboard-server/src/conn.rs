@@ -462,3 +462,7 @@ impl IntoIterator for RoomSet {
         self.0.into_iter()
     }
 }
+
+#[cfg(test)]
+#[path = "conn_tests.rs"]
+mod tests;

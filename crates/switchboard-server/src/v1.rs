@@ -580,3 +580,7 @@ fn frame_text(encoder: &mut switchboard_protocol::codec::Encoder, payload: &[u8]
     encoder.encode(switchboard_protocol::frame::OpCode::Text, payload, &mut buf);
     buf.freeze()
 }
+
+#[cfg(test)]
+#[path = "v1_tests.rs"]
+mod tests;
