@@ -27,13 +27,14 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod prepared;
+pub mod sse;
 pub mod utf8;
 pub mod wire;
 
 pub use close::{CloseCode, CloseFrame};
 pub use disconnect::{CLOSE_CODES, CloseCodeEntry, Disconnect};
 pub use error::{HandshakeError, ProtocolError};
-pub use prepared::PreparedMessage;
+pub use prepared::{PreparedMessage, WireForm};
 
 /// Which end of a WebSocket connection this is. It decides the masking rules: a server must
 /// receive masked frames and send unmasked ones, a client the reverse.

@@ -7,6 +7,9 @@
 //! server context takeover cannot share compressed bytes (their compressor's history must see
 //! every message) and get the plain frame from [`PreparedMessage::frame_for`] only when uncompressed
 //! is acceptable; callers with such peers use their own [`crate::codec::Encoder`].
+//!
+//! A text message also has a Server-Sent Events form ([`WireForm::Sse`]): one event whose
+//! `data` is the payload, built on first use and shared the same way.
 
 use std::sync::OnceLock;
 
@@ -18,6 +21,34 @@ use crate::{
     frame::{OpCode, write_frame},
 };
 
+/// The bytes a recipient needs: which transport, and for WebSocket what it negotiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireForm {
+    /// A WebSocket connection, with its permessage-deflate parameters if any.
+    WebSocket(Option<DeflateParams>),
+    /// A Server-Sent Events stream.
+    Sse,
+}
+
+impl WireForm {
+    /// What an idle connection of this form is sent to keep it alive: a WebSocket ping with
+    /// an empty payload (never compressed), or an SSE comment.
+    pub fn keepalive(&self) -> Bytes {
+        match self {
+            WireForm::WebSocket(_) => Bytes::from_static(&[0x89, 0x00]),
+            WireForm::Sse => Bytes::from_static(crate::sse::KEEPALIVE),
+        }
+    }
+
+    /// The negotiated permessage-deflate parameters of a WebSocket connection.
+    pub fn deflate(&self) -> Option<DeflateParams> {
+        match self {
+            WireForm::WebSocket(d) => *d,
+            WireForm::Sse => None,
+        }
+    }
+}
+
 /// A message framed once for many recipients (server role: unmasked).
 #[derive(Debug)]
 pub struct PreparedMessage {
@@ -27,6 +58,9 @@ pub struct PreparedMessage {
     plain: Bytes,
     /// The compressed frame per compression window, 9 to 15 bits (8 is compressed as 9).
     compressed: [OnceLock<Bytes>; 7],
+    /// The SSE event name and, once built, the event.
+    sse_name: &'static str,
+    sse: OnceLock<Bytes>,
 }
 
 impl PreparedMessage {
@@ -41,6 +75,32 @@ impl PreparedMessage {
             threshold,
             plain: plain.freeze(),
             compressed: Default::default(),
+            sse_name: "message",
+            sse: OnceLock::new(),
+        }
+    }
+
+    /// The same message with the SSE event name `name` (default `message`).
+    pub fn with_sse_event(mut self, name: &'static str) -> Self {
+        self.sse_name = name;
+        self
+    }
+
+    /// The bytes for a recipient of `form`, each form built once and shared; `None` for a
+    /// form the message has none of (a binary message on an SSE stream).
+    pub fn bytes_for(&self, form: &WireForm) -> Option<Bytes> {
+        match form {
+            WireForm::WebSocket(deflate) => Some(self.frame_for(deflate.as_ref())),
+            WireForm::Sse if self.opcode == OpCode::Text => Some(
+                self.sse
+                    .get_or_init(|| {
+                        let mut event = Vec::with_capacity(self.payload.len() + 16);
+                        crate::sse::encode_event(&mut event, self.sse_name, None, &self.payload);
+                        Bytes::from(event)
+                    })
+                    .clone(),
+            ),
+            WireForm::Sse => None,
         }
     }
 

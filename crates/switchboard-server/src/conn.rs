@@ -14,7 +14,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use switchboard_protocol::{Disconnect, PreparedMessage, deflate::DeflateParams};
+use switchboard_protocol::{Disconnect, PreparedMessage, WireForm, deflate::DeflateParams};
 use tokio::time::Instant;
 
 use crate::transport::outbound::{Outbound, PushError};
@@ -25,7 +25,8 @@ use crate::transport::outbound::{Outbound, PushError};
 pub struct ConnShared {
     pub(crate) id: Arc<str>,
     pub(crate) outbound: Outbound,
-    pub(crate) deflate: Option<DeflateParams>,
+    /// Which bytes the connection's transport takes (WebSocket with or without deflate, SSE).
+    pub(crate) wire: WireForm,
     /// Set while at least one subscribe of this connection is reading history: live
     /// publications of those rooms are held back until the reply is queued (see
     /// [`ConnShared::begin_subscribe`]). One atomic load on the fan-out path otherwise.
@@ -133,11 +134,18 @@ impl std::ops::DerefMut for Holds {
 type Position = (Arc<str>, u64);
 
 impl ConnShared {
+    /// A WebSocket connection's state (`deflate`: what it negotiated).
     pub(crate) fn new(id: Arc<str>, limit: usize, deflate: Option<DeflateParams>) -> Self {
+        Self::with_wire(id, limit, WireForm::WebSocket(deflate))
+    }
+
+    /// The state of a connection whose transport takes `wire`, with an outbound queue bounded
+    /// to `limit` bytes.
+    pub(crate) fn with_wire(id: Arc<str>, limit: usize, wire: WireForm) -> Self {
         ConnShared {
             id,
             outbound: Outbound::new(limit),
-            deflate,
+            wire,
             pending: AtomicBool::new(false),
             held: Mutex::new(Holds::default()),
             seen: AtomicBool::new(true),
@@ -289,6 +297,16 @@ impl ConnShared {
         )
     }
 
+    /// The permessage-deflate parameters of a WebSocket connection.
+    pub(crate) fn deflate(&self) -> Option<DeflateParams> {
+        self.wire.deflate()
+    }
+
+    /// What the sweeper sends an idle connection of this transport.
+    pub(crate) fn keepalive(&self) -> bytes::Bytes {
+        self.wire.keepalive()
+    }
+
     /// The connection id.
     pub fn id(&self) -> &str {
         &self.id
@@ -296,7 +314,11 @@ impl ConnShared {
 
     /// Queues a message prepared once for many recipients: a reference count, no copy.
     pub(crate) fn send_prepared(&self, message: &PreparedMessage) -> Result<(), PushError> {
-        self.outbound.push(message.frame_for(self.deflate.as_ref()))
+        match message.bytes_for(&self.wire) {
+            Some(bytes) => self.outbound.push(bytes),
+            // Nothing this transport can carry (a binary message on SSE).
+            None => Ok(()),
+        }
     }
 
     /// Delivers an event of `room`: a publication at `position` (epoch, offset), or an
@@ -317,7 +339,7 @@ impl ConnShared {
                     (None, _) => {
                         let position = position.map(|(e, o)| (e.clone(), o));
                         h.frames
-                            .push((position, message.frame_for(self.deflate.as_ref())));
+                            .extend(message.bytes_for(&self.wire).map(|b| (position, b)));
                         return Ok(());
                     }
                     (Some((epoch, top)), Some((e, o))) if epoch == e && o <= *top => return Ok(()),

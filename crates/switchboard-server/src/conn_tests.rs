@@ -324,3 +324,28 @@ fn held_frames_are_the_ones_for_the_connections_deflate() {
     assert_ne!(compressed, message.frame_for(None));
     assert_eq!(frames, [frame("reply"), compressed]);
 }
+
+#[test]
+fn an_sse_connection_gets_the_shared_event_and_its_own_keepalive() {
+    use switchboard_protocol::WireForm;
+    let sse = ConnShared::with_wire("c_sse".into(), 1 << 20, WireForm::Sse);
+    let ws = ConnShared::new("c_ws".into(), 1 << 20, None);
+    let text = PreparedMessage::new(OpCode::Text, Bytes::from_static(br#"{"n":1}"#), usize::MAX);
+    let binary = PreparedMessage::new(OpCode::Binary, Bytes::from_static(&[1, 2]), usize::MAX);
+    for conn in [&sse, &ws] {
+        conn.send_prepared(&text).unwrap();
+        conn.send_prepared(&binary).unwrap();
+    }
+    let mut frames = std::collections::VecDeque::new();
+    sse.outbound.take(&mut frames).unwrap();
+    assert_eq!(frames.len(), 1, "a binary message has no SSE form");
+    assert_eq!(&frames[0][..], b"data: {\"n\":1}\n\n");
+    // The same bytes for every SSE recipient: one allocation, shared.
+    let again = text.bytes_for(&WireForm::Sse).unwrap();
+    assert_eq!(again.as_ptr(), frames[0].as_ptr());
+    let mut frames = std::collections::VecDeque::new();
+    ws.outbound.take(&mut frames).unwrap();
+    assert_eq!(frames.len(), 2);
+    assert_eq!(&sse.keepalive()[..], b": ping\n\n");
+    assert_eq!(&ws.keepalive()[..], &[0x89, 0x00]);
+}

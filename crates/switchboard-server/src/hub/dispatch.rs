@@ -375,7 +375,10 @@ mod tests {
         assert_eq!(offsets, [1, 2, 3, 4], "{got:?}");
         assert!(got.iter().all(|m| m["type"] == "message"));
         // A publication delivered twice (again, after the fact) is delivered once.
-        let h = broker.history(&room, HistoryQuery::default()).await.unwrap();
+        let h = broker
+            .history(&room, HistoryQuery::default())
+            .await
+            .unwrap();
         sink.deliver(NodeEvent::Publication(h.publications[3].clone()));
         publish(&broker, &room, 5, 100).await;
         let got = received(&conn, 1).await;

@@ -25,7 +25,6 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use switchboard_protocol::{Disconnect, codec::DecoderConfig};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -34,10 +33,6 @@ use crate::conn::ConnShared;
 
 /// Shards of the registry: the sweeper visits one per tick.
 pub(crate) const SHARDS: usize = 16;
-
-/// A server ping with an empty payload: the same two bytes for every connection, compressed
-/// or not (control frames are never compressed).
-static PING: &[u8] = &[0x89, 0x00];
 
 /// The connections of one route on one server, and what they share.
 #[derive(Debug, Default)]
@@ -120,7 +115,7 @@ impl Registry {
             if conn.visit() >= max_missed {
                 conn.request_close_code(Disconnect::IDLE_TIMEOUT.code.0);
             } else {
-                conn.outbound.push_ping(Bytes::from_static(PING));
+                conn.outbound.push_ping(conn.keepalive());
             }
         }
     }

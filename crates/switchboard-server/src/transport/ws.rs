@@ -102,7 +102,7 @@ pub(crate) fn run<H: Handler>(
     let input = (!leftover.is_empty()).then(|| {
         Box::new(Input {
             rbuf: BytesMut::from(&leftover[..]),
-            decoder: Decoder::new(Role::Server, registry.decoder, conn.shared.deflate),
+            decoder: Decoder::new(Role::Server, registry.decoder, conn.shared.deflate()),
         })
     });
     drop(leftover);
@@ -184,7 +184,7 @@ pub(crate) fn run<H: Handler>(
 
             match poll_fn(|cx| ws.poll_event(cx)).await {
                 Event::Readable => {
-                    let (decoder, deflate) = (registry.decoder, ws.conn.shared.deflate);
+                    let (decoder, deflate) = (registry.decoder, ws.conn.shared.deflate());
                     let input = ws
                         .input
                         .get_or_insert_with(|| Input::acquire(decoder, deflate));
