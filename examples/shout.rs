@@ -11,8 +11,8 @@
 //! ```
 
 use switchboard_server::{
-    Accepted, Connection, Disconnect, Handler, Incoming, Refusal, Route, RouteOptions, Server,
-    UpgradeContext, User, server::shutdown_signal,
+    Accepted, Broadcast, Connection, Disconnect, Handler, Incoming, Refusal, Route, RouteOptions,
+    Server, UpgradeContext, User, server::shutdown_signal,
 };
 
 /// The application's handler; its per-connection state is the caller's name.
@@ -42,7 +42,7 @@ impl Handler for Shout {
     }
 
     async fn on_connect(&self, conn: &mut Connection<String>) {
-        conn.join("lobby");
+        conn.join("lobby").await;
         let hello = format!("welcome, {}", conn.state);
         conn.send_text(&hello);
     }
@@ -51,7 +51,12 @@ impl Handler for Shout {
         match message {
             Incoming::Text(text) => {
                 let line = format!("{}: {}", conn.state, text.as_str().to_uppercase());
-                conn.broadcast(&["lobby"], Incoming::Text(line.into()), true);
+                conn.broadcast(
+                    &["lobby"],
+                    Incoming::Text(line.into()),
+                    Broadcast::everyone(),
+                )
+                .await;
             }
             Incoming::Binary(_) => conn.close(Disconnect::from_code(1003).with_reason("text only")),
         }

@@ -11,8 +11,8 @@ use switchboard_protocol::wire::{self, ErrorCode};
 use crate::{
     auth::Verifier,
     config::{Config, NamespaceConfig, PublishPolicy, SubscribePolicy},
+    conn::User,
     error::Refused,
-    handler::User,
 };
 
 /// What a client asks to do with a room.

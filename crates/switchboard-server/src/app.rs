@@ -42,8 +42,7 @@ impl Node {
     pub fn server(&self) -> ServerBuilder {
         let c = self.config();
         let mut b = Server::builder(c.listen)
-            .hub(self.hub().clone())
-            .broker(self.broker().clone())
+            .node(self.clone())
             .drain_timeout(c.shutdown.drain_timeout)
             .backlog(c.listen_backlog);
         for r in self.routes() {

@@ -19,6 +19,36 @@ use tokio::time::Instant;
 
 use crate::transport::outbound::{Outbound, PushError};
 
+/// The identity of an accepted connection.
+#[derive(Debug, Clone, Default)]
+pub struct User {
+    /// The user id (`sub`); `""` for anonymous connections.
+    pub id: Arc<str>,
+    /// Raw JSON object shown to others in presence (`info` claim).
+    pub info: Option<Bytes>,
+    /// Token expiry (unix seconds).
+    pub expires: Option<u64>,
+    /// Rooms from the token's `rooms` claim.
+    pub rooms: Vec<String>,
+}
+
+impl User {
+    /// `user` behind an `Arc`: anonymous connections (the default user) all share one.
+    pub(crate) fn shared(user: User) -> Arc<User> {
+        static ANONYMOUS: std::sync::LazyLock<Arc<User>> =
+            std::sync::LazyLock::new(|| Arc::new(User::default()));
+        let anonymous = user.id.is_empty()
+            && user.info.is_none()
+            && user.expires.is_none()
+            && user.rooms.is_empty();
+        if anonymous {
+            ANONYMOUS.clone()
+        } else {
+            Arc::new(user)
+        }
+    }
+}
+
 /// The part of a connection that other tasks may hold: its queue and what fan-out needs to
 /// choose the bytes to send it.
 #[derive(Debug)]

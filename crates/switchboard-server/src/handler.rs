@@ -19,9 +19,13 @@ use switchboard_protocol::{
 };
 use tokio::time::Instant;
 
+pub use crate::conn::User;
 use crate::{
+    broker::RawMessage,
     conn::{ConnShared, Control, RoomSet},
     hub::Hub,
+    node::Node,
+    transport::registry::Registry,
 };
 
 /// What an upgrade request shows to [`Handler::authenticate`].
@@ -35,36 +39,6 @@ pub struct UpgradeContext<'a> {
     pub peer: Option<SocketAddr>,
     /// Every offered subprotocol, `bearer.*` entries included (for token extraction).
     pub protocols: &'a [String],
-}
-
-/// The identity of an accepted connection.
-#[derive(Debug, Clone, Default)]
-pub struct User {
-    /// The user id (`sub`); `""` for anonymous connections.
-    pub id: Arc<str>,
-    /// Raw JSON object shown to others in presence (`info` claim).
-    pub info: Option<Bytes>,
-    /// Token expiry (unix seconds).
-    pub expires: Option<u64>,
-    /// Rooms from the token's `rooms` claim.
-    pub rooms: Vec<String>,
-}
-
-impl User {
-    /// `user` behind an `Arc`: anonymous connections (the default user) all share one.
-    pub(crate) fn shared(user: User) -> Arc<User> {
-        static ANONYMOUS: std::sync::LazyLock<Arc<User>> =
-            std::sync::LazyLock::new(|| Arc::new(User::default()));
-        let anonymous = user.id.is_empty()
-            && user.info.is_none()
-            && user.expires.is_none()
-            && user.rooms.is_empty();
-        if anonymous {
-            ANONYMOUS.clone()
-        } else {
-            Arc::new(user)
-        }
-    }
 }
 
 /// An accepted upgrade: who connects and the handler's state for the connection.
@@ -95,6 +69,34 @@ impl Refusal {
             body: serde_json::json!({"error": error, "reason": reason}),
             headers: Vec::new(),
         }
+    }
+}
+
+/// How a broadcast is sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Broadcast {
+    /// Whether the sending connection gets it too. Default: no.
+    pub include_self: bool,
+}
+
+impl Broadcast {
+    /// To everyone but the sender (the default).
+    pub fn others() -> Broadcast {
+        Broadcast::default()
+    }
+
+    /// To everyone, the sender included.
+    pub fn everyone() -> Broadcast {
+        Broadcast { include_self: true }
+    }
+}
+
+/// `payload` framed once for many recipients.
+fn prepare(payload: Incoming, threshold: usize) -> PreparedMessage {
+    match payload {
+        Incoming::Text(t) => PreparedMessage::new(OpCode::Text, t.into_bytes(), threshold),
+        Incoming::Binary(b) => PreparedMessage::new(OpCode::Binary, b, threshold),
     }
 }
 
@@ -156,12 +158,13 @@ pub trait Handler: Send + Sync + 'static {
         conn: &mut Connection<Self::State>,
         control: Control,
     ) -> impl Future<Output = ()> + Send {
-        match control {
-            Control::Close(d) => conn.close(d),
-            Control::Subscribe(room) => conn.join(&room),
-            Control::Unsubscribe(room) => conn.leave(&room),
+        async move {
+            match control {
+                Control::Close(d) => conn.close(d),
+                Control::Subscribe(room) => conn.join(&room).await,
+                Control::Unsubscribe(room) => conn.leave(&room).await,
+            }
         }
-        async {}
     }
 
     /// The peer broke the protocol or the socket failed; the connection is being closed.
@@ -186,6 +189,10 @@ pub struct Connection<S> {
     /// A close asked for by a hook, sent once everything queued before it is written.
     pub(crate) close: Option<Box<CloseFrame>>,
     pub(crate) hub: Option<Hub>,
+    /// The node whose service rooms and broadcasts go through, when the server has one.
+    pub(crate) node: Option<Node>,
+    /// The route's connections (for [`Connection::broadcast_route`]).
+    pub(crate) registry: Option<Arc<Registry>>,
     /// The armed [`Handler::on_timer`] timer: none (no timer entry) unless its deadline
     /// (kept in [`ConnShared`]) is near.
     pub(crate) timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
@@ -282,47 +289,82 @@ impl<S> Connection<S> {
         self.shared.clear_deadline();
     }
 
-    /// Joins a room: later broadcasts to it reach this connection.
-    pub fn join(&mut self, room: &str) {
-        if let Some(hub) = &self.hub {
-            let room: Arc<str> = room.into();
-            if self.rooms.insert(room.clone()) {
+    /// Joins a room: later broadcasts to it reach this connection. On a server built from a
+    /// [`Node`] the room spans every node of the cluster; otherwise it is this server's.
+    pub async fn join(&mut self, room: &str) {
+        let room: Arc<str> = room.into();
+        if self.rooms.contains(&room) {
+            return;
+        }
+        match (&self.node, &self.hub) {
+            (Some(node), _) => {
+                if let Err(e) = node.join_room(&self.shared, &room).await {
+                    tracing::warn!(conn = %self.id(), room = %room, reason = %e, "join failed");
+                    return;
+                }
+            }
+            (None, Some(hub)) => {
                 hub.join(&room, &self.shared);
             }
+            (None, None) => return,
         }
+        self.rooms.insert(room);
     }
 
     /// Leaves a room.
-    pub fn leave(&mut self, room: &str) {
-        if let (Some(hub), Some(room)) = (&self.hub, self.rooms.take(room)) {
-            hub.leave(&room, &self.shared);
+    pub async fn leave(&mut self, room: &str) {
+        let Some(room) = self.rooms.take(room) else {
+            return;
+        };
+        match (&self.node, &self.hub) {
+            (Some(node), _) => node.leave_room(&self.shared, &room).await,
+            (None, Some(hub)) => {
+                hub.leave(&room, &self.shared);
+            }
+            (None, None) => {}
         }
     }
 
-    /// Sends `payload` (text or binary) to every member of `rooms` on this node, framed and
-    /// compressed once, including this connection only when `include_self` is set.
-    pub fn broadcast(&self, rooms: &[&str], payload: Incoming, include_self: bool) {
+    /// Sends `payload` (text or binary) to every member of `rooms`, framed and compressed
+    /// once per node: on every node of the cluster when the server was built from a [`Node`],
+    /// otherwise on this server. This connection is left out unless `options` include it.
+    pub async fn broadcast(&self, rooms: &[&str], payload: Incoming, options: Broadcast) {
+        let exclude = (!options.include_self).then(|| self.shared.id.clone());
+        if let Some(node) = &self.node {
+            let (binary, payload) = match payload {
+                Incoming::Text(t) => (false, t.into_bytes()),
+                Incoming::Binary(b) => (true, b),
+            };
+            let message = RawMessage {
+                binary,
+                payload,
+                exclude,
+            };
+            if let Err(e) = node.broadcast_raw(rooms, message).await {
+                tracing::warn!(conn = %self.id(), reason = %e, "broadcast failed");
+            }
+            return;
+        }
         let Some(hub) = &self.hub else { return };
-        let threshold = self.encoder_threshold();
-        let message = match payload {
-            Incoming::Text(t) => PreparedMessage::new(OpCode::Text, t.into_bytes(), threshold),
-            Incoming::Binary(b) => PreparedMessage::new(OpCode::Binary, b, threshold),
-        };
-        let exclude = if include_self {
-            None
-        } else {
-            Some(&*self.shared.id)
-        };
+        let message = prepare(payload, hub.compression_threshold());
         for room in rooms {
-            hub.broadcast(room, &message, exclude);
+            hub.broadcast(room, &message, exclude.as_deref());
         }
     }
 
-    fn encoder_threshold(&self) -> usize {
-        self.hub
+    /// Sends `payload` to every connection of this route on this server, framed and
+    /// compressed once.
+    pub fn broadcast_route(&self, payload: Incoming, options: Broadcast) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        let threshold = self
+            .hub
             .as_ref()
-            .map(|h| h.compression_threshold())
-            .unwrap_or(usize::MAX)
+            .map_or(usize::MAX, |h| h.compression_threshold());
+        let message = prepare(payload, threshold);
+        let exclude = (!options.include_self).then_some(&*self.shared);
+        registry.broadcast(&message, exclude);
     }
 
     /// Closes the connection with `disconnect` (a row of [`switchboard_protocol::CLOSE_CODES`],

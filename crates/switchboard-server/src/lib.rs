@@ -36,7 +36,9 @@ pub mod v1;
 
 pub use conn::{ConnShared, Control};
 pub use error::{Error, Refused};
-pub use handler::{Accepted, Connection, Handler, Incoming, Refusal, UpgradeContext, User};
+pub use handler::{
+    Accepted, Broadcast, Connection, Handler, Incoming, Refusal, UpgradeContext, User,
+};
 pub use http::StatusCode;
 pub use node::Node;
 pub use route::{Route, RouteOptions};

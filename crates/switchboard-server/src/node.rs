@@ -25,12 +25,12 @@ use crate::{
     auth::Verifier,
     broker::{
         Broker, BrokerError, ClusterCommand, HistoryQuery, HistoryResult, MemoryBroker, NodeSink,
-        PresenceEntry, PresencePage, PublishOptions, PublishResult, StreamPosition,
+        PresenceEntry, PresencePage, PublishOptions, PublishResult, RawMessage, StreamPosition,
     },
     config::{Config, NamespaceConfig},
     conn::ConnShared,
+    conn::User,
     error::Refused,
-    handler::User,
     hub::{Change, Hub, dispatch},
 };
 
@@ -423,6 +423,39 @@ impl Node {
         {
             tracing::warn!(conn = %id, room, error = %e, "leave push failed");
         }
+    }
+
+    /// Adds a connection to `room` for the library API's broadcasts (no recovery, presence
+    /// or join push: that is [`Node::subscribe`]'s), subscribing the node when it is the
+    /// room's first local member.
+    pub async fn join_room(&self, conn: &Arc<ConnShared>, room: &Arc<str>) -> Result<(), Refused> {
+        let _guard = self.room_lock(room).lock().await;
+        if self.inner.hub.join(room, conn) == Change::First {
+            self.inner.dispatchers.reset(room);
+            if let Err(e) = self.inner.broker.subscribe(room).await {
+                self.inner.hub.leave(room, conn);
+                return Err(Refused::unavailable(&e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a connection added with [`Node::join_room`].
+    pub async fn leave_room(&self, conn: &ConnShared, room: &str) {
+        self.leave_hub(room, conn).await;
+    }
+
+    /// Sends a message of an application's own protocol to the members of `rooms` on every
+    /// node, framed once per node (the library API's broadcast).
+    pub async fn broadcast_raw(&self, rooms: &[&str], message: RawMessage) -> Result<(), Refused> {
+        for room in rooms {
+            self.inner
+                .broker
+                .broadcast(room, message.clone())
+                .await
+                .map_err(|e| Refused::unavailable(&e))?;
+        }
+        Ok(())
     }
 
     /// Removes a connection from `room` on this node, unsubscribing the node when it was the

@@ -79,6 +79,8 @@ type UpgradeFn = dyn Fn(Request<Body>, RouteContext) -> BoxFuture<Response<Body>
 #[derive(Debug, Clone)]
 pub(crate) struct RouteContext {
     pub(crate) hub: Hub,
+    /// The node whose service the route's connections use, if the server has one.
+    pub(crate) node: Option<crate::node::Node>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
     /// The route's open connections on this server (pings, idle timeout, shutdown).
@@ -228,6 +230,7 @@ async fn upgrade<H: Handler>(
     let conn_span = span.clone();
     let threshold = options.deflate.threshold;
     let hub = ctx.hub.clone();
+    let node = ctx.node.clone();
     let registry = ctx.registry.clone();
     let tracker = ctx.tracker.clone();
     let task = async move {
@@ -256,6 +259,8 @@ async fn upgrade<H: Handler>(
             encoder: Encoder::new(Role::Server, params, threshold),
             close: None,
             hub: Some(hub),
+            node,
+            registry: Some(registry.clone()),
             timer: None,
             state: accepted.state,
         };

@@ -25,6 +25,7 @@ use tower::Service;
 use crate::{
     broker::Broker,
     hub::Hub,
+    node::Node,
     route::{PeerAddr, Route, RouteContext, json_response},
     transport::registry::{Registry, run_sweeper},
 };
@@ -58,6 +59,7 @@ pub struct ServerBuilder {
     drain_timeout: Duration,
     hub: Hub,
     broker: Option<Arc<dyn Broker>>,
+    node: Option<Node>,
     backlog: u32,
 }
 
@@ -71,6 +73,7 @@ impl Server {
             drain_timeout: Duration::from_secs(10),
             hub: Hub::new(128),
             broker: None,
+            node: None,
             backlog: 1024,
         }
     }
@@ -201,6 +204,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Serves `node`'s service: its hub, its broker behind `/readyz`, and the library API's
+    /// rooms and broadcasts through it (across the cluster).
+    pub fn node(mut self, node: Node) -> Self {
+        self.hub = node.hub().clone();
+        self.broker = Some(node.broker().clone());
+        self.node = Some(node);
+        self
+    }
+
     /// `/readyz` answers 503 while this broker's [`Broker::ready`] fails.
     pub fn broker(mut self, broker: Arc<dyn Broker>) -> Self {
         self.broker = Some(broker);
@@ -249,6 +261,7 @@ impl ServerBuilder {
             sweeps.push(registry.clone());
             let ctx = RouteContext {
                 hub: self.hub.clone(),
+                node: self.node.clone(),
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
                 registry,

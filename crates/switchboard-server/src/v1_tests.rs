@@ -122,6 +122,8 @@ impl Server {
             encoder: Encoder::new(Role::Server, None, usize::MAX),
             close: None,
             hub: Some(self.node.hub().clone()),
+            node: Some(self.node.clone()),
+            registry: None,
             timer: None,
             state: Session::default(),
         };

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use switchboard_client::{WsOptions, WsStream};
 use switchboard_protocol::{CloseCode, codec::Message, frame::OpCode};
 use switchboard_server::{
-    Accepted, CloseFrame, Connection, Disconnect, Handler, Incoming, Refusal, Route, RouteOptions,
-    Server, StatusCode, UpgradeContext, User,
+    Accepted, Broadcast, CloseFrame, Connection, Disconnect, Handler, Incoming, Refusal, Route,
+    RouteOptions, Server, StatusCode, UpgradeContext, User,
 };
 
 /// Who closed, with which code.
@@ -38,7 +38,7 @@ impl Handler for Relay {
     }
 
     async fn on_connect(&self, conn: &mut Connection<()>) {
-        conn.join("room");
+        conn.join("room").await;
         let id = conn.user().id.to_string();
         conn.send_text(&format!("hello {id}"));
     }
@@ -52,7 +52,10 @@ impl Handler for Relay {
                 let rooms: Vec<_> = conn.rooms().map(str::to_string).collect();
                 conn.send_text(&rooms.join(","));
             }
-            Incoming::Text(_) => conn.broadcast(&["room"], message, false),
+            Incoming::Text(_) => {
+                conn.broadcast(&["room"], message, Broadcast::others())
+                    .await
+            }
             Incoming::Binary(b) => conn.send_binary(b),
         }
     }

@@ -58,7 +58,7 @@ use tokio::time::Instant;
 use super::{
     BoxFuture, Broker, BrokerError, ClusterCommand, HistoryQuery, HistoryResult, NodeEvent,
     NodeSink, Presence as PresenceStore, PresenceEntry, PresencePage, Publication, PublishOptions,
-    PublishResult, StreamPosition,
+    PublishResult, RawMessage, StreamPosition,
 };
 
 /// Settings of a [`MemoryBroker`].
@@ -380,6 +380,20 @@ impl Broker for MemoryBroker {
         opts: PublishOptions,
     ) -> BoxFuture<'a, Result<PublishResult, BrokerError>> {
         Box::pin(async move { Ok(self.do_publish(room, data, from, opts)) })
+    }
+
+    fn broadcast<'a>(
+        &'a self,
+        room: &'a str,
+        message: RawMessage,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let map = self.shared.lock(room);
+        if let Some(state) = map.get(room) {
+            let room = state.name.clone();
+            deliver(&state.subscribers, NodeEvent::Broadcast { room, message });
+        }
+        drop(map);
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn publish_join<'a>(

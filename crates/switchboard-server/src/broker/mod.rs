@@ -388,6 +388,25 @@ pub enum NodeEvent {
     },
     /// A command for every node ([`Broker::command`]).
     Command(ClusterCommand),
+    /// A message of an application's own protocol for a room's members
+    /// ([`Broker::broadcast`]): delivered as it is, not numbered, not stored.
+    Broadcast {
+        /// The room.
+        room: Arc<str>,
+        /// The message.
+        message: RawMessage,
+    },
+}
+
+/// A message the library API broadcasts to a room ([`Broker::broadcast`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMessage {
+    /// A binary message (text otherwise: then `payload` is UTF-8).
+    pub binary: bool,
+    /// The message.
+    pub payload: Bytes,
+    /// A connection that must not receive it (the sender, unless it asked to).
+    pub exclude: Option<Arc<str>>,
 }
 
 impl NodeEvent {
@@ -398,6 +417,7 @@ impl NodeEvent {
             NodeEvent::Publication(p) => Some(&p.room),
             NodeEvent::Join { room, .. } | NodeEvent::Leave { room, .. } => Some(room),
             NodeEvent::Lost { room } => room.as_ref(),
+            NodeEvent::Broadcast { room, .. } => Some(room),
             NodeEvent::Command(_) => None,
         }
     }
@@ -634,6 +654,14 @@ pub trait Broker: Presence {
             Ok(())
         })
     }
+
+    /// Delivers [`NodeEvent::Broadcast`] to every node subscribed to `room`, in order with
+    /// the room's other events. Stores nothing.
+    fn broadcast<'a>(
+        &'a self,
+        room: &'a str,
+        message: RawMessage,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Sends `command` to every node of the cluster, this one included: each node's sink
     /// receives [`NodeEvent::Command`]. Commands are not ordered with publications.

@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use crate::handler::{Accepted, Connection, Handler, Incoming, Refusal, UpgradeContext, User};
+use crate::handler::{
+    Accepted, Broadcast, Connection, Handler, Incoming, Refusal, UpgradeContext, User,
+};
 
 /// The hub room that holds the route's connections.
 const ROOM: &str = "\u{0}raw-fanout";
@@ -28,10 +30,10 @@ impl Handler for RawFanout {
     }
 
     async fn on_connect(&self, conn: &mut Connection<()>) {
-        conn.join(ROOM);
+        conn.join(ROOM).await;
     }
 
     async fn on_message(&self, conn: &mut Connection<()>, message: Incoming) {
-        conn.broadcast(&[ROOM], message, false);
+        conn.broadcast(&[ROOM], message, Broadcast::others()).await;
     }
 }

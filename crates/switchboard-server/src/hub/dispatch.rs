@@ -143,6 +143,16 @@ impl Dispatcher {
                 }
             }
             NodeEvent::Command(command) => self.hub.command(command),
+            NodeEvent::Broadcast { room, message } => {
+                let opcode = if message.binary {
+                    OpCode::Binary
+                } else {
+                    OpCode::Text
+                };
+                let prepared = PreparedMessage::new(opcode, message.payload, self.threshold);
+                self.hub
+                    .deliver(&room, None, &prepared, message.exclude.as_deref());
+            }
         }
     }
 

@@ -25,7 +25,7 @@ use std::{
     time::Duration,
 };
 
-use switchboard_protocol::{Disconnect, codec::DecoderConfig};
+use switchboard_protocol::{Disconnect, PreparedMessage, codec::DecoderConfig};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -116,6 +116,19 @@ impl Registry {
                 conn.request_close_code(Disconnect::IDLE_TIMEOUT.code.0);
             } else {
                 conn.outbound.push_ping(conn.keepalive());
+            }
+        }
+    }
+
+    /// Queues `message` to every connection of the route but `exclude`.
+    pub(crate) fn broadcast(&self, message: &PreparedMessage, exclude: Option<&ConnShared>) {
+        for s in 0..SHARDS {
+            // A snapshot of the shard: pushing takes each connection's own lock.
+            let conns: Vec<Arc<ConnShared>> = self.shard(s).clone();
+            for conn in conns {
+                if !exclude.is_some_and(|e| std::ptr::eq(e, &*conn)) {
+                    let _ = conn.send_prepared(message);
+                }
             }
         }
     }

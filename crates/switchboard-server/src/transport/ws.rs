@@ -555,6 +555,8 @@ mod tests {
             encoder: Encoder::new(Role::Server, None, usize::MAX),
             close: None,
             hub: None,
+            node: None,
+            registry: None,
             timer: None,
             state: (),
         };
