@@ -70,6 +70,43 @@ impl Refusal {
             headers: Vec::new(),
         }
     }
+
+    /// 400 `bad_request`: the upgrade request lacks something the route needs.
+    pub fn bad_request(reason: &str) -> Self {
+        Refusal::new(StatusCode::BAD_REQUEST, "bad_request", reason)
+    }
+
+    /// 401 `unauthorized`: no credentials, or credentials that do not verify.
+    pub fn unauthorized(reason: &str) -> Self {
+        Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", reason)
+    }
+
+    /// 403 `forbidden`: a known user who may not connect here.
+    pub fn forbidden(reason: &str) -> Self {
+        Refusal::new(StatusCode::FORBIDDEN, "forbidden", reason)
+    }
+
+    /// 429 `too_many_requests`, with `Retry-After` in whole seconds (at least 1).
+    pub fn too_many_requests(reason: &str, retry_after: std::time::Duration) -> Self {
+        Refusal::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", reason)
+            .retry_after(retry_after)
+    }
+
+    /// 503 `unavailable`, with `Retry-After` in whole seconds (at least 1).
+    pub fn unavailable(reason: &str, retry_after: std::time::Duration) -> Self {
+        Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason)
+            .retry_after(retry_after)
+    }
+
+    /// Adds `Retry-After` (whole seconds, rounded up, at least 1).
+    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        self.headers.push((
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(secs.max(1)),
+        ));
+        self
+    }
 }
 
 /// How a broadcast is sent.
@@ -107,6 +144,43 @@ pub enum Incoming {
     Text(Utf8Bytes),
     /// Binary.
     Binary(Bytes),
+}
+
+/// Why [`Incoming::json`] could not read a message.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonError {
+    /// A binary message where JSON (text) was expected.
+    #[error("a binary message; JSON messages are text")]
+    Binary,
+    /// Not JSON, or not of the expected shape; names the field at fault (`type`, `room`, …).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Incoming {
+    /// The message as JSON of type `T`, typically an enum of the route's message types tagged
+    /// by a `type` field (`#[serde(tag = "type")]`). The error names the field at fault.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, JsonError> {
+        let Incoming::Text(text) = self else {
+            return Err(JsonError::Binary);
+        };
+        let mut de = serde_json::Deserializer::from_str(text.as_str());
+        serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                JsonError::Invalid(if path == "." {
+                    inner.to_string()
+                } else {
+                    format!("field '{path}': {inner}")
+                })
+            })
+            .and_then(|value| {
+                de.end()
+                    .map(|()| value)
+                    .map_err(|e| JsonError::Invalid(e.to_string()))
+            })
+    }
 }
 
 /// An application's protocol on one route. Each hook runs in the connection's own task.
@@ -236,8 +310,37 @@ impl<S> Connection<S> {
         let _ = self.shared.outbound.push(frame);
     }
 
+    /// Sends `value` as a JSON text message.
+    pub fn send_json<T: serde::Serialize + ?Sized>(
+        &mut self,
+        value: &T,
+    ) -> Result<(), serde_json::Error> {
+        let json = serde_json::to_vec(value)?;
+        self.send(OpCode::Text, &json);
+        Ok(())
+    }
+
+    /// Reads `message` as JSON of type `T` (typically an enum of the route's message types,
+    /// tagged by a `type` field). When it is not, answers the peer with the documented error
+    /// message `{"type": "error", "code": "bad_request", "message": …}` (the message names
+    /// the field at fault) and returns `None`: the connection stays open.
+    pub fn parse_json<T: serde::de::DeserializeOwned>(&mut self, message: &Incoming) -> Option<T> {
+        match message.json::<T>() {
+            Ok(value) => Some(value),
+            Err(e) => {
+                let error = serde_json::json!({
+                    "type": "error",
+                    "code": "bad_request",
+                    "message": e.to_string(),
+                });
+                let _ = self.send_json(&error);
+                None
+            }
+        }
+    }
+
     /// Sends JSON we encoded ourselves (always UTF-8) as a text message.
-    pub(crate) fn send_json(&mut self, json: &[u8]) {
+    pub(crate) fn send_raw_json(&mut self, json: &[u8]) {
         self.send(OpCode::Text, json);
     }
 

@@ -37,7 +37,7 @@ pub mod v1;
 pub use conn::{ConnShared, Control};
 pub use error::{Error, Refused};
 pub use handler::{
-    Accepted, Broadcast, Connection, Handler, Incoming, Refusal, UpgradeContext, User,
+    Accepted, Broadcast, Connection, Handler, Incoming, JsonError, Refusal, UpgradeContext, User,
 };
 pub use http::StatusCode;
 pub use node::Node;

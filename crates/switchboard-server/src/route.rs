@@ -167,13 +167,7 @@ async fn upgrade<H: Handler>(
     ctx: RouteContext,
 ) -> Response<Body> {
     if ctx.shutdown.is_cancelled() {
-        let mut r = Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "shutting_down",
-        );
-        r.headers
-            .push((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        let r = Refusal::unavailable("shutting_down", Duration::from_secs(1));
         return refusal_response(r);
     }
     let up = match handshake::validate_request(req.method(), req.headers()) {

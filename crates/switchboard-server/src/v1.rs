@@ -244,7 +244,7 @@ impl Handler for Protocol {
             CommandKind::Ping => {
                 let mut buf = Vec::with_capacity(32);
                 wire::encode_pong(&mut buf, id.as_ref());
-                conn.send_json(&buf);
+                conn.send_raw_json(&buf);
                 Ok(())
             }
             CommandKind::Refresh { token } => self.refresh(conn, id.as_ref(), &token),
@@ -283,7 +283,7 @@ impl Handler for Protocol {
             conn.state.refresh_sent = true;
             let mut buf = Vec::with_capacity(48);
             wire::encode_refresh_required(&mut buf, exp);
-            conn.send_json(&buf);
+            conn.send_raw_json(&buf);
             conn.set_timer(Some(Instant::now() + Duration::from_secs(exp - now)));
         }
     }
@@ -297,7 +297,7 @@ impl Handler for Protocol {
                     self.node.unsubscribe(member(conn), &room).await;
                     let mut buf = Vec::with_capacity(64 + room.len());
                     wire::encode_unsubscribed(&mut buf, &room, "server");
-                    conn.send_json(&buf);
+                    conn.send_raw_json(&buf);
                 }
             }
         }
@@ -307,14 +307,14 @@ impl Handler for Protocol {
 fn send_error<S>(conn: &mut Connection<S>, id: Option<&Id>, code: ErrorCode, message: &str) {
     let mut buf = Vec::with_capacity(64 + message.len());
     wire::encode_error(&mut buf, id, code, message, None);
-    conn.send_json(&buf);
+    conn.send_raw_json(&buf);
 }
 
 fn reply<S, T: serde::Serialize>(conn: &mut Connection<S>, id: Option<&Id>, result: &T) {
     if let Some(id) = id {
         let mut buf = Vec::with_capacity(128);
         if wire::encode_reply(&mut buf, id, result).is_ok() {
-            conn.send_json(&buf);
+            conn.send_raw_json(&buf);
         }
     }
 }

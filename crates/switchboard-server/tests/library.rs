@@ -273,3 +273,100 @@ async fn a_message_larger_than_the_outbound_bound_leaves_room_for_a_pong() {
     drop(ws);
     serving.stop().await;
 }
+
+/// A route speaking JSON: a tagged enum of message types in, JSON out, refusals by
+/// constructor.
+#[derive(Clone, Default)]
+struct Talk;
+
+#[derive(serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum TalkIn {
+    Say { text: String },
+    Shout { text: String },
+}
+
+impl Handler for Talk {
+    type State = ();
+
+    async fn authenticate(&self, request: &UpgradeContext<'_>) -> Result<Accepted<()>, Refusal> {
+        match request.uri.query() {
+            Some("full") => Err(Refusal::too_many_requests(
+                "room full",
+                std::time::Duration::from_millis(1500),
+            )),
+            _ => Ok(Accepted {
+                user: User::default(),
+                state: (),
+            }),
+        }
+    }
+
+    async fn on_message(&self, conn: &mut Connection<()>, message: Incoming) {
+        match conn.parse_json::<TalkIn>(&message) {
+            Some(TalkIn::Say { text }) => conn
+                .send_json(&serde_json::json!({"type": "said", "text": text}))
+                .unwrap(),
+            Some(TalkIn::Shout { text }) => {
+                let json = serde_json::json!({"type": "shouted", "text": text}).to_string();
+                conn.broadcast_route(Incoming::Text(json.into()), Broadcast::everyone());
+            }
+            None => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn json_messages_errors_refusals_and_route_broadcasts() {
+    let serving = Serving::start(Route::new("/talk", Talk, RouteOptions::default())).await;
+    let url = format!("ws://{}/talk", serving.addr);
+    let refused = WsStream::connect(&format!("{url}?full"), &WsOptions::default())
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("429"), "{refused}");
+
+    let mut a = WsStream::connect(&url, &WsOptions::default())
+        .await
+        .unwrap();
+    let mut b = WsStream::connect(&url, &WsOptions::default())
+        .await
+        .unwrap();
+    let json = |s: String| serde_json::from_str::<serde_json::Value>(&s).unwrap();
+
+    a.send_text(r#"{"type":"say","text":"hi"}"#).await.unwrap();
+    assert_eq!(json(text(&mut a).await)["text"], "hi");
+
+    // Bad JSON, a missing field, an unknown type: the documented error, naming the field;
+    // the connection stays open.
+    for (bad, names) in [
+        ("{not json", "key must be a string"),
+        (r#"{"type":"say"}"#, "text"),
+        (r#"{"type":"sing","text":"la"}"#, "sing"),
+    ] {
+        a.send_text(bad).await.unwrap();
+        let error = json(text(&mut a).await);
+        assert_eq!(error["type"], "error", "{bad}");
+        assert_eq!(error["code"], "bad_request", "{bad}");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(names), "{bad}: {message}");
+    }
+    a.send(OpCode::Binary, &[1]).await.unwrap();
+    assert!(
+        json(text(&mut a).await)["message"]
+            .as_str()
+            .unwrap()
+            .contains("binary")
+    );
+
+    // To every connection of the route, the sender included.
+    b.send_text(r#"{"type":"shout","text":"all"}"#)
+        .await
+        .unwrap();
+    for ws in [&mut a, &mut b] {
+        let got = json(text(ws).await);
+        assert_eq!(got["type"], "shouted");
+        assert_eq!(got["text"], "all");
+    }
+    drop((a, b));
+    assert!(serving.stop().await);
+}
