@@ -1,4 +1,4 @@
-//! The v1 protocol (`PROTOCOL.md` sections 1–7) over real sockets against the real binary:
+//! The v1 protocol (docs/protocol.md sections 1–7) over real sockets against the real binary:
 //! the handshake and its refusals, `welcome`, every command with its replies and error paths,
 //! pushes, expiry and refresh, liveness and size limits.
 
@@ -187,7 +187,7 @@ async fn rooms_claim_never_subscribes_to_unknown_namespaces_or_other_users_perso
     );
     let mut a = Client::connect(&s.url(), Some(&t)).await;
     // strict_namespaces refuses `nowhere:*` for a subscribe; the claim cannot do more. A
-    // personal room is only for that user's connections (PROTOCOL.md 4.1).
+    // personal room is only for that user's connections (docs/protocol.md 4.1).
     assert_eq!(
         keys(&a.welcome["rooms"]),
         set(&["user:alice", "chat:ok"]),

@@ -209,7 +209,7 @@ impl Default for PublishOptions {
     }
 }
 
-/// What [`Client::history`] asks for (PROTOCOL.md section 6).
+/// What [`Client::history`] asks for (docs/protocol.md section 6).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HistoryQuery {
     /// Publications after this position, oldest first.
@@ -498,7 +498,7 @@ impl Client {
         }
     }
 
-    /// Subscribes to `room` (PROTOCOL.md section 4.2).
+    /// Subscribes to `room` (docs/protocol.md section 4.2).
     pub async fn subscribe(&self, room: &str) -> Result<Subscription, Error> {
         self.subscribe_with(room, None, None).await
     }

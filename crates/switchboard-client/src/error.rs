@@ -24,7 +24,7 @@ pub enum Error {
     /// is final: it does not reconnect any more.
     #[error("connection closed{}", .0.as_ref().map(|d| format!(" with {d}")).unwrap_or_default())]
     Closed(Option<Disconnect>),
-    /// The server answered a command with an `error` (PROTOCOL.md section 7).
+    /// The server answered a command with an `error` (docs/protocol.md section 7).
     #[error("server error {code}: {message}")]
     Server {
         /// The error code as sent (`"forbidden"`, `"not_subscribed"`, …); see

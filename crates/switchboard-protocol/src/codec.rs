@@ -69,7 +69,7 @@ pub enum Message {
     Close(Option<CloseFrame>),
 }
 
-/// Limits applied while decoding. Defaults follow `../shared/PROTOCOL.md` section 7.
+/// Limits applied while decoding. Defaults follow docs/protocol.md section 7.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DecoderConfig {

@@ -1,4 +1,4 @@
-//! Why a connection ends: every close code of the contract (docs/protocol.md, "Close codes")
+//! Why a connection ends: every close code of the contract (docs/protocol.md section 7.2)
 //! in one table, with the reason the server sends and whether a client reconnects.
 //!
 //! The server closes connections only with a [`Disconnect`]; the Rust client decides whether

@@ -1,5 +1,5 @@
 //! The opening handshake (RFC 6455 section 4): validating a client's upgrade request, the
-//! accept key, subprotocol selection per `PROTOCOL.md` 1 and 2.1, and the client's request
+//! accept key, subprotocol selection per docs/protocol.md 1 and 2.1, and the client's request
 //! and response checks.
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
@@ -99,7 +99,7 @@ fn has_token<'a>(values: impl IntoIterator<Item = &'a HeaderValue>, token: &str)
 }
 
 /// Picks the subprotocol to answer with. Entries starting with `bearer.` are tokens, never
-/// selected nor counted (PROTOCOL.md 2.1). No counted offers: `Ok(None)` (serve the default
+/// selected nor counted (docs/protocol.md 2.1). No counted offers: `Ok(None)` (serve the default
 /// version). Counted offers of which none is in `supported`: [`HandshakeError::Subprotocol`].
 ///
 /// The client's order of preference decides among supported offers.
@@ -120,7 +120,7 @@ pub fn select_subprotocol<'a>(
         .ok_or(HandshakeError::Subprotocol)
 }
 
-/// The `bearer.<jwt>` entry among offered subprotocols, if any (PROTOCOL.md 2.1).
+/// The `bearer.<jwt>` entry among offered subprotocols, if any (docs/protocol.md 2.1).
 pub fn bearer_token(offered: &[String]) -> Option<&str> {
     offered.iter().find_map(|p| p.strip_prefix("bearer."))
 }

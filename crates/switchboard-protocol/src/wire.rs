@@ -1,4 +1,4 @@
-//! The v1 JSON messages (PROTOCOL.md sections 1-7): client commands and server messages.
+//! The v1 JSON messages (docs/protocol.md sections 1-7): client commands and server messages.
 //!
 //! One WebSocket text message carries one JSON object. This module turns client text into a
 //! [`Command`] (or a [`CommandError`] that can be answered with the command's own `id`), writes

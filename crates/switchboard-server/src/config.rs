@@ -34,9 +34,9 @@ pub struct Config {
     pub raw_fanout: EchoConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
-    /// Authentication of connections (`PROTOCOL.md` section 2).
+    /// Authentication of connections (docs/protocol.md section 2).
     pub auth: crate::auth::AuthConfig,
-    /// Per-namespace room options (`PROTOCOL.md` section 4.1), keyed by namespace name; the
+    /// Per-namespace room options (docs/protocol.md section 4.1), keyed by namespace name; the
     /// default namespace (rooms without `:`) is `""`... written as `[namespaces.default]`.
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// Reject rooms of namespaces not listed in `namespaces`.
@@ -104,7 +104,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocketConfig {
-    /// Path of the protocol route (`PROTOCOL.md` section 1). Default `/ws`.
+    /// Path of the protocol route (docs/protocol.md section 1). Default `/ws`.
     pub path: String,
     /// Largest message accepted, after decompression; larger ones close the connection with
     /// 1009. Default 64 KiB.
@@ -212,7 +212,7 @@ impl Default for ShutdownConfig {
     }
 }
 
-/// Who may subscribe to a namespace's rooms (`PROTOCOL.md` 4.1).
+/// Who may subscribe to a namespace's rooms (docs/protocol.md 4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SubscribePolicy {
@@ -273,7 +273,7 @@ impl Default for NamespaceConfig {
     }
 }
 
-/// Per-connection limits (`docs/security.md`).
+/// Per-connection limits (docs/protocol.md section 7.4).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {

@@ -19,7 +19,7 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-/// A refused request: the error code of the contract (docs/protocol.md, "Error codes") and a
+/// A refused request: the error code of the contract (docs/protocol.md section 7.1) and a
 /// message for people that names the field or the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {message}", code.as_str())]

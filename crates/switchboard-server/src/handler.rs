@@ -1,5 +1,5 @@
 //! The library API: what an application implements to run its own protocol on Switchboard's
-//! transport (`PROTOCOL.md` section 10). The standalone v1 protocol and the echo route are
+//! transport (docs/protocol.md section 10). The standalone v1 protocol and the echo route are
 //! themselves handlers built on it.
 //!
 //! A [`Handler`] is attached to a path with [`crate::route::Route`]. For each upgrade request
@@ -322,14 +322,16 @@ impl<S> Connection<S> {
 
     /// Reads `message` as JSON of type `T` (typically an enum of the route's message types,
     /// tagged by a `type` field). When it is not, answers the peer with the documented error
-    /// message `{"type": "error", "code": "bad_request", "message": …}` (the message names
+    /// message `{"type": "error", "id": null, "code": "bad_request", "message": …}` (it names
     /// the field at fault) and returns `None`: the connection stays open.
     pub fn parse_json<T: serde::de::DeserializeOwned>(&mut self, message: &Incoming) -> Option<T> {
         match message.json::<T>() {
             Ok(value) => Some(value),
             Err(e) => {
+                // The v1 protocol's error message, with no command id to answer.
                 let error = serde_json::json!({
                     "type": "error",
+                    "id": null,
                     "code": "bad_request",
                     "message": e.to_string(),
                 });

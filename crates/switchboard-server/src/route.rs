@@ -1,7 +1,7 @@
 //! Routes: a path, a [`Handler`] and its transport options, and the upgrade that connects them.
 //!
 //! The upgrade is validated by the protocol crate; every refusal answers with its documented
-//! status and a JSON body (`PROTOCOL.md` section 7): 400 for a malformed upgrade or an
+//! status and a JSON body (docs/protocol.md section 7): 400 for a malformed upgrade or an
 //! unsupported subprotocol, 426 for a version other than 13, and whatever the handler's
 //! `authenticate` refuses with.
 

@@ -386,7 +386,7 @@ def describe_shape_difference(live: list, recorded: list) -> str:
 
 def error_codes_of_rust() -> list[str]:
     """The wire names of `ErrorCode::ALL`, read from the protocol crate's source."""
-    source = (ROOT / "crates/switchboard-protocol/src/wire.rs").read_text(encoding="utf-8")
+    source = (ROOT / "crates/switchboard-protocol/src/wire/types.rs").read_text(encoding="utf-8")
     block = re.search(r"pub const fn as_str\(self\).*?\n    \}", source, re.S)
-    assert block, "ErrorCode::as_str not found in crates/switchboard-protocol/src/wire.rs"
+    assert block, "ErrorCode::as_str not found in crates/switchboard-protocol/src/wire/types.rs"
     return re.findall(r'ErrorCode::\w+ => "(\w+)"', block.group(0))

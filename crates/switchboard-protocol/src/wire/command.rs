@@ -30,7 +30,7 @@ pub struct Command<'a> {
 /// What a command asks for, one variant per `type`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CommandKind<'a> {
-    /// `subscribe`: start receiving a room's publications (PROTOCOL.md 4.2).
+    /// `subscribe`: start receiving a room's publications (docs/protocol.md 4.2).
     Subscribe(SubscribeCommand<'a>),
     /// `unsubscribe`: stop receiving a room's publications (4.3).
     Unsubscribe {
@@ -197,7 +197,7 @@ impl CommandError {
         }
     }
 
-    /// The answer to a binary message on the protocol route (PROTOCOL.md section 1).
+    /// The answer to a binary message on the protocol route (docs/protocol.md section 1).
     pub fn binary_message() -> Self {
         CommandError::bad_request(None, "binary messages are not supported: send JSON text")
     }

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 use super::writer::{WireBuf, put_str, put_u64};
 
-/// The WebSocket subprotocol of version 1 (PROTOCOL.md section 1).
+/// The WebSocket subprotocol of version 1 (docs/protocol.md section 1).
 pub const SUBPROTOCOL: &str = "switchboard.v1";
 
 /// The protocol version this module speaks, as sent in `welcome.version`.
@@ -140,7 +140,7 @@ impl StreamPosition {
     }
 }
 
-/// The code of an `error` message (PROTOCOL.md section 7), written in snake_case on the wire.
+/// The code of an `error` message (docs/protocol.md section 7), written in snake_case on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -172,7 +172,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// Every code, in the order of PROTOCOL.md section 7.
+    /// Every code, in the order of docs/protocol.md section 7.
     pub const ALL: [ErrorCode; 12] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownType,

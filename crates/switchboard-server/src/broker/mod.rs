@@ -165,7 +165,7 @@ pub use memory::{MemoryBroker, MemoryBrokerConfig};
 /// stays object-safe and the hub can hold an `Arc<dyn Broker>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A position in a room's stream: the recovery key of PROTOCOL.md 4.2 and 6.
+/// A position in a room's stream: the recovery key of docs/protocol.md 4.2 and 6.
 ///
 /// Serializes as `{"epoch": "…", "offset": 41}`, the wire form of `since`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -232,7 +232,7 @@ impl Publication {
 /// namespace configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishOptions {
-    /// Deliver only: no offset, not stored (PROTOCOL.md 5).
+    /// Deliver only: no offset, not stored (docs/protocol.md 5).
     pub ephemeral: bool,
     /// A key that makes a retried publish a no-op: within `history_ttl` of the
     /// first publish with this key to this room, a publish with the same key
@@ -275,7 +275,7 @@ pub struct PublishResult {
     pub duplicate: bool,
 }
 
-/// A history read (PROTOCOL.md 6).
+/// A history read (docs/protocol.md 6).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryQuery {
     /// Return the publications after this position (exclusive), oldest first;
