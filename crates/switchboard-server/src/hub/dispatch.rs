@@ -158,11 +158,6 @@ impl Dispatcher {
 
     async fn publication(&mut self, p: &Arc<Publication>) {
         if !p.ephemeral {
-            if self.hub.members(&p.room).is_none() {
-                // In flight after the node unsubscribed: nobody here to tell.
-                self.last.remove(&p.room);
-                return;
-            }
             if let Some(last) = self.last.get(&p.room)
                 && last.epoch == p.epoch
             {
@@ -179,7 +174,10 @@ impl Dispatcher {
                 StreamPosition::new(p.epoch.clone(), p.offset),
             );
         }
-        self.send_publication(p);
+        if !self.send_publication(p) {
+            // In flight after the node unsubscribed: nobody here, nothing to track.
+            self.last.remove(&p.room);
+        }
     }
 
     /// Delivers what `room` missed after the last offset delivered: up to `before`
@@ -202,7 +200,7 @@ impl Dispatcher {
                     if before.is_some_and(|b| p.offset >= b) {
                         break;
                     }
-                    self.send_publication(p);
+                    let _ = self.send_publication(p);
                     self.last
                         .insert(room.clone(), StreamPosition::new(p.epoch.clone(), p.offset));
                 }
@@ -234,7 +232,8 @@ impl Dispatcher {
         self.last.insert(room.clone(), lost);
     }
 
-    fn send_publication(&mut self, p: &Publication) {
+    /// Whether the room has local members (then they got it).
+    fn send_publication(&mut self, p: &Publication) -> bool {
         let buf = &mut self.buf;
         buf.clear();
         if p.ephemeral {
@@ -253,7 +252,8 @@ impl Dispatcher {
             PreparedMessage::new(OpCode::Text, Bytes::copy_from_slice(buf), self.threshold);
         let position = p.position().map(|_| (&p.epoch, p.offset));
         self.hub
-            .deliver(&p.room, position, &message, p.exclude.as_deref());
+            .deliver_to_room(&p.room, position, &message, p.exclude.as_deref())
+            .is_some()
     }
 
     fn member(&mut self, kind: wire::MemberPushKind, room: &Arc<str>, member: &PresenceEntry) {

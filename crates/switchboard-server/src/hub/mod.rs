@@ -147,16 +147,26 @@ impl Hub {
         message: &PreparedMessage,
         exclude: Option<&str>,
     ) -> usize {
-        let Some(members) = self.members(room) else {
-            return 0;
-        };
+        self.deliver_to_room(room, position, message, exclude)
+            .unwrap_or(0)
+    }
+
+    /// [`Hub::deliver`], telling apart a room with no local member (`None`).
+    pub(crate) fn deliver_to_room(
+        &self,
+        room: &str,
+        position: Option<(&Arc<str>, u64)>,
+        message: &PreparedMessage,
+        exclude: Option<&str>,
+    ) -> Option<usize> {
+        let members = self.members(room)?;
         let mut sent = 0;
         for m in members.iter() {
             if Some(&*m.id) != exclude && m.deliver(room, position, message).is_ok() {
                 sent += 1;
             }
         }
-        sent
+        Some(sent)
     }
 
     /// Registers an open connection of `user` (`""`: anonymous) in the user index; returns
