@@ -3,10 +3,14 @@
 //!
 //! ```text
 //! cargo run -p switchboard-examples --example chat            # 127.0.0.1:8080, or --listen ADDR, or PORT=...
-//! websocat 'ws://127.0.0.1:8080/chat?name=ada'                # or: switchboard connect 'ws://127.0.0.1:8080/chat?name=ada'
+//! websocat 'ws://127.0.0.1:8080/chat?name=ada'
 //! {"type":"join","room":"general"}
 //! {"type":"say","room":"general","text":"hello"}
 //! ```
+//!
+//! (`python3 -m websockets URL`, after `pip install websockets`, works as well.
+//! `switchboard connect` does not, yet: it always offers the `switchboard.v1` subprotocol,
+//! which a route that speaks no subprotocol refuses with 400.)
 //!
 //! Open a second terminal as `?name=bob`, join `general` there too, and each sees the other's
 //! `said` messages.

@@ -3,9 +3,13 @@
 //!
 //! ```text
 //! cargo run -p switchboard-examples --example lobby           # 127.0.0.1:8080, or --listen ADDR, or PORT=...
-//! websocat 'ws://127.0.0.1:8080/lobby?name=ada'               # or: switchboard connect 'ws://127.0.0.1:8080/lobby?name=ada'
+//! websocat 'ws://127.0.0.1:8080/lobby?name=ada'
 //! {"type":"create","max_players":2}
 //! ```
+//!
+//! (`python3 -m websockets URL`, after `pip install websockets`, works as well.
+//! `switchboard connect` does not, yet: it always offers the `switchboard.v1` subprotocol,
+//! which a route that speaks no subprotocol refuses with 400.)
 //!
 //! In a second terminal as `?name=bob`: `{"type":"list"}`, then `{"type":"join","game":1}`;
 //! back as ada, `{"type":"start"}` tells both `started`.

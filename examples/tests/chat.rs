@@ -173,3 +173,24 @@ async fn mistakes_are_answered_and_the_connection_stays_open() {
     drop(ada);
     serving.stop().await;
 }
+
+/// `RouteOptions::protocols` says an empty list "selects none and refuses none", but the
+/// upgrade refuses any offered subprotocol with 400 when the route speaks none. So
+/// `switchboard connect`, which always offers `switchboard.v1`, cannot reach the examples.
+/// The server (or the CLI, with a way to offer no subprotocol) needs to change; the
+/// examples do not work around it.
+#[tokio::test]
+#[ignore = "a route without subprotocols refuses clients that offer one (see the doc comment)"]
+async fn a_client_offering_a_subprotocol_is_served_without_one() {
+    let serving = serve().await;
+    let options = switchboard_client::WsOptions {
+        protocols: vec!["switchboard.v1".to_owned()],
+        ..switchboard_client::WsOptions::default()
+    };
+    let mut ws = switchboard_client::WsStream::connect(&serving.url("/chat?name=ada"), &options)
+        .await
+        .expect("served, with no subprotocol selected");
+    expect(&mut ws, "welcome").await;
+    drop(ws);
+    serving.stop().await;
+}
