@@ -24,6 +24,10 @@
 //! [`Limits::max_games`] at once, each player in at most one, and a game is removed as soon
 //! as its last player leaves or disconnects (a host who leaves hands the game on to the
 //! next player). A started game lives on until its players have all left.
+//!
+//! The games are this process's: on a cluster (`Server::builder(..).node(node)`) the rooms and
+//! their broadcasts span every node, but each node's lobby would know only its own games, so
+//! a clustered lobby keeps them in a shared store instead.
 
 use std::{
     collections::BTreeMap,

@@ -4,7 +4,7 @@ mod common;
 
 use common::{Serving, connect, expect, expect_error, recv, refused, send};
 use serde_json::json;
-use switchboard_examples::chat::{Chat, MAX_NAME, MAX_TEXT};
+use switchboard_examples::chat::{Chat, MAX_NAME, MAX_ROOMS, MAX_TEXT};
 use switchboard_server::{Route, RouteOptions};
 
 async fn serve() -> Serving {
@@ -162,6 +162,18 @@ async fn mistakes_are_answered_and_the_connection_stays_open() {
         let message = expect_error(&mut ada, "bad_request").await;
         assert!(message.contains(names), "{bad}: {message}");
     }
+
+    // Rooms at once are bounded: ada is in general, and may join MAX_ROOMS - 1 more.
+    for i in 1..MAX_ROOMS {
+        send(&mut ada, json!({"type": "join", "room": format!("r{i}")})).await;
+        expect(&mut ada, "joined").await;
+    }
+    send(&mut ada, json!({"type": "join", "room": "one.more"})).await;
+    expect_error(&mut ada, "too_many_rooms").await;
+    send(&mut ada, json!({"type": "leave", "room": "r1"})).await;
+    expect(&mut ada, "left").await;
+    send(&mut ada, json!({"type": "join", "room": "one.more"})).await;
+    expect(&mut ada, "joined").await;
 
     // Still open, still in the room.
     send(
