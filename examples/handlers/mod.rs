@@ -1,0 +1,4 @@
+//! The example applications' handlers.
+
+pub mod chat;
+pub mod lobby;
