@@ -8,9 +8,8 @@
 //! {"type":"say","room":"general","text":"hello"}
 //! ```
 //!
-//! (`python3 -m websockets URL`, after `pip install websockets`, works as well.
-//! `switchboard connect` does not, yet: it always offers the `switchboard.v1` subprotocol,
-//! which a route that speaks no subprotocol refuses with 400.)
+//! (`python3 -m websockets URL`, after `pip install websockets`, works as well; `switchboard
+//! connect` speaks the v1 protocol, not this one.)
 //!
 //! Open a second terminal as `?name=bob`, join `general` there too, and each sees the other's
 //! `said` messages.

@@ -7,9 +7,8 @@
 //! {"type":"create","max_players":2}
 //! ```
 //!
-//! (`python3 -m websockets URL`, after `pip install websockets`, works as well.
-//! `switchboard connect` does not, yet: it always offers the `switchboard.v1` subprotocol,
-//! which a route that speaks no subprotocol refuses with 400.)
+//! (`python3 -m websockets URL`, after `pip install websockets`, works as well; `switchboard
+//! connect` speaks the v1 protocol, not this one.)
 //!
 //! In a second terminal as `?name=bob`: `{"type":"list"}`, then `{"type":"join","game":1}`;
 //! back as ada, `{"type":"start"}` tells both `started`.

@@ -10,8 +10,7 @@
 //! websocat 'ws://127.0.0.1:8090/shout?name=ada'   # in two terminals
 //! ```
 //!
-//! (`switchboard connect` cannot talk to it yet: it always offers the `switchboard.v1`
-//! subprotocol, which a route that speaks no subprotocol refuses with 400.)
+//! (`switchboard connect` speaks the v1 protocol, not this one.)
 
 use switchboard_server::{
     Accepted, Broadcast, Connection, Disconnect, Handler, Incoming, Refusal, Route, RouteOptions,

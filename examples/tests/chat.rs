@@ -186,13 +186,10 @@ async fn mistakes_are_answered_and_the_connection_stays_open() {
     serving.stop().await;
 }
 
-/// `RouteOptions::protocols` says an empty list "selects none and refuses none", but the
-/// upgrade refuses any offered subprotocol with 400 when the route speaks none. So
-/// `switchboard connect`, which always offers `switchboard.v1`, cannot reach the examples.
-/// The server (or the CLI, with a way to offer no subprotocol) needs to change; the
-/// examples do not work around it.
+/// A route that speaks no subprotocol selects none and refuses none
+/// (`RouteOptions::protocols`), so `switchboard connect`, which offers `switchboard.v1`,
+/// reaches the examples too.
 #[tokio::test]
-#[ignore = "a route without subprotocols refuses clients that offer one (see the doc comment)"]
 async fn a_client_offering_a_subprotocol_is_served_without_one() {
     let serving = serve().await;
     let options = switchboard_client::WsOptions {

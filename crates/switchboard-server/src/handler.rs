@@ -165,22 +165,65 @@ impl Incoming {
             return Err(JsonError::Binary);
         };
         let mut de = serde_json::Deserializer::from_str(text.as_str());
-        serde_path_to_error::deserialize(&mut de)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                JsonError::Invalid(if path == "." {
-                    inner.to_string()
-                } else {
-                    format!("field '{path}': {inner}")
-                })
-            })
-            .and_then(|value| {
-                de.end()
+        let error = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+            Ok(value) => {
+                return de
+                    .end()
                     .map(|()| value)
-                    .map_err(|e| JsonError::Invalid(e.to_string()))
-            })
+                    .map_err(|e| JsonError::Invalid(e.to_string()));
+            }
+            Err(e) => e,
+        };
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        if path != "." {
+            return Err(JsonError::Invalid(format!("field '{path}': {inner}")));
+        }
+        let inner = inner.to_string();
+        Err(JsonError::Invalid(
+            match find_bad_field::<T>(text.as_str(), &inner) {
+                Some(field) => format!("field '{field}': {inner}"),
+                None => inner,
+            },
+        ))
     }
+}
+
+/// The field an error without a path is about. serde reads an internally tagged enum's fields
+/// into a buffer before it picks the variant, so the path of a mistyped field is lost. The
+/// field is found by removing one at a time: the one whose removal makes the message read (an
+/// optional field), or turns the error into "missing field" and whose value the error quotes
+/// (a required one; the tag's removal also gives "missing field", but the error does not
+/// quote the tag). Only on the error path, and only for objects of a few fields.
+fn find_bad_field<T: serde::de::DeserializeOwned>(text: &str, error: &str) -> Option<String> {
+    const MAX_FIELDS: usize = 32;
+    let serde_json::Value::Object(object) = serde_json::from_str(text).ok()? else {
+        return None;
+    };
+    if object.len() > MAX_FIELDS {
+        return None;
+    }
+    let mut missing = Vec::new();
+    for key in object.keys() {
+        let mut without = object.clone();
+        without.remove(key);
+        match serde_json::from_value::<T>(serde_json::Value::Object(without)) {
+            Ok(_) => return Some(key.clone()),
+            Err(e) if e.to_string().starts_with(&format!("missing field `{key}`")) => {
+                missing.push(key)
+            }
+            Err(_) => {}
+        }
+    }
+    // serde quotes a string as "many" and other values as `5`.
+    let quoted = |value: &serde_json::Value| match value {
+        serde_json::Value::String(s) => error.contains(&format!("\"{s}\"")),
+        other => error.contains(&format!("`{other}`")),
+    };
+    missing
+        .iter()
+        .find(|key| quoted(&object[key.as_str()]))
+        .map(|key| (*key).clone())
 }
 
 /// An application's protocol on one route. Each hook runs in the connection's own task.

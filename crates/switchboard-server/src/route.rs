@@ -174,9 +174,15 @@ async fn upgrade<H: Handler>(
         Ok(up) => up,
         Err(e) => return handshake_refusal(&e, &options.protocols),
     };
-    let protocol = match handshake::select_subprotocol(&up.protocols, &options.protocols) {
-        Ok(p) => p,
-        Err(e) => return handshake_refusal(&e, &options.protocols),
+    // A route that speaks no subprotocol selects none and refuses none (what clients offer
+    // is theirs to check); one that does refuses offers it cannot serve.
+    let protocol = if options.protocols.is_empty() {
+        None
+    } else {
+        match handshake::select_subprotocol(&up.protocols, &options.protocols) {
+            Ok(p) => p,
+            Err(e) => return handshake_refusal(&e, &options.protocols),
+        }
     };
     let deflate =
         match deflate::negotiate(up.extensions.iter().map(String::as_str), &options.deflate) {
