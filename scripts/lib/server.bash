@@ -25,6 +25,7 @@ SERVER_LOG=""
 SERVER_BIN=""
 # The settings of the server of the extra runs with both permessage-deflate context takeovers
 # on (Autobahn 12.* and 13.*, the interop suites); by default the server keeps no zlib context.
+# shellcheck disable=SC2034 # used by the scripts that source this file
 CONTEXT_TAKEOVER=(
   SWITCHBOARD_WEBSOCKET__COMPRESSION__SERVER_CONTEXT_TAKEOVER=true
   SWITCHBOARD_WEBSOCKET__COMPRESSION__CLIENT_CONTEXT_TAKEOVER=true
