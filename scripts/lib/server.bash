@@ -2,12 +2,19 @@
 # Starting and stopping a `switchboard serve --echo` for the test stages (sourced by
 # scripts/test and scripts/autobahn; not a command of its own).
 #
-#   start_echo_server BIN LOG     start BIN on a free loopback port with the echo route at /echo
-#                                 and a 16 MiB message limit, in LOG's folder, logging to LOG;
+#   start_echo_server BIN LOG [SWITCHBOARD_KEY=VALUE...]
+#                                 start BIN on a free loopback port with the echo route at /echo
+#                                 and a 16 MiB message limit, in LOG's folder, logging to LOG,
+#                                 with the given settings (and no other SWITCHBOARD_* variable);
 #                                 sets SERVER_PID, SERVER_PORT and SERVER_URL
 #                                 (http://127.0.0.1:PORT) once GET /healthz answers 200
 #   check_echo_server             fails (with the log's tail) if the server has exited
 #   stop_echo_server              stops it and waits for it; fails if its log shows a panic
+#   mint_dev_token USER           prints a token for USER that the running server accepts: it
+#                                 runs `BIN token` in the server's folder, where development
+#                                 mode keeps its secret
+#   check_context_takeover WS_URL fails unless a permessage-deflate offer to WS_URL is answered
+#                                 with both context takeovers on (see CONTEXT_TAKEOVER)
 #
 # Callers install `trap stop_echo_server EXIT` themselves.
 
@@ -15,6 +22,14 @@ SERVER_PID=""
 SERVER_PORT=""
 SERVER_URL=""
 SERVER_LOG=""
+SERVER_BIN=""
+# The settings of the server of the extra runs with both permessage-deflate context takeovers
+# on (Autobahn 12.* and 13.*, the interop suites); by default the server keeps no zlib context.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+CONTEXT_TAKEOVER=(
+  SWITCHBOARD_WEBSOCKET__COMPRESSION__SERVER_CONTEXT_TAKEOVER=true
+  SWITCHBOARD_WEBSOCKET__COMPRESSION__CLIENT_CONTEXT_TAKEOVER=true
+)
 # Bounded wait for the first 200 from /healthz.
 SERVER_START_TIMEOUT="${SERVER_START_TIMEOUT:-30}"
 
@@ -31,6 +46,7 @@ server_log_tail() {
 start_echo_server() {
   local bin="$1"
   mkdir -p "$(dirname "$2")"
+  local settings=("${@:3}")
   SERVER_LOG="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"
   SERVER_PORT="$(free_port)"
   SERVER_URL="http://127.0.0.1:$SERVER_PORT"
@@ -42,9 +58,10 @@ start_echo_server() {
   done < <(compgen -e | grep '^SWITCHBOARD_' || true)
   # It runs in its log's folder: development mode keeps its secret in ./.switchboard/.
   bin="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
+  SERVER_BIN="$bin"
   (
     cd "$(dirname "$SERVER_LOG")" || exit
-    exec env "${unset_switchboard[@]}" "$bin" serve --listen "127.0.0.1:$SERVER_PORT" \
+    exec env "${unset_switchboard[@]}" "${settings[@]}" "$bin" serve --listen "127.0.0.1:$SERVER_PORT" \
       --echo /echo --max-message-size 16777216 >"$SERVER_LOG" 2>&1 </dev/null
   ) &
   SERVER_PID=$!
@@ -70,7 +87,45 @@ PY
     fi
     sleep 0.1
   done
-  echo "server: $bin serve on $SERVER_URL (pid $SERVER_PID, log $SERVER_LOG)"
+  echo "server: $bin serve on $SERVER_URL (pid $SERVER_PID, log $SERVER_LOG)${settings[*]:+ with ${settings[*]}}"
+}
+
+mint_dev_token() {
+  local unset_switchboard=() name
+  while IFS= read -r name; do
+    unset_switchboard+=(-u "$name")
+  done < <(compgen -e | grep '^SWITCHBOARD_' || true)
+  (cd "$(dirname "$SERVER_LOG")" && env "${unset_switchboard[@]}" "$SERVER_BIN" token --user "$1")
+}
+
+check_context_takeover() {
+  python3 - "$1" <<'PY'
+import base64, os, socket, sys, urllib.parse
+
+url = urllib.parse.urlsplit(sys.argv[1])
+offer = "permessage-deflate; client_max_window_bits"
+key = base64.b64encode(os.urandom(16)).decode()
+with socket.create_connection((url.hostname, url.port), timeout=10) as s:
+    s.sendall((f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: {offer}\r\n\r\n")
+              .encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+lines = head.decode("latin-1").split("\r\n")
+answer = [l.split(":", 1)[1].strip() for l in lines
+          if l.lower().startswith("sec-websocket-extensions:")]
+if not lines[0].startswith("HTTP/1.1 101") or not answer or "permessage-deflate" not in answer[0]:
+    sys.exit(f"error: {offer!r} to {sys.argv[1]} was answered {lines[0]!r} with extensions {answer}")
+if "no_context_takeover" in answer[0]:
+    sys.exit(f"error: the server should keep both compression contexts, but answered "
+             f"Sec-WebSocket-Extensions: {answer[0]}")
+print(f"server: context takeover on both sides (Sec-WebSocket-Extensions: {answer[0]})")
+PY
 }
 
 check_echo_server() {

@@ -897,19 +897,32 @@ async fn forbidden_by_namespace_policy_personal_rooms_claims_and_tokens() {
     // subscribe = "token": a subscription token for this user and room, with exp.
     let sub_token =
         |sub: &str, room: &str, ttl: Option<Duration>| mint_token(sub, ttl, &[], None, Some(room));
+    // Each refusal with its documented message: the reason the token was refused.
+    let needs_token = "this namespace needs a subscription token in 'token'";
+    let refused = |reason: &str| format!("subscription token refused: {reason}");
     let cases = [
-        (None, "no token"),
+        (None, "no token", needs_token.to_string()),
         (
             Some(sub_token("alice", "priv:other", hours(1))),
             "another room",
+            refused("bad_audience"),
         ),
         (
             Some(sub_token("bob", "priv:room", hours(1))),
             "another user",
+            refused("bad_audience"),
         ),
-        (Some(sub_token("alice", "priv:room", None)), "no exp"),
-        (Some(token("alice")), "no room claim"),
-        (Some("garbage".to_string()), "not a JWT"),
+        (
+            Some(sub_token("alice", "priv:room", None)),
+            "no exp",
+            refused("malformed"),
+        ),
+        (Some(token("alice")), "no room claim", refused("malformed")),
+        (
+            Some("garbage".to_string()),
+            "not a JWT",
+            refused("malformed"),
+        ),
         (
             Some(raw_token(
                 jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -917,17 +930,27 @@ async fn forbidden_by_namespace_policy_personal_rooms_claims_and_tokens() {
                 SECRET,
             )),
             "expired",
+            refused("expired"),
+        ),
+        (
+            Some(raw_token(
+                jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &json!({"sub": "alice", "room": "priv:room", "exp": now() + 3600}),
+                "another-secret-of-at-least-32-bytes-0123456789",
+            )),
+            "signed with another secret",
+            refused("bad_signature"),
         ),
     ];
-    for (tok, why) in cases {
+    for (tok, why, message) in cases {
         let mut cmd = json!({"type": "subscribe", "room": "priv:room"});
         if let Some(tok) = tok {
             cmd["token"] = json!(tok);
         }
         let answer = a.request(cmd).await;
         assert_eq!(
-            (&answer["type"], &answer["code"]),
-            (&json!("error"), &json!("forbidden")),
+            (&answer["type"], &answer["code"], &answer["message"]),
+            (&json!("error"), &json!("forbidden"), &json!(message)),
             "{why}: {answer}"
         );
     }
@@ -1042,6 +1065,58 @@ async fn limits_on_subscriptions_per_connection_and_subscribers_per_room() {
     })
     .await;
     c.subscribe("small:room").await;
+}
+
+/// Many connections subscribing at the same moment to rooms with `max_subscribers = 2`: each
+/// room ends with exactly two subscribers, and everyone else is refused with `limit_exceeded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_subscribes_never_take_a_room_past_max_subscribers() {
+    const CONNECTIONS: usize = 16;
+    const ROOMS: usize = 10;
+    let s = server();
+    let mut clients = Vec::new();
+    for n in 0..CONNECTIONS {
+        clients.push(s.connect(&format!("racer{n}")).await);
+    }
+    for round in 0..ROOMS {
+        let room = format!("small:race{round}");
+        // Every subscribe is on the wire before any answer is read, so the server handles them
+        // side by side.
+        for c in &mut clients {
+            c.send(&json!({"type": "subscribe", "id": round, "room": room}))
+                .await;
+        }
+        let mut subscribed = Vec::new();
+        for (n, c) in clients.iter_mut().enumerate() {
+            let answer = c.answer(&json!(round)).await;
+            match answer["type"].as_str() {
+                Some("reply") => subscribed.push(n),
+                _ => {
+                    assert_eq!(answer["code"], "limit_exceeded", "{room}: {answer}");
+                    assert!(
+                        answer["message"].as_str().unwrap().contains(&room),
+                        "{answer}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            subscribed.len(),
+            2,
+            "{room}: {} subscribes succeeded at once with max_subscribers = 2",
+            subscribed.len()
+        );
+        let presence = clients[subscribed[0]]
+            .ok(json!({"type": "presence", "room": room, "limit": 0}))
+            .await;
+        assert_eq!(presence["connections"], 2, "{room}: {presence}");
+        // Leave, so that no connection reaches subscriptions_per_connection.
+        for &n in &subscribed {
+            clients[n]
+                .ok(json!({"type": "unsubscribe", "room": room}))
+                .await;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1465,13 +1540,16 @@ async fn refresh_extends_expiry_for_the_same_user_only() {
 async fn refresh_required_is_pushed_and_an_expired_connection_is_closed_with_4501() {
     let s = server();
     // `refreshed` expires before `lapsing`: if its refresh did not count, it would be closed
-    // first.
+    // first. Its refresh must reach the server before its own expiry: 6 s (`exp` is in whole
+    // seconds: 5 to 6) for two connects and a refresh on a loaded machine. `lapsing` expires
+    // 3 s after it, which orders the two closes even with a late timer, and within `T` of any
+    // moment after its token was minted, so `closed()` sees its close.
     // (Two users, so that neither sees the other's join in a shared personal room.)
     let mut refreshed = Client::connect(
         &s.url(),
         Some(&mint_token(
             "rita",
-            Some(Duration::from_secs(2)),
+            Some(Duration::from_secs(6)),
             &[],
             None,
             None,
@@ -1482,7 +1560,7 @@ async fn refresh_required_is_pushed_and_an_expired_connection_is_closed_with_450
         &s.url(),
         Some(&mint_token(
             "lars",
-            Some(Duration::from_secs(3)),
+            Some(Duration::from_secs(9)),
             &[],
             None,
             None,
@@ -1507,10 +1585,18 @@ async fn refresh_required_is_pushed_and_an_expired_connection_is_closed_with_450
 
 #[tokio::test]
 async fn a_token_expired_within_the_leeway_connects_and_is_closed_with_4501_at_once() {
-    let s = server();
+    // A leeway of 60 s and a token expired 30 s ago: the connect has 30 s to happen within the
+    // leeway (with the default 5 s, a slow connect could fall out of it).
+    let s = TestServer::start(&format!(
+        r#"
+[auth]
+secret = "{SECRET}"
+leeway = 60
+"#
+    ));
     let t = raw_token(
         jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"sub": "alice", "exp": now() - 2}),
+        &json!({"sub": "alice", "exp": now() - 30}),
         SECRET,
     );
     let mut a = Client::connect(&s.url(), Some(&t)).await;
@@ -1520,13 +1606,15 @@ async fn a_token_expired_within_the_leeway_connects_and_is_closed_with_4501_at_o
 
 #[tokio::test]
 async fn idle_connection_is_closed_with_4504_and_pongs_keep_it_alive() {
+    // Pings every second, and 4 s of silence allowed: each pong may come up to 3 s late on a
+    // loaded machine without the connection being taken for idle.
     let s = TestServer::start(&format!(
         r#"
 [auth]
 secret = "{SECRET}"
 [websocket]
 ping_interval = "1s"
-idle_timeout = "2s"
+idle_timeout = "4s"
 "#
     ));
     let bearer = format!("Bearer {}", token("alice"));
@@ -1537,15 +1625,21 @@ idle_timeout = "2s"
         serde_json::from_slice::<Value>(&welcome).unwrap()["ping_interval"],
         1
     );
-    // Answer three pings (3 s > idle_timeout): the connection stays open.
-    for _ in 0..3 {
+    // Answer pings for longer than idle_timeout: the connection stays open.
+    let answering = std::time::Instant::now();
+    let mut pings = 0;
+    while answering.elapsed() < Duration::from_secs(6) {
         let (op, payload) = raw.frame(T).await.expect("a ping");
-        assert_eq!(op, OP_PING, "expected a ping, got opcode {op} {payload:?}");
+        assert_eq!(
+            op, OP_PING,
+            "expected a ping after {pings} answered, got opcode {op} {payload:?}"
+        );
         let mut pong = vec![0x8a, 0x80 | payload.len() as u8, 0, 0, 0, 0];
         pong.extend_from_slice(&payload);
         tokio::io::AsyncWriteExt::write_all(&mut raw.stream, &pong)
             .await
             .unwrap();
+        pings += 1;
     }
     // Then go silent: more pings, then close 4504.
     let code = loop {

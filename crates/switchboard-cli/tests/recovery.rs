@@ -33,6 +33,33 @@ const PER_PUBLISHER: u64 = 500;
 const TOTAL: u64 = PUBLISHERS * PER_PUBLISHER;
 const CHURN_ROOM: &str = "churn:room";
 
+/// Subscribes answered while publishing was going on, across subscribers (in the churn test,
+/// recoveries whose reply `offset` is below `TOTAL`): the publishers wait for one halfway, so
+/// that the test always exercises a subscribe racing with publications instead of hoping for
+/// one.
+#[derive(Default)]
+struct LiveRecoveries {
+    count: AtomicU64,
+    notify: Notify,
+}
+
+impl LiveRecoveries {
+    fn record(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait_for_one(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.count.load(Ordering::Acquire) > 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// What one churning subscriber saw: every (offset, data) in arrival order, and how often it
 /// dropped its socket.
 struct Seen {
@@ -47,7 +74,13 @@ struct Seen {
 /// handshake (sometimes right after sending `subscribe`, before its reply), reconnects and
 /// resubscribes with `since` = the last offset seen, until it has all `TOTAL` publications.
 /// Checks on the way that each reply recovers and each message follows the previous one.
-async fn churning_subscriber(url: String, n: usize, seed: u64, ready: Arc<Barrier>) -> Seen {
+async fn churning_subscriber(
+    url: String,
+    n: usize,
+    seed: u64,
+    ready: Arc<Barrier>,
+    live: Arc<LiveRecoveries>,
+) -> Seen {
     let mut rng = Rng(seed);
     let user = format!("sub{n}");
     let mut seen = Seen {
@@ -90,6 +123,7 @@ async fn churning_subscriber(url: String, n: usize, seed: u64, ready: Arc<Barrie
                 let top = r["offset"].as_u64().unwrap();
                 if top < TOTAL {
                     seen.live_recoveries += 1;
+                    live.record();
                 }
                 let publications = r["publications"].as_array().unwrap();
                 assert_eq!(
@@ -133,13 +167,25 @@ async fn churning_subscriber(url: String, n: usize, seed: u64, ready: Arc<Barrie
     }
 }
 
-/// Publishes `PER_PUBLISHER` distinct payloads, a few in flight at a time; returns the
+/// Publishes `PER_PUBLISHER` distinct payloads, a few in flight at a time, pausing halfway
+/// until some subscriber has recovered while publications were going on; returns the
 /// (offset, data) the replies gave.
-async fn publisher(url: String, p: u64) -> Vec<(u64, Value)> {
+async fn publisher(url: String, p: u64, live: Arc<LiveRecoveries>) -> Vec<(u64, Value)> {
     let mut c = Client::connect(&url, Some(&token(&format!("pub{p}")))).await;
     let mut out = Vec::new();
     const WINDOW: u64 = 4;
+    let mut paused = false;
     for start in (0..PER_PUBLISHER).step_by(WINDOW as usize) {
+        if !paused && start >= PER_PUBLISHER / 2 {
+            paused = true;
+            // Every subscriber reads at most 150 messages before it drops and resubscribes, and
+            // at least half of the publications are out: a recovery comes while we wait.
+            tokio::time::timeout(T, live.wait_for_one())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("publisher {p}: no subscriber resubscribed during the publishing")
+                });
+        }
         let end = (start + WINDOW).min(PER_PUBLISHER);
         for i in start..end {
             let data = json!({"publisher": p, "i": i, "text": format!("p{p}-m{i}")});
@@ -173,6 +219,7 @@ publish = "authenticated"
         .unwrap_or(0x5eed_2025_u64);
     let started = Instant::now();
     let ready = Arc::new(Barrier::new(SUBSCRIBERS + 1));
+    let live_recoveries = Arc::new(LiveRecoveries::default());
     let subscribers: Vec<_> = (0..SUBSCRIBERS)
         .map(|n| {
             tokio::spawn(churning_subscriber(
@@ -180,6 +227,7 @@ publish = "authenticated"
                 n,
                 seed.wrapping_add(n as u64 * 7919),
                 ready.clone(),
+                live_recoveries.clone(),
             ))
         })
         .collect();
@@ -187,7 +235,7 @@ publish = "authenticated"
         .await
         .expect("every subscriber subscribed");
     let publishers: Vec<_> = (0..PUBLISHERS)
-        .map(|p| tokio::spawn(publisher(s.url(), p)))
+        .map(|p| tokio::spawn(publisher(s.url(), p, live_recoveries.clone())))
         .collect();
 
     let mut expected: BTreeMap<u64, Value> = BTreeMap::new();
@@ -233,7 +281,8 @@ publish = "authenticated"
 
 /// The same guarantee without `since`: a subscribe made while publications pour in is
 /// followed by exactly `offset + 1, offset + 2, …` (no publication numbered at or below the
-/// reply's `offset` may arrive after it).
+/// reply's `offset` may arrive after it). The publisher pauses halfway until some subscribe
+/// has been answered in the middle of the publishing, so that one always is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscribe_during_publishing_continues_exactly_after_the_reply_offset() {
     const MESSAGES: u64 = 3000;
@@ -248,10 +297,13 @@ join_leave = false
 "#
     ));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Subscribes answered while publishing was going on (0 < offset < MESSAGES).
+    let during = Arc::new(LiveRecoveries::default());
     let mut subscribers = Vec::new();
     for n in 0..6u64 {
         let url = s.url();
         let done = done.clone();
+        let during = during.clone();
         subscribers.push(tokio::spawn(async move {
             let mut rng = Rng(0xfeed + n);
             let mut checked = 0u32;
@@ -260,7 +312,11 @@ join_leave = false
                 // flight.
                 let mut c = Client::connect(&url, Some(&token(&format!("s{n}")))).await;
                 let r = c.subscribe("live:room").await;
-                let first = r["offset"].as_u64().unwrap() + 1;
+                let offset = r["offset"].as_u64().unwrap();
+                if offset > 0 && offset < MESSAGES {
+                    during.record();
+                }
+                let first = offset + 1;
                 let end = (first + rng.range(3, 30)).min(MESSAGES + 1);
                 for expected in first..end {
                     let m = c.push("message", "live:room").await;
@@ -277,6 +333,13 @@ join_leave = false
     }
     let mut p = s.connect("pub").await;
     for start in (1..=MESSAGES).step_by(16) {
+        if start == 1 + MESSAGES / 2 / 16 * 16 {
+            // A subscriber blocked until later publications arrive was answered with an offset
+            // above 0 and so already counts: this wait cannot starve the subscribers.
+            tokio::time::timeout(T, during.wait_for_one())
+                .await
+                .expect("a subscribe answered while publishing was paused halfway");
+        }
         for i in start..(start + 16).min(MESSAGES + 1) {
             p.send(&json!({"type": "publish", "id": i, "room": "live:room", "data": i}))
                 .await;
@@ -290,7 +353,15 @@ join_leave = false
     for sub in subscribers {
         subscriptions += tokio::time::timeout(BUDGET, sub).await.unwrap().unwrap();
     }
-    eprintln!("{subscriptions} subscriptions checked during {MESSAGES} publications");
+    let overlapping = during.count.load(Ordering::Acquire);
+    eprintln!(
+        "{subscriptions} subscriptions checked, {overlapping} of them answered in the middle of \
+         {MESSAGES} publications"
+    );
+    assert!(
+        overlapping > 0,
+        "no subscribe was answered while publications were going on"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -23,6 +23,27 @@ export function baseUrl() {
 
 export const echoPath = () => process.env.SWITCHBOARD_ECHO_PATH ?? '/echo';
 
+/** URL of the protocol route (`websocket.path`, SWITCHBOARD_WS_PATH, default /ws). */
+export function protocolUrl() {
+  const url = baseUrl();
+  return `ws://${url.hostname}:${url.port}${process.env.SWITCHBOARD_WS_PATH ?? '/ws'}`;
+}
+
+/**
+ * A token for the user alice that the server accepts, from SWITCHBOARD_TOKEN: scripts/test runs
+ * `switchboard token --user alice` in the folder of the development-mode server it started.
+ */
+export function aliceToken() {
+  const token = process.env.SWITCHBOARD_TOKEN;
+  if (!token) {
+    throw new Error(
+      'SWITCHBOARD_TOKEN is not set: run `switchboard token --user alice` in the folder where the ' +
+        'development-mode server runs and set SWITCHBOARD_TOKEN to what it prints (scripts/test does)',
+    );
+  }
+  return token;
+}
+
 export function echoUrl() {
   const url = baseUrl();
   return `ws://${url.hostname}:${url.port}${echoPath()}`;

@@ -14,6 +14,8 @@ pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub logs: mpsc::Receiver<String>,
+    /// The log lines printed before "listening" (the development-mode warning among them).
+    pub startup: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -48,11 +50,14 @@ impl ServerProcess {
                 let _ = tx.send(line);
             }
         });
+        let mut startup = Vec::new();
         let addr = loop {
             let line = rx
                 .recv_timeout(Duration::from_secs(20))
                 .expect("server printed 'listening' within 20 s");
-            if line.contains("listening") {
+            if !line.contains("listening") {
+                startup.push(line);
+            } else {
                 let at = line.find("addr=").expect("listening line names addr") + 5;
                 let addr: String = line[at..]
                     .chars()
@@ -65,6 +70,7 @@ impl ServerProcess {
             child,
             addr,
             logs: rx,
+            startup,
             _dir: dir,
         }
     }
