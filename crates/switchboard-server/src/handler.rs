@@ -295,6 +295,15 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// What the connections of one route share: the hub, the node whose service rooms and
+/// broadcasts go through (when the server has one), and the route's registry of connections.
+#[derive(Debug)]
+pub(crate) struct RouteShared {
+    pub(crate) hub: Hub,
+    pub(crate) node: Option<Node>,
+    pub(crate) registry: Arc<Registry>,
+}
+
 /// An open connection, as its handler sees it.
 #[derive(Debug)]
 pub struct Connection<S> {
@@ -305,11 +314,9 @@ pub struct Connection<S> {
     pub(crate) encoder: Encoder,
     /// A close asked for by a hook, sent once everything queued before it is written.
     pub(crate) close: Option<Box<CloseFrame>>,
-    pub(crate) hub: Option<Hub>,
-    /// The node whose service rooms and broadcasts go through, when the server has one.
-    pub(crate) node: Option<Node>,
-    /// The route's connections (for [`Connection::broadcast_route`]).
-    pub(crate) registry: Option<Arc<Registry>>,
+    /// What the route's connections share (one pointer: every byte here is in every
+    /// connection's task).
+    pub(crate) route: Arc<RouteShared>,
     /// The armed [`Handler::on_timer`] timer: none (no timer entry) unless its deadline
     /// (kept in [`ConnShared`]) is near.
     pub(crate) timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
@@ -444,17 +451,16 @@ impl<S> Connection<S> {
         if self.rooms.contains(&room) {
             return;
         }
-        match (&self.node, &self.hub) {
-            (Some(node), _) => {
+        match &self.route.node {
+            Some(node) => {
                 if let Err(e) = node.join_room(&self.shared, &room).await {
                     tracing::warn!(conn = %self.id(), room = %room, reason = %e, "join failed");
                     return;
                 }
             }
-            (None, Some(hub)) => {
-                hub.join(&room, &self.shared);
+            None => {
+                self.route.hub.join(&room, &self.shared);
             }
-            (None, None) => return,
         }
         self.rooms.insert(room);
     }
@@ -464,12 +470,11 @@ impl<S> Connection<S> {
         let Some(room) = self.rooms.take(room) else {
             return;
         };
-        match (&self.node, &self.hub) {
-            (Some(node), _) => node.leave_room(&self.shared, &room).await,
-            (None, Some(hub)) => {
-                hub.leave(&room, &self.shared);
+        match &self.route.node {
+            Some(node) => node.leave_room(&self.shared, &room).await,
+            None => {
+                self.route.hub.leave(&room, &self.shared);
             }
-            (None, None) => {}
         }
     }
 
@@ -478,7 +483,7 @@ impl<S> Connection<S> {
     /// otherwise on this server. This connection is left out unless `options` include it.
     pub async fn broadcast(&self, rooms: &[&str], payload: Incoming, options: Broadcast) {
         let exclude = (!options.include_self).then(|| self.shared.id.clone());
-        if let Some(node) = &self.node {
+        if let Some(node) = &self.route.node {
             let (binary, payload) = match payload {
                 Incoming::Text(t) => (false, t.into_bytes()),
                 Incoming::Binary(b) => (true, b),
@@ -493,7 +498,7 @@ impl<S> Connection<S> {
             }
             return;
         }
-        let Some(hub) = &self.hub else { return };
+        let hub = &self.route.hub;
         let message = prepare(payload, hub.compression_threshold());
         for room in rooms {
             hub.broadcast(room, &message, exclude.as_deref());
@@ -503,16 +508,9 @@ impl<S> Connection<S> {
     /// Sends `payload` to every connection of this route on this server, framed and
     /// compressed once.
     pub fn broadcast_route(&self, payload: Incoming, options: Broadcast) {
-        let Some(registry) = &self.registry else {
-            return;
-        };
-        let threshold = self
-            .hub
-            .as_ref()
-            .map_or(usize::MAX, |h| h.compression_threshold());
-        let message = prepare(payload, threshold);
+        let message = prepare(payload, self.route.hub.compression_threshold());
         let exclude = (!options.include_self).then_some(&*self.shared);
-        registry.broadcast(&message, exclude);
+        self.route.registry.broadcast(&message, exclude);
     }
 
     /// Closes the connection with `disconnect` (a row of [`switchboard_protocol::CLOSE_CODES`],

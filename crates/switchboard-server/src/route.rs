@@ -23,9 +23,8 @@ use tracing::Instrument;
 use crate::{
     config::WebSocketConfig,
     conn::ConnShared,
-    handler::{Connection, Handler, Refusal, UpgradeContext, User},
-    hub::Hub,
-    transport::{registry::Registry, ws},
+    handler::{Connection, Handler, Refusal, RouteShared, UpgradeContext, User},
+    transport::ws,
 };
 
 /// Transport options of one route.
@@ -78,13 +77,10 @@ type UpgradeFn = dyn Fn(Request<Body>, RouteContext) -> BoxFuture<Response<Body>
 /// What the server lends a route for each upgrade.
 #[derive(Debug, Clone)]
 pub(crate) struct RouteContext {
-    pub(crate) hub: Hub,
-    /// The node whose service the route's connections use, if the server has one.
-    pub(crate) node: Option<crate::node::Node>,
+    /// What the route's connections share: hub, node, registry.
+    pub(crate) route: Arc<RouteShared>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
-    /// The route's open connections on this server (pings, idle timeout, shutdown).
-    pub(crate) registry: Arc<Registry>,
 }
 
 /// A path served by a [`Handler`].
@@ -229,9 +225,7 @@ async fn upgrade<H: Handler>(
     let span = Some(tracing::debug_span!("conn", id = %id)).filter(|s| !s.is_disabled());
     let conn_span = span.clone();
     let threshold = options.deflate.threshold;
-    let hub = ctx.hub.clone();
-    let node = ctx.node.clone();
-    let registry = ctx.registry.clone();
+    let route = ctx.route.clone();
     let tracker = ctx.tracker.clone();
     let task = async move {
         let upgraded = match on_upgrade.await {
@@ -258,14 +252,12 @@ async fn upgrade<H: Handler>(
             rooms: Default::default(),
             encoder: Encoder::new(Role::Server, params, threshold),
             close: None,
-            hub: Some(hub),
-            node,
-            registry: Some(registry.clone()),
+            route,
             timer: None,
             state: accepted.state,
         };
         // A task of its own: this one holds what the upgrade needed until it ends.
-        let task = ws::run(handler, stream, parts.read_buf, conn, registry);
+        let task = ws::run(handler, stream, parts.read_buf, conn);
         match conn_span {
             Some(span) => tracker.spawn(task.instrument(span)),
             None => tracker.spawn(task),

@@ -24,6 +24,7 @@ use tower::Service;
 
 use crate::{
     broker::Broker,
+    handler::RouteShared,
     hub::Hub,
     node::Node,
     route::{PeerAddr, Route, RouteContext, json_response},
@@ -260,11 +261,13 @@ impl ServerBuilder {
             ));
             sweeps.push(registry.clone());
             let ctx = RouteContext {
-                hub: self.hub.clone(),
-                node: self.node.clone(),
+                route: Arc::new(RouteShared {
+                    hub: self.hub.clone(),
+                    node: self.node.clone(),
+                    registry,
+                }),
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
-                registry,
             };
             router = router.route(
                 &route.path,

@@ -121,9 +121,11 @@ impl Server {
             rooms: Default::default(),
             encoder: Encoder::new(Role::Server, None, usize::MAX),
             close: None,
-            hub: Some(self.node.hub().clone()),
-            node: Some(self.node.clone()),
-            registry: None,
+            route: Arc::new(crate::handler::RouteShared {
+                hub: self.node.hub().clone(),
+                node: Some(self.node.clone()),
+                registry: Arc::new(crate::transport::registry::Registry::default()),
+            }),
             timer: None,
             state: Session::default(),
         };

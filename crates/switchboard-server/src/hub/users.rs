@@ -21,11 +21,13 @@ pub const INBOX_LIMIT: usize = 256;
 
 const SHARDS: usize = 64;
 
-/// One user's connections: most users have one, which then costs no list.
+/// One user's connections: most users have one, which then costs no list. Two words, so
+/// that an entry of the index is four (a `Vec` inline would make every entry six).
 #[derive(Debug)]
 enum Conns {
     One(Arc<ConnShared>),
-    Many(Vec<Arc<ConnShared>>),
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<Arc<ConnShared>>>),
 }
 
 /// One shard of the index.
@@ -81,16 +83,16 @@ impl Users {
                 1
             }
             Some(entry) => {
-                let list = match std::mem::replace(entry, Conns::Many(Vec::new())) {
-                    Conns::One(first) => vec![first, conn.clone()],
-                    Conns::Many(mut list) => {
-                        list.push(conn.clone());
-                        list
+                match entry {
+                    Conns::One(first) => {
+                        *entry = Conns::Many(Box::new(vec![first.clone(), conn.clone()]));
+                        2
                     }
-                };
-                let n = list.len();
-                *entry = Conns::Many(list);
-                n
+                    Conns::Many(list) => {
+                        list.push(conn.clone());
+                        list.len()
+                    }
+                }
             }
         }
     }
@@ -154,7 +156,7 @@ impl Users {
     pub(crate) fn connections_of(&self, user: &str) -> Vec<Arc<ConnShared>> {
         match self.shard(user).get(user) {
             Some(Conns::One(c)) => vec![c.clone()],
-            Some(Conns::Many(list)) => list.clone(),
+            Some(Conns::Many(list)) => list.to_vec(),
             None => Vec::new(),
         }
     }

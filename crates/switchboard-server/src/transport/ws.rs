@@ -32,7 +32,11 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-use super::{outbound::Overflowed, registry::Registry};
+use super::outbound::Overflowed;
+#[cfg(test)]
+use super::registry::Registry;
+#[cfg(test)]
+use crate::handler::RouteShared;
 use crate::handler::{Connection, Handler, Incoming};
 
 /// Bytes read per wake-up at most.
@@ -94,7 +98,6 @@ pub(crate) fn run<H: Handler>(
     stream: TcpStream,
     leftover: Bytes,
     conn: Connection<H::State>,
-    registry: Arc<Registry>,
 ) -> impl Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
     // `leftover` shares hyper's whole read buffer (8 KiB): copy what it holds, if anything,
@@ -102,7 +105,11 @@ pub(crate) fn run<H: Handler>(
     let input = (!leftover.is_empty()).then(|| {
         Box::new(Input {
             rbuf: BytesMut::from(&leftover[..]),
-            decoder: Decoder::new(Role::Server, registry.decoder, conn.shared.deflate()),
+            decoder: Decoder::new(
+                Role::Server,
+                conn.route.registry.decoder,
+                conn.shared.deflate(),
+            ),
         })
     });
     drop(leftover);
@@ -116,15 +123,16 @@ pub(crate) fn run<H: Handler>(
     // An `async move` block that uses what it captures in place: an `async fn` would move its
     // arguments into locals and keep both copies for the task's whole life.
     async move {
-        if registry.insert(&ws.conn.shared) {
+        if ws.conn.route.registry.insert(&ws.conn.shared) {
             ws.conn
                 .shared
                 .request_close_code(Disconnect::GOING_AWAY.code.0);
         }
         // The user index: how the server API reaches every connection of a user.
-        if let Some(hub) = &ws.conn.hub {
-            hub.add_connection(&ws.conn.user.id, &ws.conn.shared);
-        }
+        ws.conn
+            .route
+            .hub
+            .add_connection(&ws.conn.user.id, &ws.conn.shared);
         Box::pin(handler.on_connect(&mut ws.conn)).await;
         let end = loop {
             // Decode whatever is buffered (also the bytes hyper read past the upgrade request).
@@ -180,11 +188,13 @@ pub(crate) fn run<H: Handler>(
             }
 
             // A hook set a timer, or the sweeper found its deadline near.
-            ws.conn.update_timer(registry.timer_horizon());
+            let horizon = ws.conn.route.registry.timer_horizon();
+            ws.conn.update_timer(horizon);
 
             match poll_fn(|cx| ws.poll_event(cx)).await {
                 Event::Readable => {
-                    let (decoder, deflate) = (registry.decoder, ws.conn.shared.deflate());
+                    let (decoder, deflate) =
+                        (ws.conn.route.registry.decoder, ws.conn.shared.deflate());
                     let input = ws
                         .input
                         .get_or_insert_with(|| Input::acquire(decoder, deflate));
@@ -213,31 +223,28 @@ pub(crate) fn run<H: Handler>(
             }
         };
 
-        Box::pin(finish(&*handler, ws, &registry, end)).await;
+        Box::pin(finish(&*handler, ws, end)).await;
     }
 }
 
 /// Hands every request waiting in the connection's control inbox to the handler, in order.
 async fn drain_controls<H: Handler>(handler: &H, conn: &mut Connection<H::State>) {
-    let Some(hub) = conn.hub.clone() else {
-        return;
-    };
-    for control in hub.take_controls(&conn.shared) {
+    let route = conn.route.clone();
+    for control in route.hub.take_controls(&conn.shared) {
         handler.on_control(conn, control).await;
     }
 }
 
 /// After the connection loop: the handler's `on_close`, the rooms it did not leave, and the
 /// end of the TCP connection.
-async fn finish<H: Handler>(handler: &H, ws: Ws<H::State>, registry: &Registry, end: End) {
+async fn finish<H: Handler>(handler: &H, ws: Ws<H::State>, end: End) {
     let Ws {
         stream, mut conn, ..
     } = ws;
     conn.shared.outbound.close();
-    registry.remove(&conn.shared);
-    if let Some(hub) = &conn.hub {
-        hub.remove_connection(&conn.user.id, &conn.shared);
-    }
+    let route = conn.route.clone();
+    route.registry.remove(&conn.shared);
+    route.hub.remove_connection(&conn.user.id, &conn.shared);
     let close = match &end {
         End::Closed(f) => f.as_deref().cloned(),
         End::Abnormal => None,
@@ -245,10 +252,8 @@ async fn finish<H: Handler>(handler: &H, ws: Ws<H::State>, registry: &Registry, 
     tracing::debug!(code = close.as_ref().map(|c| c.code.0), "connection closed");
     handler.on_close(&mut conn, close.as_ref()).await;
     // Rooms the handler did not leave itself (library API joins).
-    if let Some(hub) = conn.hub.clone() {
-        for room in std::mem::take(&mut conn.rooms) {
-            hub.leave(&room, &conn.shared);
-        }
+    for room in std::mem::take(&mut conn.rooms) {
+        route.hub.leave(&room, &conn.shared);
     }
     // Server closes TCP first after the close handshake (RFC 6455 7.1.1); wait briefly for the
     // peer's FIN so unread bytes do not turn our close into a reset that loses the close frame.
@@ -554,19 +559,15 @@ mod tests {
             rooms: Default::default(),
             encoder: Encoder::new(Role::Server, None, usize::MAX),
             close: None,
-            hub: None,
-            node: None,
-            registry: None,
+            route: Arc::new(RouteShared {
+                hub: crate::hub::Hub::new(usize::MAX),
+                node: None,
+                registry: Arc::new(Registry::default()),
+            }),
             timer: None,
             state: (),
         };
-        let task = run(
-            Arc::new(crate::builtin::Echo),
-            stream,
-            Bytes::new(),
-            conn,
-            Arc::new(Registry::default()),
-        );
+        let task = run(Arc::new(crate::builtin::Echo), stream, Bytes::new(), conn);
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task future: {size} bytes");
         let shared = std::mem::size_of::<ConnShared>();
@@ -578,5 +579,38 @@ mod tests {
         );
         // 288 bytes: with tokio's header and trailer the task fits in 384.
         assert!(size <= 288, "the connection task's future is {size} bytes");
+        // The v1 protocol's connections too: its session state is part of every task.
+        let mut config = crate::config::Config::default();
+        config.auth.anonymous = true;
+        let node = crate::node::Node::new(config).unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let conn = Connection {
+            shared: Arc::new(ConnShared::new("c_test".into(), 1024, None)),
+            user: Arc::new(User::default()),
+            rooms: Default::default(),
+            encoder: Encoder::new(Role::Server, None, usize::MAX),
+            close: None,
+            route: Arc::new(RouteShared {
+                hub: node.hub().clone(),
+                node: Some(node.clone()),
+                registry: Arc::new(Registry::default()),
+            }),
+            timer: None,
+            state: crate::v1::Session::default(),
+        };
+        let task = run(
+            Arc::new(crate::v1::Protocol::new(node)),
+            stream,
+            Bytes::new(),
+            conn,
+        );
+        let size = std::mem::size_of_val(&task);
+        eprintln!("v1 protocol connection task future: {size} bytes");
+        assert!(
+            size <= 288,
+            "the v1 connection task's future is {size} bytes"
+        );
     }
 }
