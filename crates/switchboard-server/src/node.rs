@@ -13,8 +13,9 @@
 //! room's local members, encoded once.
 
 use std::{
+    collections::HashMap,
     hash::{BuildHasher, RandomState},
-    sync::Arc,
+    sync::{Arc, Weak},
 };
 
 use bytes::Bytes;
@@ -52,7 +53,14 @@ struct NodeInner {
     access: Access,
     room_locks: Box<[tokio::sync::Mutex<()>]>,
     hasher: RandomState,
+    /// With a broker whose presence entries expire: this node's entries, added again by a
+    /// task of the node within the ttl. `None` (nothing kept) otherwise.
+    presence: Option<LocalPresence>,
 }
+
+/// This node's presence entries, by room and connection (only kept when they must be
+/// refreshed); bounded by the node's subscriptions.
+type LocalPresence = std::sync::Mutex<HashMap<Arc<str>, HashMap<Arc<str>, PresenceEntry>>>;
 
 impl std::fmt::Debug for NodeInner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -202,7 +210,8 @@ impl Node {
             let dispatcher = dispatch::Dispatcher::new(hub.clone(), broker.clone(), threshold);
             tokio::spawn(dispatcher.run(events));
         }
-        Node {
+        let ttl = broker.presence_ttl();
+        let node = Node {
             inner: Arc::new(NodeInner {
                 id,
                 hub,
@@ -213,8 +222,13 @@ impl Node {
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
                 hasher: RandomState::new(),
+                presence: ttl.map(|_| Default::default()),
             }),
+        };
+        if let Some(ttl) = ttl {
+            tokio::spawn(refresh_presence(Arc::downgrade(&node.inner), ttl));
         }
+        node
     }
 
     /// The node's id.
@@ -392,10 +406,18 @@ impl Node {
     async fn after_join(&self, member: Member<'_>, room: &Arc<str>, ns: &NamespaceConfig) {
         let broker = &self.inner.broker;
         let id = member.conn.id();
-        if ns.presence
-            && let Err(e) = broker.presence_add(room, member.presence()).await
-        {
-            tracing::warn!(conn = %id, room = %room, error = %e, "presence add failed");
+        if ns.presence {
+            if let Some(local) = &self.inner.presence {
+                local
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(room.clone())
+                    .or_default()
+                    .insert(member.conn.id.clone(), member.presence());
+            }
+            if let Err(e) = broker.presence_add(room, member.presence()).await {
+                tracing::warn!(conn = %id, room = %room, error = %e, "presence add failed");
+            }
         }
         if ns.join_leave
             && let Err(e) = broker.publish_join(room, member.presence()).await
@@ -411,10 +433,19 @@ impl Node {
         let ns = self.inner.access.namespace(room);
         let broker = &self.inner.broker;
         let id = member.conn.id();
-        if ns.is_some_and(|n| n.presence)
-            && let Err(e) = broker.presence_remove(room, &member.conn.id).await
-        {
-            tracing::warn!(conn = %id, room, error = %e, "presence remove failed");
+        if ns.is_some_and(|n| n.presence) {
+            if let Some(local) = &self.inner.presence {
+                let mut local = local.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(entries) = local.get_mut(room) {
+                    entries.remove(&member.conn.id);
+                    if entries.is_empty() {
+                        local.remove(room);
+                    }
+                }
+            }
+            if let Err(e) = broker.presence_remove(room, &member.conn.id).await {
+                tracing::warn!(conn = %id, room, error = %e, "presence remove failed");
+            }
         }
         member.conn.forget(room);
         self.leave_hub(room, member.conn).await;
@@ -617,5 +648,90 @@ impl Node {
             users: hub.user_count(),
             rooms: hub.room_count(),
         }
+    }
+}
+
+/// Adds this node's presence entries again every third of the broker's ttl, so that they
+/// live as long as their connections and no longer than a ttl after their node is gone. Ends
+/// when the node is dropped.
+async fn refresh_presence(node: Weak<NodeInner>, ttl: std::time::Duration) {
+    let period = (ttl / 3).max(std::time::Duration::from_millis(10));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(inner) = node.upgrade() else { return };
+        let Some(local) = &inner.presence else { return };
+        // A copy, so that no lock is held across the broker's awaits.
+        let entries: Vec<(Arc<str>, PresenceEntry)> = local
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flat_map(|(room, entries)| entries.values().map(|e| (room.clone(), e.clone())))
+            .collect();
+        for (room, entry) in entries {
+            if let Err(e) = inner.broker.presence_add(&room, entry).await {
+                tracing::warn!(room = %room, error = %e, "presence refresh failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::broker::MemoryBrokerConfig;
+
+    #[tokio::test(start_paused = true)]
+    async fn presence_entries_outlive_the_ttl_while_their_node_refreshes_them() {
+        let mut config = Config::default();
+        config.auth.anonymous = true;
+        let ttl = Duration::from_millis(300);
+        let node = Node::with_broker(config, |sink| async move {
+            let config = MemoryBrokerConfig {
+                presence_ttl: Some(ttl),
+                sweep_interval: Duration::from_millis(50),
+                ..MemoryBrokerConfig::default()
+            };
+            Ok(Arc::new(MemoryBroker::with_config(config, sink)) as Arc<dyn Broker>)
+        })
+        .await
+        .unwrap();
+        let conn = Arc::new(ConnShared::new("c_alice".into(), 1 << 20, None));
+        let user = User {
+            id: "alice".into(),
+            ..User::default()
+        };
+        let member = Member {
+            conn: &conn,
+            user: &user,
+        };
+        let room: Arc<str> = "chat:ttl".into();
+        node.subscribe(member, &room, None, |_| None).await.unwrap();
+        // An entry that no node refreshes: its node is gone.
+        let orphan = PresenceEntry {
+            connection: "c_gone".into(),
+            user: "bob".into(),
+            info: None,
+        };
+        node.broker().presence_add(&room, orphan).await.unwrap();
+        assert_eq!(node.presence(&room, None, 10).await.unwrap().connections, 2);
+
+        // The paused clock runs ahead while every task waits: four ttls pass.
+        tokio::time::sleep(ttl * 4).await;
+        let page = node.presence(&room, None, 10).await.unwrap();
+        assert_eq!(page.connections, 1, "{page:?}");
+        assert_eq!(&*page.members[0].connection, "c_alice");
+
+        node.unsubscribe(member, &room).await;
+        assert_eq!(node.presence(&room, None, 10).await.unwrap().connections, 0);
+        tokio::time::sleep(ttl * 2).await;
+        assert_eq!(
+            node.presence(&room, None, 10).await.unwrap().connections,
+            0,
+            "an unsubscribed connection is not refreshed back"
+        );
     }
 }

@@ -75,6 +75,10 @@ pub struct MemoryBrokerConfig {
     pub meta_ttl: Duration,
     /// How many idempotency keys a room remembers at most. Default 10 000.
     pub max_idempotency_keys: usize,
+    /// How long a presence entry lives unless its node adds it again (then the sweep drops
+    /// it); `None`: until removed. Default `None`: one process holds every entry, and they
+    /// live and die with it. Set, it behaves as a cluster broker's presence does.
+    pub presence_ttl: Option<Duration>,
 }
 
 impl Default for MemoryBrokerConfig {
@@ -84,6 +88,7 @@ impl Default for MemoryBrokerConfig {
             sweep_interval: Duration::from_secs(5),
             meta_ttl: Duration::from_secs(600),
             max_idempotency_keys: 10_000,
+            presence_ttl: None,
         }
     }
 }
@@ -122,6 +127,7 @@ impl MemoryBroker {
             empty: Arc::from(""),
             next_node: AtomicU64::new(1),
             nodes: Mutex::new(vec![(0, sink.clone())]),
+            presence_expiry: Mutex::new(HashMap::new()),
             config,
         });
         spawn_sweeper(&shared);
@@ -498,10 +504,22 @@ impl PresenceStore for MemoryBroker {
         entry: PresenceEntry,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
+            let now = Instant::now();
+            if let Some(ttl) = self.shared.config.presence_ttl {
+                self.shared
+                    .presence_expiry
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert((Arc::from(room), entry.connection.clone()), now + ttl);
+            }
             let mut map = self.shared.lock(room);
-            room_mut(&mut map, room, Instant::now()).presence.add(entry);
+            room_mut(&mut map, room, now).presence.add(entry);
             Ok(())
         })
+    }
+
+    fn presence_ttl(&self) -> Option<Duration> {
+        self.shared.config.presence_ttl
     }
 
     fn presence_remove<'a>(
@@ -514,6 +532,14 @@ impl PresenceStore for MemoryBroker {
             if let Some(state) = map.get_mut(room) {
                 state.presence.remove(connection);
                 state.touched = Instant::now();
+            }
+            drop(map);
+            if self.shared.config.presence_ttl.is_some() {
+                self.shared
+                    .presence_expiry
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&(Arc::from(room), Arc::from(connection)));
             }
             Ok(())
         })
@@ -535,6 +561,9 @@ type Rooms = HashMap<Arc<str>, Box<RoomState>>;
 
 type Shard = Mutex<Rooms>;
 
+/// When each (room, connection) presence entry expires, with a presence ttl.
+type PresenceExpiry = HashMap<(Arc<str>, Arc<str>), Instant>;
+
 struct Shared {
     shards: Box<[Shard]>,
     hasher: RandomState,
@@ -543,6 +572,8 @@ struct Shared {
     next_node: AtomicU64,
     /// Every node's sink, for [`Broker::command`].
     nodes: Mutex<Vec<(u64, Arc<dyn NodeSink>)>>,
+    /// With a presence ttl: when each (room, connection) entry expires unless added again.
+    presence_expiry: Mutex<PresenceExpiry>,
     config: MemoryBrokerConfig,
 }
 
@@ -557,6 +588,24 @@ impl Shared {
     }
 
     fn sweep(&self, now: Instant) {
+        let expired: Vec<(Arc<str>, Arc<str>)> = {
+            let mut expiry = self
+                .presence_expiry
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let expired = expiry
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(key, _)| key.clone())
+                .collect();
+            expiry.retain(|_, at| *at > now);
+            expired
+        };
+        for (room, connection) in expired {
+            if let Some(state) = self.lock(&room).get_mut(&room) {
+                state.presence.remove(&connection);
+            }
+        }
         for shard in self.shards.iter() {
             let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
             map.retain(|_, state| {

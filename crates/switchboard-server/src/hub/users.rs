@@ -82,18 +82,16 @@ impl Users {
                 shard.insert(user.clone(), Conns::One(conn.clone()));
                 1
             }
-            Some(entry) => {
-                match entry {
-                    Conns::One(first) => {
-                        *entry = Conns::Many(Box::new(vec![first.clone(), conn.clone()]));
-                        2
-                    }
-                    Conns::Many(list) => {
-                        list.push(conn.clone());
-                        list.len()
-                    }
+            Some(entry) => match entry {
+                Conns::One(first) => {
+                    *entry = Conns::Many(Box::new(vec![first.clone(), conn.clone()]));
+                    2
                 }
-            }
+                Conns::Many(list) => {
+                    list.push(conn.clone());
+                    list.len()
+                }
+            },
         }
     }
 
