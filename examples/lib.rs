@@ -64,6 +64,25 @@ pub fn is_plain_name(s: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// The `name` query parameter of an upgrade request, which both chat and lobby users connect
+/// with: 401 when it is missing, 400 when it is not 1 to `max` plain characters
+/// ([`is_plain_name`]).
+pub fn name_param<'a>(
+    request: &'a switchboard_server::UpgradeContext<'_>,
+    max: usize,
+) -> Result<&'a str, switchboard_server::Refusal> {
+    use switchboard_server::Refusal;
+    let name = query_param(request.uri.query(), "name")
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| Refusal::unauthorized("query parameter 'name' is missing"))?;
+    if !is_plain_name(name, max) {
+        return Err(Refusal::bad_request(&format!(
+            "query parameter 'name': 1 to {max} letters, digits, '-', '_' or '.'"
+        )));
+    }
+    Ok(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ use switchboard_server::{
     Accepted, Broadcast, CloseFrame, Connection, Handler, Incoming, Refusal, UpgradeContext, User,
 };
 
-use crate::{is_plain_name, query_param};
+use crate::{is_plain_name, name_param};
 
 /// The longest name, in bytes.
 pub const MAX_NAME: usize = 32;
@@ -137,14 +137,7 @@ impl Handler for Chat {
         &self,
         request: &UpgradeContext<'_>,
     ) -> Result<Accepted<Member>, Refusal> {
-        let name = query_param(request.uri.query(), "name")
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| Refusal::unauthorized("query parameter 'name' is missing"))?;
-        if !is_plain_name(name, MAX_NAME) {
-            return Err(Refusal::bad_request(&format!(
-                "query parameter 'name': 1 to {MAX_NAME} letters, digits, '-', '_' or '.'"
-            )));
-        }
+        let name = name_param(request, MAX_NAME)?;
         Ok(Accepted {
             user: User {
                 id: name.into(),
