@@ -129,6 +129,15 @@ impl Broadcast {
     }
 }
 
+/// Frames a message with a connection's `encoder` (its deflate context) in a buffer of its
+/// own ([`Connection::frame`]; also for code that borrows the encoder apart from the rest of
+/// the connection).
+pub(crate) fn frame_with(encoder: &mut Encoder, opcode: OpCode, payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::new();
+    encoder.encode(opcode, payload, &mut buf);
+    buf.freeze()
+}
+
 /// `payload` framed once for many recipients.
 fn prepare(payload: Incoming, threshold: usize) -> PreparedMessage {
     match payload {
@@ -404,9 +413,7 @@ impl<S> Connection<S> {
     /// Frames a message in a buffer of its own: the frame may wait in the queue while
     /// others are written, so it shares no allocation that would outlive it.
     pub(crate) fn frame(&mut self, opcode: OpCode, payload: &[u8]) -> Bytes {
-        let mut buf = BytesMut::new();
-        self.encoder.encode(opcode, payload, &mut buf);
-        buf.freeze()
+        frame_with(&mut self.encoder, opcode, payload)
     }
 
     /// Asks for [`Handler::on_timer`] at `at` (replacing an earlier request); `None` cancels.

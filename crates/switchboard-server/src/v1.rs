@@ -17,6 +17,7 @@ use http::StatusCode;
 use serde_json::value::RawValue;
 use switchboard_protocol::{
     Disconnect,
+    frame::OpCode,
     wire::{self, Command, CommandKind, ErrorCode, Id, Member, PresenceCommand, PublishCommand},
 };
 use tokio::time::Instant;
@@ -28,6 +29,7 @@ use crate::{
     broker::StreamPosition,
     conn::Control,
     error::Refused,
+    handler::frame_with,
     node::{self, Node, Publish, Subscribed},
 };
 
@@ -375,7 +377,7 @@ impl Protocol {
         };
         self.node
             .subscribe(member, &room, since, |sub| {
-                id.map(|id| frame_text(encoder, &subscribe_reply(id, &room, sub)))
+                id.map(|id| frame_with(encoder, OpCode::Text, &subscribe_reply(id, &room, sub)))
             })
             .await?;
         conn.rooms.insert(room);
@@ -402,7 +404,7 @@ impl Protocol {
             .subscribe(member, &room, None, |sub| {
                 let mut buf = Vec::with_capacity(96 + room.len());
                 wire::encode_subscribed(&mut buf, &room, &sub.position.epoch, sub.position.offset);
-                Some(frame_text(encoder, &buf))
+                Some(frame_with(encoder, OpCode::Text, &buf))
             })
             .await;
         match result {
@@ -572,13 +574,6 @@ fn subscribe_reply(id: &Id, room: &str, sub: &Subscribed) -> Vec<u8> {
     let mut buf = Vec::with_capacity(256);
     let _ = wire::encode_reply(&mut buf, id, &result);
     buf
-}
-
-/// Frames a text message in a buffer of its own (it may wait in a queue).
-fn frame_text(encoder: &mut switchboard_protocol::codec::Encoder, payload: &[u8]) -> Bytes {
-    let mut buf = bytes::BytesMut::new();
-    encoder.encode(switchboard_protocol::frame::OpCode::Text, payload, &mut buf);
-    buf.freeze()
 }
 
 #[cfg(test)]
