@@ -146,15 +146,9 @@ impl Node {
     /// Builds a node with the in-memory broker. Must be called inside a tokio runtime (it
     /// spawns the dispatchers).
     pub fn new(config: Config) -> Result<Node, NodeError> {
-        let (verifier, dispatchers, receivers) = Self::parts(&config)?;
-        let broker = Arc::new(MemoryBroker::new(dispatchers.clone()));
-        Ok(Self::assemble(
-            config,
-            verifier,
-            dispatchers,
-            receivers,
-            broker,
-        ))
+        let parts = Parts::new(config)?;
+        let broker = Arc::new(MemoryBroker::new(parts.dispatchers.clone()));
+        Ok(parts.assemble(broker))
     }
 
     /// Builds a node on the broker that `broker` makes, asynchronously (a remote broker
@@ -165,70 +159,9 @@ impl Node {
         F: FnOnce(Arc<dyn NodeSink>) -> Fut,
         Fut: std::future::Future<Output = Result<Arc<dyn Broker>, BrokerError>>,
     {
-        let (verifier, dispatchers, receivers) = Self::parts(&config)?;
-        let broker = broker(dispatchers.clone()).await?;
-        Ok(Self::assemble(
-            config,
-            verifier,
-            dispatchers,
-            receivers,
-            broker,
-        ))
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn parts(
-        config: &Config,
-    ) -> Result<
-        (
-            Verifier,
-            Arc<dispatch::Dispatchers>,
-            Vec<tokio::sync::mpsc::UnboundedReceiver<dispatch::Dispatch>>,
-        ),
-        NodeError,
-    > {
-        let verifier = Verifier::new(&config.auth)?;
-        let workers = tokio::runtime::Handle::current().metrics().num_workers();
-        let (sink, receivers) = dispatch::Dispatchers::new(workers);
-        Ok((verifier, Arc::new(sink), receivers))
-    }
-
-    fn assemble(
-        config: Config,
-        verifier: Verifier,
-        dispatchers: Arc<dispatch::Dispatchers>,
-        receivers: Vec<tokio::sync::mpsc::UnboundedReceiver<dispatch::Dispatch>>,
-        broker: Arc<dyn Broker>,
-    ) -> Node {
-        let threshold = config.websocket.compression.threshold.as_usize();
-        let hub = Hub::new(threshold);
-        let id = config
-            .node_id
-            .clone()
-            .unwrap_or_else(|| format!("n_{}", crate::ids::random_base62(8)));
-        for events in receivers {
-            let dispatcher = dispatch::Dispatcher::new(hub.clone(), broker.clone(), threshold);
-            tokio::spawn(dispatcher.run(events));
-        }
-        let ttl = broker.presence_ttl();
-        let node = Node {
-            inner: Arc::new(NodeInner {
-                id,
-                hub,
-                broker,
-                dispatchers,
-                access: Access::new(config, verifier),
-                room_locks: (0..ROOM_LOCKS)
-                    .map(|_| tokio::sync::Mutex::new(()))
-                    .collect(),
-                hasher: RandomState::new(),
-                presence: ttl.map(|_| Default::default()),
-            }),
-        };
-        if let Some(ttl) = ttl {
-            tokio::spawn(refresh_presence(Arc::downgrade(&node.inner), ttl));
-        }
-        node
+        let parts = Parts::new(config)?;
+        let broker = broker(parts.dispatchers.clone()).await?;
+        Ok(parts.assemble(broker))
     }
 
     /// The node's id.
@@ -648,6 +581,68 @@ impl Node {
             users: hub.user_count(),
             rooms: hub.room_count(),
         }
+    }
+}
+
+/// What a node is made of before its broker exists (the broker is built for its sink).
+struct Parts {
+    config: Config,
+    verifier: Verifier,
+    dispatchers: Arc<dispatch::Dispatchers>,
+    receivers: Vec<tokio::sync::mpsc::UnboundedReceiver<dispatch::Dispatch>>,
+}
+
+impl Parts {
+    /// Checks the configuration's keys and makes one dispatcher channel per runtime worker.
+    fn new(config: Config) -> Result<Parts, NodeError> {
+        let verifier = Verifier::new(&config.auth)?;
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        let (sink, receivers) = dispatch::Dispatchers::new(workers);
+        Ok(Parts {
+            config,
+            verifier,
+            dispatchers: Arc::new(sink),
+            receivers,
+        })
+    }
+
+    /// The node on `broker`, its dispatchers spawned.
+    fn assemble(self, broker: Arc<dyn Broker>) -> Node {
+        let Parts {
+            config,
+            verifier,
+            dispatchers,
+            receivers,
+        } = self;
+        let threshold = config.websocket.compression.threshold.as_usize();
+        let hub = Hub::new(threshold);
+        let id = config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("n_{}", crate::ids::random_base62(8)));
+        for events in receivers {
+            let dispatcher = dispatch::Dispatcher::new(hub.clone(), broker.clone(), threshold);
+            tokio::spawn(dispatcher.run(events));
+        }
+        let ttl = broker.presence_ttl();
+        let node = Node {
+            inner: Arc::new(NodeInner {
+                id,
+                hub,
+                broker,
+                dispatchers,
+                access: Access::new(config, verifier),
+                room_locks: (0..ROOM_LOCKS)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
+                hasher: RandomState::new(),
+                presence: ttl.map(|_| Default::default()),
+            }),
+        };
+        if let Some(ttl) = ttl {
+            tokio::spawn(refresh_presence(Arc::downgrade(&node.inner), ttl));
+        }
+        node
     }
 }
 
