@@ -545,6 +545,20 @@ mod tests {
     use super::*;
     use crate::{conn::ConnShared, handler::User};
 
+    /// A connection of `route` over nothing yet, with the handler state `state`.
+    fn connection<S>(route: RouteShared, state: S) -> Connection<S> {
+        Connection {
+            shared: Arc::new(ConnShared::new("c_test".into(), 1024, None)),
+            user: Arc::new(User::default()),
+            rooms: Default::default(),
+            encoder: Encoder::new(Role::Server, None, usize::MAX),
+            close: None,
+            route: Arc::new(route),
+            timer: None,
+            state,
+        }
+    }
+
     /// What an idle connection costs is mostly this future (tokio adds about 100 bytes and
     /// rounds the task up to a multiple of 128): keep an eye on it.
     #[tokio::test]
@@ -553,20 +567,12 @@ mod tests {
         let stream = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let conn = Connection {
-            shared: Arc::new(ConnShared::new("c_test".into(), 1024, None)),
-            user: Arc::new(User::default()),
-            rooms: Default::default(),
-            encoder: Encoder::new(Role::Server, None, usize::MAX),
-            close: None,
-            route: Arc::new(RouteShared {
-                hub: crate::hub::Hub::new(usize::MAX),
-                node: None,
-                registry: Arc::new(Registry::default()),
-            }),
-            timer: None,
-            state: (),
+        let route = RouteShared {
+            hub: crate::hub::Hub::new(usize::MAX),
+            node: None,
+            registry: Arc::new(Registry::default()),
         };
+        let conn = connection(route, ());
         let task = run(Arc::new(crate::builtin::Echo), stream, Bytes::new(), conn);
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task future: {size} bytes");
@@ -586,20 +592,12 @@ mod tests {
         let stream = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let conn = Connection {
-            shared: Arc::new(ConnShared::new("c_test".into(), 1024, None)),
-            user: Arc::new(User::default()),
-            rooms: Default::default(),
-            encoder: Encoder::new(Role::Server, None, usize::MAX),
-            close: None,
-            route: Arc::new(RouteShared {
-                hub: node.hub().clone(),
-                node: Some(node.clone()),
-                registry: Arc::new(Registry::default()),
-            }),
-            timer: None,
-            state: crate::v1::Session::default(),
+        let route = RouteShared {
+            hub: node.hub().clone(),
+            node: Some(node.clone()),
+            registry: Arc::new(Registry::default()),
         };
+        let conn = connection(route, crate::v1::Session::default());
         let task = run(
             Arc::new(crate::v1::Protocol::new(node)),
             stream,
