@@ -214,7 +214,7 @@ impl Dispatcher {
             Err(e) => {
                 tracing::warn!(room = %room, error = %e, "cannot read history to fill a gap");
                 match before {
-                    Some(b) => StreamPosition::new(last.epoch.clone(), b - 1),
+                    Some(_) => continues_at(&last),
                     // Nothing known: the next publication shows the gap again.
                     None => return,
                 }
@@ -223,13 +223,17 @@ impl Dispatcher {
         tracing::warn!(room = %room, epoch = %lost.epoch, offset = lost.offset, "publications lost for good; members told recovered: false");
         self.buf.clear();
         encode_lost(&mut self.buf, room, &lost);
-        let message = PreparedMessage::new(
+        self.hub.deliver(room, None, &self.prepared(), None);
+        self.last.insert(room.clone(), lost);
+    }
+
+    /// The push encoded in `buf`, framed once for every member.
+    fn prepared(&self) -> PreparedMessage {
+        PreparedMessage::new(
             OpCode::Text,
             Bytes::copy_from_slice(&self.buf),
             self.threshold,
-        );
-        self.hub.deliver(room, None, &message, None);
-        self.last.insert(room.clone(), lost);
+        )
     }
 
     /// Whether the room has local members (then they got it).
@@ -248,8 +252,7 @@ impl Dispatcher {
                 p.from.as_deref(),
             );
         }
-        let message =
-            PreparedMessage::new(OpCode::Text, Bytes::copy_from_slice(buf), self.threshold);
+        let message = self.prepared();
         let position = p.position().map(|_| (&p.epoch, p.offset));
         self.hub
             .deliver_to_room(&p.room, position, &message, p.exclude.as_deref())
@@ -267,8 +270,7 @@ impl Dispatcher {
             &member.connection,
             member.info.as_deref(),
         );
-        let message =
-            PreparedMessage::new(OpCode::Text, Bytes::copy_from_slice(buf), self.threshold);
+        let message = self.prepared();
         self.hub
             .deliver(room, None, &message, Some(&*member.connection));
     }
