@@ -130,6 +130,15 @@ fn refusals_have_documented_statuses() {
         ),
     );
     assert_eq!(status, 400, "{body}");
+    // An otherwise valid upgrade over HTTP/1.0 cannot be taken over: 400, not 500.
+    let (status, body) = http(
+        addr,
+        &format!(
+            "GET /echo HTTP/1.0\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("HTTP/1.1"), "{body}");
 }
 
 #[tokio::test]

@@ -166,6 +166,14 @@ async fn upgrade<H: Handler>(
         let r = Refusal::unavailable("shutting_down", Duration::from_secs(1));
         return refusal_response(r);
     }
+    // RFC 6455 4.1: the opening handshake is an HTTP/1.1 request. An HTTP/1.0 connection
+    // cannot be taken over, so it is refused here rather than failing at the upgrade.
+    if req.version() < http::Version::HTTP_11 {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "bad_request", "reason": "a WebSocket upgrade needs HTTP/1.1"}),
+        );
+    }
     let up = match handshake::validate_request(req.method(), req.headers()) {
         Ok(up) => up,
         Err(e) => return handshake_refusal(&e, &options.protocols),

@@ -35,6 +35,10 @@ pub struct AuthConfig {
     /// not base64-decoded). Required when `algorithms` lists an HMAC algorithm. Default: none
     /// (dev mode fills it from [`load_or_create_dev_secret`](super::load_or_create_dev_secret)).
     pub secret: Option<String>,
+    /// The key id (`kid`) of `secret`. An HMAC token that names a `kid` is refused with
+    /// `unknown_key` unless it is this one (some issuers always set a `kid`: configure theirs
+    /// here). Default: unset (HMAC tokens must not name a `kid`).
+    pub secret_kid: Option<String>,
     /// Public keys for the asymmetric algorithms (RS*, PS*, ES256, ES384, EdDSA), in PEM.
     /// Default: none.
     pub public_keys: Vec<PublicKeyConfig>,
@@ -64,6 +68,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             secret: None,
+            secret_kid: None,
             public_keys: Vec::new(),
             algorithms: vec!["HS256".to_owned()],
             audience: None,

@@ -91,6 +91,10 @@ struct PeekHeader {
     alg: String,
     #[serde(default)]
     kid: Option<String>,
+    /// Critical extensions (RFC 7515 4.1.11): none is understood here, so a token that lists
+    /// any (or has a `crit` at all) must be refused.
+    #[serde(default)]
+    crit: Option<serde_json::Value>,
 }
 
 /// One configured public key.
@@ -109,6 +113,8 @@ pub struct Verifier {
     /// `Validation` that mixes algorithm families, so there is one per algorithm).
     allowed: Vec<(Algorithm, Validation)>,
     secret: Option<DecodingKey>,
+    /// The `kid` an HMAC token may name (`auth.secret_kid`).
+    secret_kid: Option<String>,
     keys: Vec<PublicKey>,
     anonymous: bool,
 }
@@ -174,6 +180,18 @@ impl Verifier {
         if cfg.secret.as_deref() == Some("") {
             return Err(AuthConfigError::new("auth.secret", "must not be empty"));
         }
+        if cfg.secret_kid.is_some() && cfg.secret.is_none() {
+            return Err(AuthConfigError::new(
+                "auth.secret_kid",
+                "set without auth.secret (it names the secret's key id)",
+            ));
+        }
+        if cfg.secret_kid.as_deref() == Some("") {
+            return Err(AuthConfigError::new(
+                "auth.secret_kid",
+                "must not be empty (leave it out when tokens name no kid)",
+            ));
+        }
 
         if cfg.secret.is_none() && cfg.public_keys.is_empty() {
             if cfg.anonymous {
@@ -181,6 +199,7 @@ impl Verifier {
                 return Ok(Verifier {
                     allowed: Vec::new(),
                     secret: None,
+                    secret_kid: None,
                     keys: Vec::new(),
                     anonymous: true,
                 });
@@ -263,6 +282,7 @@ impl Verifier {
         Ok(Verifier {
             allowed,
             secret,
+            secret_kid: cfg.secret_kid.clone(),
             keys,
             anonymous: cfg.anonymous,
         })
@@ -290,9 +310,9 @@ impl Verifier {
     /// Verifies a connection token and returns its claims.
     ///
     /// In order: an empty token is [`AuthError::Missing`]; a token that is not three
-    /// base64url parts with a JSON header is `malformed`; an `alg` that is not allowed (or
+    /// base64url parts with a JSON header, or whose header has `crit`, is `malformed`; an `alg` that is not allowed (or
     /// unknown, e.g. `none`) is `algorithm_not_allowed`; then the key is chosen: the secret
-    /// for HMAC algorithms (a `kid` is ignored), for the others the public key named by `kid`
+    /// for HMAC algorithms (a `kid` must be `auth.secret_kid`, else `unknown_key`), for the others the public key named by `kid`
     /// (`unknown_key` if there is none, `algorithm_not_allowed` if the key is for another
     /// algorithm), or without `kid` every key of that algorithm in turn. Then the signature
     /// (`bad_signature`), the claims' shape (`malformed`), `exp` (`expired`; a token without
@@ -348,6 +368,10 @@ impl Verifier {
             return Err(AuthError::Malformed);
         }
         let header = peek_header(token)?;
+        if header.crit.is_some() {
+            tracing::debug!("token header has crit: no extension is understood");
+            return Err(AuthError::Malformed);
+        }
         if self.allowed.is_empty() {
             tracing::debug!("no key configured (anonymous-only)");
             return Err(AuthError::UnknownKey);
@@ -374,7 +398,14 @@ impl Verifier {
     /// The keys that may have signed a token of `alg` naming `kid`.
     fn keys_for(&self, alg: Algorithm, kid: Option<&str>) -> Result<Vec<&DecodingKey>, AuthError> {
         if alg.family() == AlgorithmFamily::Hmac {
-            // One secret, no ids: a `kid` (some issuers always set one) is not looked at.
+            // One secret: a token naming a key id must name the secret's (RFC 7515 4.1.4 leaves
+            // the use of `kid` to the application; accepting any would hide a misissued token).
+            if let Some(kid) = kid
+                && self.secret_kid.as_deref() != Some(kid)
+            {
+                tracing::debug!(kid = ?clip(kid), "HMAC token names an unknown kid");
+                return Err(AuthError::UnknownKey);
+            }
             return self.secret.as_ref().map(|k| vec![k]).ok_or_else(|| {
                 tracing::debug!("no secret for an HMAC token");
                 AuthError::UnknownKey

@@ -661,14 +661,69 @@ fn secret_and_public_keys_together() {
         &json!({"sub": "c"}),
     );
     assert!(v.verify(&es).is_ok());
-    // HMAC tokens ignore kid: there is one secret.
+    // An HMAC token naming a kid that is not configured is refused, though its signature is
+    // right (the contract: `unknown_key`).
     let hs_kid = sign(
         Algorithm::HS256,
         &EncodingKey::from_secret(SECRET.as_bytes()),
         Some("whatever"),
         &json!({"sub": "a"}),
     );
-    assert!(v.verify(&hs_kid).is_ok());
+    assert_eq!(v.verify(&hs_kid).unwrap_err(), AuthError::UnknownKey);
+}
+
+#[test]
+fn hmac_token_may_name_only_the_secret_kid() {
+    let secret = EncodingKey::from_secret(SECRET.as_bytes());
+    let v = verifier(&AuthConfig {
+        secret_kid: Some("hs-1".to_owned()),
+        ..hs_cfg()
+    });
+    let named = sign(
+        Algorithm::HS256,
+        &secret,
+        Some("hs-1"),
+        &json!({"sub": "a"}),
+    );
+    assert_eq!(v.verify(&named).unwrap().sub, "a");
+    let unnamed = sign(Algorithm::HS256, &secret, None, &json!({"sub": "a"}));
+    assert_eq!(v.verify(&unnamed).unwrap().sub, "a");
+    let other = sign(
+        Algorithm::HS256,
+        &secret,
+        Some("hs-2"),
+        &json!({"sub": "a"}),
+    );
+    assert_eq!(v.verify(&other).unwrap_err(), AuthError::UnknownKey);
+    // Without the secret_kid setting, the same named token is unknown.
+    assert_eq!(
+        hs_verifier().verify(&named).unwrap_err(),
+        AuthError::UnknownKey
+    );
+    let err = Verifier::new(&AuthConfig {
+        secret_kid: Some(String::new()),
+        ..hs_cfg()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("auth.secret_kid"), "{err}");
+}
+
+#[test]
+fn a_crit_header_is_refused() {
+    // RFC 7515 4.1.11: a recipient that does not understand a listed extension must reject the
+    // token. None is understood here; the signature below is valid.
+    let mut header = Header::new(Algorithm::HS256);
+    header.crit = Some(vec!["exp".to_owned()]);
+    let token = jsonwebtoken::encode(
+        &header,
+        &json!({"sub": "a"}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        hs_verifier().verify(&token).unwrap_err(),
+        AuthError::Malformed
+    );
 }
 
 #[test]
