@@ -121,6 +121,14 @@ pub fn routes() -> Vec<(Method, &'static str)> {
     endpoints().into_iter().map(|(m, p, _)| (m, p)).collect()
 }
 
+/// Development mode's API key file: `dev-api-key` beside the dev secret
+/// ([`crate::auth::default_dev_secret_path`]), so `.switchboard/dev-api-key` by default. The
+/// server creates it (with [`crate::auth::load_or_create_dev_secret`]) and `switchboard
+/// publish` reads it when no key is given.
+pub fn dev_api_key_path() -> std::path::PathBuf {
+    crate::auth::default_dev_secret_path().with_file_name("dev-api-key")
+}
+
 fn digest(key: &[u8]) -> [u8; 32] {
     Sha256::digest(key).into()
 }
