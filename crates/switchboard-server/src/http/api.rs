@@ -493,7 +493,8 @@ pub struct PresenceRequest {
     pub room: String,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
-    /// Page size: default 100, at most 1000 (clamped).
+    /// Page size: default 100, clamped to 1–1000.
+    #[schema(minimum = 0, maximum = 4294967295_u64)]
     pub limit: Option<u32>,
 }
 
@@ -532,7 +533,8 @@ pub struct HistoryRequest {
     pub room: String,
     /// Only publications after this position (of the room's current epoch).
     pub since: Option<Position>,
-    /// At most this many (default and maximum: the namespace's `history_size`).
+    /// At most this many (default and maximum: the namespace's `history_size`; clamped).
+    #[schema(minimum = 0, maximum = 4294967295_u64)]
     pub limit: Option<u32>,
     /// Newest first.
     #[serde(default)]
@@ -946,7 +948,7 @@ async fn openapi() -> Response {
 enum Errors {
     /// Bad JSON, a bad field or room.
     #[response(status = 400)]
-    BadRequest(#[to_schema] ErrorResponse),
+    BadRequest(ErrorResponse),
     /// A missing or unknown key, or none configured.
     #[response(status = 401)]
     Unauthorized(ErrorResponse),
@@ -982,6 +984,7 @@ impl Modify for ApiKeyScheme {
     info(title = "Switchboard server API", description = "docs/server-api.md"),
     paths(publish, broadcast, presence, history, history_remove, subscribe, unsubscribe,
         disconnect, rooms, info, openapi),
+    components(schemas(ErrorResponse, ErrorDetail)),
     modifiers(&ApiKeyScheme)
 )]
 pub struct ApiDoc;
