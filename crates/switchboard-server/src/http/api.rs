@@ -240,10 +240,6 @@ async fn method_not_allowed() -> ApiError {
 // ---------------------------------------------------------------------------------------------
 // Keys and the per-call middleware
 
-/// Which configured key a request presents, by name.
-#[derive(Debug, Clone)]
-struct KeyName(String);
-
 /// The key a request presents: `X-API-Key: <key>` or `Authorization: apikey <key>` (the
 /// scheme in any case).
 fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
@@ -288,35 +284,32 @@ impl Api {
 }
 
 /// Every request under `/api` passes here: the key check (all but the document), then one
-/// log line with the endpoint, the status and the key's name (never the key). Counting calls
-/// by endpoint and status belongs here too.
+/// log line with the endpoint, the status and the key's name (never the key) — at `debug` for
+/// calls that were served, since a busy backend makes thousands a second, and at `info` for
+/// refused keys. Counting calls by endpoint and status belongs here too.
 async fn call(State(api): State<Shared>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
-    let endpoint = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "(unknown)".to_owned());
-    let path = req.uri().path().to_owned();
-    let open = path == OPENAPI_PATH || path == "/openapi.json";
-    let key = if open {
-        None
+    let endpoint = req.extensions().get::<MatchedPath>().cloned();
+    let endpoint = endpoint.as_ref().map_or("(unknown)", MatchedPath::as_str);
+    let path = req.uri().path();
+    let key = if path == OPENAPI_PATH || path == "/openapi.json" {
+        "-"
     } else {
         match api.authenticate(req.headers()) {
-            Ok(name) => Some(KeyName(name.to_owned())),
+            Ok(name) => name,
             Err(e) => {
                 let response = e.into_response();
-                tracing::info!(%method, endpoint, status = response.status().as_u16(), "api call refused");
+                tracing::info!(%method, endpoint, status = response.status().as_u16(), "api call refused: no valid key");
                 return response;
             }
         }
     };
     let response = next.run(req).await;
-    tracing::info!(
+    tracing::debug!(
         %method,
         endpoint,
         status = response.status().as_u16(),
-        key = key.as_ref().map(|k| k.0.as_str()).unwrap_or("-"),
+        key,
         "api call"
     );
     response
