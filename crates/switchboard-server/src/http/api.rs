@@ -378,6 +378,39 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// The calls that take a JSON body.
+pub const BODY_CALLS: [&str; 8] = [
+    "/api/publish",
+    "/api/broadcast",
+    "/api/presence",
+    "/api/history",
+    "/api/history/remove",
+    "/api/subscribe",
+    "/api/unsubscribe",
+    "/api/disconnect",
+];
+
+/// Reads `body` as the request of the call at `path` (one of [`BODY_CALLS`]) exactly as its
+/// handler does; the error is the message a client would get. Whatever the bytes, it returns:
+/// the fuzz target `api_body` holds it to that.
+pub fn parse_body(path: &str, body: &[u8]) -> Result<(), String> {
+    fn read<T: DeserializeOwned>(body: &[u8]) -> Result<(), String> {
+        parse::<T>(body)
+            .map(drop)
+            .map_err(|e| e.message.into_owned())
+    }
+    match path {
+        "/api/publish" => read::<PublishRequest>(body),
+        "/api/broadcast" => read::<BroadcastRequest>(body),
+        "/api/presence" => read::<PresenceRequest>(body),
+        "/api/history" => read::<HistoryRequest>(body),
+        "/api/history/remove" => read::<RoomRequest>(body),
+        "/api/subscribe" | "/api/unsubscribe" => read::<UserRoomRequest>(body),
+        "/api/disconnect" => read::<DisconnectRequest>(body),
+        other => Err(format!("'{other}' takes no body")),
+    }
+}
+
 fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     if value.is_empty() || value.len() > max {
         return Err(ApiError::bad_request(format!(
@@ -1010,6 +1043,20 @@ mod tests {
         documented.sort();
         served.sort();
         assert_eq!(documented, served);
+    }
+
+    #[test]
+    fn every_body_call_has_a_parser() {
+        for path in BODY_CALLS {
+            assert!(
+                routes()
+                    .iter()
+                    .any(|(m, p)| m == Method::POST && *p == path)
+            );
+            let err = parse_body(path, b"{}").unwrap_err();
+            assert!(err.contains("missing field"), "{path}: {err}");
+        }
+        assert!(parse_body("/api/publish", br#"{"room":"a","data":[1]}"#).is_ok());
     }
 
     #[test]
