@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::Args;
 use switchboard_server::{
     Node, auth,
-    config::{ByteSize, Config, LogFormat, Sources},
+    config::{ApiKeyConfig, ByteSize, Config, LogFormat, Sources},
     server::shutdown_signal,
 };
 
@@ -91,6 +91,24 @@ async fn serve(mut config: Config, has_file: bool) -> Result<bool, Box<dyn std::
             "development mode: no configuration given; tokens are signed with the generated secret \
              (`switchboard token --user alice` mints one); do not expose this server"
         );
+        if config.api.keys.is_empty() {
+            let path = switchboard_server::http::api::dev_api_key_path();
+            let key = auth::load_or_create_dev_secret(&path).map_err(|e| {
+                format!(
+                    "development mode: cannot keep the API key in {}: {e}",
+                    path.display()
+                )
+            })?;
+            config.api.keys.push(ApiKeyConfig {
+                name: "dev".into(),
+                key,
+            });
+            tracing::warn!(
+                api_key_file = %path.display(),
+                "development mode: the server API (/api) accepts the generated key in this file \
+                 (`switchboard publish` reads it)"
+            );
+        }
     }
     let listen = config.listen;
     let echo = config.echo.path.clone();

@@ -24,6 +24,7 @@ fn switchboard() -> Command {
         "SWITCHBOARD_DEV_SECRET_FILE",
         "SWITCHBOARD_AUTH__SECRET",
         "SWITCHBOARD_URL",
+        "SWITCHBOARD_API_KEY",
     ] {
         cmd.env_remove(var);
     }
@@ -358,7 +359,6 @@ fn connect_since_recovers_and_refusals_are_explained() {
                 "--url",
                 &url,
             ])
-            .args(["--user", "carol"])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
@@ -405,7 +405,7 @@ fn publish_prints_the_offset() {
     let url = dev.url();
     let publish = |args: &[&str]| {
         let out = dev
-            .command(&["publish", "--url", &url, "--user", "erin"])
+            .command(&["publish", "--url", &url])
             .args(args)
             .output()
             .unwrap();
@@ -465,11 +465,12 @@ fn publish_prints_the_offset() {
     assert_eq!(data, [json!({"n": 1}), json!("plain text"), json!("once")]);
 
     // Failures: exit 1 with the reason.
-    let (code, _, err) = publish(&["chat:news", "x", "--no-subscribe"]);
+    let (code, _, err) = publish(&["no spaces", "x"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("not_subscribed"), "{err}");
+    assert!(err.contains("400") && err.contains("bad_room"), "{err}");
     let out = switchboard()
         .args(["publish", "chat:news", "x", "--url", &url])
+        .args(["--api-key", "not-this-servers-key"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

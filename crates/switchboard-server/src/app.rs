@@ -38,7 +38,8 @@ impl Node {
         routes
     }
 
-    /// A server builder with this node's routes and settings; `/readyz` asks the broker.
+    /// A server builder with this node's routes and settings, and the server API under
+    /// `/api`; `/readyz` asks the broker.
     pub fn server(&self) -> ServerBuilder {
         let c = self.config();
         let mut b = Server::builder(c.listen)
@@ -48,6 +49,6 @@ impl Node {
         for r in self.routes() {
             b = b.route(r);
         }
-        b
+        b.http(crate::http::api::router(self.clone()))
     }
 }

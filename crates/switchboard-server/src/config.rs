@@ -47,6 +47,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The node's id in logs and `welcome` (default: a random one).
     pub node_id: Option<String>,
+    /// The server API under `/api` (docs/server-api.md).
+    pub api: ApiConfig,
 }
 
 impl Default for Config {
@@ -66,6 +68,7 @@ impl Default for Config {
             personal_rooms: true,
             limits: LimitsConfig::default(),
             node_id: None,
+            api: ApiConfig::default(),
         }
     }
 }
@@ -290,6 +293,49 @@ impl Default for LimitsConfig {
             subscriptions_per_connection: 128,
             auth_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+/// The server API (docs/protocol.md section 9, docs/server-api.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// The keys that may call `/api`, each with a name for the logs. None: `/api` answers 401
+    /// (development mode adds a generated one).
+    pub keys: Vec<ApiKeyConfig>,
+    /// Largest request body accepted. Default 1 MiB.
+    pub max_body_size: ByteSize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            keys: Vec::new(),
+            max_body_size: ByteSize(1 << 20),
+        }
+    }
+}
+
+/// Shortest API key accepted, in bytes: shorter keys can be guessed.
+pub const MIN_API_KEY_LEN: usize = 16;
+
+/// One `[[api.keys]]` entry.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Who holds the key: logged with every call (the key never is).
+    pub name: String,
+    /// The secret itself, at least [`MIN_API_KEY_LEN`] bytes.
+    pub key: String,
+}
+
+impl fmt::Debug for ApiKeyConfig {
+    /// The key stays out of logs and panics.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyConfig")
+            .field("name", &self.name)
+            .field("key", &"<redacted>")
+            .finish()
     }
 }
 
@@ -543,6 +589,32 @@ impl Config {
                 "must be at least 1 byte".into(),
             ));
         }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, k) in self.api.keys.iter().enumerate() {
+            if k.name.trim().is_empty() {
+                return Err(err(
+                    &format!("api.keys[{i}].name"),
+                    "must not be empty".into(),
+                ));
+            }
+            if !names.insert(k.name.as_str()) {
+                return Err(err(
+                    &format!("api.keys[{i}].name"),
+                    format!("'{}' names another key too; names must be unique", k.name),
+                ));
+            }
+            if k.key.trim().len() < MIN_API_KEY_LEN {
+                return Err(err(
+                    &format!("api.keys[{i}].key"),
+                    format!(
+                        "must be at least {MIN_API_KEY_LEN} bytes (e.g. `openssl rand -base64 32`)"
+                    ),
+                ));
+            }
+        }
+        if self.api.max_body_size.0 == 0 {
+            return Err(err("api.max_body_size", "must be at least 1 byte".into()));
+        }
         if self.websocket.ping_interval.is_zero() {
             return Err(err("websocket.ping_interval", "must be positive".into()));
         }
@@ -761,5 +833,32 @@ mod tests {
         assert_eq!("16 MiB".parse::<ByteSize>().unwrap(), ByteSize(16 << 20));
         assert!("-3".parse::<ByteSize>().is_err());
         assert!("3 furlongs".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn api_keys_are_validated_and_named() {
+        let ok = "[[api.keys]]\nname = \"backend\"\nkey = \"0123456789abcdef0123\"\n";
+        let c = load_str(ok).unwrap();
+        assert_eq!(c.api.keys[0].name, "backend");
+        assert_eq!(c.api.max_body_size, ByteSize(1 << 20));
+        assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
+        let short = format!("{ok}[[api.keys]]\nname = \"b\"\nkey = \"short\"\n");
+        let e = load_str(&short).unwrap_err().to_string();
+        assert!(e.contains("api.keys[1].key"), "{e}");
+        let twice = format!("{ok}{ok}");
+        let e = load_str(&twice).unwrap_err().to_string();
+        assert!(
+            e.contains("api.keys[1].name") && e.contains("unique"),
+            "{e}"
+        );
+        let env = Config::load(&Sources {
+            env: vec![(
+                "SWITCHBOARD_API__KEYS".into(),
+                "[{name = \"ci\", key = \"0123456789abcdef\"}]".into(),
+            )],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(env.api.keys[0].name, "ci");
     }
 }

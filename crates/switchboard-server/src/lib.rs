@@ -25,6 +25,7 @@ pub mod config;
 pub mod conn;
 mod error;
 pub mod handler;
+pub mod http;
 pub mod hub;
 pub mod ids;
 pub mod node;
@@ -34,12 +35,12 @@ pub mod telemetry;
 pub(crate) mod transport;
 pub mod v1;
 
+pub use ::http::StatusCode;
 pub use conn::{ConnShared, Control};
 pub use error::{Error, Refused};
 pub use handler::{
     Accepted, Broadcast, Connection, Handler, Incoming, JsonError, Refusal, UpgradeContext, User,
 };
-pub use http::StatusCode;
 pub use node::Node;
 pub use route::{Route, RouteOptions};
 pub use server::Server;
