@@ -245,7 +245,12 @@ mod tests {
             Some(("a\"b".into(), "e1".into(), 7))
         );
         let mut out = Vec::new();
-        encode_event(&mut out, "message", None, br#"{"type":"message","room":"a","data":1}"#);
+        encode_event(
+            &mut out,
+            "message",
+            None,
+            br#"{"type":"message","room":"a","data":1}"#,
+        );
         assert_eq!(publication_position(&out), None);
         assert_eq!(publication_position(KEEPALIVE), None);
     }
