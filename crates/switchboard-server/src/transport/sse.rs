@@ -532,8 +532,11 @@ impl Stream {
 /// queue, which ends the stream when it passes its bound.
 struct SseBody {
     pending: VecDeque<Bytes>,
-    next: Option<Pin<Box<dyn Future<Output = Option<(VecDeque<Bytes>, Stream)>> + Send>>>,
+    next: Option<Next>,
 }
+
+/// The stream waiting for its next bytes.
+type Next = Pin<Box<dyn Future<Output = Option<(VecDeque<Bytes>, Stream)>> + Send>>;
 
 impl hyper::body::Body for SseBody {
     type Data = Bytes;
