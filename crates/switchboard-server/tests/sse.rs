@@ -412,3 +412,40 @@ async fn a_slow_consumer_stream_ends() {
         "{messages} of 200 arrived: the stream should have ended early"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_get_pings_and_shutdown_ends_them() {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        personal_rooms: false,
+        ..Config::default()
+    };
+    config.auth.secret = Some(SECRET.into());
+    config.sse.ping_interval = Duration::from_millis(100);
+    let node = Node::new(config).unwrap();
+    let server = node.server().bind().await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let shutdown = server.shutdown_token();
+    let run = tokio::spawn(server.run(std::future::pending()));
+    let target = format!(
+        "/sse?room=chat:p&token={}",
+        token("alice", Duration::from_secs(3600))
+    );
+    let mut sse = Sse::open(addr, &target, &[]).await;
+    sse.expect("welcome").await;
+    // Comments are not events: look for one in what the stream sent.
+    loop {
+        sse.dechunk();
+        if sse.body.windows(8).any(|w| w == b": ping\n\n") {
+            break;
+        }
+        assert!(sse.fill().await, "the stream ended before a ping");
+    }
+    shutdown.cancel();
+    sse.until_end().await;
+    assert!(sse.ended, "shutdown ends the stream with its last chunk");
+    assert!(
+        tokio::time::timeout(T, run).await.unwrap().unwrap(),
+        "drained in time"
+    );
+}
