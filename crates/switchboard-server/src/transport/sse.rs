@@ -225,7 +225,11 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
             .map(|(_, e, o)| StreamPosition::new(e.as_str(), *o));
         let room: Arc<str> = room.into();
         match node.begin_subscribe(member, &room, since.clone()).await {
-            Ok(read) => begun.push((room, since, read)),
+            Ok(read) => {
+                // The guard leaves it if the request goes away from here on.
+                guard.rooms.push(room.clone());
+                begun.push((room, since, read));
+            }
             Err(e) => {
                 failed = Some(e);
                 break;
@@ -235,7 +239,6 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
     if let Some(e) = failed {
         for (room, _, read) in begun {
             node.finish_subscribe(member, &room, &read, None).await;
-            guard.rooms.push(room);
         }
         return refused(&e);
     }
@@ -301,7 +304,6 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
             None => {}
         }
         node.finish_subscribe(member, &room, &read, None).await;
-        guard.rooms.push(room);
     }
 
     let expires = user
