@@ -8,7 +8,8 @@
 //! queues `: ping` comments and trims idle queues, and the server API reaches it through the
 //! hub's user index and control inbox. The only per-stream bytes are the `id:` lines: the
 //! writer reads the position at the front of each queued publication event, moves the stream's
-//! cursor and writes the event's shared bytes followed by its own `id:` line.
+//! cursor and writes the event's shared bytes with its own `id:` line, a batch of events into
+//! one buffer (hyper writes each body frame as a chunk and flushes after a few).
 //!
 //! Metrics hooks for the integrator: a stream opens in [`open`] (after `Registry::insert`) and
 //! closes in `Guard`'s `Drop`; bytes leave in `Stream::next` (the `written` count).
@@ -500,36 +501,39 @@ impl Stream {
         false
     }
 
-    /// The queued events with an `id:` line after each publication event: the event's shared
-    /// bytes without their final blank line, then `id: <cursor>` and the blank line. The id
-    /// lines of a batch share one buffer.
+    /// The queued events, an `id:` line added to each publication event (before the blank
+    /// line that ends it), as one buffer: hyper writes a body frame as a chunk of its own and
+    /// flushes after a few of them, so a batch of events leaves as one chunk, one write.
     fn with_ids(&mut self, frames: VecDeque<Bytes>) -> VecDeque<Bytes> {
-        let mut out = VecDeque::with_capacity(frames.len() * 2);
-        let mut ids = BytesMut::new();
-        let mut line = Vec::new();
+        if frames.len() == 1 && sse::publication_position(&frames[0]).is_none() {
+            // A ping or a single other event: its shared bytes as they are.
+            return frames;
+        }
+        let len: usize = frames.iter().map(Bytes::len).sum();
+        let mut out = BytesMut::with_capacity(len + frames.len() * 96);
+        let mut cursor = Vec::new();
         let mut scratch = Vec::new();
         for frame in frames {
-            let Some((room, epoch, offset)) = sse::publication_position(&frame) else {
-                out.push_back(frame);
+            let position = sse::publication_position(&frame).and_then(|(room, epoch, offset)| {
+                let p = self.positions.iter_mut().find(|(r, _, _)| **r == *room)?;
+                if *p.1 != *epoch {
+                    p.1 = epoch.into();
+                }
+                p.2 = offset;
+                Some(())
+            });
+            if position.is_none() {
+                out.extend_from_slice(&frame);
                 continue;
-            };
-            let Some(p) = self.positions.iter_mut().find(|(r, _, _)| **r == *room) else {
-                out.push_back(frame);
-                continue;
-            };
-            if *p.1 != *epoch {
-                p.1 = epoch.into();
             }
-            p.2 = offset;
-            line.clear();
-            line.extend_from_slice(b"id: ");
-            sse::encode_cursor(&mut line, &mut scratch, cursor_of(&self.positions));
-            line.extend_from_slice(b"\n\n");
-            ids.extend_from_slice(&line);
-            out.push_back(frame.slice(..frame.len() - 1));
-            out.push_back(ids.split().freeze());
+            out.extend_from_slice(&frame[..frame.len() - 1]);
+            cursor.clear();
+            sse::encode_cursor(&mut cursor, &mut scratch, cursor_of(&self.positions));
+            out.extend_from_slice(b"id: ");
+            out.extend_from_slice(&cursor);
+            out.extend_from_slice(b"\n\n");
         }
-        out
+        VecDeque::from([out.freeze()])
     }
 }
 
