@@ -44,6 +44,7 @@ use crate::{
     report,
     result::{BenchResult, Latency, Load, round1},
     socketio,
+    sse::SseConn,
 };
 
 /// How messages reach the subscribers.
@@ -53,6 +54,21 @@ pub(crate) enum Mode {
     Protocol,
     /// A raw broadcast route: every message goes to every other connection.
     Raw,
+}
+
+/// How subscribers receive (publishers always use the WebSocket v1 protocol).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Transport {
+    /// WebSocket v1 connections.
+    Ws,
+    /// Server-Sent Events streams (`GET /sse?room=…`, protocol mode only).
+    Sse,
+}
+
+/// A connection of the run: WebSocket, or an SSE subscriber's stream.
+enum Endpoint {
+    Ws(Conn),
+    Sse(SseConn),
 }
 
 /// Options of `bench fanout`.
@@ -89,6 +105,10 @@ pub(crate) struct FanoutArgs {
     /// every other member of one room. URL: ws://HOST:PORT/socket.io/?EIO=4&transport=websocket.
     #[arg(long)]
     socketio: bool,
+    /// ws: subscribers on WebSocket; sse: subscribers on SSE streams of the same server
+    /// (`/sse` beside the URL's path), publishers still on WebSocket.
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    transport: Transport,
 }
 
 /// How a publisher learns that its publications arrived: the subscriber that tracks it
@@ -109,6 +129,7 @@ struct Params {
     window: u64,
     size: usize,
     room: String,
+    transport: Transport,
     auth: Auth,
     trackers: Vec<Tracker>,
     /// (subscriber, publisher) pairs whose membership probe arrived (raw mode).
@@ -136,6 +157,12 @@ pub(crate) fn run(args: FanoutArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<Exi
         switchboard_protocol::wire::validate_room(&args.room)
             .map_err(|e| format!("--room {:?}: {e}", args.room))?;
     }
+    if args.transport == Transport::Sse && args.mode != Mode::Protocol {
+        return Err(
+            "--transport sse needs --mode protocol (SSE streams are rooms of the v1 protocol)"
+                .into(),
+        );
+    }
     if args.socketio && args.mode != Mode::Raw {
         return Err("--socketio needs --mode raw (Socket.IO is not the v1 protocol)".into());
     }
@@ -159,6 +186,7 @@ pub(crate) fn run(args: FanoutArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<Exi
         window,
         size: args.size,
         room: args.room.clone(),
+        transport: args.transport,
         auth,
         trackers: (0..args.publishers).map(|_| Tracker::default()).collect(),
         members: AtomicU64::new(0),
@@ -173,10 +201,14 @@ pub(crate) fn run(args: FanoutArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<Exi
         move |ctx, i, conn| {
             let params = run_params.clone();
             async move {
-                if i < params.subscribers {
-                    subscriber(&ctx, conn, &params, i).await
-                } else {
-                    publisher(&ctx, conn, &params, i - params.subscribers).await
+                match conn {
+                    Endpoint::Sse(conn) => sse_subscriber(&ctx, conn, &params, i).await,
+                    Endpoint::Ws(conn) if i < params.subscribers => {
+                        subscriber(&ctx, conn, &params, i).await
+                    }
+                    Endpoint::Ws(conn) => {
+                        publisher(&ctx, conn, &params, i - params.subscribers).await
+                    }
                 }
             }
         },
@@ -223,6 +255,13 @@ pub(crate) fn run(args: FanoutArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<Exi
     p.insert("room".into(), json!(args.room));
     p.insert("auth".into(), json!(auth_kind));
     p.insert("socketio".into(), json!(args.socketio));
+    p.insert(
+        "transport".into(),
+        json!(match args.transport {
+            Transport::Ws => "ws",
+            Transport::Sse => "sse",
+        }),
+    );
     let mut result = BenchResult::new(&plan, "fanout", p);
     if !members {
         result.warnings.push(format!(
@@ -274,7 +313,17 @@ async fn setup(
     params: &Params,
     i: usize,
     limit: &tokio::sync::Semaphore,
-) -> Result<Conn, ConnError> {
+) -> Result<Endpoint, ConnError> {
+    if params.transport == Transport::Sse && i < params.subscribers {
+        let target = plan.target(i);
+        // The stream lives beside the protocol route: `/sse` on the same server.
+        let path = format!("/sse?room={}", params.room);
+        let header = params.auth.header(i);
+        let _permit = limit.acquire().await;
+        return SseConn::open(target, &path, header.as_deref())
+            .await
+            .map(Endpoint::Sse);
+    }
     let read_buffer = if i < params.subscribers {
         plan.busy_read_buffer()
     } else {
@@ -284,7 +333,64 @@ async fn setup(
     if params.mode == Mode::Protocol {
         plan::subscribe(&mut conn, &params.room, 1).await?;
     }
-    Ok(conn)
+    Ok(Endpoint::Ws(conn))
+}
+
+/// Reads deliveries from an SSE stream until the run ends: every event without an `event:`
+/// line whose data is a `message` push is a delivery (the same accounting as [`subscriber`]).
+async fn sse_subscriber(
+    ctx: &ThreadCtx,
+    mut conn: SseConn,
+    params: &Params,
+    index: usize,
+) -> Result<(), ConnError> {
+    let shared = &ctx.shared;
+    let finder = StampFinder::new();
+    let mut next = vec![0u64; params.publishers];
+    let tracked: Vec<usize> = (0..params.publishers)
+        .filter(|p| p % params.subscribers == index)
+        .collect();
+    loop {
+        conn.read_some().await?;
+        let now = shared.now_ns();
+        let measuring = shared.measuring();
+        let (mut got, mut other, mut disorder) = (0u64, 0u64, 0u64);
+        {
+            let mut hist = ctx.latency.borrow_mut();
+            while let Some(r) = conn.next_event() {
+                let event = &conn.bytes()[r];
+                if !event.starts_with(b"data: {\"type\":\"message\"") {
+                    other += 1;
+                    continue;
+                }
+                got += 1;
+                let Some(stamp) = finder.find(event) else {
+                    disorder += 1;
+                    continue;
+                };
+                if measuring {
+                    hist.saturating_record(now.saturating_sub(stamp.t));
+                }
+                if let Some(n) = next.get_mut(stamp.p as usize) {
+                    if stamp.s != *n {
+                        disorder += 1;
+                    }
+                    *n = stamp.s + 1;
+                }
+            }
+        }
+        let c = &ctx.counters;
+        Counters::add(&c.received, got);
+        Counters::add(&c.other, other);
+        Counters::add(&c.out_of_order, disorder);
+        for &p in &tracked {
+            let t = &params.trackers[p];
+            if t.acked.load(Ordering::Relaxed) != next[p] {
+                t.acked.store(next[p], Ordering::Release);
+                t.notify.notify_one();
+            }
+        }
+    }
 }
 
 /// Reads deliveries until the run ends.

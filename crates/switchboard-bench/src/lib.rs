@@ -39,6 +39,7 @@ mod report;
 mod result;
 mod rooms;
 mod socketio;
+mod sse;
 mod target;
 
 pub use auth::TokenIssuer;

@@ -45,6 +45,132 @@ pub fn encode_retry(out: &mut Vec<u8>, millis: u64) {
     out.extend_from_slice(format!("retry: {millis}\n\n").as_bytes());
 }
 
+/// The prefix of a stream cursor (the `id:` of a `message` event, protocol 8).
+pub const CURSOR_PREFIX: &str = "v1.";
+
+/// The longest cursor accepted, in bytes: a `Last-Event-ID` or `?since=` past it is refused
+/// before it is decoded.
+pub const MAX_CURSOR_LEN: usize = 8 * 1024;
+
+/// Why a cursor was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CursorError {
+    /// Longer than [`MAX_CURSOR_LEN`].
+    TooLong,
+    /// Not `v1.` followed by unpadded base64url.
+    Encoding,
+    /// Not a JSON object mapping rooms to `[epoch, offset]`.
+    Json,
+    /// More rooms than the stream has.
+    TooManyRooms,
+}
+
+impl std::fmt::Display for CursorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CursorError::TooLong => "cursor is too long",
+            CursorError::Encoding => "cursor is not 'v1.' followed by unpadded base64url",
+            CursorError::Json => "cursor is not an object of room to [epoch, offset]",
+            CursorError::TooManyRooms => "cursor names more rooms than the stream has",
+        })
+    }
+}
+
+impl std::error::Error for CursorError {}
+
+/// Appends the cursor of `positions` (room, epoch, offset): `v1.` and the unpadded base64url
+/// of the JSON object `{room: [epoch, offset]}`. `scratch` holds the JSON (reused by callers
+/// that write many cursors).
+pub fn encode_cursor<'a>(
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+    positions: impl IntoIterator<Item = (&'a str, &'a str, u64)>,
+) {
+    use base64::Engine;
+    scratch.clear();
+    scratch.push(b'{');
+    for (i, (room, epoch, offset)) in positions.into_iter().enumerate() {
+        if i > 0 {
+            scratch.push(b',');
+        }
+        // Strings of a JSON value never fail to serialise.
+        let _ = serde_json::to_writer(&mut *scratch, room);
+        scratch.extend_from_slice(b":[");
+        let _ = serde_json::to_writer(&mut *scratch, epoch);
+        scratch.push(b',');
+        scratch.extend_from_slice(offset.to_string().as_bytes());
+        scratch.push(b']');
+    }
+    scratch.push(b'}');
+    out.extend_from_slice(CURSOR_PREFIX.as_bytes());
+    let start = out.len();
+    let len = base64::encoded_len(scratch.len(), false).unwrap_or(0);
+    out.resize(start + len, 0);
+    let written = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode_slice(&scratch[..], &mut out[start..])
+        .unwrap_or(0);
+    out.truncate(start + written);
+}
+
+/// Decodes a cursor into (room, epoch, offset) triples, refusing one longer than
+/// [`MAX_CURSOR_LEN`] or naming more than `max_rooms` rooms.
+pub fn decode_cursor(
+    cursor: &str,
+    max_rooms: usize,
+) -> Result<Vec<(String, String, u64)>, CursorError> {
+    use base64::Engine;
+    if cursor.len() > MAX_CURSOR_LEN {
+        return Err(CursorError::TooLong);
+    }
+    let b64 = cursor
+        .trim()
+        .strip_prefix(CURSOR_PREFIX)
+        .ok_or(CursorError::Encoding)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(b64)
+        .map_err(|_| CursorError::Encoding)?;
+    let map: std::collections::BTreeMap<String, (String, u64)> =
+        serde_json::from_slice(&json).map_err(|_| CursorError::Json)?;
+    if map.len() > max_rooms {
+        return Err(CursorError::TooManyRooms);
+    }
+    Ok(map.into_iter().map(|(r, (e, o))| (r, e, o)).collect())
+}
+
+/// Where a publication event of the shared form (`data: {"type":"message","room":…,
+/// "epoch":…,"offset":…`) belongs: its room, epoch and offset, read from the front of the
+/// event without parsing the rest. `None` for every other event (ephemeral publications,
+/// join, leave, comments).
+pub fn publication_position(event: &[u8]) -> Option<(String, String, u64)> {
+    let rest = event.strip_prefix(b"data: {\"type\":\"message\",\"room\":")?;
+    let (room, rest) = json_string(rest)?;
+    let rest = rest.strip_prefix(b",\"epoch\":")?;
+    let (epoch, rest) = json_string(rest)?;
+    let rest = rest.strip_prefix(b",\"offset\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let offset = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    Some((room, epoch, offset))
+}
+
+/// A JSON string at the front of `input`, unescaped, and what follows it.
+fn json_string(input: &[u8]) -> Option<(String, &[u8])> {
+    if input.first() != Some(&b'"') {
+        return None;
+    }
+    let mut i = 1;
+    while i < input.len() {
+        match input[i] {
+            b'\\' => i += 2,
+            b'"' => {
+                let s = serde_json::from_slice(&input[..=i]).ok()?;
+                return Some((s, &input[i + 1..]));
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +196,62 @@ mod tests {
         let mut out = Vec::new();
         encode_retry(&mut out, 2500);
         assert_eq!(out, b"retry: 2500\n\n");
+    }
+
+    #[test]
+    fn cursors_round_trip_and_are_bounded() {
+        let mut out = Vec::new();
+        let mut scratch = Vec::new();
+        encode_cursor(
+            &mut out,
+            &mut scratch,
+            [("chat:lobby", "e8f1c2", 46), ("news:\"q\"", "e1", 0)],
+        );
+        let cursor = String::from_utf8(out).unwrap();
+        assert!(cursor.starts_with("v1."));
+        assert!(!cursor.contains('='));
+        let decoded = decode_cursor(&cursor, 2).unwrap();
+        assert_eq!(
+            decoded,
+            vec![
+                ("chat:lobby".into(), "e8f1c2".into(), 46),
+                ("news:\"q\"".into(), "e1".into(), 0)
+            ]
+        );
+        assert_eq!(decode_cursor(&cursor, 1), Err(CursorError::TooManyRooms));
+        assert_eq!(decode_cursor("v2.abc", 5), Err(CursorError::Encoding));
+        assert_eq!(decode_cursor("v1.e30", 5), Ok(vec![]));
+        assert_eq!(decode_cursor("v1.WzFd", 5), Err(CursorError::Json));
+        let long = format!("v1.{}", "A".repeat(MAX_CURSOR_LEN));
+        assert_eq!(decode_cursor(&long, 5), Err(CursorError::TooLong));
+        // The example of protocol 8.
+        assert_eq!(
+            decode_cursor("v1.eyJjaGF0OmxvYmJ5IjpbImU4ZjFjMiIsNDZdfQ", 1).unwrap(),
+            vec![("chat:lobby".into(), "e8f1c2".into(), 46)]
+        );
+    }
+
+    #[test]
+    fn positions_of_publication_events() {
+        let mut out = Vec::new();
+        encode_event(
+            &mut out,
+            "message",
+            None,
+            br#"{"type":"message","room":"a\"b","epoch":"e1","offset":7,"data":1}"#,
+        );
+        assert_eq!(
+            publication_position(&out),
+            Some(("a\"b".into(), "e1".into(), 7))
+        );
+        let mut out = Vec::new();
+        encode_event(
+            &mut out,
+            "message",
+            None,
+            br#"{"type":"message","room":"a","data":1}"#,
+        );
+        assert_eq!(publication_position(&out), None);
+        assert_eq!(publication_position(KEEPALIVE), None);
     }
 }

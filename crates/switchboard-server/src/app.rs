@@ -49,6 +49,9 @@ impl Node {
         for r in self.routes() {
             b = b.route(r);
         }
+        if c.sse.enabled {
+            b = b.http(crate::transport::sse::router(self.clone()));
+        }
         b.http(crate::http::api::router(self.clone()))
     }
 }

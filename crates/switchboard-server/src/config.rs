@@ -28,6 +28,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The WebSocket transport defaults, shared by every route unless a route overrides them.
     pub websocket: WebSocketConfig,
+    /// Server-Sent Events (docs/protocol.md section 8).
+    pub sse: SseConfig,
     /// The built-in echo route used by conformance tests and benchmarks.
     pub echo: EchoConfig,
     /// The raw fan-out route used by benchmarks.
@@ -59,6 +61,7 @@ impl Default for Config {
             dev: None,
             log: LogConfig::default(),
             websocket: WebSocketConfig::default(),
+            sse: SseConfig::default(),
             echo: EchoConfig::default(),
             raw_fanout: EchoConfig::default(),
             shutdown: ShutdownConfig::default(),
@@ -134,6 +137,33 @@ impl Default for WebSocketConfig {
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
             compression: CompressionConfig::default(),
+        }
+    }
+}
+
+/// Server-Sent Events options (docs/protocol.md section 8).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SseConfig {
+    /// Serve the SSE endpoint. Default true.
+    pub enabled: bool,
+    /// Path of the endpoint. Default `/sse`.
+    pub path: String,
+    /// Interval of `: ping` comments on a stream. Default 15 s.
+    #[serde(deserialize_with = "duration")]
+    pub ping_interval: Duration,
+    /// The `retry:` a stream starts with: how long browsers wait before reconnecting, in
+    /// milliseconds. Default 3000.
+    pub retry_ms: u64,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig {
+            enabled: true,
+            path: "/sse".into(),
+            ping_interval: Duration::from_secs(15),
+            retry_ms: 3000,
         }
     }
 }

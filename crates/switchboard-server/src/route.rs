@@ -144,7 +144,7 @@ fn handshake_refusal(e: &HandshakeError, supported: &[&str]) -> Response<Body> {
     resp
 }
 
-fn refusal_response(r: Refusal) -> Response<Body> {
+pub(crate) fn refusal_response(r: Refusal) -> Response<Body> {
     let mut resp = json_response(r.status, &r.body);
     for (k, v) in r.headers {
         resp.headers_mut().insert(k, v);

@@ -153,8 +153,11 @@ async fn serve_http(
     router: Router,
     shutdown: CancellationToken,
 ) {
+    let token = crate::transport::sse::ShutdownToken(shutdown.clone());
     let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(PeerAddr(peer));
+        // SSE streams end with the server.
+        req.extensions_mut().insert(token.clone());
         let mut router = router.clone();
         async move { router.call(req.map(Body::new)).await }
     });

@@ -93,7 +93,7 @@ fn from_query<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
 
 /// Decodes `application/x-www-form-urlencoded` text: `+` is a space, `%XX` a byte. An invalid
 /// escape is kept as it is; invalid UTF-8 becomes U+FFFD (and the token `malformed`).
-fn percent_decode(s: &str) -> Cow<'_, str> {
+pub(crate) fn percent_decode(s: &str) -> Cow<'_, str> {
     if !s.bytes().any(|b| b == b'%' || b == b'+') {
         return Cow::Borrowed(s);
     }

@@ -21,6 +21,7 @@ mod config;
 mod dev;
 mod error;
 mod extract;
+pub(crate) use extract::percent_decode;
 mod jwt;
 
 #[cfg(test)]

@@ -223,7 +223,9 @@ impl Dispatcher {
         tracing::warn!(room = %room, epoch = %lost.epoch, offset = lost.offset, "publications lost for good; members told recovered: false");
         self.buf.clear();
         encode_lost(&mut self.buf, room, &lost);
-        self.hub.deliver(room, None, &self.prepared(), None);
+        // SSE streams get it as `event: reset` (protocol 8).
+        let message = self.prepared().with_sse_event("reset");
+        self.hub.deliver(room, None, &message, None);
         self.last.insert(room.clone(), lost);
     }
 
@@ -270,7 +272,8 @@ impl Dispatcher {
             &member.connection,
             member.info.as_deref(),
         );
-        let message = self.prepared();
+        // SSE streams get it as `event: join` / `event: leave` (protocol 8).
+        let message = self.prepared().with_sse_event(kind.as_str());
         self.hub
             .deliver(room, None, &message, Some(&*member.connection));
     }

@@ -1,6 +1,7 @@
-//! Transports: WebSocket connections (and, later, SSE streams) writing already-encoded bytes
+//! Transports: WebSocket connections and SSE streams writing already-encoded bytes
 //! from one bounded queue per connection.
 
 pub(crate) mod outbound;
 pub(crate) mod registry;
+pub(crate) mod sse;
 pub(crate) mod ws;

@@ -1,0 +1,582 @@
+//! Server-Sent Events streams (docs/protocol.md section 8): `GET /sse?room=…` on the same
+//! port, a receive-only transport over the same [`ConnShared`] as WebSocket.
+//!
+//! Everything that decides whether a stream opens (token, permissions, cursor) happens before
+//! the response starts, so refusals are plain JSON statuses like the WebSocket handshake's
+//! (7.3). A stream is then a connection with [`WireForm::Sse`]: fan-out queues the SSE form of
+//! each publication (built once per publication and shared), the sweeper of the SSE registry
+//! queues `: ping` comments and trims idle queues, and the server API reaches it through the
+//! hub's user index and control inbox. The only per-stream bytes are the `id:` lines: the
+//! writer reads the position at the front of each queued publication event, moves the stream's
+//! cursor and writes the event's shared bytes with its own `id:` line, a batch of events into
+//! one buffer (hyper writes each body frame as a chunk and flushes after a few).
+//!
+//! Metrics hooks for the integrator: a stream opens in [`open`] (after `Registry::insert`) and
+//! closes in `Guard`'s `Drop`; bytes leave in `Stream::next` (the `written` count).
+
+use std::{
+    collections::VecDeque,
+    convert::Infallible,
+    future::{Future, poll_fn},
+    pin::Pin,
+    sync::{Arc, OnceLock},
+    task::{Context, Poll},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{Router, body::Body, extract::State, routing::get};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Frame;
+use switchboard_protocol::{
+    WireForm,
+    codec::DecoderConfig,
+    sse,
+    wire::{self, ErrorCode},
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    outbound::Overflowed,
+    registry::{Registry, run_sweeper},
+};
+use crate::{
+    access::Action,
+    auth,
+    broker::StreamPosition,
+    conn::{ConnShared, Control, User},
+    handler::Refusal,
+    node::{Member, Node, Subscribed},
+    route::refusal_response,
+};
+
+/// The shutdown token of the server, which it puts on every request (SSE streams end with it).
+#[derive(Debug, Clone)]
+pub(crate) struct ShutdownToken(pub(crate) CancellationToken);
+
+/// What every stream of a node shares.
+#[derive(Debug)]
+struct Shared {
+    node: Node,
+    registry: Arc<Registry>,
+    /// The sweeper starts with the first stream (it needs the server's shutdown token).
+    sweeper: OnceLock<()>,
+}
+
+/// The SSE endpoint of `node` at `sse.path`, to merge into the server's HTTP routes.
+pub(crate) fn router(node: Node) -> Router {
+    let c = &node.config().sse;
+    let path = c.path.clone();
+    // A stream never sends anything to us: what the sweeper counts as "seen" is bytes the
+    // stream handed to the socket, so a stream whose peer stopped reading ends after four
+    // ping intervals without progress.
+    let registry = Arc::new(Registry::new(
+        DecoderConfig::default(),
+        c.ping_interval,
+        c.ping_interval.saturating_mul(4),
+    ));
+    let shared = Arc::new(Shared {
+        node,
+        registry,
+        sweeper: OnceLock::new(),
+    });
+    Router::new().route(&path, get(open).with_state(shared))
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The HTTP status of a refused room.
+fn refused(e: &crate::Refused) -> Response<Body> {
+    let status = match e.code {
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    refusal_response(Refusal::new(status, e.code.as_str(), &e.message))
+}
+
+fn bad_request(reason: &str) -> Response<Body> {
+    refusal_response(Refusal::new(StatusCode::BAD_REQUEST, "bad_request", reason))
+}
+
+/// Opens a stream, or refuses it before it starts.
+async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response<Body> {
+    let shutdown = req
+        .extensions()
+        .get::<ShutdownToken>()
+        .map(|t| t.0.clone())
+        .unwrap_or_default();
+    if shutdown.is_cancelled() {
+        return refusal_response(Refusal::unavailable(
+            "shutting_down",
+            Duration::from_secs(1),
+        ));
+    }
+    shared.sweeper.get_or_init(|| {
+        tokio::spawn(run_sweeper(
+            Arc::downgrade(&shared.registry),
+            shutdown.clone(),
+        ));
+    });
+    let node = &shared.node;
+    let config = node.config();
+    let access = node.access();
+
+    // 2.1: header, query parameter, cookie; never a subprotocol.
+    let token = auth::find_token(req.headers(), req.uri().query(), &[], &config.auth);
+    let user = match access.verifier().authenticate(token.as_deref()) {
+        Ok(Some(claims)) => User {
+            id: claims.sub.as_str().into(),
+            info: claims.info.map(|i| Bytes::from(i.get().to_string())),
+            expires: claims.exp,
+            rooms: claims.rooms,
+        },
+        Ok(None) => User::default(),
+        Err(e) => {
+            return refusal_response(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                e.reason(),
+            ));
+        }
+    };
+    let user = User::shared(user);
+
+    let (rooms, since) = match query(req.uri().query()) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    if rooms.is_empty() {
+        return bad_request("at least one 'room' query parameter is required");
+    }
+    let max = config.limits.subscriptions_per_connection;
+    if rooms.len() > max {
+        return refusal_response(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::LimitExceeded.as_str(),
+            &format!("at most {max} rooms per stream"),
+        ));
+    }
+    for room in &rooms {
+        // A stream carries no subscription tokens: the `rooms` claim grants what a
+        // subscribe with one could get (protocol 8), the namespace's policy decides the rest.
+        let action = if user.rooms.iter().any(|r| r == room) {
+            Action::ClaimSubscribe
+        } else {
+            Action::Subscribe { token: None }
+        };
+        if let Err(e) = access.check(&user, room, action).await {
+            return refused(&e);
+        }
+    }
+    // The header wins over `?since=`: it is what the browser sends when it reconnects.
+    let cursor = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(since)
+        .filter(|c| !c.trim().is_empty());
+    let cursor = match cursor.map(|c| sse::decode_cursor(&c, rooms.len())) {
+        None => Vec::new(),
+        Some(Ok(c)) => c,
+        Some(Err(e)) => return bad_request(&format!("Last-Event-ID / since: {e}")),
+    };
+
+    let conn = Arc::new(ConnShared::with_wire(
+        crate::ids::connection_id(),
+        config.websocket.outbound_queue.as_usize(),
+        WireForm::Sse,
+    ));
+    let closing = shared.registry.insert(&conn);
+    node.hub().add_connection(&user.id, &conn);
+    let mut guard = Guard {
+        node: node.clone(),
+        registry: shared.registry.clone(),
+        conn: conn.clone(),
+        user: user.clone(),
+        rooms: Vec::new(),
+    };
+    if closing {
+        return refusal_response(Refusal::unavailable(
+            "shutting_down",
+            Duration::from_secs(1),
+        ));
+    }
+
+    // Every room is begun (its live events held back) before anything is queued, so the
+    // welcome goes first and no event of any room is lost or doubled around the reads.
+    let member = Member {
+        conn: &conn,
+        user: &user,
+    };
+    let mut begun: Vec<(Arc<str>, Option<StreamPosition>, Subscribed)> = Vec::new();
+    let mut failed = None;
+    for room in rooms {
+        let since = cursor
+            .iter()
+            .find(|(r, _, _)| *r == room)
+            .map(|(_, e, o)| StreamPosition::new(e.as_str(), *o));
+        let room: Arc<str> = room.into();
+        match node.begin_subscribe(member, &room, since.clone()).await {
+            Ok(read) => {
+                // The guard leaves it if the request goes away from here on.
+                guard.rooms.push(room.clone());
+                begun.push((room, since, read));
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(e) = failed {
+        for (room, _, read) in begun {
+            node.finish_subscribe(member, &room, &read, None).await;
+        }
+        return refused(&e);
+    }
+
+    // The stream's position: where each room resumes from (what it recovered advances it).
+    let positions: Vec<(Arc<str>, Arc<str>, u64)> = begun
+        .iter()
+        .map(|(room, since, read)| match (since, read.recovered) {
+            (Some(s), Some(true)) => (room.clone(), s.epoch.clone(), s.offset),
+            _ => (
+                room.clone(),
+                read.position.epoch.clone(),
+                read.position.offset,
+            ),
+        })
+        .collect();
+    let mut head = Vec::with_capacity(256);
+    sse::encode_retry(&mut head, config.sse.retry_ms);
+    let welcome = serde_json::json!({
+        "connection": conn.id(),
+        "user": &*user.id,
+        "expires": user.expires,
+    });
+    sse::encode_event(&mut head, "welcome", None, welcome.to_string().as_bytes());
+    let _ = conn.outbound.push(Bytes::from(head));
+    let mut cursor_json = Vec::new();
+    for (room, _, read) in begun {
+        match read.recovered {
+            Some(true) => {
+                let mut buf = Vec::new();
+                for p in &read.publications {
+                    buf.clear();
+                    wire::encode_message_push_raw(
+                        &mut buf,
+                        &p.room,
+                        &p.epoch,
+                        p.offset,
+                        &p.data,
+                        p.from.as_deref(),
+                    );
+                    let mut event = Vec::with_capacity(buf.len() + 16);
+                    sse::encode_event(&mut event, "message", None, &buf);
+                    let _ = conn.outbound.push(Bytes::from(event));
+                }
+            }
+            Some(false) => {
+                let mut id = Vec::new();
+                sse::encode_cursor(&mut id, &mut cursor_json, cursor_of(&positions));
+                let data = serde_json::json!({
+                    "room": &*room,
+                    "epoch": &*read.position.epoch,
+                    "offset": read.position.offset,
+                });
+                let mut event = Vec::new();
+                sse::encode_event(
+                    &mut event,
+                    "reset",
+                    std::str::from_utf8(&id).ok(),
+                    data.to_string().as_bytes(),
+                );
+                let _ = conn.outbound.push(Bytes::from(event));
+            }
+            None => {}
+        }
+        node.finish_subscribe(member, &room, &read, None).await;
+    }
+
+    let expires = user
+        .expires
+        .map(|exp| Instant::now() + Duration::from_secs(exp.saturating_sub(now_unix())));
+    let stream = Stream {
+        guard,
+        positions,
+        expires,
+        shutdown,
+    };
+    let body = SseBody {
+        pending: VecDeque::new(),
+        next: Some(Box::pin(stream.next())),
+    };
+    let mut resp = Response::new(Body::new(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// The `room` parameters (deduplicated, in order) and `since` of a query string.
+#[allow(clippy::result_large_err)]
+fn query(query: Option<&str>) -> Result<(Vec<String>, Option<String>), Response<Body>> {
+    let mut rooms: Vec<String> = Vec::new();
+    let mut since = None;
+    for pair in query.unwrap_or("").split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match &*auth::percent_decode(key) {
+            "room" => {
+                let room = auth::percent_decode(value).into_owned();
+                if room.is_empty() {
+                    return Err(bad_request("a 'room' query parameter is empty"));
+                }
+                if !rooms.contains(&room) {
+                    // Bounded: the caller refuses more than the subscription limit, and
+                    // this stops collecting well before a huge query costs much.
+                    if rooms.len() > 1024 {
+                        return Err(bad_request("too many 'room' query parameters"));
+                    }
+                    rooms.push(room);
+                }
+            }
+            "since" => since = Some(auth::percent_decode(value).into_owned()),
+            _ => {}
+        }
+    }
+    Ok((rooms, since))
+}
+
+fn cursor_of(positions: &[(Arc<str>, Arc<str>, u64)]) -> impl Iterator<Item = (&str, &str, u64)> {
+    positions.iter().map(|(r, e, o)| (&**r, &**e, *o))
+}
+
+/// Leaves everything a stream joined when it ends, however it ends (the client went away and
+/// hyper dropped the body, the stream ended, or the request was dropped while opening).
+struct Guard {
+    node: Node,
+    registry: Arc<Registry>,
+    conn: Arc<ConnShared>,
+    user: Arc<User>,
+    rooms: Vec<Arc<str>>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.conn.outbound.close();
+        self.registry.remove(&self.conn);
+        self.node.hub().remove_connection(&self.user.id, &self.conn);
+        let rooms = std::mem::take(&mut self.rooms);
+        if rooms.is_empty() {
+            return;
+        }
+        // Leaving a room is async (presence, the leave push): it runs on a task of its own.
+        let (node, conn, user) = (self.node.clone(), self.conn.clone(), self.user.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let member = Member {
+                    conn: &conn,
+                    user: &user,
+                };
+                for room in rooms {
+                    node.unsubscribe(member, &room).await;
+                }
+            });
+        }
+    }
+}
+
+/// A stream after it started: its rooms' positions, and when it ends.
+struct Stream {
+    guard: Guard,
+    positions: Vec<(Arc<str>, Arc<str>, u64)>,
+    expires: Option<Instant>,
+    shutdown: CancellationToken,
+}
+
+impl Stream {
+    /// Waits for bytes to write and returns them (publication events followed by their `id:`
+    /// line), or `None` when the stream ends.
+    async fn next(mut self) -> Option<(VecDeque<Bytes>, Stream)> {
+        loop {
+            let conn = self.guard.conn.clone();
+            if let Some(d) = conn.take_close_request() {
+                tracing::debug!(conn = %conn.id(), %d, "sse stream ends as asked");
+                return None;
+            }
+            if conn.has_control() && Box::pin(self.controls()).await {
+                return None;
+            }
+            let mut frames = VecDeque::new();
+            if conn.outbound.take(&mut frames) == Err(Overflowed) {
+                tracing::info!(conn = %conn.id(), "slow consumer, ending the sse stream");
+                return None;
+            }
+            if !frames.is_empty() {
+                let written: usize = frames.iter().map(Bytes::len).sum();
+                let out = self.with_ids(frames);
+                // Handed to hyper, which only asks for more once it wrote what it has.
+                conn.outbound.put_back(VecDeque::new(), written, false);
+                conn.mark_seen();
+                return Some((out, self));
+            }
+            let expiry = async {
+                match self.expires {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let ready = poll_fn(|cx| {
+                if conn.outbound.poll_ready(cx).is_ready()
+                    || conn.has_close_request()
+                    || conn.has_control()
+                {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            });
+            tokio::select! {
+                _ = ready => {}
+                _ = self.shutdown.cancelled() => return None,
+                _ = expiry => {
+                    tracing::debug!(conn = %conn.id(), "token expired, ending the sse stream");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Carries out the requests of the control inbox; `true` when one ends the stream.
+    async fn controls(&mut self) -> bool {
+        let g = &mut self.guard;
+        for control in g.node.hub().take_controls(&g.conn) {
+            let member = Member {
+                conn: &g.conn,
+                user: &g.user,
+            };
+            match control {
+                Control::Close(_) => return true,
+                Control::Subscribe(room) => {
+                    let max = g.node.config().limits.subscriptions_per_connection;
+                    if g.rooms.contains(&room) || g.rooms.len() >= max {
+                        continue;
+                    }
+                    match g.node.subscribe(member, &room, None, |_| None).await {
+                        Ok(read) => {
+                            self.positions.push((
+                                room.clone(),
+                                read.position.epoch.clone(),
+                                read.position.offset,
+                            ));
+                            g.rooms.push(room);
+                        }
+                        Err(e) => {
+                            tracing::warn!(conn = %g.conn.id(), room = %room, reason = %e, "server-side subscription failed")
+                        }
+                    }
+                }
+                Control::Unsubscribe(room) => {
+                    if let Some(i) = g.rooms.iter().position(|r| *r == room) {
+                        let room = g.rooms.swap_remove(i);
+                        g.node.unsubscribe(member, &room).await;
+                        self.positions.retain(|(r, _, _)| *r != room);
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// The queued events, an `id:` line added to each publication event (before the blank
+    /// line that ends it), as one buffer: hyper writes a body frame as a chunk of its own and
+    /// flushes after a few of them, so a batch of events leaves as one chunk, one write.
+    fn with_ids(&mut self, frames: VecDeque<Bytes>) -> VecDeque<Bytes> {
+        if frames.len() == 1 && sse::publication_position(&frames[0]).is_none() {
+            // A ping or a single other event: its shared bytes as they are.
+            return frames;
+        }
+        let len: usize = frames.iter().map(Bytes::len).sum();
+        let mut out = BytesMut::with_capacity(len + frames.len() * 96);
+        let mut cursor = Vec::new();
+        let mut scratch = Vec::new();
+        for frame in frames {
+            let position = sse::publication_position(&frame).and_then(|(room, epoch, offset)| {
+                let p = self.positions.iter_mut().find(|(r, _, _)| **r == *room)?;
+                if *p.1 != *epoch {
+                    p.1 = epoch.into();
+                }
+                p.2 = offset;
+                Some(())
+            });
+            if position.is_none() {
+                out.extend_from_slice(&frame);
+                continue;
+            }
+            out.extend_from_slice(&frame[..frame.len() - 1]);
+            cursor.clear();
+            sse::encode_cursor(&mut cursor, &mut scratch, cursor_of(&self.positions));
+            out.extend_from_slice(b"id: ");
+            out.extend_from_slice(&cursor);
+            out.extend_from_slice(b"\n\n");
+        }
+        VecDeque::from([out.freeze()])
+    }
+}
+
+/// The response body: the stream's bytes as hyper asks for them. Hyper asks for more only
+/// after writing what it has, so a peer that does not read leaves events in the outbound
+/// queue, which ends the stream when it passes its bound.
+struct SseBody {
+    pending: VecDeque<Bytes>,
+    next: Option<Next>,
+}
+
+/// The stream waiting for its next bytes.
+type Next = Pin<Box<dyn Future<Output = Option<(VecDeque<Bytes>, Stream)>> + Send>>;
+
+impl hyper::body::Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(bytes) = this.pending.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
+            // An idle stream keeps no buffer.
+            this.pending = VecDeque::new();
+            let Some(next) = &mut this.next else {
+                return Poll::Ready(None);
+            };
+            match next.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    this.next = None;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some((out, stream))) => {
+                    this.pending = out;
+                    this.next = Some(Box::pin(stream.next()));
+                }
+            }
+        }
+    }
+}
