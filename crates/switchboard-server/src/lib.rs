@@ -27,6 +27,7 @@ mod error;
 pub mod handler;
 pub mod hub;
 pub mod ids;
+pub mod metrics;
 pub mod node;
 pub mod route;
 pub mod server;
