@@ -402,6 +402,10 @@ fn counters<'a>(
 ) -> Result<(), std::fmt::Error> {
     let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, v) in values {
+        if labels.is_empty() {
+            // A family of one sample: no `{}` after the name.
+            return ConstCounter::new(v).encode(m);
+        }
         let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
         ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
     }
