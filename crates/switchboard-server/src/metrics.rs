@@ -465,7 +465,6 @@ impl Collector for Metrics {
             let v = open[t as usize] as i64;
             ConstGauge::new(v).encode(m.encode_family(&[("transport", t.as_str())])?)?;
         }
-        drop(m);
         counters(
             &mut e,
             "connections_accepted",
@@ -526,12 +525,11 @@ impl Collector for Metrics {
         )?;
         let mut closes = Vec::new();
         for t in Transport::ALL {
-            for i in 0..CLOSES {
-                let code = match i {
-                    _ if i < CLOSE_CODES.len() => CLOSE_CODES[i].disconnect.code.0.to_string(),
-                    _ if i == CLOSES - 2 => "abnormal".to_string(),
-                    _ => "other".to_string(),
-                };
+            let codes = CLOSE_CODES
+                .iter()
+                .map(|c| c.disconnect.code.0.to_string())
+                .chain(["abnormal".to_string(), "other".to_string()]);
+            for (i, code) in codes.enumerate() {
                 let v: u64 = shards
                     .iter()
                     .map(|s| s.closes[t as usize][i].load(Relaxed))
@@ -622,7 +620,6 @@ impl Collector for Metrics {
                 &s.broker_latency[op as usize]
             })?;
         }
-        drop(m);
         let mut api: HashMap<(&'static str, u16), ApiCell> = HashMap::new();
         for s in shards {
             for (k, v) in s.api.lock().unwrap_or_else(|e| e.into_inner()).iter() {

@@ -150,12 +150,7 @@ async fn counters_move_by_exactly_the_traffic() {
         ws.close(Some(&CloseFrame::new(CloseCode(1000), "bye")))
             .await
             .unwrap();
-        loop {
-            match tokio::time::timeout(T, ws.recv()).await.unwrap() {
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break,
-            }
-        }
+        while let Ok(Some(_)) = tokio::time::timeout(T, ws.recv()).await.unwrap() {}
     }
 
     let after = scrape(addr).await;
