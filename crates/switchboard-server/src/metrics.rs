@@ -24,7 +24,7 @@ use std::{
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
@@ -182,6 +182,7 @@ struct Shard {
     broker_ops: [AtomicU64; BROKER_OPS],
     broker_errors: [AtomicU64; BROKER_OPS],
     broker_latency: [Histogram; BROKER_OPS],
+    ping_rtt: Histogram,
     /// Publications by configured namespace, the last one `other`.
     publications: Box<[AtomicU64]>,
     /// API calls by endpoint and status: bounded by the router's endpoints and statuses.
@@ -364,6 +365,11 @@ impl Metrics {
         s.broker_latency[op as usize].observe(elapsed);
     }
 
+    /// A pong answered one of the sweeper's pings after `rtt`.
+    pub fn observe_ping_rtt(&self, rtt: Duration) {
+        self.shard().ping_rtt.observe(rtt);
+    }
+
     /// An API call to `endpoint` (a fixed name per route, e.g. `"publish"`: never client
     /// input) answered `status`, taking `duration` when known.
     pub fn api_call(&self, endpoint: &'static str, status: u16, duration: Option<Duration>) {
@@ -439,14 +445,14 @@ fn histogram(
         })
         .collect();
     buckets.push((f64::MAX, count));
+    let sum = sum as f64 / 1e9;
+    if labels.is_empty() {
+        // No `{}` after the name.
+        return encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None);
+    }
     encoder
         .encode_family(&labels)?
-        .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-            sum as f64 / 1e9,
-            count,
-            &buckets,
-            None,
-        )
+        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
 }
 
 impl Collector for Metrics {
@@ -620,6 +626,13 @@ impl Collector for Metrics {
                 &s.broker_latency[op as usize]
             })?;
         }
+        let mut m = e.encode_descriptor(
+            "ping_rtt_seconds",
+            "Round trip of the server's WebSocket pings (ping written to pong read)",
+            None,
+            MetricType::Histogram,
+        )?;
+        histogram(&mut m, &[], shards, |s| &s.ping_rtt)?;
         let mut api: HashMap<(&'static str, u16), ApiCell> = HashMap::new();
         for s in shards {
             for (k, v) in s.api.lock().unwrap_or_else(|e| e.into_inner()).iter() {
@@ -661,6 +674,30 @@ impl Collector for Metrics {
         }
         Ok(())
     }
+}
+
+/// When this process's ping stamps count from.
+static PING_EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// A WebSocket ping (server frames are unmasked, control frames never compressed) whose
+/// 8-byte payload is its send time: the peer echoes it in the pong (RFC 6455 5.5.3), so the
+/// round trip needs no per-connection state. Made once per sweep of a registry shard.
+pub(crate) fn timed_ping() -> bytes::Bytes {
+    let epoch = *PING_EPOCH.get_or_init(std::time::Instant::now);
+    let nanos = epoch.elapsed().as_nanos() as u64;
+    let mut frame = Vec::with_capacity(10);
+    frame.extend_from_slice(&[0x89, 8]);
+    frame.extend_from_slice(&nanos.to_be_bytes());
+    frame.into()
+}
+
+/// The round trip a pong with this payload measures, if it answers one of [`timed_ping`]'s
+/// (a pong of the peer's own, or one claiming a time to come, measures nothing).
+pub(crate) fn ping_rtt(payload: &[u8]) -> Option<Duration> {
+    let sent: [u8; 8] = payload.try_into().ok()?;
+    let sent = Duration::from_nanos(u64::from_be_bytes(sent));
+    let now = PING_EPOCH.get()?.elapsed();
+    now.checked_sub(sent)
 }
 
 #[cfg(test)]

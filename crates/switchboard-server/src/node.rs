@@ -377,7 +377,8 @@ impl Node {
                     .or_default()
                     .insert(member.conn.id.clone(), member.presence());
             }
-            if let Err(e) = broker.presence_add(room, member.presence()).await {
+            let add = broker.presence_add(room, member.presence());
+            if let Err(e) = self.timed(BrokerOp::PresenceAdd, add).await {
                 tracing::warn!(conn = %id, room = %room, error = %e, "presence add failed");
             }
         }
@@ -405,7 +406,8 @@ impl Node {
                     }
                 }
             }
-            if let Err(e) = broker.presence_remove(room, &member.conn.id).await {
+            let remove = broker.presence_remove(room, &member.conn.id);
+            if let Err(e) = self.timed(BrokerOp::PresenceRemove, remove).await {
                 tracing::warn!(conn = %id, room, error = %e, "presence remove failed");
             }
         }
@@ -518,9 +520,11 @@ impl Node {
         limit: usize,
     ) -> Result<PresencePage, Refused> {
         self.inner.access.room(room)?;
-        self.inner
+        let list = self
+            .inner
             .broker
-            .presence_list(room, cursor, limit.min(1000))
+            .presence_list(room, cursor, limit.min(1000));
+        self.timed(BrokerOp::Presence, list)
             .await
             .map_err(|e| match e {
                 BrokerError::InvalidCursor => {
@@ -544,9 +548,7 @@ impl Node {
             limit: limit.unwrap_or(ns.history_size).min(ns.history_size),
             reverse,
         };
-        self.inner
-            .broker
-            .history(room, query)
+        self.timed(BrokerOp::History, self.inner.broker.history(room, query))
             .await
             .map_err(|e| match e {
                 BrokerError::EpochMismatch { since, current } => Refused::bad_request(format!(
@@ -561,12 +563,13 @@ impl Node {
     /// across it and are told `recovered: false`).
     pub async fn history_remove(&self, room: &str) -> Result<(), Refused> {
         self.inner.access.room(room)?;
-        self.inner
-            .broker
-            .remove_history(room)
-            .await
-            .map(|_| ())
-            .map_err(|e| Refused::unavailable(&e))
+        self.timed(
+            BrokerOp::HistoryRemove,
+            self.inner.broker.remove_history(room),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| Refused::unavailable(&e))
     }
 
     /// Asks every connection of `user`, on every node, to subscribe to `room` (each sends its

@@ -266,3 +266,62 @@ async fn every_metric_of_the_grafana_dashboard_is_exported() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pongs_to_the_servers_pings_measure_the_round_trip() {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
+    config.auth.anonymous = true;
+    config.websocket.ping_interval = Duration::from_millis(20);
+    let node = Node::new(config).unwrap();
+    let server = node.server().bind().await.unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(std::future::pending()));
+    let key = "switchboard_ping_rtt_seconds_count";
+    let before = scrape(addr).await.get(key).copied().unwrap();
+
+    let mut ws = WsStream::connect(&format!("ws://{addr}/ws"), &WsOptions::default())
+        .await
+        .unwrap();
+    let payload = loop {
+        match tokio::time::timeout(T, ws.recv_any())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(Message::Ping(p)) => break p,
+            Some(_) => {}
+            None => panic!("closed"),
+        }
+    };
+    ws.send(switchboard_protocol::frame::OpCode::Pong, &payload)
+        .await
+        .unwrap();
+    // A pong of the client's own measures nothing.
+    ws.send(switchboard_protocol::frame::OpCode::Pong, b"mine")
+        .await
+        .unwrap();
+    // Input is handled in order: once the answer is here, both pongs were.
+    ws.send_text(r#"{"type":"ping","id":1}"#).await.unwrap();
+    loop {
+        match tokio::time::timeout(T, ws.recv_any())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(Message::Text(t)) if t.as_str().contains("\"pong\"") => break,
+            Some(_) => {}
+            None => panic!("closed"),
+        }
+    }
+    let text = scrape_text(addr).await;
+    let after: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} ")))
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+        .parse()
+        .unwrap();
+    assert_eq!(after - before, 1.0, "{text}");
+}

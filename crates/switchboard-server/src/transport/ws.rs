@@ -529,7 +529,11 @@ async fn dispatch<H: Handler>(
                     conn.send(OpCode::Pong, &p);
                 }
             }
-            Message::Pong(_) => {}
+            Message::Pong(p) => {
+                if let Some(rtt) = crate::metrics::ping_rtt(&p) {
+                    conn.route.hub.metrics().observe_ping_rtt(rtt);
+                }
+            }
             Message::Close(frame) => return Some(InputEnd::Close(frame)),
         }
     }
