@@ -28,6 +28,7 @@ pub mod handler;
 pub mod http;
 pub mod hub;
 pub mod ids;
+pub mod metrics;
 pub mod node;
 pub mod route;
 pub mod server;

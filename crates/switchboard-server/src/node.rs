@@ -33,6 +33,7 @@ use crate::{
     conn::User,
     error::Refused,
     hub::{Change, Hub, dispatch},
+    metrics::{BrokerOp, Metrics},
 };
 
 /// Stripes of the per-room lock that serialises node-level subscribe/unsubscribe.
@@ -179,6 +180,11 @@ impl Node {
         &self.inner.broker
     }
 
+    /// What this node counts for `/metrics` (its hub's metrics).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.inner.hub.metrics()
+    }
+
     /// The access policy.
     pub fn access(&self) -> &Access {
         &self.inner.access
@@ -187,6 +193,19 @@ impl Node {
     /// The configuration.
     pub fn config(&self) -> &Config {
         self.inner.access.config()
+    }
+
+    /// Runs a broker operation, counting it, its failure and its latency.
+    async fn timed<T>(
+        &self,
+        op: BrokerOp,
+        call: impl std::future::Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
+        let started = std::time::Instant::now();
+        let result = call.await;
+        self.metrics()
+            .broker_op(op, result.is_ok(), started.elapsed());
+        result
     }
 
     fn room_lock(&self, room: &str) -> &tokio::sync::Mutex<()> {
@@ -239,7 +258,10 @@ impl Node {
                         // Before the subscribe, so that every event of the new subscription
                         // reaches the dispatcher after it.
                         self.inner.dispatchers.reset(room);
-                        match broker.subscribe(room).await {
+                        match self
+                            .timed(BrokerOp::Subscribe, broker.subscribe(room))
+                            .await
+                        {
                             Ok(()) => Ok(()),
                             Err(e) => {
                                 hub.leave(room, conn);
@@ -315,7 +337,14 @@ impl Node {
                 publications: Vec::new(),
             });
         };
-        match broker.history(room, HistoryQuery::recovery(since)).await {
+        let history = broker.history(room, HistoryQuery::recovery(since));
+        let read = self.timed(BrokerOp::History, history).await;
+        if let Ok(h) = &read {
+            self.metrics().recovery(h.recoverable);
+        } else if let Err(BrokerError::EpochMismatch { .. }) = &read {
+            self.metrics().recovery(false);
+        }
+        match read {
             Ok(h) if h.recoverable => Ok(Subscribed {
                 position: h.position,
                 recovered: Some(true),
@@ -348,7 +377,8 @@ impl Node {
                     .or_default()
                     .insert(member.conn.id.clone(), member.presence());
             }
-            if let Err(e) = broker.presence_add(room, member.presence()).await {
+            let add = broker.presence_add(room, member.presence());
+            if let Err(e) = self.timed(BrokerOp::PresenceAdd, add).await {
                 tracing::warn!(conn = %id, room = %room, error = %e, "presence add failed");
             }
         }
@@ -376,7 +406,8 @@ impl Node {
                     }
                 }
             }
-            if let Err(e) = broker.presence_remove(room, &member.conn.id).await {
+            let remove = broker.presence_remove(room, &member.conn.id);
+            if let Err(e) = self.timed(BrokerOp::PresenceRemove, remove).await {
                 tracing::warn!(conn = %id, room, error = %e, "presence remove failed");
             }
         }
@@ -396,7 +427,10 @@ impl Node {
         let _guard = self.room_lock(room).lock().await;
         if self.inner.hub.join(room, conn) == Change::First {
             self.inner.dispatchers.reset(room);
-            if let Err(e) = self.inner.broker.subscribe(room).await {
+            if let Err(e) = self
+                .timed(BrokerOp::Subscribe, self.inner.broker.subscribe(room))
+                .await
+            {
                 self.inner.hub.leave(room, conn);
                 return Err(Refused::unavailable(&e));
             }
@@ -413,11 +447,12 @@ impl Node {
     /// node, framed once per node (the library API's broadcast).
     pub async fn broadcast_raw(&self, rooms: &[&str], message: RawMessage) -> Result<(), Refused> {
         for room in rooms {
-            self.inner
-                .broker
-                .broadcast(room, message.clone())
-                .await
-                .map_err(|e| Refused::unavailable(&e))?;
+            self.timed(
+                BrokerOp::Broadcast,
+                self.inner.broker.broadcast(room, message.clone()),
+            )
+            .await
+            .map_err(|e| Refused::unavailable(&e))?;
         }
         Ok(())
     }
@@ -427,7 +462,9 @@ impl Node {
     async fn leave_hub(&self, room: &str, conn: &ConnShared) {
         let _guard = self.room_lock(room).lock().await;
         if self.inner.hub.leave(room, conn) == Change::Last
-            && let Err(e) = self.inner.broker.unsubscribe(room).await
+            && let Err(e) = self
+                .timed(BrokerOp::Unsubscribe, self.inner.broker.unsubscribe(room))
+                .await
         {
             tracing::warn!(room, error = %e, "broker unsubscribe failed");
         }
@@ -447,11 +484,18 @@ impl Node {
             history_ttl: ns.history_ttl,
             exclude: publication.exclude,
         };
-        self.inner
+        let started = std::time::Instant::now();
+        let result = self
+            .inner
             .broker
             .publish(room, publication.data, publication.from, opts)
-            .await
-            .map_err(|e| Refused::unavailable(&e))
+            .await;
+        let metrics = self.metrics();
+        metrics.broker_op(BrokerOp::Publish, result.is_ok(), started.elapsed());
+        if result.is_ok() {
+            metrics.publication(room);
+        }
+        result.map_err(|e| Refused::unavailable(&e))
     }
 
     /// Publishes the same publication to several rooms, one after the other; one result per
@@ -476,9 +520,11 @@ impl Node {
         limit: usize,
     ) -> Result<PresencePage, Refused> {
         self.inner.access.room(room)?;
-        self.inner
+        let list = self
+            .inner
             .broker
-            .presence_list(room, cursor, limit.min(1000))
+            .presence_list(room, cursor, limit.min(1000));
+        self.timed(BrokerOp::Presence, list)
             .await
             .map_err(|e| match e {
                 BrokerError::InvalidCursor => {
@@ -502,9 +548,7 @@ impl Node {
             limit: limit.unwrap_or(ns.history_size).min(ns.history_size),
             reverse,
         };
-        self.inner
-            .broker
-            .history(room, query)
+        self.timed(BrokerOp::History, self.inner.broker.history(room, query))
             .await
             .map_err(|e| match e {
                 BrokerError::EpochMismatch { since, current } => Refused::bad_request(format!(
@@ -519,12 +563,13 @@ impl Node {
     /// across it and are told `recovered: false`).
     pub async fn history_remove(&self, room: &str) -> Result<(), Refused> {
         self.inner.access.room(room)?;
-        self.inner
-            .broker
-            .remove_history(room)
-            .await
-            .map(|_| ())
-            .map_err(|e| Refused::unavailable(&e))
+        self.timed(
+            BrokerOp::HistoryRemove,
+            self.inner.broker.remove_history(room),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| Refused::unavailable(&e))
     }
 
     /// Asks every connection of `user`, on every node, to subscribe to `room` (each sends its
@@ -560,9 +605,7 @@ impl Node {
     }
 
     async fn command(&self, command: ClusterCommand) -> Result<(), Refused> {
-        self.inner
-            .broker
-            .command(command)
+        self.timed(BrokerOp::Command, self.inner.broker.command(command))
             .await
             .map_err(|e| Refused::unavailable(&e))
     }
@@ -615,7 +658,11 @@ impl Parts {
             receivers,
         } = self;
         let threshold = config.websocket.compression.threshold.as_usize();
-        let hub = Hub::new(threshold);
+        let namespaces = config.namespaces.keys().cloned();
+        let hub = Hub::with_metrics(
+            threshold,
+            Arc::new(crate::metrics::Metrics::new(namespaces)),
+        );
         let id = config
             .node_id
             .clone()

@@ -24,6 +24,7 @@ use crate::{
     config::WebSocketConfig,
     conn::ConnShared,
     handler::{Connection, Handler, Refusal, RouteShared, UpgradeContext, User},
+    metrics::Transport,
     transport::ws,
 };
 
@@ -108,7 +109,18 @@ impl Route {
         let upgrade = move |req: Request<Body>, ctx: RouteContext| -> BoxFuture<Response<Body>> {
             let handler = handler.clone();
             let options = options.clone();
-            Box::pin(async move { upgrade(handler, options, req, ctx).await })
+            Box::pin(async move {
+                let metrics = ctx.route.hub.metrics().clone();
+                let shutdown = ctx.shutdown.clone();
+                let resp = upgrade(handler, options, req, ctx).await;
+                let status = resp.status();
+                if status != StatusCode::SWITCHING_PROTOCOLS {
+                    let draining =
+                        status == StatusCode::SERVICE_UNAVAILABLE && shutdown.is_cancelled();
+                    metrics.connection_refused(Transport::WebSocket, status.as_u16(), draining);
+                }
+                resp
+            })
         };
         Route {
             path: path.to_string(),

@@ -26,6 +26,7 @@ use crate::{
     broker::Broker,
     handler::RouteShared,
     hub::Hub,
+    metrics::Metrics,
     node::Node,
     route::{PeerAddr, Route, RouteContext, json_response},
     transport::registry::{Registry, run_sweeper},
@@ -62,6 +63,7 @@ pub struct ServerBuilder {
     broker: Option<Arc<dyn Broker>>,
     node: Option<Node>,
     backlog: u32,
+    metrics_enabled: bool,
 }
 
 impl Server {
@@ -76,6 +78,7 @@ impl Server {
             broker: None,
             node: None,
             backlog: 1024,
+            metrics_enabled: true,
         }
     }
 
@@ -230,6 +233,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Whether `GET /metrics` is served (default: yes).
+    pub fn metrics(mut self, enabled: bool) -> Self {
+        self.metrics_enabled = enabled;
+        self
+    }
+
     /// Binds the listener.
     pub async fn bind(self) -> std::io::Result<Server> {
         let socket = if self.listen.is_ipv4() {
@@ -255,6 +264,24 @@ impl ServerBuilder {
                 }),
             )
             .route("/readyz", get(readyz).with_state(health.clone()));
+        if self.metrics_enabled {
+            // No auth: like the health endpoints, it is for the operator's network; put it
+            // behind the proxy's access rules (docs/operations.md).
+            let metrics = self.hub.metrics().clone();
+            router = router.route(
+                "/metrics",
+                get(move || {
+                    let metrics = metrics.clone();
+                    async move {
+                        axum::response::Response::builder()
+                            .status(StatusCode::OK)
+                            .header(http::header::CONTENT_TYPE, Metrics::CONTENT_TYPE)
+                            .body(Body::from(metrics.encode()))
+                            .expect("static response parts are valid")
+                    }
+                }),
+            );
+        }
         for route in self.routes {
             let upgrade = route.upgrade.clone();
             let registry = Arc::new(Registry::new(

@@ -126,8 +126,10 @@ impl Handler for Protocol {
             request.protocols,
             &access.config().auth,
         );
-        let unauthorized =
-            |e: AuthError| Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", e.reason());
+        let unauthorized = |e: AuthError| {
+            self.node.metrics().auth_failure(e);
+            Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", e.reason())
+        };
         let user = match access
             .verifier()
             .authenticate(token.as_deref())
@@ -538,6 +540,7 @@ impl Protocol {
         token: &str,
     ) -> Result<(), Refused> {
         let claims = self.node.access().verifier().verify(token).map_err(|e| {
+            self.node.metrics().auth_failure(e);
             Refused::new(
                 ErrorCode::Unauthorized,
                 format!("token refused: {}", e.reason()),

@@ -43,6 +43,7 @@ struct Inner {
     hasher: RandomState,
     threshold: usize,
     users: users::Users,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What a join or leave did to the room on this node.
@@ -61,6 +62,11 @@ pub enum Change {
 impl Hub {
     /// An empty hub; `threshold` is the compression threshold for messages it prepares.
     pub fn new(threshold: usize) -> Self {
+        Hub::with_metrics(threshold, Arc::default())
+    }
+
+    /// An empty hub counting into `metrics` (the node's, with its namespaces).
+    pub fn with_metrics(threshold: usize, metrics: Arc<crate::metrics::Metrics>) -> Self {
         let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
         Hub {
             inner: Arc::new(Inner {
@@ -68,6 +74,7 @@ impl Hub {
                 hasher: RandomState::new(),
                 threshold,
                 users: users::Users::default(),
+                metrics,
             }),
         }
     }
@@ -75,6 +82,11 @@ impl Hub {
     fn shard(&self, room: &str) -> &Shard {
         let i = self.inner.hasher.hash_one(room) as usize % SHARDS;
         &self.inner.shards[i]
+    }
+
+    /// What this hub's node (or server) counts for `/metrics`.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.inner.metrics
     }
 
     /// The compression threshold for messages prepared for fan-out.
@@ -166,6 +178,7 @@ impl Hub {
                 sent += 1;
             }
         }
+        self.inner.metrics.delivered(sent);
         Some(sent)
     }
 

@@ -108,6 +108,9 @@ impl Registry {
     /// row to close with 4504.
     fn sweep(&self, s: usize, max_missed: u16) {
         let horizon = Instant::now() + self.timer_horizon();
+        // One ping for the WebSocket connections of this visit, stamped with its send time so
+        // that the pongs measure the round trip (`switchboard_ping_rtt_seconds`).
+        let ping = crate::metrics::timed_ping();
         let shard = self.shard(s);
         for conn in shard.iter() {
             conn.outbound.trim();
@@ -115,7 +118,11 @@ impl Registry {
             if conn.visit() >= max_missed {
                 conn.request_close_code(Disconnect::IDLE_TIMEOUT.code.0);
             } else {
-                conn.outbound.push_ping(conn.keepalive());
+                let keepalive = match conn.wire {
+                    switchboard_protocol::WireForm::WebSocket(_) => ping.clone(),
+                    _ => conn.keepalive(),
+                };
+                conn.outbound.push_ping(keepalive);
             }
         }
     }

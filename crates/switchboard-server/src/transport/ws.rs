@@ -37,7 +37,10 @@ use super::outbound::Overflowed;
 use super::registry::Registry;
 #[cfg(test)]
 use crate::handler::RouteShared;
-use crate::handler::{Connection, Handler, Incoming};
+use crate::{
+    handler::{Connection, Handler, Incoming},
+    metrics::Transport,
+};
 
 /// Bytes read per wake-up at most.
 const READ_CHUNK: usize = 16 * 1024;
@@ -128,6 +131,11 @@ pub(crate) fn run<H: Handler>(
                 .shared
                 .request_close_code(Disconnect::GOING_AWAY.code.0);
         }
+        ws.conn
+            .route
+            .hub
+            .metrics()
+            .connection_opened(Transport::WebSocket);
         // The user index: how the server API reaches every connection of a user.
         ws.conn
             .route
@@ -140,7 +148,17 @@ pub(crate) fn run<H: Handler>(
                 && !input.rbuf.is_empty()
             {
                 let closing = ws.sent_close.is_some();
-                let decoded = Box::pin(dispatch(&*handler, &mut ws.conn, input, closing)).await;
+                let mut messages = 0;
+                let decoded = Box::pin(dispatch(
+                    &*handler,
+                    &mut ws.conn,
+                    input,
+                    closing,
+                    &mut messages,
+                ))
+                .await;
+                let metrics = ws.conn.route.hub.metrics();
+                metrics.received(Transport::WebSocket, messages, 0);
                 // Rare endings run in a future of their own, so their state is no part of
                 // the connection's resting state.
                 if let Some(end) = decoded {
@@ -180,7 +198,11 @@ pub(crate) fn run<H: Handler>(
 
             match ws.flush() {
                 Ok(done) => ws.write_blocked = !done,
-                Err(FlushError::Overflow(rest)) => break Box::pin(ws.slow_close(rest)).await,
+                Err(FlushError::Overflow(rest)) => {
+                    let metrics = ws.conn.route.hub.metrics();
+                    metrics.slow_consumer_closed(Transport::WebSocket);
+                    break Box::pin(ws.slow_close(rest)).await;
+                }
                 Err(FlushError::Io(e)) => {
                     tracing::debug!(error = %e, "write failed");
                     break End::Abnormal;
@@ -208,7 +230,11 @@ pub(crate) fn run<H: Handler>(
                                 None => End::Abnormal,
                             };
                         }
-                        Ok(_) => ws.conn.shared.mark_seen(),
+                        Ok(n) => {
+                            ws.conn.shared.mark_seen();
+                            let metrics = ws.conn.route.hub.metrics();
+                            metrics.received(Transport::WebSocket, 0, n as u64);
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(_) => break End::Abnormal,
                     }
@@ -250,6 +276,11 @@ async fn finish<H: Handler>(handler: &H, ws: Ws<H::State>, end: End) {
         End::Abnormal => None,
     };
     tracing::debug!(code = close.as_ref().map(|c| c.code.0), "connection closed");
+    let code = close.as_ref().map(|c| c.code.0);
+    route
+        .hub
+        .metrics()
+        .connection_closed(Transport::WebSocket, code);
     handler.on_close(&mut conn, close.as_ref()).await;
     // Rooms the handler did not leave itself (library API joins).
     for room in std::mem::take(&mut conn.rooms) {
@@ -311,6 +342,7 @@ impl<S: Send + 'static> Ws<S> {
                 return Ok(true);
             }
             let mut written = 0;
+            let mut sent = 0;
             let mut partial = false;
             let mut blocked = false;
             while !frames.is_empty() {
@@ -331,6 +363,7 @@ impl<S: Send + 'static> Ws<S> {
                             if front.len() <= n {
                                 n -= front.len();
                                 frames.pop_front();
+                                sent += 1;
                                 partial = false;
                             } else {
                                 front.advance(n);
@@ -347,6 +380,8 @@ impl<S: Send + 'static> Ws<S> {
                 }
             }
             let empty = outbound.put_back(frames, written, partial);
+            let metrics = self.conn.route.hub.metrics();
+            metrics.sent(Transport::WebSocket, sent, written as u64);
             if blocked {
                 return Ok(false);
             }
@@ -468,12 +503,13 @@ impl Input {
 }
 
 /// Decodes the buffered input and hands each message to the handler, until the bytes run out
-/// (`None`) or the input ends the connection.
+/// (`None`) or the input ends the connection. Counts the data messages in `messages`.
 async fn dispatch<H: Handler>(
     handler: &H,
     conn: &mut Connection<H::State>,
     input: &mut Input,
     closing: bool,
+    messages: &mut u64,
 ) -> Option<InputEnd> {
     loop {
         let message = match input.decoder.decode(&mut input.rbuf) {
@@ -481,6 +517,9 @@ async fn dispatch<H: Handler>(
             Ok(None) => return None,
             Err(e) => return Some(InputEnd::Error(e)),
         };
+        if matches!(message, Message::Text(_) | Message::Binary(_)) {
+            *messages += 1;
+        }
         match message {
             Message::Text(t) if !closing => handler.on_message(conn, Incoming::Text(t)).await,
             Message::Binary(b) if !closing => handler.on_message(conn, Incoming::Binary(b)).await,
@@ -490,7 +529,11 @@ async fn dispatch<H: Handler>(
                     conn.send(OpCode::Pong, &p);
                 }
             }
-            Message::Pong(_) => {}
+            Message::Pong(p) => {
+                if let Some(rtt) = crate::metrics::ping_rtt(&p) {
+                    conn.route.hub.metrics().observe_ping_rtt(rtt);
+                }
+            }
             Message::Close(frame) => return Some(InputEnd::Close(frame)),
         }
     }
