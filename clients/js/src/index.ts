@@ -603,7 +603,10 @@ export class Switchboard extends Emitter<ClientEvents> {
   }
 
   private detach(ws: WebSocket): void {
-    ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    // Closing a socket that is still connecting reports an error (the `ws` package throws it
+    // when nobody listens): nothing to do with it.
+    ws.onerror = noop;
   }
 
   /** The connection ended: requeue what may be resent, then reconnect or stop. */
