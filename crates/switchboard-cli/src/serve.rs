@@ -86,6 +86,8 @@ async fn serve(mut config: Config, has_file: bool) -> Result<bool, Box<dyn std::
         if config.auth.secret.is_none() {
             config.auth.secret = Some(secret);
         }
+        // Decided here, where it is known: the node serves the demo and its token endpoint.
+        config.dev = Some(true);
         tracing::warn!(
             secret_file = %path.display(),
             "development mode: no configuration given; tokens are signed with the generated secret \

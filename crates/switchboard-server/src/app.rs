@@ -48,6 +48,11 @@ impl Node {
         for r in self.routes() {
             b = b.route(r);
         }
+        // The demo page: in development mode (its token endpoint only there) or when asked for.
+        let dev = c.dev == Some(true);
+        if dev || c.demo {
+            b = b.http(crate::demo::router(c.auth.secret.clone().filter(|_| dev)));
+        }
         b
     }
 }

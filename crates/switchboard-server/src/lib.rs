@@ -23,6 +23,7 @@ pub mod broker;
 pub mod builtin;
 pub mod config;
 pub mod conn;
+pub mod demo;
 mod error;
 pub mod handler;
 pub mod hub;
