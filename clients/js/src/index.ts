@@ -415,6 +415,7 @@ export class Switchboard extends Emitter<ClientEvents> {
     const wasOpen = this.state !== 'disconnected';
     this.generation++;
     clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
     clearTimeout(this.refreshTimer);
     this.sse?.abort();
     this.sse = undefined;

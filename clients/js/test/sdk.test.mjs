@@ -182,6 +182,7 @@ describe('requests', () => {
     f.connect().catch(() => {});
     await assert.rejects(f.presence(room()), { code: 'disconnected' });
     f.close();
+    await assert.rejects(f.publish(room(), 1), { code: 'disconnected' }, 'after close() nothing waits');
   });
 
   test('commands issued while connecting are sent after the welcome, after the subscriptions', { timeout: TIMEOUT }, async () => {
