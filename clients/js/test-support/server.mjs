@@ -3,7 +3,7 @@
 // there. Kept outside test/ so that `node --test test/` does not run it as a test.
 import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -56,7 +56,9 @@ export async function startServer(settings = {}) {
     }
     if (Date.now() > deadline) throw new Error(`the server did not answer /healthz in time:\n${log}`);
   }
-  const secret = readFileSync(join(dir, '.switchboard/dev-secret'), 'utf8').trim();
+  // Development mode keeps its secret there; a configured server's is in its settings.
+  const secret =
+    settings.SWITCHBOARD_AUTH__SECRET ?? readFileSync(join(dir, '.switchboard/dev-secret'), 'utf8').trim();
   return {
     port,
     http,
@@ -68,6 +70,7 @@ export async function startServer(settings = {}) {
         child.kill('SIGTERM');
         await exited;
       }
+      rmSync(dir, { recursive: true, force: true });
       if (/panicked at/.test(log)) throw new Error(`the server panicked:\n${log}`);
     },
   };
