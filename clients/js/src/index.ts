@@ -367,6 +367,8 @@ export class Switchboard extends Emitter<ClientEvents> {
   private retryTimer: ReturnType<typeof setTimeout> | undefined;
   private refreshTimer: ReturnType<typeof setTimeout> | undefined;
   private refreshing = false;
+  private liveness: ReturnType<typeof setInterval> | undefined;
+  private lastSeen = 0;
   private waiters: Array<{ resolve: (w: Welcome) => void; reject: (e: Error) => void }> = [];
   private generation = 0;
 
@@ -417,6 +419,7 @@ export class Switchboard extends Emitter<ClientEvents> {
     clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     clearTimeout(this.refreshTimer);
+    clearInterval(this.liveness);
     this.sse?.abort();
     this.sse = undefined;
     if (this.ws) {
@@ -578,6 +581,7 @@ export class Switchboard extends Emitter<ClientEvents> {
     let opened = false;
     ws.onopen = () => (opened = true);
     ws.onmessage = (event: MessageEvent) => {
+      this.lastSeen = Date.now();
       let message: Record<string, unknown>;
       try {
         message = JSON.parse(String(event.data));
@@ -613,6 +617,7 @@ export class Switchboard extends Emitter<ClientEvents> {
   /** The connection ended: requeue what may be resent, then reconnect or stop. */
   private dropped(info: CloseInfo, wasConnected: boolean): void {
     clearTimeout(this.refreshTimer);
+    clearInterval(this.liveness);
     this.refreshing = false;
     this.welcome = undefined;
     const requeue: Pending[] = [];
@@ -652,6 +657,7 @@ export class Switchboard extends Emitter<ClientEvents> {
     this.state = 'connected';
     this.attempt = 0;
     this.scheduleRefresh(w.expires);
+    if (this.o.transport !== 'sse') this.watch(w.ping_interval);
     this.emit('connected', w);
     for (const waiter of this.waiters.splice(0)) waiter.resolve(w);
   }
@@ -727,6 +733,28 @@ export class Switchboard extends Emitter<ClientEvents> {
         sub.refused(e);
       },
     );
+  }
+
+  /** Browsers cannot see WebSocket pings, and a connection whose network vanished may never
+   * report it: an application ping every `ping_interval` (it also keeps the server's idle
+   * timeout away), and a connection from which nothing arrived for two intervals is given up
+   * and replaced (docs/protocol.md 3). */
+  private watch(pingInterval: number): void {
+    clearInterval(this.liveness);
+    const every = Math.max(1, pingInterval || 25) * 1000;
+    this.lastSeen = Date.now();
+    this.liveness = setInterval(() => {
+      const ws = this.ws;
+      if (!ws || this.state !== 'connected') return;
+      if (Date.now() - this.lastSeen > 2 * every) {
+        this.ws = undefined;
+        this.detach(ws);
+        ws.close();
+        this.dropped(closeInfo(1006, 'nothing received from the server for two ping intervals', true), true);
+        return;
+      }
+      this.send({ type: 'ping' });
+    }, every);
   }
 
   private scheduleRefresh(expires: number | null): void {

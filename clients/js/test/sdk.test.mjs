@@ -130,6 +130,36 @@ describe('reconnect and recovery', () => {
   });
 });
 
+describe('liveness', () => {
+  test('a connection that goes silent is given up after two ping intervals and replaced', { timeout: TIMEOUT }, async () => {
+    // A server that announces a 1 s ping interval; the network then drops everything the
+    // server sends (no close, no reset), as a vanished network does.
+    const quick = await startServer({ SWITCHBOARD_WEBSOCKET__PING_INTERVAL: '1s' });
+    let silent = false;
+    const c = new Switchboard(quick.ws, {
+      token: quick.token('alice'),
+      WebSocket: faultyWebSocket({ incoming: () => !silent }),
+      minDelay: 50,
+      random: () => 0.5,
+    });
+    try {
+      const first = await c.connect();
+      assert.equal(first.ping_interval, 1);
+      silent = true;
+      const info = await once(c, 'disconnected');
+      assert.equal(info.code, 1006);
+      assert.equal(info.reconnect, true);
+      assert.match(info.reason, /two ping intervals/);
+      silent = false;
+      const second = await once(c, 'connected');
+      assert.notEqual(second.connection, first.connection);
+    } finally {
+      c.close();
+      await quick.stop();
+    }
+  });
+});
+
 describe('requests', () => {
   test('presence, history, join and leave, ephemeral publications and errors', { timeout: TIMEOUT }, async () => {
     const r = room();
