@@ -98,6 +98,7 @@ async fn serve(mut config: Config, has_file: bool) -> Result<bool, Box<dyn std::
     let echo = config.echo.path.clone();
     let ws_path = config.websocket.path.clone();
     let json = config.log.format == LogFormat::Json;
+    let demo = config.demo || config.dev == Some(true);
     let node = Node::new(config)?;
     // Before the port opens: a SIGTERM from then on shuts down gracefully.
     let signal = shutdown_signal();
@@ -115,5 +116,8 @@ async fn serve(mut config: Config, has_file: bool) -> Result<bool, Box<dyn std::
         format = if json { "json" } else { "text" },
         "listening"
     );
+    if demo {
+        tracing::info!("demo chat page: open http://{addr}/ in two browser tabs");
+    }
     Ok(server.run(signal).await)
 }
