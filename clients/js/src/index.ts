@@ -759,7 +759,8 @@ export class Switchboard extends Emitter<ClientEvents> {
 
   private scheduleRefresh(expires: number | null): void {
     clearTimeout(this.refreshTimer);
-    if (expires === null || !this.o.getToken) return;
+    // A listen-only stream has no `refresh`: it gets its new token when it reconnects.
+    if (expires === null || !this.o.getToken || this.o.transport === 'sse') return;
     const ms = Math.max(0, (expires - this.o.refreshBefore) * 1000 - Date.now());
     // Timers beyond 2^31 ms fire at once; such tokens are refreshed when the server asks.
     if (ms < 2 ** 31) this.refreshTimer = setTimeout(() => void this.refresh(), ms);

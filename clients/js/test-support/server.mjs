@@ -31,9 +31,11 @@ function freePort() {
  * Starts the server with extra settings (SWITCHBOARD_KEY: value) and resolves once /healthz
  * answers. Returns { port, http, ws, token(user, ttlSeconds?), stop(), log() }.
  */
-export async function startServer(settings = {}) {
-  const dir = mkdtempSync(join(tmpdir(), 'switchboard-js-'));
-  const port = await freePort();
+export async function startServer(settings = {}, reuse = {}) {
+  // `reuse` ({ dir, port } of a stopped server) restarts a server in place: same port, same
+  // development secret, a new process (and so new epochs).
+  const dir = reuse.dir ?? mkdtempSync(join(tmpdir(), 'switchboard-js-'));
+  const port = reuse.port ?? (await freePort());
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('SWITCHBOARD_')));
   let log = '';
   const child = spawn(BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--echo', '/echo'], {
@@ -61,16 +63,17 @@ export async function startServer(settings = {}) {
     settings.SWITCHBOARD_AUTH__SECRET ?? readFileSync(join(dir, '.switchboard/dev-secret'), 'utf8').trim();
   return {
     port,
+    dir,
     http,
     ws: `ws://127.0.0.1:${port}/ws`,
     token: (user, ttl) => mint(secret, user, ttl),
     log: () => log,
-    async stop() {
+    async stop({ keep = false } = {}) {
       if (child.exitCode === null) {
         child.kill('SIGTERM');
         await exited;
       }
-      rmSync(dir, { recursive: true, force: true });
+      if (!keep) rmSync(dir, { recursive: true, force: true });
       if (/panicked at/.test(log)) throw new Error(`the server panicked:\n${log}`);
     },
   };

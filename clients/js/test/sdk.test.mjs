@@ -160,6 +160,35 @@ describe('liveness', () => {
   });
 });
 
+describe('a restarted server', () => {
+  test('the epoch changed: every subscription gets reset after the reconnect', { timeout: TIMEOUT }, async () => {
+    let own = await startServer();
+    const r = room();
+    const c = new Switchboard(own.ws, { token: own.token('alice'), WebSocket: faultyWebSocket(), minDelay: 50, maxDelay: 200 });
+    try {
+      await c.connect();
+      const sub = c.subscribe(r);
+      const first = await sub.ready;
+      await c.publish(r, 'before');
+      await until(sub, 'message', () => sub.offset === 1);
+      const going = once(c, 'disconnected');
+      await own.stop({ keep: true });
+      assert.equal((await going).code, 1001, 'closed with going_away by the shutdown');
+      const reset = once(sub, 'reset');
+      own = await startServer({}, { dir: own.dir, port: own.port });
+      const info = await reset;
+      assert.notEqual(info.epoch, first.epoch);
+      assert.equal(info.offset, 0);
+      const got = once(sub, 'message');
+      await c.publish(r, 'after');
+      assert.deepEqual({ data: (await got).data, offset: sub.offset }, { data: 'after', offset: 1 });
+    } finally {
+      c.close();
+      await own.stop();
+    }
+  });
+});
+
 describe('requests', () => {
   test('presence, history, join and leave, ephemeral publications and errors', { timeout: TIMEOUT }, async () => {
     const r = room();
