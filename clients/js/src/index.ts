@@ -461,8 +461,9 @@ export class Switchboard extends Emitter<ClientEvents> {
       return;
     }
     if (this.state === 'connected') {
+      // A connection that ends meanwhile ends the subscription on the server too.
       await this.request({ type: 'unsubscribe', room }, false).catch((e: SwitchboardError) => {
-        if (e.code !== 'not_subscribed') throw e;
+        if (!['not_subscribed', 'disconnected', 'closed'].includes(e.code)) throw e;
       });
     }
   }
