@@ -245,7 +245,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   }
 
   /** `presence` of this room. */
-  presence(options?: { cursor?: string; limit?: number }): Promise<PresenceResult> {
+  presence(options?: PresenceOptions): Promise<PresenceResult> {
     return this.client.presence(this.room, options);
   }
 
@@ -326,8 +326,16 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   }
 }
 
+/** Per-command overrides of the client's `timeout` and `offline` options. */
+export interface CallOptions {
+  /** Milliseconds this command may take, offline wait included. */
+  timeout?: number;
+  /** While disconnected: `queue` (wait for the connection) or `fail` (reject at once). */
+  offline?: 'queue' | 'fail';
+}
+
 /** Options of `publish`. */
-export interface PublishOptions {
+export interface PublishOptions extends CallOptions {
   /** Not stored, not numbered, never recovered (typing indicators). */
   ephemeral?: boolean;
   /** Makes retries safe; the client makes one for every stored publish when not given. */
@@ -336,8 +344,14 @@ export interface PublishOptions {
   echo?: boolean;
 }
 
+/** Options of `presence`. */
+export interface PresenceOptions extends CallOptions {
+  cursor?: string;
+  limit?: number;
+}
+
 /** Options of `history`. */
-export interface HistoryOptions {
+export interface HistoryOptions extends CallOptions {
   since?: Position;
   limit?: number;
   reverse?: boolean;
@@ -475,28 +489,31 @@ export class Switchboard extends Emitter<ClientEvents> {
     if (options.ephemeral) command.ephemeral = true;
     else command.idempotency_key = options.idempotencyKey ?? randomKey();
     if (options.echo === false) command.echo = false;
-    return this.request(command, !options.ephemeral);
+    return this.request(command, !options.ephemeral, options);
   }
 
   /** Who is subscribed to `room` (one page). */
-  presence(room: string, options: { cursor?: string; limit?: number } = {}): Promise<PresenceResult> {
-    return this.request({ type: 'presence', room, ...options }, true);
+  presence(room: string, options: PresenceOptions = {}): Promise<PresenceResult> {
+    const { timeout, offline, ...fields } = options;
+    return this.request({ type: 'presence', room, ...fields }, true, { timeout, offline });
   }
 
   /** The retained publications of `room`. */
   history(room: string, options: HistoryOptions = {}): Promise<HistoryResult> {
-    return this.request({ type: 'history', room, ...options }, true);
+    const { timeout, offline, ...fields } = options;
+    return this.request({ type: 'history', room, ...fields }, true, { timeout, offline });
   }
 
   /** Calls `method` of the application backend (docs/protocol.md 5.1); resolves with its `data`. */
-  async rpc(method: string, data?: unknown): Promise<unknown> {
-    const r = await this.request<{ data: unknown }>({ type: 'rpc', method, data: data ?? null }, false);
+  async rpc(method: string, data?: unknown, options?: CallOptions): Promise<unknown> {
+    const r = await this.request<{ data: unknown }>({ type: 'rpc', method, data: data ?? null }, false, options);
     return r.data;
   }
 
   /** Sends a command with an id; resolves with its `result`. `retry`: resent after a reconnect
    * when the connection dropped before the answer (reads, and publishes with their key). */
-  private request<T>(command: Record<string, unknown>, retry: boolean): Promise<T> {
+  private request<T>(command: Record<string, unknown>, retry: boolean, call: CallOptions = {}): Promise<T> {
+    const timeout = call.timeout ?? this.o.timeout;
     return new Promise<T>((resolve, reject) => {
       if (this.o.transport === 'sse') {
         return reject(new SwitchboardError('listen_only', `'${command.type}' needs the websocket transport`));
@@ -505,7 +522,7 @@ export class Switchboard extends Emitter<ClientEvents> {
         return reject(new SwitchboardError('disconnected', 'not connected: call connect() first'));
       }
       const connected = this.state === 'connected';
-      if (!connected && this.o.offline === 'fail') {
+      if (!connected && (call.offline ?? this.o.offline) === 'fail') {
         return reject(new SwitchboardError('disconnected', `not connected (${this.state})`));
       }
       if (!connected && this.queue.length >= this.o.queueLimit) {
@@ -520,8 +537,8 @@ export class Switchboard extends Emitter<ClientEvents> {
           const i = this.queue.indexOf(pending);
           if (i >= 0) this.queue.splice(i, 1);
           for (const [id, p] of this.inflight) if (p === pending) this.inflight.delete(id);
-          reject(new SwitchboardError('timeout', `'${command.type}' was not answered within ${this.o.timeout} ms`));
-        }, this.o.timeout),
+          reject(new SwitchboardError('timeout', `'${command.type}' was not answered within ${timeout} ms`));
+        }, timeout),
       };
       if (connected) this.transmit(pending);
       else this.queue.push(pending);

@@ -242,6 +242,12 @@ describe('requests', () => {
     await assert.rejects(f.presence(room()), { code: 'disconnected' });
     f.close();
     await assert.rejects(f.publish(room(), 1), { code: 'disconnected' }, 'after close() nothing waits');
+    // Per command: this one fails at once, that one waits (and times out on its own timeout).
+    const g = client('alice', { url: nowhere });
+    g.connect().catch(() => {});
+    await assert.rejects(g.history(room(), { offline: 'fail' }), { code: 'disconnected' });
+    await assert.rejects(g.publish(room(), 1, { timeout: 100 }), { code: 'timeout', message: /100 ms/ });
+    g.close();
   });
 
   test('commands issued while connecting are sent after the welcome, after the subscriptions', { timeout: TIMEOUT }, async () => {
