@@ -86,6 +86,8 @@ async fn serve(mut config: Config, has_file: bool) -> Result<bool, Box<dyn std::
         if config.auth.secret.is_none() {
             config.auth.secret = Some(secret);
         }
+        // Decided here, where it is known: the node serves the demo and its token endpoint.
+        config.dev = Some(true);
         tracing::warn!(
             secret_file = %path.display(),
             "development mode: no configuration given; tokens are signed with the generated secret \
@@ -114,6 +116,7 @@ async fn serve(mut config: Config, has_file: bool) -> Result<bool, Box<dyn std::
     let echo = config.echo.path.clone();
     let ws_path = config.websocket.path.clone();
     let json = config.log.format == LogFormat::Json;
+    let demo = config.demo || config.dev == Some(true);
     let node = Node::new(config)?;
     // Before the port opens: a SIGTERM from then on shuts down gracefully.
     let signal = shutdown_signal();
@@ -131,5 +134,8 @@ async fn serve(mut config: Config, has_file: bool) -> Result<bool, Box<dyn std::
         format = if json { "json" } else { "text" },
         "listening"
     );
+    if demo {
+        tracing::info!("demo chat page: open http://{addr}/ in two browser tabs");
+    }
     Ok(server.run(signal).await)
 }

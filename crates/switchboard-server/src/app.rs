@@ -52,6 +52,11 @@ impl Node {
         if c.sse.enabled {
             b = b.http(crate::transport::sse::router(self.clone()));
         }
+        // The demo page: in development mode (its token endpoint only there) or when asked for.
+        let dev = c.dev == Some(true);
+        if dev || c.demo {
+            b = b.http(crate::demo::router(c.auth.secret.clone().filter(|_| dev)));
+        }
         b.http(crate::http::api::router(self.clone()))
     }
 }

@@ -24,6 +24,8 @@ pub struct Config {
     /// Development mode: a generated secret kept in a file, anonymous-friendly defaults and a
     /// loud log line saying so. On by default only when no configuration is given at all.
     pub dev: Option<bool>,
+    /// Serve the demo chat page at `/` (always on in development mode). Default false.
+    pub demo: bool,
     /// Logging.
     pub log: LogConfig,
     /// The WebSocket transport defaults, shared by every route unless a route overrides them.
@@ -59,6 +61,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             listen_backlog: 1024,
             dev: None,
+            demo: false,
             log: LogConfig::default(),
             websocket: WebSocketConfig::default(),
             sse: SseConfig::default(),

@@ -8,7 +8,8 @@
 //!
 //! The layers, each importing only those below it:
 //! - surfaces: [`v1`] (the standalone protocol), [`builtin`] (echo, raw fan-out), [`app`]
-//!   (routes and server assembly), [`server`] (listener, health, shutdown);
+//!   (routes and server assembly), [`server`] (listener, health, shutdown), [`demo`] (the demo
+//!   chat page and the development token endpoint);
 //! - the library API: [`handler`] ([`Handler`], [`Connection`]) and [`route`];
 //! - the service: [`node`] ([`Node`]: every operation a surface may ask for) and [`access`]
 //!   (who may do what);
@@ -23,6 +24,7 @@ pub mod broker;
 pub mod builtin;
 pub mod config;
 pub mod conn;
+pub mod demo;
 mod error;
 pub mod handler;
 pub mod http;
