@@ -291,6 +291,14 @@ async fn call(State(api): State<Shared>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let endpoint = req.extensions().get::<MatchedPath>().cloned();
     let endpoint = endpoint.as_ref().map_or("(unknown)", MatchedPath::as_str);
+    // The metrics label: the route's own static path (never the request's), or "(unknown)".
+    let label: &'static str = routes()
+        .into_iter()
+        .map(|(_, p)| p)
+        .find(|p| *p == endpoint)
+        .unwrap_or("(unknown)");
+    let started = std::time::Instant::now();
+    let metrics = api.node.metrics();
     let path = req.uri().path();
     let key = if path == OPENAPI_PATH || path == "/openapi.json" {
         "-"
@@ -299,12 +307,14 @@ async fn call(State(api): State<Shared>, req: Request, next: Next) -> Response {
             Ok(name) => name,
             Err(e) => {
                 let response = e.into_response();
+                metrics.api_call(label, response.status().as_u16(), None);
                 tracing::info!(%method, endpoint, status = response.status().as_u16(), "api call refused: no valid key");
                 return response;
             }
         }
     };
     let response = next.run(req).await;
+    metrics.api_call(label, response.status().as_u16(), Some(started.elapsed()));
     tracing::debug!(
         %method,
         endpoint,

@@ -204,6 +204,8 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
         user: user.clone(),
         rooms: Vec::new(),
     };
+    node.metrics()
+        .connection_opened(crate::metrics::Transport::Sse);
     if closing {
         return refusal_response(Refusal::unavailable(
             "shutting_down",
@@ -376,6 +378,10 @@ struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        // A stream has no close code: its end counts as `abnormal` (the TCP stream ended).
+        self.node
+            .metrics()
+            .connection_closed(crate::metrics::Transport::Sse, None);
         self.conn.outbound.close();
         self.registry.remove(&self.conn);
         self.node.hub().remove_connection(&self.user.id, &self.conn);
