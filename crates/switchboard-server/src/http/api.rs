@@ -530,7 +530,8 @@ pub struct PresenceRequest {
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// Page size: default 100, clamped to 1–1000.
-    #[schema(minimum = 0, maximum = 4294967295_u64)]
+    // int64: utoipa says int32 for u32, which validators read as a bound of 2^31 - 1.
+    #[schema(format = Int64, minimum = 0, maximum = 4294967295_u64)]
     pub limit: Option<u32>,
 }
 
@@ -570,7 +571,8 @@ pub struct HistoryRequest {
     /// Only publications after this position (of the room's current epoch).
     pub since: Option<Position>,
     /// At most this many (default and maximum: the namespace's `history_size`; clamped).
-    #[schema(minimum = 0, maximum = 4294967295_u64)]
+    // int64: utoipa says int32 for u32, which validators read as a bound of 2^31 - 1.
+    #[schema(format = Int64, minimum = 0, maximum = 4294967295_u64)]
     pub limit: Option<u32>,
     /// Newest first.
     #[serde(default)]
