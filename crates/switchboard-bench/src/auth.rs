@@ -26,6 +26,9 @@ pub trait TokenIssuer: fmt::Debug + Send + Sync {
 
     /// The secret kept in the file at `path` (which exists).
     fn read_secret(&self, path: &Path) -> io::Result<String>;
+
+    /// Where a server in development mode keeps its server API key (`bench fanout --mode api`).
+    fn dev_api_key_path(&self) -> PathBuf;
 }
 
 /// Authentication of protocol connections.

@@ -10,6 +10,12 @@
 //!   connection joins one room and an event `m` from one member goes to every other member
 //!   (`socket.to(room).emit("m", data)`); publishers send `42["m",<data object>]`.
 //!
+//! - `api` mode: subscribers as in `protocol` mode, publishers are keep-alive HTTP/1.1
+//!   connections of the server API sending `POST /api/publish` with the same data object
+//!   (`--window` requests pipelined per connection, default 1; `--api-key`, else
+//!   `$SWITCHBOARD_API_KEY`, else the development key file). With `--subscribers 0` it measures
+//!   the API alone: publishes/s and request-to-response latency.
+//!
 //! In raw mode nothing tells a client when the server has made it a member of the broadcast
 //! (a route may join it after the handshake), so before the run starts every publisher sends
 //! membership probes (`{"probe":p}`) every 20 ms until every subscriber has seen one from every
@@ -36,9 +42,10 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::{
+    api::{self, ApiConn},
     auth::{Auth, AuthArgs, TokenIssuer},
     conn::{Conn, ConnError},
-    engine::{Counters, Pacer, ThreadCtx},
+    engine::{Counters, Pacer, ThreadCtx, Totals},
     payload::{self, Kind, StampFinder},
     plan::{self, CommonArgs, Plan},
     report,
@@ -54,6 +61,8 @@ pub(crate) enum Mode {
     Protocol,
     /// A raw broadcast route: every message goes to every other connection.
     Raw,
+    /// Subscribers as in `protocol`, publishers on the server API (`POST /api/publish`).
+    Api,
 }
 
 /// How subscribers receive (publishers always use the WebSocket v1 protocol).
@@ -65,10 +74,11 @@ pub(crate) enum Transport {
     Sse,
 }
 
-/// A connection of the run: WebSocket, or an SSE subscriber's stream.
+/// A connection of the run: WebSocket, an SSE subscriber's stream, or an API publisher.
 enum Endpoint {
     Ws(Conn),
     Sse(SseConn),
+    Api(ApiConn),
 }
 
 /// Options of `bench fanout`.
@@ -78,7 +88,7 @@ pub(crate) struct FanoutArgs {
     common: CommonArgs,
     #[command(flatten)]
     auth: AuthArgs,
-    /// Subscribers.
+    /// Subscribers (0 only with --mode api: the API alone).
     #[arg(long, short = 'n', default_value_t = 100)]
     subscribers: usize,
     /// Publishers.
@@ -109,6 +119,15 @@ pub(crate) struct FanoutArgs {
     /// (`/sse` beside the URL's path), publishers still on WebSocket.
     #[arg(long, value_enum, default_value_t = Transport::Ws)]
     transport: Transport,
+    /// The server API key (--mode api). Default: $SWITCHBOARD_API_KEY, else the development
+    /// key file beside the development secret (.switchboard/dev-api-key).
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "SWITCHBOARD_API_KEY",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
 }
 
 /// How a publisher learns that its publications arrived: the subscriber that tracks it
@@ -131,6 +150,8 @@ struct Params {
     room: String,
     transport: Transport,
     auth: Auth,
+    /// The server API key (api mode).
+    api_key: String,
     trackers: Vec<Tracker>,
     /// (subscriber, publisher) pairs whose membership probe arrived (raw mode).
     members: AtomicU64,
@@ -144,22 +165,30 @@ const MAX_BUFFERED: usize = 8 << 20;
 
 /// Runs `bench fanout`.
 pub(crate) fn run(args: FanoutArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<ExitCode, String> {
-    if args.subscribers == 0 || args.publishers == 0 {
-        return Err("--subscribers and --publishers must be at least 1".into());
+    if args.publishers == 0 {
+        return Err("--publishers must be at least 1".into());
+    }
+    if args.subscribers == 0 && args.mode != Mode::Api {
+        return Err(
+            "--subscribers must be at least 1 (0 is for --mode api: the server API alone)".into(),
+        );
     }
     if let Some(r) = args.rate
         && !(r.is_finite() && r > 0.0)
     {
         return Err("--rate must be positive".into());
     }
-    let window = args.window.unwrap_or(16).max(1);
-    if args.mode == Mode::Protocol {
+    // An API connection answers one request at a time: in flight beyond that is pipelined.
+    let default_window = if args.mode == Mode::Api { 1 } else { 16 };
+    let window = args.window.unwrap_or(default_window).max(1);
+    if args.mode != Mode::Raw {
         switchboard_protocol::wire::validate_room(&args.room)
             .map_err(|e| format!("--room {:?}: {e}", args.room))?;
     }
-    if args.transport == Transport::Sse && args.mode != Mode::Protocol {
+    if args.transport == Transport::Sse && args.mode == Mode::Raw {
         return Err(
-            "--transport sse needs --mode protocol (SSE streams are rooms of the v1 protocol)"
+            "--transport sse needs --mode protocol or api (SSE streams are rooms of the v1 \
+             protocol)"
                 .into(),
         );
     }
@@ -167,7 +196,7 @@ pub(crate) fn run(args: FanoutArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<Exi
         return Err("--socketio needs --mode raw (Socket.IO is not the v1 protocol)".into());
     }
     let default_url = match args.mode {
-        Mode::Protocol => "ws://127.0.0.1:8080/ws",
+        Mode::Protocol | Mode::Api => "ws://127.0.0.1:8080/ws",
         Mode::Raw if args.socketio => socketio::DEFAULT_URL,
         Mode::Raw => "ws://127.0.0.1:8080/fanout",
     };
@@ -175,8 +204,16 @@ pub(crate) fn run(args: FanoutArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<Exi
     let plan = Plan::new(args.common, default_url, total)?.with_socketio(args.socketio)?;
     let auth = match args.mode {
         Mode::Protocol => Auth::resolve(&args.auth, true, tokens)?,
+        Mode::Api => Auth::resolve(&args.auth, args.subscribers > 0, tokens)?,
         Mode::Raw => Auth::resolve(&args.auth, false, tokens)?,
     };
+    let api_key = match args.mode {
+        Mode::Api => api_key(args.api_key.as_deref(), tokens)?,
+        _ => String::new(),
+    };
+    // Without subscribers the run counts answered publishes instead of deliveries.
+    let api_alone = args.subscribers == 0;
+    let counted = move |t: &Totals| if api_alone { t.commands } else { t.received };
     let auth_kind = auth.describe();
     let params = Arc::new(Params {
         mode: args.mode,
@@ -188,6 +225,7 @@ pub(crate) fn run(args: FanoutArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<Exi
         room: args.room.clone(),
         transport: args.transport,
         auth,
+        api_key,
         trackers: (0..args.publishers).map(|_| Tracker::default()).collect(),
         members: AtomicU64::new(0),
     });
@@ -203,6 +241,9 @@ pub(crate) fn run(args: FanoutArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<Exi
             async move {
                 match conn {
                     Endpoint::Sse(conn) => sse_subscriber(&ctx, conn, &params, i).await,
+                    Endpoint::Api(conn) => {
+                        api_publisher(&ctx, conn, &params, i - params.subscribers).await
+                    }
                     Endpoint::Ws(conn) if i < params.subscribers => {
                         subscriber(&ctx, conn, &params, i).await
                     }
@@ -215,23 +256,29 @@ pub(crate) fn run(args: FanoutArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<Exi
     )?;
     let (driver, setup) = driver.setup(total as u64, plan.setup_timeout(), true)?;
     let pairs = (args.subscribers * args.publishers) as u64;
-    let members = args.mode == Mode::Protocol
+    let members = args.mode != Mode::Raw
         || driver.wait_until("joining", MEMBERSHIP_TIMEOUT, |_| {
             params.members.load(Ordering::Relaxed) >= pairs
         });
-    let window_stats = driver.load(
-        plan.common.warmup,
-        plan.common.duration,
-        "deliveries/s",
-        |a, b| b.received - a.received,
-    )?;
+    let unit = if api_alone {
+        "publishes/s"
+    } else {
+        "deliveries/s"
+    };
+    let window_stats = driver.load(plan.common.warmup, plan.common.duration, unit, |a, b| {
+        counted(b) - counted(a)
+    })?;
     // Publishers notice the stop at once; then every publication sent so far should reach
     // every subscriber.
     let publishers = args.publishers as u64;
     driver.drain(Duration::from_secs(2), |t| t.stopped + t.lost >= publishers);
     let published = driver.shared.totals().sent;
-    let expected = published * args.subscribers as u64;
-    driver.drain(plan.common.drain_timeout, |t| t.received >= expected);
+    let expected = if api_alone {
+        published
+    } else {
+        published * args.subscribers as u64
+    };
+    driver.drain(plan.common.drain_timeout, |t| counted(t) >= expected);
     let outcome = driver.outcome();
     let totals = outcome.totals;
     let hist = driver.finish()?;
@@ -242,6 +289,7 @@ pub(crate) fn run(args: FanoutArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<Exi
         json!(match args.mode {
             Mode::Protocol => "protocol",
             Mode::Raw => "raw",
+            Mode::Api => "api",
         }),
     );
     p.insert("subscribers".into(), json!(args.subscribers));
@@ -275,19 +323,24 @@ pub(crate) fn run(args: FanoutArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<Exi
     result.set_outcome(&outcome, setup);
     let w = &window_stats;
     let r = &mut result.results;
-    r.throughput = round1((w.end.received - w.start.received) as f64 / w.seconds);
-    r.throughput_unit = "deliveries/s".into();
+    r.throughput = round1((counted(&w.end) - counted(&w.start)) as f64 / w.seconds);
+    r.throughput_unit = unit.into();
     r.sent = published;
     r.sent_per_s = round1((w.end.sent - w.start.sent) as f64 / w.seconds);
-    r.received = totals.received;
+    r.received = counted(&totals);
     r.expected = Some(expected);
     r.delivery_ratio = Some(if expected == 0 {
         0.0
     } else {
-        totals.received as f64 / expected as f64
+        counted(&totals) as f64 / expected as f64
     });
     r.out_of_order = totals.out_of_order;
-    r.latency_kind = "publish_to_deliver".into();
+    r.latency_kind = if api_alone {
+        "publish_to_response"
+    } else {
+        "publish_to_deliver"
+    }
+    .into();
     r.latency_us = Latency::from_ns(&hist.latency);
     let asked = args.rate;
     result.check(if asked.is_some() {
@@ -324,13 +377,19 @@ async fn setup(
             .await
             .map(Endpoint::Sse);
     }
+    if params.mode == Mode::Api && i >= params.subscribers {
+        let _permit = limit.acquire().await;
+        return ApiConn::open(plan.target(i), api::PUBLISH_PATH, &params.api_key)
+            .await
+            .map(Endpoint::Api);
+    }
     let read_buffer = if i < params.subscribers {
         plan.busy_read_buffer()
     } else {
         16 * 1024
     };
     let mut conn = plan::open(plan, i, &params.auth, read_buffer, limit).await?;
-    if params.mode == Mode::Protocol {
+    if params.mode != Mode::Raw {
         plan::subscribe(&mut conn, &params.room, 1).await?;
     }
     Ok(Endpoint::Ws(conn))
@@ -408,7 +467,7 @@ async fn subscriber(
     let tracked: Vec<usize> = (0..params.publishers)
         .filter(|p| p % params.subscribers == index)
         .collect();
-    let protocol = params.mode == Mode::Protocol;
+    let protocol = params.mode != Mode::Raw;
     // The publishers whose membership probe arrived (raw mode).
     let mut probed = vec![false; params.publishers];
     loop {
@@ -590,6 +649,113 @@ async fn publisher(
                 Counters::add(&ctx.counters.other, other);
             }
             () = tracker.notify.notified(), if pacer.is_none() => {}
+            _ = ticker.tick(), if pacer.is_some() => {}
+            () = shared.stop.cancelled(), if !stopped => {}
+        }
+    }
+}
+
+/// The server API key: the flag (or `$SWITCHBOARD_API_KEY`), else development mode's key file.
+fn api_key(given: Option<&str>, tokens: &Arc<dyn TokenIssuer>) -> Result<String, String> {
+    if let Some(key) = given {
+        return Ok(key.to_string());
+    }
+    let path = tokens.dev_api_key_path();
+    match std::fs::read_to_string(&path) {
+        Ok(key) if !key.trim().is_empty() => Ok(key.trim().to_string()),
+        _ => Err(format!(
+            "--mode api needs the server API key: pass --api-key or set SWITCHBOARD_API_KEY \
+             (a server in development mode keeps its key in {})",
+            path.display()
+        )),
+    }
+}
+
+/// Publishes through the server API until the stop, `window` requests in flight (pipelined);
+/// without subscribers, an answered publish is the run's unit and its latency is measured.
+async fn api_publisher(
+    ctx: &ThreadCtx,
+    mut conn: ApiConn,
+    params: &Params,
+    index: usize,
+) -> Result<(), ConnError> {
+    let shared = &ctx.shared;
+    let alone = params.subscribers == 0;
+    let mut body_prefix = b"{\"room\":".to_vec();
+    body_prefix.extend_from_slice(&serde_json::to_vec(&params.room).unwrap_or_default());
+    body_prefix.extend_from_slice(b",\"data\":");
+    // Send times of the requests in flight, oldest first (answers come in order).
+    let mut in_flight = std::collections::VecDeque::with_capacity(params.window as usize);
+    shared.go.cancelled().await;
+    let mut seq = 0u64;
+    let mut stopped = false;
+    let mut pacer = params
+        .rate_per_publisher
+        .map(|r| Pacer::new(shared.now_ns(), r));
+    let mut ticker = tokio::time::interval(pacer.map_or(Duration::from_secs(3600), |p| p.tick()));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut publish = |conn: &mut ApiConn, in_flight: &mut std::collections::VecDeque<u64>, t| {
+        conn.queue(|b| {
+            b.extend_from_slice(&body_prefix);
+            payload::put_data(b, t, index as u64, seq, params.size);
+            b.push(b'}');
+        });
+        in_flight.push_back(t);
+        seq += 1;
+    };
+    loop {
+        if !shared.stopping() && conn.pending_len() < MAX_BUFFERED {
+            let now = shared.now_ns();
+            let before = in_flight.len();
+            match &mut pacer {
+                None => {
+                    while (in_flight.len() as u64) < params.window {
+                        publish(&mut conn, &mut in_flight, now);
+                    }
+                }
+                Some(p) => {
+                    for _ in 0..p.due(now) {
+                        let t = p.next(now);
+                        publish(&mut conn, &mut in_flight, t);
+                    }
+                }
+            }
+            Counters::add(&ctx.counters.sent, (in_flight.len() - before) as u64);
+            conn.flush().await?;
+        }
+        if shared.stopping() && !stopped {
+            stopped = true;
+            Counters::add(&ctx.counters.stopped, 1);
+        }
+        tokio::select! {
+            r = conn.read_some() => {
+                r?;
+                let now = shared.now_ns();
+                let measuring = shared.measuring();
+                let (mut answered, mut errors) = (0u64, 0u64);
+                while let Some(answer) = conn.next_answer()? {
+                    let sent = in_flight.pop_front().unwrap_or(now);
+                    if answer.status == 200 {
+                        answered += 1;
+                        if alone && measuring {
+                            ctx.latency.borrow_mut().saturating_record(now.saturating_sub(sent));
+                        }
+                    } else {
+                        errors += 1;
+                        let body = &conn.bytes()[answer.body];
+                        let status = answer.status;
+                        shared.note_error(|| {
+                            format!(
+                                "POST {}: {status} {}",
+                                api::PUBLISH_PATH,
+                                String::from_utf8_lossy(&body[..body.len().min(300)])
+                            )
+                        });
+                    }
+                }
+                Counters::add(&ctx.counters.commands, answered);
+                Counters::add(&ctx.counters.errors, errors);
+            }
             _ = ticker.tick(), if pacer.is_some() => {}
             () = shared.stop.cancelled(), if !stopped => {}
         }

@@ -25,6 +25,7 @@ use std::{process::ExitCode, sync::Arc};
 
 use clap::{Args, Subcommand};
 
+mod api;
 mod auth;
 mod chart;
 mod conn;

@@ -183,4 +183,8 @@ impl switchboard_bench::TokenIssuer for BenchTokens {
         // The file exists (the bench checks first), so this only reads it.
         auth::load_or_create_dev_secret(path)
     }
+
+    fn dev_api_key_path(&self) -> PathBuf {
+        switchboard_server::http::api::dev_api_key_path()
+    }
 }

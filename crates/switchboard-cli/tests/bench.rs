@@ -178,6 +178,91 @@ fn protocol_fanout_delivers_every_publication_to_every_subscriber() {
 }
 
 #[test]
+fn api_fanout_publishes_through_the_server_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("dev-secret");
+    let server = ServerProcess::start_with_env(
+        &[],
+        &[("SWITCHBOARD_DEV_SECRET_FILE", secret.to_str().unwrap())],
+    );
+    // The API key comes from the development key file beside the secret.
+    let env = [("SWITCHBOARD_DEV_SECRET_FILE", secret.as_path())];
+    let url = server.ws_url("/ws");
+    for (subscribers, transport, unit, latency) in [
+        ("0", "ws", "publishes/s", "publish_to_response"),
+        ("3", "ws", "deliveries/s", "publish_to_deliver"),
+        ("3", "sse", "deliveries/s", "publish_to_deliver"),
+    ] {
+        let json = dir
+            .path()
+            .join(format!("api-{subscribers}-{transport}.json"));
+        let out = bench(
+            &[
+                &[
+                    "fanout",
+                    "--mode",
+                    "api",
+                    "--url",
+                    &url,
+                    "--subscribers",
+                    subscribers,
+                    "--publishers",
+                    "4",
+                    "--transport",
+                    transport,
+                    "--json",
+                    json.to_str().unwrap(),
+                ][..],
+                &SHORT,
+            ]
+            .concat(),
+            &env,
+        );
+        assert!(
+            out.status.success(),
+            "{subscribers} {transport}: {}",
+            text(&out)
+        );
+        let v = read_json(&json);
+        let r = &v["results"];
+        assert_eq!(v["config"]["params"]["mode"], "api");
+        assert_eq!(r["errors"], 0, "{r}");
+        let published = r["sent"].as_u64().unwrap();
+        assert!(published > 0, "{r}");
+        let per = subscribers.parse::<u64>().unwrap().max(1);
+        assert_eq!(r["expected"].as_u64().unwrap(), published * per, "{r}");
+        assert_eq!(r["delivery_ratio"], 1.0, "{r}");
+        assert_eq!(r["out_of_order"], 0, "{r}");
+        assert_eq!(r["throughput_unit"], unit);
+        assert_eq!(r["latency_kind"], latency);
+        assert!(r["latency_us"]["count"].as_u64().unwrap() > 0, "{r}");
+    }
+    // A wrong key is every publish refused, and the run says so.
+    let out = bench(
+        &[
+            &[
+                "fanout",
+                "--mode",
+                "api",
+                "--url",
+                &url,
+                "-n",
+                "0",
+                "-p",
+                "1",
+                "--api-key",
+                "wrong",
+            ][..],
+            &SHORT,
+        ]
+        .concat(),
+        &env,
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("401"), "{}", text(&out));
+}
+
+#[test]
 fn raw_fanout_through_the_servers_broadcast_route() {
     let server = ServerProcess::start(&["--raw-fanout", "/fanout"]);
     let dir = tempfile::tempdir().unwrap();
