@@ -183,6 +183,7 @@ struct Shard {
     broker_errors: [AtomicU64; BROKER_OPS],
     broker_latency: [Histogram; BROKER_OPS],
     ping_rtt: Histogram,
+    publish_to_write: Histogram,
     /// Publications by configured namespace, the last one `other`.
     publications: Box<[AtomicU64]>,
     /// API calls by endpoint and status: bounded by the router's endpoints and statuses.
@@ -368,6 +369,12 @@ impl Metrics {
     /// A pong answered one of the sweeper's pings after `rtt`.
     pub fn observe_ping_rtt(&self, rtt: Duration) {
         self.shard().ping_rtt.observe(rtt);
+    }
+
+    /// A sampled publication was written to a member's socket `latency` after it reached the
+    /// node.
+    pub fn observe_publish_to_write(&self, latency: Duration) {
+        self.shard().publish_to_write.observe(latency);
     }
 
     /// An API call to `endpoint` (a fixed name per route, e.g. `"publish"`: never client
@@ -633,6 +640,14 @@ impl Collector for Metrics {
             MetricType::Histogram,
         )?;
         histogram(&mut m, &[], shards, |s| &s.ping_rtt)?;
+        let mut m = e.encode_descriptor(
+            "publish_to_write_seconds",
+            "From a publication reaching the node to its write to the last local member's \
+             socket, sampled (at most one publication per millisecond per dispatcher)",
+            None,
+            MetricType::Histogram,
+        )?;
+        histogram(&mut m, &[], shards, |s| &s.publish_to_write)?;
         let mut api: HashMap<(&'static str, u16), ApiCell> = HashMap::new();
         for s in shards {
             for (k, v) in s.api.lock().unwrap_or_else(|e| e.into_inner()).iter() {

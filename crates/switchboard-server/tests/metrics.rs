@@ -195,6 +195,72 @@ async fn counters_move_by_exactly_the_traffic() {
     assert!(m(&format!("switchboard_bytes_out_total{ws}")) > 0.0);
 }
 
+/// An SSE stream's events, bytes and connection are counted under `transport="sse"`, and
+/// publications delivered to it and to a WebSocket member are sampled for the
+/// publish-to-write latency.
+#[tokio::test]
+async fn sse_traffic_and_publish_to_write_are_counted() {
+    const M: usize = 5;
+    let (_node, addr) = start().await;
+    let before = scrape(addr).await;
+    let mut ws = connect(addr, "writer").await;
+    ws.send_text(r#"{"type":"subscribe","id":0,"room":"chat:feed"}"#)
+        .await
+        .unwrap();
+    assert_eq!(json(&mut ws).await["type"], "reply");
+
+    let mut sse = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET /sse?room=chat:feed HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n",
+        token("reader", SECRET)
+    );
+    sse.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut read_until = async |got: &mut Vec<u8>, what: &str, n: usize| {
+        while String::from_utf8_lossy(got).matches(what).count() < n {
+            let mut buf = [0u8; 4096];
+            let k = tokio::time::timeout(T, sse.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(k > 0, "the stream ended: {}", String::from_utf8_lossy(got));
+            got.extend_from_slice(&buf[..k]);
+        }
+    };
+    read_until(&mut got, "event: welcome", 1).await;
+
+    for n in 0..M {
+        let publish = format!(r#"{{"type":"publish","id":{n},"room":"chat:feed","data":{n}}}"#);
+        ws.send_text(&publish).await.unwrap();
+    }
+    let mut seen = 0;
+    while seen < 2 * M {
+        // M replies and M pushes, in any order.
+        let t = json(&mut ws).await["type"].clone();
+        assert!(t == "reply" || t == "message", "{t}");
+        seen += 1;
+    }
+    read_until(&mut got, r#""type":"message""#, M).await;
+
+    let after = scrape(addr).await;
+    let sse_label = r#"{transport="sse"}"#;
+    let m = |key: &str| moved(&before, &after, key);
+    assert_eq!(m(&format!("switchboard_connections{sse_label}")), 1.0);
+    assert_eq!(
+        m(&format!(
+            "switchboard_connections_accepted_total{sse_label}"
+        )),
+        1.0
+    );
+    // The welcome (with the retry line) and the M events, however they were batched.
+    let events = m(&format!("switchboard_messages_out_total{sse_label}"));
+    assert!((2.0..=(M + 1) as f64).contains(&events), "{events}");
+    assert!(m(&format!("switchboard_bytes_out_total{sse_label}")) >= got.len() as f64 / 2.0);
+    // Sampled, at most one per publication; the first publication is always sampled.
+    let samples = m("switchboard_publish_to_write_seconds_count");
+    assert!((1.0..=M as f64).contains(&samples), "{samples}");
+}
+
 /// The metric names in the dashboard's queries: `switchboard_` and the word after it.
 fn dashboard_metrics(dashboard: &serde_json::Value) -> Vec<String> {
     let mut exprs = Vec::new();

@@ -12,7 +12,7 @@ use std::{
 
 use bytes::Bytes;
 use switchboard_protocol::{PreparedMessage, frame::OpCode, wire};
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, time::Instant};
 
 use super::Hub;
 use crate::broker::{
@@ -24,9 +24,15 @@ use crate::broker::{
 /// a room afresh (what the dispatcher knew of the room's stream no longer holds).
 #[derive(Debug)]
 pub(crate) enum Dispatch {
-    Event(NodeEvent),
+    /// An event, and when it reached the node (publications only: the start of their
+    /// publish-to-write latency, which the metrics sample).
+    Event(NodeEvent, Option<Instant>),
     Reset(Arc<str>),
 }
+
+/// At most one publish-to-write sample per dispatcher per this interval: sampling keeps the
+/// histogram off the hot path and still shows any latency that lasts.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The node's [`NodeSink`]: one channel per dispatcher task, chosen by a hash of the room.
 /// Events about no one room go to the first dispatcher (commands) or to all (a loss of every
@@ -68,15 +74,16 @@ impl NodeSink for Dispatchers {
         match event.room() {
             Some(room) => {
                 let i = self.index(room);
-                let _ = self.senders[i].send(Dispatch::Event(event));
+                let at = matches!(event, NodeEvent::Publication(_)).then(Instant::now);
+                let _ = self.senders[i].send(Dispatch::Event(event, at));
             }
             None if matches!(event, NodeEvent::Lost { room: None }) => {
                 for sender in self.senders.iter() {
-                    let _ = sender.send(Dispatch::Event(NodeEvent::Lost { room: None }));
+                    let _ = sender.send(Dispatch::Event(NodeEvent::Lost { room: None }, None));
                 }
             }
             None => {
-                let _ = self.senders[0].send(Dispatch::Event(event));
+                let _ = self.senders[0].send(Dispatch::Event(event, None));
             }
         }
     }
@@ -97,6 +104,8 @@ pub(crate) struct Dispatcher {
     pub(crate) threshold: usize,
     last: HashMap<Arc<str>, StreamPosition>,
     buf: Vec<u8>,
+    /// When the next publication is sampled for the publish-to-write latency.
+    next_probe: Instant,
 }
 
 impl Dispatcher {
@@ -108,6 +117,7 @@ impl Dispatcher {
             threshold,
             last: HashMap::new(),
             buf: Vec::with_capacity(1024),
+            next_probe: Instant::now(),
         }
     }
 
@@ -118,7 +128,7 @@ impl Dispatcher {
                 Dispatch::Reset(room) => {
                     self.last.remove(&room);
                 }
-                Dispatch::Event(event) => self.event(event).await,
+                Dispatch::Event(event, at) => self.event(event, at).await,
             }
             if self.buf.capacity() > 64 * 1024 {
                 self.buf = Vec::with_capacity(1024);
@@ -126,9 +136,18 @@ impl Dispatcher {
         }
     }
 
-    async fn event(&mut self, event: NodeEvent) {
+    async fn event(&mut self, event: NodeEvent, at: Option<Instant>) {
         match event {
-            NodeEvent::Publication(p) => self.publication(&p).await,
+            NodeEvent::Publication(p) => {
+                self.publication(&p).await;
+                // The room's last member writes last: its write ends the fan-out.
+                if let Some(at) = at
+                    && at >= self.next_probe
+                {
+                    self.next_probe = at + PROBE_EVERY;
+                    self.hub.probe_last(&p.room, at);
+                }
+            }
             NodeEvent::Join { room, member } => {
                 self.member(wire::MemberPushKind::Join, &room, &member)
             }
@@ -454,7 +473,7 @@ mod tests {
         let mut channel_of = std::collections::HashMap::new();
         for (c, rx) in receivers.iter_mut().enumerate() {
             let mut next = std::collections::HashMap::new();
-            while let Ok(Dispatch::Event(NodeEvent::Join { room, member })) = rx.try_recv() {
+            while let Ok(Dispatch::Event(NodeEvent::Join { room, member }, _)) = rx.try_recv() {
                 assert_eq!(*channel_of.entry(room.clone()).or_insert(c), c, "{room}");
                 let expected = next.entry(room.clone()).or_insert(0);
                 assert_eq!(

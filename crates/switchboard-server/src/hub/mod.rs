@@ -144,6 +144,14 @@ impl Hub {
             .cloned()
     }
 
+    /// Makes the last local member of `room` observe the publish-to-write latency of what was
+    /// just queued to it, a publication that reached the node at `at`.
+    pub(crate) fn probe_last(&self, room: &str, at: tokio::time::Instant) {
+        if let Some(last) = self.members(room).as_deref().and_then(|m| m.last()) {
+            last.set_write_probe(at);
+        }
+    }
+
     /// Queues `message` to every local member of `room` but `exclude`; returns how many got it.
     pub fn broadcast(&self, room: &str, message: &PreparedMessage, exclude: Option<&str>) -> usize {
         self.deliver(room, None, message, exclude)

@@ -426,14 +426,27 @@ impl Stream {
             if conn.has_control() && Box::pin(self.controls()).await {
                 return None;
             }
+            let probe = conn.take_write_probe();
             let mut frames = VecDeque::new();
             if conn.outbound.take(&mut frames) == Err(Overflowed) {
                 tracing::info!(conn = %conn.id(), "slow consumer, ending the sse stream");
+                self.guard
+                    .node
+                    .metrics()
+                    .slow_consumer_closed(crate::metrics::Transport::Sse);
                 return None;
             }
             if !frames.is_empty() {
                 let written: usize = frames.iter().map(Bytes::len).sum();
+                let events = frames.len() as u64;
                 let out = self.with_ids(frames);
+                // Counted as handed to hyper, which writes it at once (the `id:` lines
+                // added to the events are not counted).
+                let metrics = self.guard.node.metrics();
+                metrics.sent(crate::metrics::Transport::Sse, events, written as u64);
+                if let Some(at) = probe {
+                    metrics.observe_publish_to_write(at.elapsed());
+                }
                 // Handed to hyper, which only asks for more once it wrote what it has.
                 conn.outbound.put_back(VecDeque::new(), written, false);
                 conn.mark_seen();

@@ -334,6 +334,8 @@ impl<S: Send + 'static> Ws<S> {
     fn flush(&mut self) -> Result<bool, FlushError> {
         let outbound = &self.conn.shared.outbound;
         loop {
+            // Taken before the queue: the sampled publication is among the frames taken.
+            let probe = self.conn.shared.take_write_probe();
             let mut frames = VecDeque::new();
             if outbound.take(&mut frames) == Err(Overflowed) {
                 return Err(FlushError::Overflow(frames));
@@ -382,6 +384,13 @@ impl<S: Send + 'static> Ws<S> {
             let empty = outbound.put_back(frames, written, partial);
             let metrics = self.conn.route.hub.metrics();
             metrics.sent(Transport::WebSocket, sent, written as u64);
+            if let Some(at) = probe {
+                if blocked {
+                    self.conn.shared.restore_write_probe(at);
+                } else {
+                    metrics.observe_publish_to_write(at.elapsed());
+                }
+            }
             if blocked {
                 return Ok(false);
             }
