@@ -61,8 +61,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{
-    AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, RedisError, Script,
-    Value,
+    AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, RedisError, Script, Value,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -836,7 +835,10 @@ impl Broker for RedisBroker {
                 .map(|r| inner.key(r, "c").into_bytes())
                 .collect();
             {
-                let mut map = inner.channels.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut map = inner
+                    .channels
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 for (channel, room) in channels.iter().zip(rooms) {
                     map.entry(channel.clone().into_boxed_slice())
                         .or_insert_with(|| room.clone());

@@ -183,7 +183,14 @@ async fn expired_presence_is_swept_with_a_leave() {
     };
     gone.presence_add("r", member.clone()).await.unwrap();
     drop(gone);
-    assert_eq!(watcher.presence_list("r", None, 10).await.unwrap().connections, 1);
+    assert_eq!(
+        watcher
+            .presence_list("r", None, 10)
+            .await
+            .unwrap()
+            .connections,
+        1
+    );
     match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
         Ok(Some(NodeEvent::Leave { room, member: m })) => {
             assert_eq!(&*room, "r");
