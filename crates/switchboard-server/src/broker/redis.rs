@@ -13,7 +13,8 @@
 //!   pipelines concurrent calls on one socket and reconnects by itself;
 //! - **pub/sub**: a RESP3 multiplexed connection whose pushes are this node's events. The node
 //!   subscribes to a room's channel once (the hub subscribes the node once per room) and to the
-//!   deployment's command channel. When it drops, the node reconnects with backoff,
+//!   deployment's command channel. When it drops (or leaves a PING unanswered for
+//!   [`RedisBrokerConfig::timeout`]), the node reconnects with backoff,
 //!   resubscribes every room in **one** `SUBSCRIBE`, and then tells the hub
 //!   [`NodeEvent::Lost`] for every room, so that subscribers are caught up from history (or
 //!   told `recovered: false`): never a silent skip. Until then [`Broker::ready`] fails
@@ -427,11 +428,32 @@ async fn run_pubsub(
                 }
             },
         };
-        while let Some(push) = pushes.recv().await {
-            match push.kind {
-                PushKind::Message => inner.on_message(&push.data),
-                PushKind::Disconnection => break,
-                _ => {}
+        // A connection can also die without a word (a frozen server, a cut without a reset):
+        // a PING every `timeout` that goes unanswered counts as a drop.
+        let mut health = tokio::time::interval(inner.config.timeout);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        health.reset();
+        loop {
+            tokio::select! {
+                push = pushes.recv() => match push {
+                    Some(push) => match push.kind {
+                        PushKind::Message => inner.on_message(&push.data),
+                        PushKind::Disconnection => break,
+                        _ => {}
+                    },
+                    None => break,
+                },
+                _ = health.tick() => {
+                    let (mut pinger, ping) = (conn.clone(), redis::cmd("PING"));
+                    let answer = ping.exec_async(&mut pinger);
+                    match tokio::time::timeout(inner.config.timeout, answer).await {
+                        Ok(Ok(())) => {}
+                        _ => {
+                            tracing::warn!("redis pub/sub connection does not answer PING");
+                            break;
+                        }
+                    }
+                }
             }
         }
         inner.connected.store(false, Ordering::Relaxed);

@@ -61,6 +61,27 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): its sockets stay open and nothing answers.
+    pub fn pause(&self) {
+        assert!(self.signal("-STOP"), "kill -STOP redis-server");
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        assert!(self.signal("-CONT"), "kill -CONT redis-server");
+    }
+
+    fn signal(&self, signal: &str) -> bool {
+        let Some(child) = self.child.as_ref() else {
+            return false;
+        };
+        Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// Starts the server again on the same port (stopping it first if it runs) and waits
     /// until it accepts connections.
     pub fn restart(&mut self) {
@@ -106,6 +127,8 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        // Thawed first, so that a paused server exits cleanly.
+        self.signal("-CONT");
         self.stop();
     }
 }

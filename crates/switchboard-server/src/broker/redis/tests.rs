@@ -2,6 +2,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::super::conformance::Backend;
+use std::sync::atomic::Ordering;
+
 use super::*;
 
 #[path = "../../../tests/support/redis_server.rs"]
@@ -197,4 +199,65 @@ async fn expired_presence_is_swept_with_a_leave() {
     }
     let page = watcher.presence_list("r", None, 10).await.unwrap();
     assert_eq!((page.connections, page.users), (0, 0));
+}
+
+/// A frozen Redis (sockets open, nothing answers) is noticed by the pub/sub connection's PING:
+/// `ready` fails, and once Redis thaws the node reconnects and signals the loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_is_noticed_and_survived() {
+    let server = RedisServer::start();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let config = RedisBrokerConfig {
+        url: server.url(),
+        timeout: Duration::from_millis(200),
+        max_backoff: Duration::from_millis(200),
+        ..RedisBrokerConfig::default()
+    };
+    let broker = RedisBroker::connect(config, Arc::new(tx)).await.unwrap();
+    broker.subscribe("r").await.unwrap();
+    server.pause();
+    let frozen = tokio::time::Instant::now();
+    while broker.inner.connected.load(Ordering::Relaxed) {
+        assert!(
+            frozen.elapsed() < Duration::from_secs(5),
+            "the frozen connection was not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(broker.ready().await.is_err());
+    server.resume();
+    match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+        Ok(Some(NodeEvent::Lost { room: None })) => {}
+        other => panic!("no loss signal: {other:?}"),
+    }
+    let published = broker
+        .publish(
+            "r",
+            Bytes::from_static(b"1"),
+            None,
+            PublishOptions::default(),
+        )
+        .await;
+    let published = match published {
+        Ok(p) => p,
+        // The command connection may still be on its way back.
+        Err(_) => {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            broker
+                .publish(
+                    "r",
+                    Bytes::from_static(b"1"),
+                    None,
+                    PublishOptions::default(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+        Ok(Some(NodeEvent::Publication(p))) => {
+            assert_eq!(Some(p.offset), published.position.map(|p| p.offset))
+        }
+        other => panic!("{other:?}"),
+    }
 }
