@@ -711,10 +711,8 @@ async fn refresh_presence(node: Weak<NodeInner>, ttl: std::time::Duration) {
             .iter()
             .flat_map(|(room, entries)| entries.values().map(|e| (room.clone(), e.clone())))
             .collect();
-        for (room, entry) in entries {
-            if let Err(e) = inner.broker.presence_add(&room, entry).await {
-                tracing::warn!(room = %room, error = %e, "presence refresh failed");
-            }
+        if let Err(e) = inner.broker.presence_refresh(&entries).await {
+            tracing::warn!(entries = entries.len(), error = %e, "presence refresh failed");
         }
     }
 }

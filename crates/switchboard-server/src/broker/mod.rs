@@ -558,6 +558,25 @@ pub trait Presence: Send + Sync + 'static {
     fn presence_ttl(&self) -> Option<Duration> {
         None
     }
+
+    /// Adds every `(room, entry)` of `entries` again: a node refreshing its entries within
+    /// the ttl. By default one [`Presence::presence_add`] after another, going on past a
+    /// failure (the first is returned); a remote store sends them in a few batches.
+    fn presence_refresh<'a>(
+        &'a self,
+        entries: &'a [(Arc<str>, PresenceEntry)],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let mut first = Ok(());
+            for (room, entry) in entries {
+                let added = self.presence_add(room, entry.clone()).await;
+                if first.is_ok() {
+                    first = added;
+                }
+            }
+            first
+        })
+    }
 }
 
 /// What the nodes of a cluster share: numbered publications per room, their

@@ -1066,6 +1066,34 @@ impl Presence for RedisBroker {
     fn presence_ttl(&self) -> Option<Duration> {
         Some(self.inner.config.presence_ttl)
     }
+
+    fn presence_refresh<'a>(
+        &'a self,
+        entries: &'a [(Arc<str>, PresenceEntry)],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        // A few hundred entries per script call: a node's whole presence in a few round trips,
+        // without holding Redis for long in one script.
+        const BATCH: usize = 256;
+        Box::pin(async move {
+            let inner = &self.inner;
+            for batch in entries.chunks(BATCH) {
+                let mut call = inner.scripts.presence.prepare_invoke();
+                call.arg("refresh")
+                    .arg(&inner.config.prefix)
+                    .arg(millis(inner.config.presence_ttl));
+                for (room, entry) in batch {
+                    call.arg(&**room)
+                        .arg(&*entry.connection)
+                        .arg(&*entry.user)
+                        .arg(encode_entry(entry));
+                }
+                call.invoke_async::<()>(&mut inner.conn())
+                    .await
+                    .map_err(|e| unavailable("presence refresh", e))?;
+            }
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]

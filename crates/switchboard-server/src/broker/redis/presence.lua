@@ -11,6 +11,7 @@
 --
 -- ARGV[1] operation, ARGV[2] key prefix, then:
 --   add    room connection user entry ttl-ms        -> 1
+--   refresh ttl-ms, then room connection user entry, repeated -> 1
 --   remove room connection                          -> 1
 --   list   room cursor ("" for the first page) limit -> {connections, users, more, c1, e1, ...}
 --   sweep  max                                     -> how many expired entries it removed
@@ -58,8 +59,7 @@ local function remove(room, conn, announce)
   end
 end
 
-if op == 'add' then
-  local room, conn, user, entry, ttl = ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
+local function add(room, conn, user, entry, ttl)
   local p, pl, pe, pu = room_keys(room)
   local old = redis.call('HGET', p, conn)
   if old then
@@ -79,6 +79,16 @@ if op == 'add' then
   -- The room's keys outlive their entries only briefly, whoever sweeps.
   for _, key in ipairs({p, pl, pe, pu}) do
     redis.call('PEXPIRE', key, 2 * ttl)
+  end
+end
+
+if op == 'add' then
+  add(ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]))
+  return 1
+elseif op == 'refresh' then
+  local ttl = tonumber(ARGV[3])
+  for i = 4, #ARGV, 4 do
+    add(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ttl)
   end
   return 1
 elseif op == 'remove' then

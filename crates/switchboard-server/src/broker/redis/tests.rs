@@ -261,3 +261,46 @@ async fn a_frozen_redis_is_noticed_and_survived() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A node's refresh in batches keeps every entry alive past the ttl, and adds entries Redis
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_refresh_in_batches() {
+    let server = RedisServer::start();
+    let config = RedisBrokerConfig {
+        url: server.url(),
+        presence_ttl: Duration::from_millis(400),
+        sweep_interval: Duration::from_millis(50),
+        ..RedisBrokerConfig::default()
+    };
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let broker = RedisBroker::connect(config, Arc::new(tx)).await.unwrap();
+    let entries: Vec<(Arc<str>, PresenceEntry)> = (0..600)
+        .map(|i| {
+            let room: Arc<str> = format!("r{}", i % 3).into();
+            let entry = PresenceEntry {
+                connection: format!("c{i:03}").into(),
+                user: format!("u{}", i % 10).into(),
+                info: None,
+            };
+            (room, entry)
+        })
+        .collect();
+    for _ in 0..4 {
+        broker.presence_refresh(&entries).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for room in ["r0", "r1", "r2"] {
+        let page = broker.presence_list(room, None, 0).await.unwrap();
+        assert_eq!((page.connections, page.users), (200, 10), "{room}");
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        broker
+            .presence_list("r0", None, 0)
+            .await
+            .unwrap()
+            .connections,
+        0
+    );
+}
