@@ -304,3 +304,63 @@ async fn presence_refresh_in_batches() {
         0
     );
 }
+
+/// What comes from Redis is decoded without panicking, whatever it is: random bytes and
+/// every truncation and byte flip of valid messages.
+#[test]
+fn decoding_never_panics() {
+    let empty: Arc<str> = Arc::from("");
+    let member = PresenceEntry {
+        connection: "c1".into(),
+        user: "alice".into(),
+        info: Some(Bytes::from_static(b"{\"a\":1}")),
+    };
+    let mut valid = vec![
+        [
+            b"pE1\n7\n".as_slice(),
+            &encode_body(b"{}", Some(b"{}"), Some("c")),
+        ]
+        .concat(),
+        [b"e\n".as_slice(), &encode_body(b"1", None, None)].concat(),
+        encode_member(b'j', &member),
+        encode_member(b'l', &member),
+        b"b\n13:c1hello".to_vec(),
+    ];
+    let command = ClusterCommand::Disconnect {
+        user: "u".into(),
+        code: 4000,
+        reason: "r".into(),
+    };
+    valid.push(encode_command(&command).unwrap());
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let decode = |bytes: &[u8]| {
+        let _ = decode_event(Arc::from("r"), bytes, &empty);
+        let _ = decode_command(bytes);
+        let _ = decode_body(bytes);
+        let _ = decode_entry(Arc::from("c"), bytes);
+    };
+    for message in &valid {
+        for cut in 0..=message.len() {
+            decode(&message[..cut]);
+        }
+        for _ in 0..200 {
+            let mut m = message.clone();
+            let at = next() as usize % m.len();
+            m[at] = next() as u8;
+            decode(&m);
+        }
+    }
+    for _ in 0..2000 {
+        let len = next() as usize % 40;
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| b"0123456789:-+\npejlbdsu"[next() as usize % 22])
+            .collect();
+        decode(&bytes);
+    }
+}
