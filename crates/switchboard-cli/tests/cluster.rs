@@ -198,8 +198,11 @@ async fn a_killed_nodes_presence_expires_with_leave_events() {
     let (mut n1, n2) = (Node::start(&redis, &env), Node::start(&redis, &env));
     let mut x = n2.connect("xavier").await;
     x.subscribe("pres:r").await;
+    // A namespace without join and leave: presence, but no leave when the entry expires.
+    x.subscribe("chat:quiet").await;
     let mut y = n1.connect("yann").await;
     y.subscribe("pres:r").await;
+    y.subscribe("chat:quiet").await;
     let join = x.push("join", "pres:r").await;
     assert_eq!(join["member"]["user"], "yann");
     let present = x.ok(json!({"type": "presence", "room": "pres:r"})).await;
@@ -219,6 +222,15 @@ async fn a_killed_nodes_presence_expires_with_leave_events() {
     );
     let present = x.ok(json!({"type": "presence", "room": "pres:r"})).await;
     assert_eq!(present["connections"], 1, "{present}");
+    let quiet = x
+        .ok(json!({"type": "presence", "room": "chat:quiet"}))
+        .await;
+    assert_eq!(quiet["connections"], 1, "{quiet}");
+    let pushes = x.sync().await;
+    assert!(
+        pushes.iter().all(|p| p["room"] != "chat:quiet"),
+        "a push in a namespace without join and leave: {pushes:?}"
+    );
     // The refresh keeps the live node's entry beyond the ttl.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let present = x.ok(json!({"type": "presence", "room": "pres:r"})).await;

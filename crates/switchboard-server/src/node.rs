@@ -667,8 +667,17 @@ impl Parts {
             .node_id
             .clone()
             .unwrap_or_else(|| format!("n_{}", crate::ids::random_base62(8)));
+        let quiet: Arc<std::collections::HashSet<String>> = Arc::new(
+            config
+                .namespaces
+                .iter()
+                .filter(|(_, ns)| !ns.join_leave)
+                .map(|(name, _)| name.clone())
+                .collect(),
+        );
         for events in receivers {
-            let dispatcher = dispatch::Dispatcher::new(hub.clone(), broker.clone(), threshold);
+            let mut dispatcher = dispatch::Dispatcher::new(hub.clone(), broker.clone(), threshold);
+            dispatcher.quiet = quiet.clone();
             tokio::spawn(dispatcher.run(events));
         }
         let ttl = broker.presence_ttl();
