@@ -117,7 +117,7 @@ async fn serve(mut config: Config, has_file: bool) -> Result<bool, Box<dyn std::
     let ws_path = config.websocket.path.clone();
     let json = config.log.format == LogFormat::Json;
     let demo = config.demo || config.dev == Some(true);
-    let node = Node::new(config)?;
+    let node = Node::from_config(config).await?;
     // Before the port opens: a SIGTERM from then on shuts down gracefully.
     let signal = shutdown_signal();
     let server = node

@@ -4,17 +4,51 @@
 //! handlers over it; this module puts them on their paths. The HTTP server API, SSE and the
 //! metrics endpoint join the same server here (`ServerBuilder::http`).
 
+use std::sync::Arc;
+
 use switchboard_protocol::wire;
 
 use crate::{
     Route, RouteOptions,
+    broker::{Broker, BrokerError, RedisBroker, RedisBrokerConfig},
     builtin::{Echo, RawFanout},
-    node::Node,
+    config::{BrokerKind, Config},
+    node::{Node, NodeError},
     server::{Server, ServerBuilder},
     v1::Protocol,
 };
 
 impl Node {
+    /// Builds the node its configuration describes, on the broker of `broker.kind`: the
+    /// in-memory one, or Redis (connected before this returns; an unreachable Redis is an
+    /// error naming `broker.url`). Must be called inside a tokio runtime.
+    pub async fn from_config(config: Config) -> Result<Node, NodeError> {
+        match config.broker.kind {
+            BrokerKind::Memory => Node::new(config),
+            BrokerKind::Redis => {
+                let b = &config.broker;
+                let redis = RedisBrokerConfig {
+                    url: b.url.clone().unwrap_or_default(),
+                    prefix: b.prefix.clone(),
+                    presence_ttl: b.presence_ttl,
+                    sweep_interval: b.sweep_interval,
+                    timeout: b.timeout,
+                    ..RedisBrokerConfig::default()
+                };
+                Node::with_broker(config, |sink| async move {
+                    match RedisBroker::connect(redis, sink).await {
+                        Ok(broker) => Ok(Arc::new(broker) as Arc<dyn Broker>),
+                        Err(e) => Err(BrokerError::Unavailable {
+                            message: format!("{e} (key 'broker.url')"),
+                            source: None,
+                        }),
+                    }
+                })
+                .await
+            }
+        }
+    }
+
     /// The routes of this configuration: the protocol route and, when configured, the echo
     /// and raw fan-out routes.
     pub fn routes(&self) -> Vec<Route> {

@@ -53,6 +53,8 @@ pub struct Config {
     pub node_id: Option<String>,
     /// The server API under `/api` (docs/server-api.md).
     pub api: ApiConfig,
+    /// The broker the node shares rooms through (docs/scaling.md).
+    pub broker: BrokerConfig,
 }
 
 impl Default for Config {
@@ -75,6 +77,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             node_id: None,
             api: ApiConfig::default(),
+            broker: BrokerConfig::default(),
         }
     }
 }
@@ -346,6 +349,76 @@ impl Default for ApiConfig {
             keys: Vec::new(),
             max_body_size: ByteSize(1 << 20),
         }
+    }
+}
+
+/// Which broker a node uses (`broker.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// In-process: one node, nothing shared.
+    #[default]
+    Memory,
+    /// Several nodes on one Redis (`broker.url`).
+    Redis,
+}
+
+/// The broker: what the nodes of a deployment share (docs/scaling.md).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// `memory` (default) or `redis`.
+    pub kind: BrokerKind,
+    /// The Redis server of `kind = "redis"`: `redis://[user:password@]host:port[/db]`.
+    pub url: Option<String>,
+    /// Prefix of every Redis key and channel. Default `sb`.
+    pub prefix: String,
+    /// How long a presence entry of a Redis deployment outlives its node's last refresh.
+    /// Default 20 s.
+    #[serde(deserialize_with = "duration")]
+    pub presence_ttl: Duration,
+    /// How often each node removes expired presence entries (with `leave` events). Default
+    /// 5 s: a killed node's members are gone within `presence_ttl + sweep_interval`.
+    #[serde(deserialize_with = "duration")]
+    pub sweep_interval: Duration,
+    /// How long a call may wait for Redis before it answers `unavailable`. Default 2 s.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            kind: BrokerKind::Memory,
+            url: None,
+            prefix: "sb".into(),
+            presence_ttl: Duration::from_secs(20),
+            sweep_interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl fmt::Debug for BrokerConfig {
+    /// A password in the url stays out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = self
+            .url
+            .as_deref()
+            .map(|u| match (u.find("://"), u.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    format!("{}<redacted>{}", &u[..scheme + 3], &u[at..])
+                }
+                _ => u.to_owned(),
+            });
+        f.debug_struct("BrokerConfig")
+            .field("kind", &self.kind)
+            .field("url", &url)
+            .field("prefix", &self.prefix)
+            .field("presence_ttl", &self.presence_ttl)
+            .field("sweep_interval", &self.sweep_interval)
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -622,6 +695,39 @@ impl Config {
                 "must be at least 1 byte".into(),
             ));
         }
+        let b = &self.broker;
+        if b.kind == BrokerKind::Redis {
+            match b.url.as_deref() {
+                None => {
+                    return Err(err(
+                        "broker.url",
+                        "is required with kind = \"redis\" (redis://host:port)".into(),
+                    ));
+                }
+                Some(u) if !u.starts_with("redis://") && !u.starts_with("redis+unix://") => {
+                    return Err(err(
+                        "broker.url",
+                        "must start with redis:// (or redis+unix://)".into(),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if b.prefix.is_empty() || b.prefix.contains(['{', '}']) {
+            return Err(err(
+                "broker.prefix",
+                format!("'{}' must be non-empty, without braces", b.prefix),
+            ));
+        }
+        for (key, d) in [
+            ("broker.presence_ttl", b.presence_ttl),
+            ("broker.sweep_interval", b.sweep_interval),
+            ("broker.timeout", b.timeout),
+        ] {
+            if d < Duration::from_millis(10) {
+                return Err(err(key, "must be at least 10ms".into()));
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, k) in self.api.keys.iter().enumerate() {
             if k.name.trim().is_empty() {
@@ -858,6 +964,36 @@ mod tests {
         assert_eq!(c.echo.path.as_deref(), Some("/echo"));
         assert_eq!(c.namespaces["chat"].max_subscribers, Some(10000));
         assert_eq!(c.dev, Some(false));
+    }
+
+    #[test]
+    fn broker_from_file_and_environment() {
+        assert_eq!(Config::default().broker.kind, BrokerKind::Memory);
+        let e = load_str("[broker]\nkind = \"redis\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("broker.url"), "{e}");
+        let c = Config::load(&Sources {
+            env: vec![
+                ("SWITCHBOARD_BROKER__KIND".into(), "redis".into()),
+                (
+                    "SWITCHBOARD_BROKER__URL".into(),
+                    "redis://:hunter2@127.0.0.1:6390".into(),
+                ),
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.broker.kind, BrokerKind::Redis);
+        assert_eq!(
+            c.broker.url.as_deref(),
+            Some("redis://:hunter2@127.0.0.1:6390")
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let e = load_str("[broker]\nkind = \"redis\"\nurl = \"http://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("broker.url"), "{e}");
     }
 
     #[test]

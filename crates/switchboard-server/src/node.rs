@@ -667,8 +667,17 @@ impl Parts {
             .node_id
             .clone()
             .unwrap_or_else(|| format!("n_{}", crate::ids::random_base62(8)));
+        let quiet: Arc<std::collections::HashSet<String>> = Arc::new(
+            config
+                .namespaces
+                .iter()
+                .filter(|(_, ns)| !ns.join_leave)
+                .map(|(name, _)| name.clone())
+                .collect(),
+        );
         for events in receivers {
-            let dispatcher = dispatch::Dispatcher::new(hub.clone(), broker.clone(), threshold);
+            let mut dispatcher = dispatch::Dispatcher::new(hub.clone(), broker.clone(), threshold);
+            dispatcher.quiet = quiet.clone();
             tokio::spawn(dispatcher.run(events));
         }
         let ttl = broker.presence_ttl();
@@ -711,10 +720,8 @@ async fn refresh_presence(node: Weak<NodeInner>, ttl: std::time::Duration) {
             .iter()
             .flat_map(|(room, entries)| entries.values().map(|e| (room.clone(), e.clone())))
             .collect();
-        for (room, entry) in entries {
-            if let Err(e) = inner.broker.presence_add(&room, entry).await {
-                tracing::warn!(room = %room, error = %e, "presence refresh failed");
-            }
+        if let Err(e) = inner.broker.presence_refresh(&entries).await {
+            tracing::warn!(entries = entries.len(), error = %e, "presence refresh failed");
         }
     }
 }

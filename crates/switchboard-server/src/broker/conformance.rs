@@ -58,7 +58,9 @@ macro_rules! checks {
 /// The one list of the suite's checks, and what is made from it: the [`UNTIMED`] and
 /// [`TIMED`] lists here, and a `#[tokio::test]` per check for a backend
 /// (`switchboard_server::broker_conformance_tests!(backend)` in the backend's test module:
-/// untimed checks on a multi-threaded runtime, timed ones on a paused clock).
+/// untimed checks on a multi-threaded runtime, timed ones on a paused clock;
+/// `broker_conformance_tests!(real_time backend)` for a broker on real time: all of them on a
+/// multi-threaded runtime).
 #[macro_export]
 macro_rules! broker_conformance_tests {
     (@list $mode:ident $($args:tt)*) => {
@@ -108,6 +110,25 @@ macro_rules! broker_conformance_tests {
                 $crate::broker::conformance::$t(&$backend).await;
             }
         )*
+    };
+    (@go real_tests ($backend:expr) untimed [$($u:ident),*] timed [$($t:ident),*]) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $u() {
+                $crate::broker::conformance::$u(&$backend).await;
+            }
+        )*
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $t() {
+                $crate::broker::conformance::$t(&$backend).await;
+            }
+        )*
+    };
+    // A remote broker's clock is real: every check on a multi-threaded runtime, the timed
+    // ones sleeping for real.
+    (real_time $backend:expr) => {
+        $crate::broker_conformance_tests!(@list real_tests $backend);
     };
     ($backend:expr) => {
         $crate::broker_conformance_tests!(@list tests $backend);

@@ -1024,7 +1024,7 @@ impl IdempotencyKeys {
     }
 }
 
-fn encode_cursor(connection: &str) -> String {
+pub(super) fn encode_cursor(connection: &str) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(connection.len() * 2);
     for byte in connection.bytes() {
@@ -1034,7 +1034,7 @@ fn encode_cursor(connection: &str) -> String {
     out
 }
 
-fn decode_cursor(cursor: &str) -> Result<String, BrokerError> {
+pub(super) fn decode_cursor(cursor: &str) -> Result<String, BrokerError> {
     fn nibble(c: u8) -> Result<u8, BrokerError> {
         match c {
             b'0'..=b'9' => Ok(c - b'0'),

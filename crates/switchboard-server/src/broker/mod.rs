@@ -7,7 +7,8 @@
 //! *node* to a room once, when the room's first local subscriber arrives, and
 //! unsubscribes it when the last one leaves; the hub then fans each delivered
 //! event out to its local connections. [`memory::MemoryBroker`] serves a
-//! single process; Redis and NATS brokers implement the same trait later, and
+//! single process, [`redis::RedisBroker`] several nodes on one Redis (a NATS broker
+//! implements the same trait later), and
 //! `conformance` (the `conformance` feature) is the suite every implementation must pass.
 //!
 //! # Streams, offsets and epochs
@@ -158,8 +159,10 @@ use serde::{Deserialize, Serialize};
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod memory;
+pub mod redis;
 
 pub use memory::{MemoryBroker, MemoryBrokerConfig};
+pub use redis::{RedisBroker, RedisBrokerConfig};
 
 /// A boxed, `Send` future: what [`Broker`]'s methods return, so that the trait
 /// stays object-safe and the hub can hold an `Arc<dyn Broker>`.
@@ -554,6 +557,25 @@ pub trait Presence: Send + Sync + 'static {
     /// broker: its entries live and die with the one process that holds them).
     fn presence_ttl(&self) -> Option<Duration> {
         None
+    }
+
+    /// Adds every `(room, entry)` of `entries` again: a node refreshing its entries within
+    /// the ttl. By default one [`Presence::presence_add`] after another, going on past a
+    /// failure (the first is returned); a remote store sends them in a few batches.
+    fn presence_refresh<'a>(
+        &'a self,
+        entries: &'a [(Arc<str>, PresenceEntry)],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let mut first = Ok(());
+            for (room, entry) in entries {
+                let added = self.presence_add(room, entry.clone()).await;
+                if first.is_ok() {
+                    first = added;
+                }
+            }
+            first
+        })
     }
 }
 

@@ -5,7 +5,7 @@
 //! it once (a [`PreparedMessage`]) and hands the same bytes to every local member of the room.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     hash::{BuildHasher, RandomState},
     sync::Arc,
 };
@@ -102,6 +102,10 @@ pub(crate) struct Dispatcher {
     pub(crate) hub: Hub,
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) threshold: usize,
+    /// Namespaces configured without join and leave pushes (`default` for rooms without
+    /// `:`): a broker's own member events there (a Redis broker's `leave` for an expired
+    /// presence entry) are dropped, as the node does not publish any.
+    pub(crate) quiet: Arc<HashSet<String>>,
     last: HashMap<Arc<str>, StreamPosition>,
     buf: Vec<u8>,
     /// When the next publication is sampled for the publish-to-write latency.
@@ -115,6 +119,7 @@ impl Dispatcher {
             hub,
             broker,
             threshold,
+            quiet: Arc::default(),
             last: HashMap::new(),
             buf: Vec::with_capacity(1024),
             next_probe: Instant::now(),
@@ -281,6 +286,15 @@ impl Dispatcher {
     }
 
     fn member(&mut self, kind: wire::MemberPushKind, room: &Arc<str>, member: &PresenceEntry) {
+        if !self.quiet.is_empty() {
+            let ns = match wire::namespace(room) {
+                "" => "default",
+                ns => ns,
+            };
+            if self.quiet.contains(ns) {
+                return;
+            }
+        }
         let buf = &mut self.buf;
         buf.clear();
         wire::encode_member_push_raw(

@@ -1,0 +1,1100 @@
+//! The Redis broker: several nodes on one Redis behave as one server.
+//!
+//! Owns the Redis side of the [`Broker`] contract: the key layout, the Lua scripts (kept as
+//! `.lua` files next to this module), the node's two connections and their reconnection. It
+//! knows nothing of connections, rooms' local members or the wire protocol: events go to the
+//! node's [`NodeSink`] as for every broker.
+//!
+//! # Connections
+//!
+//! A node holds exactly two Redis connections, whatever its rooms and clients:
+//!
+//! - **commands**: a multiplexed [`ConnectionManager`] (publishes, history, presence), which
+//!   pipelines concurrent calls on one socket and reconnects by itself;
+//! - **pub/sub**: a RESP3 multiplexed connection whose pushes are this node's events. The node
+//!   subscribes to a room's channel once (the hub subscribes the node once per room) and to the
+//!   deployment's command channel. When it drops (or leaves a PING unanswered for
+//!   [`RedisBrokerConfig::timeout`]), the node reconnects with backoff,
+//!   resubscribes every room in **one** `SUBSCRIBE`, and then tells the hub
+//!   [`NodeEvent::Lost`] for every room, so that subscribers are caught up from history (or
+//!   told `recovered: false`): never a silent skip. Until then [`Broker::ready`] fails
+//!   (`/readyz` 503) and subscribing fails with `unavailable`.
+//!
+//! # Key layout
+//!
+//! With the configured prefix `P` (default `sb`) and a room `R`; the room's keys share the
+//! hash tag `{R}` so that a room lives on one Redis Cluster slot later:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P:{R}:m` | hash | the stream: `epoch`, `top` offset; expires `meta_ttl` after last use (at least `history_ttl` after the last publication) |
+//! | `P:{R}:h` | stream | history: entry id `<offset>-0`, fields `x` (expiry, ms) and `b` (the publication); `MAXLEN history_size`; expires with its newest publication |
+//! | `P:{R}:k:<key>` | string | an idempotency key: the first publication's `epoch\noffset`, for `history_ttl` |
+//! | `P:{R}:c` | channel | the room's events: publications, ephemeral publications, join, leave, broadcasts |
+//! | `P:{R}:p`, `:pl`, `:pe`, `:pu` | hash, zset, zset, hash | presence: entries, connections in order, expiries, connections per user |
+//! | `P:presence` | zset | every presence entry of the deployment by expiry, for the sweeps |
+//! | `P:cmd` | channel | cluster commands ([`Broker::command`]) |
+//!
+//! # Ordering and atomicity
+//!
+//! `publish.lua` checks the idempotency key, takes the next offset, appends to history and
+//! `PUBLISH`es in one script: Redis runs scripts one at a time, so offsets are gap-free and
+//! every node's pub/sub connection receives each room's publications in offset order. Join,
+//! leave and broadcasts are plain `PUBLISH`es on the same channel. The epoch lives in the
+//! stream's meta hash: when Redis loses it (flushed, restarted without persistence, expired),
+//! the next call draws a new epoch at offset 0, and old positions no longer recover.
+//!
+//! # Presence
+//!
+//! Entries expire [`RedisBrokerConfig::presence_ttl`] after they were last added; the node
+//! adds its entries again every third of it. Every node sweeps the deployment's expired
+//! entries every [`RedisBrokerConfig::sweep_interval`] (`presence.lua`), publishing a `leave`
+//! for each on its room's channel: the entries of a killed node disappear, with `leave`
+//! events, within `presence_ttl + sweep_interval`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{
+    AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, RedisError, Script, Value,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::memory::{decode_cursor, encode_cursor};
+use super::{
+    BoxFuture, Broker, BrokerError, ClusterCommand, HistoryQuery, HistoryResult, NodeEvent,
+    NodeSink, Presence, PresenceEntry, PresencePage, Publication, PublishOptions, PublishResult,
+    RawMessage, StreamPosition,
+};
+
+/// Settings of a [`RedisBroker`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisBrokerConfig {
+    /// The Redis server: `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Prefix of every key and channel, so that several deployments can share one Redis.
+    /// Default `sb`.
+    pub prefix: String,
+    /// How long a presence entry lives unless its node adds it again. Default 20 s.
+    pub presence_ttl: Duration,
+    /// How often the node removes expired presence entries (with their `leave` events).
+    /// Default 5 s.
+    pub sweep_interval: Duration,
+    /// How long an unused stream keeps its epoch and top when nothing is retained. Default
+    /// 10 minutes.
+    pub meta_ttl: Duration,
+    /// How long a call may wait for Redis before it fails with `unavailable`. Default 2 s.
+    pub timeout: Duration,
+    /// Longest wait between two reconnection attempts. Default 2 s.
+    pub max_backoff: Duration,
+}
+
+impl Default for RedisBrokerConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".to_owned(),
+            prefix: "sb".to_owned(),
+            presence_ttl: Duration::from_secs(20),
+            sweep_interval: Duration::from_secs(5),
+            meta_ttl: Duration::from_secs(600),
+            timeout: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The scripts, loaded once per process and by SHA afterwards (`EVALSHA`, falling back to
+/// `EVAL` after a Redis restart).
+struct Scripts {
+    publish: Script,
+    read: Script,
+    remove_history: Script,
+    presence: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            publish: Script::new(include_str!("redis/publish.lua")),
+            read: Script::new(include_str!("redis/read.lua")),
+            remove_history: Script::new(include_str!("redis/remove_history.lua")),
+            presence: Script::new(include_str!("redis/presence.lua")),
+        }
+    }
+}
+
+/// One node's handle on a Redis broker.
+///
+/// Dropping it stops its tasks and closes its connections.
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct Inner {
+    config: RedisBrokerConfig,
+    client: Client,
+    commands: ConnectionManager,
+    /// The pub/sub connection while it is up.
+    pubsub: Mutex<Option<MultiplexedConnection>>,
+    /// The channels this node is subscribed to, and their rooms: what a reconnect
+    /// resubscribes, and how a message finds its room without allocating its name.
+    channels: Mutex<HashMap<Box<[u8]>, Arc<str>>>,
+    connected: AtomicBool,
+    sink: Arc<dyn NodeSink>,
+    scripts: Scripts,
+    command_channel: String,
+    /// The epoch of ephemeral publications.
+    empty: Arc<str>,
+}
+
+impl fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("config", &self.inner.config)
+            .field("connected", &self.inner.connected.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn unavailable(message: impl Into<String>, e: RedisError) -> BrokerError {
+    BrokerError::Unavailable {
+        message: format!("redis: {}: {e}", message.into()),
+        source: Some(Box::new(e)),
+    }
+}
+
+fn malformed(what: &str) -> BrokerError {
+    BrokerError::Unavailable {
+        message: format!("redis: unexpected reply to {what}"),
+        source: None,
+    }
+}
+
+impl RedisBroker {
+    /// Connects to Redis as `config` says and starts the node's pub/sub and sweep tasks on
+    /// the current tokio runtime. Fails when Redis cannot be reached now; once connected, the
+    /// broker survives Redis going away and coming back.
+    pub async fn connect(
+        config: RedisBrokerConfig,
+        sink: Arc<dyn NodeSink>,
+    ) -> Result<RedisBroker, BrokerError> {
+        let client = Client::open(config.url.as_str()).map_err(|e| BrokerError::Unavailable {
+            message: format!("invalid redis url '{}': {e}", config.url),
+            source: Some(Box::new(e)),
+        })?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(config.timeout)
+            .set_response_timeout(config.timeout)
+            .set_number_of_retries(2)
+            .set_max_delay(config.max_backoff.as_millis() as u64);
+        let commands = client
+            .get_connection_manager_with_config(manager)
+            .await
+            .map_err(|e| unavailable(format!("connecting to {}", config.url), e))?;
+        let command_channel = format!("{}:cmd", config.prefix);
+        let inner = Arc::new(Inner {
+            client,
+            commands,
+            pubsub: Mutex::new(None),
+            channels: Mutex::new(HashMap::new()),
+            connected: AtomicBool::new(false),
+            sink,
+            scripts: Scripts::new(),
+            command_channel,
+            empty: Arc::from(""),
+            config,
+        });
+        // The first pub/sub connection is made here, so that a node starts subscribed.
+        let (pushes, conn) = inner.connect_pubsub().await?;
+        let pubsub = tokio::spawn(run_pubsub(inner.clone(), Some((pushes, conn))));
+        let sweep = tokio::spawn(run_sweep(inner.clone()));
+        Ok(RedisBroker {
+            inner,
+            tasks: vec![pubsub, sweep],
+        })
+    }
+
+    /// Removes the deployment's expired presence entries now, publishing their `leave`
+    /// events; returns how many. Every node does it every
+    /// [`RedisBrokerConfig::sweep_interval`].
+    pub async fn sweep(&self) -> Result<usize, BrokerError> {
+        self.inner.sweep().await
+    }
+}
+
+impl Inner {
+    fn key(&self, room: &str, kind: &str) -> String {
+        format!("{}:{{{room}}}:{kind}", self.config.prefix)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.commands.clone()
+    }
+
+    fn pubsub_conn(&self) -> Result<MultiplexedConnection, BrokerError> {
+        self.pubsub
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| BrokerError::Unavailable {
+                message: "redis: the pub/sub connection is down, reconnecting".to_owned(),
+                source: None,
+            })
+    }
+
+    /// A new pub/sub connection subscribed to the command channel and every channel of
+    /// `channels`, in one `SUBSCRIBE`.
+    async fn connect_pubsub(
+        &self,
+    ) -> Result<(mpsc::UnboundedReceiver<PushInfo>, MultiplexedConnection), BrokerError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(self.config.timeout)
+            .set_response_timeout(self.config.timeout)
+            .set_push_sender(tx);
+        let mut info = self.client.get_connection_info().clone();
+        info.redis.protocol = ProtocolVersion::RESP3;
+        let client = Client::open(info).map_err(|e| unavailable("pub/sub client", e))?;
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| unavailable("connecting pub/sub", e))?;
+        let mut channels: Vec<Vec<u8>> = self
+            .channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .map(|c| c.to_vec())
+            .collect();
+        channels.push(self.command_channel.clone().into_bytes());
+        conn.subscribe(channels)
+            .await
+            .map_err(|e| unavailable("resubscribing", e))?;
+        *self.pubsub.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+        self.connected.store(true, Ordering::Relaxed);
+        Ok((rx, conn))
+    }
+
+    /// One pub/sub message: an event of a subscribed room, or a cluster command.
+    fn on_message(&self, data: &[Value]) {
+        let (Some(channel), Some(payload)) = (data.first(), data.get(1)) else {
+            return;
+        };
+        let (Some(channel), Some(payload)) = (as_bytes(channel), as_bytes(payload)) else {
+            return;
+        };
+        if channel == self.command_channel.as_bytes() {
+            match decode_command(payload) {
+                Some(command) => self.sink.deliver(NodeEvent::Command(command)),
+                None => tracing::warn!("malformed cluster command on redis"),
+            }
+            return;
+        }
+        let room = self
+            .channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(channel)
+            .cloned();
+        // In flight after this node unsubscribed: nobody here wants it.
+        let Some(room) = room else { return };
+        match decode_event(room, payload, &self.empty) {
+            Some(event) => self.sink.deliver(event),
+            None => tracing::warn!("malformed message on a room's redis channel"),
+        }
+    }
+
+    async fn sweep(&self) -> Result<usize, BrokerError> {
+        const BATCH: usize = 1000;
+        let mut total = 0;
+        loop {
+            let n: usize = self
+                .scripts
+                .presence
+                .arg("sweep")
+                .arg(&self.config.prefix)
+                .arg(BATCH)
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(|e| unavailable("presence sweep", e))?;
+            total += n;
+            if n < BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn read(
+        &self,
+        room: &str,
+        query: &HistoryQuery,
+    ) -> Result<(StreamPosition, char, Vec<Arc<Publication>>), BrokerError> {
+        let limit: i64 = i64::try_from(query.limit).unwrap_or(-1);
+        let (since_epoch, since_offset) = match &query.since {
+            Some(p) => (&*p.epoch, p.offset),
+            None => ("", 0),
+        };
+        let reply: Vec<Value> = self
+            .scripts
+            .read
+            .key(self.key(room, "m"))
+            .key(self.key(room, "h"))
+            .arg(crate::ids::random_base62(8))
+            .arg(self.config.meta_ttl.as_millis() as u64)
+            .arg(limit)
+            .arg(if query.reverse { "1" } else { "0" })
+            .arg(since_epoch)
+            .arg(since_offset)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| unavailable("history", e))?;
+        let bad = || malformed("history");
+        let epoch: Arc<str> = reply.first().and_then(as_str).ok_or_else(bad)?.into();
+        let top = reply.get(1).and_then(as_u64).ok_or_else(bad)?;
+        let status = reply
+            .get(2)
+            .and_then(as_bytes)
+            .and_then(|s| s.first().copied())
+            .ok_or_else(bad)? as char;
+        let room: Arc<str> = Arc::from(room);
+        let mut publications = Vec::with_capacity((reply.len().saturating_sub(3)) / 2);
+        for pair in reply[3..].chunks_exact(2) {
+            let offset = as_u64(&pair[0]).ok_or_else(bad)?;
+            let body = as_bytes(&pair[1]).ok_or_else(bad)?;
+            let (exclude, from, data) = decode_body(body).ok_or_else(bad)?;
+            publications.push(Arc::new(Publication {
+                room: room.clone(),
+                offset,
+                epoch: epoch.clone(),
+                data,
+                from,
+                exclude,
+                ephemeral: false,
+            }));
+        }
+        Ok((StreamPosition { epoch, offset: top }, status, publications))
+    }
+
+    async fn publish_raw(&self, room: &str, message: Vec<u8>) -> Result<(), BrokerError> {
+        let mut conn = self.conn();
+        redis::cmd("PUBLISH")
+            .arg(self.key(room, "c"))
+            .arg(message)
+            .exec_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("publish", e))
+    }
+}
+
+/// Keeps the pub/sub connection up: reads its pushes, and when it drops reconnects with
+/// backoff, resubscribes every room at once and signals the possible loss to the hub.
+async fn run_pubsub(
+    inner: Arc<Inner>,
+    mut current: Option<(mpsc::UnboundedReceiver<PushInfo>, MultiplexedConnection)>,
+) {
+    let min = Duration::from_millis(50);
+    let mut backoff = min;
+    loop {
+        let (mut pushes, conn) = match current.take() {
+            Some(up) => up,
+            None => match inner.connect_pubsub().await {
+                Ok(up) => {
+                    tracing::info!("redis pub/sub reconnected; catching rooms up from history");
+                    backoff = min;
+                    inner.sink.deliver(NodeEvent::Lost { room: None });
+                    up
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "redis pub/sub reconnect failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(inner.config.max_backoff);
+                    continue;
+                }
+            },
+        };
+        // A connection can also die without a word (a frozen server, a cut without a reset):
+        // a PING every `timeout` that goes unanswered counts as a drop.
+        let mut health = tokio::time::interval(inner.config.timeout);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        health.reset();
+        loop {
+            tokio::select! {
+                push = pushes.recv() => match push {
+                    Some(push) => match push.kind {
+                        PushKind::Message => inner.on_message(&push.data),
+                        PushKind::Disconnection => break,
+                        _ => {}
+                    },
+                    None => break,
+                },
+                _ = health.tick() => {
+                    let (mut pinger, ping) = (conn.clone(), redis::cmd("PING"));
+                    let answer = ping.exec_async(&mut pinger);
+                    match tokio::time::timeout(inner.config.timeout, answer).await {
+                        Ok(Ok(())) => {}
+                        _ => {
+                            tracing::warn!("redis pub/sub connection does not answer PING");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        inner.connected.store(false, Ordering::Relaxed);
+        *inner.pubsub.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        drop(conn);
+        tracing::warn!("redis pub/sub connection lost; reconnecting");
+    }
+}
+
+/// Sweeps expired presence every `sweep_interval` while Redis is reachable.
+async fn run_sweep(inner: Arc<Inner>) {
+    let period = inner.config.sweep_interval;
+    if period.is_zero() {
+        return;
+    }
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if !inner.connected.load(Ordering::Relaxed) {
+            continue;
+        }
+        if let Err(e) = inner.sweep().await {
+            tracing::debug!(error = %e, "presence sweep failed");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- encoding
+
+fn as_bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn as_str(v: &Value) -> Option<&str> {
+    as_bytes(v).and_then(|b| std::str::from_utf8(b).ok())
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        other => as_str(other)?.parse().ok(),
+    }
+}
+
+/// `len:bytes`.
+fn put_field(out: &mut Vec<u8>, field: &[u8]) {
+    let _ = write!(out, "{}:", field.len());
+    out.extend_from_slice(field);
+}
+
+/// `-` for none, `len:bytes` for some.
+fn put_opt(out: &mut Vec<u8>, field: Option<&[u8]>) {
+    match field {
+        None => out.push(b'-'),
+        Some(f) => put_field(out, f),
+    }
+}
+
+fn take_field<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let colon = input.iter().position(|&b| b == b':')?;
+    let len: usize = std::str::from_utf8(&input[..colon]).ok()?.parse().ok()?;
+    let rest = &input[colon + 1..];
+    let field = rest.get(..len)?;
+    *input = &rest[len..];
+    Some(field)
+}
+
+fn take_opt<'a>(input: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
+    if let Some(rest) = input.strip_prefix(b"-") {
+        *input = rest;
+        return Some(None);
+    }
+    take_field(input).map(Some)
+}
+
+fn take_line<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let nl = input.iter().position(|&b| b == b'\n')?;
+    let line = &input[..nl];
+    *input = &input[nl + 1..];
+    Some(line)
+}
+
+/// A publication's stored and published form: exclude, from, then the data.
+fn encode_body(data: &[u8], from: Option<&[u8]>, exclude: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + from.map_or(0, <[u8]>::len) + 32);
+    put_opt(&mut out, exclude.map(str::as_bytes));
+    put_opt(&mut out, from);
+    out.extend_from_slice(data);
+    out
+}
+
+type Body = (Option<Arc<str>>, Option<Bytes>, Bytes);
+
+fn decode_body(mut body: &[u8]) -> Option<Body> {
+    let exclude = take_opt(&mut body)?
+        .map(|e| std::str::from_utf8(e).map(Arc::from))
+        .transpose()
+        .ok()?;
+    let from = take_opt(&mut body)?.map(Bytes::copy_from_slice);
+    Some((exclude, from, Bytes::copy_from_slice(body)))
+}
+
+/// A presence entry's stored form: the user, then `-` or `+` and the info.
+fn encode_entry(entry: &PresenceEntry) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_field(&mut out, entry.user.as_bytes());
+    match &entry.info {
+        None => out.push(b'-'),
+        Some(info) => {
+            out.push(b'+');
+            out.extend_from_slice(info);
+        }
+    }
+    out
+}
+
+fn decode_entry(connection: Arc<str>, mut entry: &[u8]) -> Option<PresenceEntry> {
+    let user = std::str::from_utf8(take_field(&mut entry)?).ok()?.into();
+    let info = match entry.split_first()? {
+        (b'-', _) => None,
+        (b'+', info) => Some(Bytes::copy_from_slice(info)),
+        _ => return None,
+    };
+    Some(PresenceEntry {
+        connection,
+        user,
+        info,
+    })
+}
+
+/// A join or leave message: `j\n` or `l\n`, the connection, the entry.
+fn encode_member(kind: u8, member: &PresenceEntry) -> Vec<u8> {
+    let mut out = vec![kind, b'\n'];
+    put_field(&mut out, member.connection.as_bytes());
+    out.extend_from_slice(&encode_entry(member));
+    out
+}
+
+fn decode_event(room: Arc<str>, payload: &[u8], empty: &Arc<str>) -> Option<NodeEvent> {
+    let (&kind, _) = payload.split_first()?;
+    let mut rest = &payload[1..];
+    let header = take_line(&mut rest)?;
+    Some(match kind {
+        b'p' => {
+            let mut header = header;
+            let epoch = std::str::from_utf8(header).ok()?;
+            // The header is the epoch; the offset is on the next line.
+            header = take_line(&mut rest)?;
+            let offset: u64 = std::str::from_utf8(header).ok()?.parse().ok()?;
+            let (exclude, from, data) = decode_body(rest)?;
+            NodeEvent::Publication(Arc::new(Publication {
+                room,
+                offset,
+                epoch: Arc::from(epoch),
+                data,
+                from,
+                exclude,
+                ephemeral: false,
+            }))
+        }
+        b'e' => {
+            let (exclude, from, data) = decode_body(rest)?;
+            NodeEvent::Publication(Arc::new(Publication {
+                room,
+                offset: 0,
+                epoch: empty.clone(),
+                data,
+                from,
+                exclude,
+                ephemeral: true,
+            }))
+        }
+        b'j' | b'l' => {
+            let connection = std::str::from_utf8(take_field(&mut rest)?).ok()?.into();
+            let member = decode_entry(connection, rest)?;
+            if kind == b'j' {
+                NodeEvent::Join { room, member }
+            } else {
+                NodeEvent::Leave { room, member }
+            }
+        }
+        b'b' => {
+            let (&binary, mut rest) = rest.split_first()?;
+            let exclude = take_opt(&mut rest)?
+                .map(|e| std::str::from_utf8(e).map(Arc::from))
+                .transpose()
+                .ok()?;
+            NodeEvent::Broadcast {
+                room,
+                message: RawMessage {
+                    binary: binary == b'1',
+                    payload: Bytes::copy_from_slice(rest),
+                    exclude,
+                },
+            }
+        }
+        _ => return None,
+    })
+}
+
+fn encode_command(command: &ClusterCommand) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    match command {
+        ClusterCommand::Disconnect { user, code, reason } => {
+            out.push(b'd');
+            put_field(&mut out, user.as_bytes());
+            put_field(&mut out, code.to_string().as_bytes());
+            out.extend_from_slice(reason.as_bytes());
+        }
+        ClusterCommand::Subscribe { user, room } => {
+            out.push(b's');
+            put_field(&mut out, user.as_bytes());
+            out.extend_from_slice(room.as_bytes());
+        }
+        ClusterCommand::Unsubscribe { user, room } => {
+            out.push(b'u');
+            put_field(&mut out, user.as_bytes());
+            out.extend_from_slice(room.as_bytes());
+        }
+        #[allow(unreachable_patterns)]
+        _ => return None,
+    }
+    Some(out)
+}
+
+fn decode_command(payload: &[u8]) -> Option<ClusterCommand> {
+    let (&kind, mut rest) = payload.split_first()?;
+    let user: Arc<str> = std::str::from_utf8(take_field(&mut rest)?).ok()?.into();
+    Some(match kind {
+        b'd' => {
+            let code = std::str::from_utf8(take_field(&mut rest)?)
+                .ok()?
+                .parse()
+                .ok()?;
+            let reason = std::str::from_utf8(rest).ok()?.to_owned();
+            ClusterCommand::Disconnect { user, code, reason }
+        }
+        b's' | b'u' => {
+            let room = std::str::from_utf8(rest).ok()?.into();
+            if kind == b's' {
+                ClusterCommand::Subscribe { user, room }
+            } else {
+                ClusterCommand::Unsubscribe { user, room }
+            }
+        }
+        _ => return None,
+    })
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+// ---------------------------------------------------------------- the trait
+
+impl Broker for RedisBroker {
+    fn publish<'a>(
+        &'a self,
+        room: &'a str,
+        data: Bytes,
+        from: Option<Bytes>,
+        opts: PublishOptions,
+    ) -> BoxFuture<'a, Result<PublishResult, BrokerError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let body = encode_body(&data, from.as_deref(), opts.exclude.as_deref());
+            let idem = match &opts.idempotency_key {
+                Some(key) => inner.key(room, &format!("k:{key}")),
+                None => inner.key(room, "k"),
+            };
+            let reply: Vec<Value> = inner
+                .scripts
+                .publish
+                .key(inner.key(room, "m"))
+                .key(inner.key(room, "h"))
+                .key(idem)
+                .arg(crate::ids::random_base62(8))
+                .arg(if opts.ephemeral { "1" } else { "0" })
+                .arg(opts.history_size)
+                .arg(millis(opts.history_ttl))
+                .arg(millis(inner.config.meta_ttl))
+                .arg(if opts.idempotency_key.is_some() {
+                    "1"
+                } else {
+                    "0"
+                })
+                .arg(body)
+                .arg(inner.key(room, "c"))
+                .invoke_async(&mut inner.conn())
+                .await
+                .map_err(|e| unavailable("publish", e))?;
+            let bad = || malformed("publish");
+            let duplicate = reply.first().and_then(as_u64).ok_or_else(bad)? == 1;
+            let position = if duplicate {
+                let previous = reply.get(1).and_then(as_str).ok_or_else(bad)?;
+                match previous.split_once('\n') {
+                    None => None,
+                    Some((epoch, offset)) => Some(StreamPosition::new(
+                        epoch,
+                        offset.parse::<u64>().map_err(|_| bad())?,
+                    )),
+                }
+            } else if reply.len() >= 3 {
+                let epoch = reply.get(1).and_then(as_str).ok_or_else(bad)?;
+                let offset = reply.get(2).and_then(as_u64).ok_or_else(bad)?;
+                Some(StreamPosition::new(epoch, offset))
+            } else {
+                None
+            };
+            Ok(PublishResult {
+                position,
+                duplicate,
+            })
+        })
+    }
+
+    fn publish_join<'a>(
+        &'a self,
+        room: &'a str,
+        member: PresenceEntry,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            self.inner
+                .publish_raw(room, encode_member(b'j', &member))
+                .await
+        })
+    }
+
+    fn publish_leave<'a>(
+        &'a self,
+        room: &'a str,
+        member: PresenceEntry,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            self.inner
+                .publish_raw(room, encode_member(b'l', &member))
+                .await
+        })
+    }
+
+    fn subscribe<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let channel = inner.key(room, "c").into_bytes();
+            inner
+                .channels
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(channel.clone().into_boxed_slice())
+                .or_insert_with(|| Arc::from(room));
+            let result = match inner.pubsub_conn() {
+                Ok(mut conn) => conn
+                    .subscribe(&channel)
+                    .await
+                    .map_err(|e| unavailable("subscribe", e)),
+                Err(e) => Err(e),
+            };
+            if result.is_err() {
+                inner
+                    .channels
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(channel.as_slice());
+            }
+            result
+        })
+    }
+
+    fn unsubscribe<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let channel = inner.key(room, "c").into_bytes();
+            inner
+                .channels
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(channel.as_slice());
+            // Down: the reconnect does not resubscribe it, which is the unsubscription.
+            if let Ok(mut conn) = inner.pubsub_conn() {
+                conn.unsubscribe(&channel)
+                    .await
+                    .map_err(|e| unavailable("unsubscribe", e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn subscribe_many<'a>(
+        &'a self,
+        rooms: &'a [Arc<str>],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let channels: Vec<Vec<u8>> = rooms
+                .iter()
+                .map(|r| inner.key(r, "c").into_bytes())
+                .collect();
+            {
+                let mut map = inner
+                    .channels
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                for (channel, room) in channels.iter().zip(rooms) {
+                    map.entry(channel.clone().into_boxed_slice())
+                        .or_insert_with(|| room.clone());
+                }
+            }
+            let mut conn = inner.pubsub_conn()?;
+            conn.subscribe(&channels)
+                .await
+                .map_err(|e| unavailable("subscribe", e))
+        })
+    }
+
+    fn position<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<StreamPosition, BrokerError>> {
+        Box::pin(async move {
+            let query = HistoryQuery {
+                limit: 0,
+                ..HistoryQuery::default()
+            };
+            Ok(self.inner.read(room, &query).await?.0)
+        })
+    }
+
+    fn history<'a>(
+        &'a self,
+        room: &'a str,
+        query: HistoryQuery,
+    ) -> BoxFuture<'a, Result<HistoryResult, BrokerError>> {
+        Box::pin(async move {
+            let (position, status, publications) = self.inner.read(room, &query).await?;
+            if status == 'm' {
+                let since = query.since.map(|s| s.epoch).unwrap_or_default();
+                return Err(BrokerError::EpochMismatch {
+                    since,
+                    current: position,
+                });
+            }
+            Ok(HistoryResult {
+                position,
+                publications,
+                recoverable: status == '1',
+            })
+        })
+    }
+
+    fn remove_history<'a>(
+        &'a self,
+        room: &'a str,
+    ) -> BoxFuture<'a, Result<StreamPosition, BrokerError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let (epoch, top): (String, u64) = inner
+                .scripts
+                .remove_history
+                .key(inner.key(room, "m"))
+                .key(inner.key(room, "h"))
+                .arg(crate::ids::random_base62(8))
+                .arg(millis(inner.config.meta_ttl))
+                .invoke_async(&mut inner.conn())
+                .await
+                .map_err(|e| unavailable("remove history", e))?;
+            Ok(StreamPosition::new(epoch, top))
+        })
+    }
+
+    fn broadcast<'a>(
+        &'a self,
+        room: &'a str,
+        message: RawMessage,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(message.payload.len() + 16);
+            out.extend_from_slice(b"b\n");
+            out.push(if message.binary { b'1' } else { b'0' });
+            put_opt(&mut out, message.exclude.as_deref().map(str::as_bytes));
+            out.extend_from_slice(&message.payload);
+            self.inner.publish_raw(room, out).await
+        })
+    }
+
+    fn command<'a>(&'a self, command: ClusterCommand) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let Some(payload) = encode_command(&command) else {
+                return Ok(());
+            };
+            let mut conn = self.inner.conn();
+            redis::cmd("PUBLISH")
+                .arg(&self.inner.command_channel)
+                .arg(payload)
+                .exec_async(&mut conn)
+                .await
+                .map_err(|e| unavailable("command", e))
+        })
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            if !inner.connected.load(Ordering::Relaxed) {
+                return Err(BrokerError::Unavailable {
+                    message: "redis: the pub/sub connection is down, reconnecting".to_owned(),
+                    source: None,
+                });
+            }
+            redis::cmd("PING")
+                .exec_async(&mut inner.conn())
+                .await
+                .map_err(|e| unavailable("ping", e))
+        })
+    }
+}
+
+impl Presence for RedisBroker {
+    fn presence_add<'a>(
+        &'a self,
+        room: &'a str,
+        entry: PresenceEntry,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            inner
+                .scripts
+                .presence
+                .arg("add")
+                .arg(&inner.config.prefix)
+                .arg(room)
+                .arg(&*entry.connection)
+                .arg(&*entry.user)
+                .arg(encode_entry(&entry))
+                .arg(millis(inner.config.presence_ttl))
+                .invoke_async::<()>(&mut inner.conn())
+                .await
+                .map_err(|e| unavailable("presence add", e))
+        })
+    }
+
+    fn presence_remove<'a>(
+        &'a self,
+        room: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            inner
+                .scripts
+                .presence
+                .arg("remove")
+                .arg(&inner.config.prefix)
+                .arg(room)
+                .arg(connection)
+                .invoke_async::<()>(&mut inner.conn())
+                .await
+                .map_err(|e| unavailable("presence remove", e))
+        })
+    }
+
+    fn presence_list<'a>(
+        &'a self,
+        room: &'a str,
+        cursor: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<PresencePage, BrokerError>> {
+        Box::pin(async move {
+            let after = cursor.map(decode_cursor).transpose()?;
+            let inner = &self.inner;
+            let reply: Vec<Value> = inner
+                .scripts
+                .presence
+                .arg("list")
+                .arg(&inner.config.prefix)
+                .arg(room)
+                .arg(after.as_deref().unwrap_or(""))
+                .arg(limit)
+                .invoke_async(&mut inner.conn())
+                .await
+                .map_err(|e| unavailable("presence", e))?;
+            let bad = || malformed("presence");
+            let connections = reply.first().and_then(as_u64).ok_or_else(bad)? as usize;
+            let users = reply.get(1).and_then(as_u64).ok_or_else(bad)? as usize;
+            let more = reply.get(2).and_then(as_u64).ok_or_else(bad)? == 1;
+            let mut members = Vec::with_capacity(reply.len().saturating_sub(3) / 2);
+            for pair in reply.get(3..).unwrap_or_default().chunks_exact(2) {
+                let connection: Arc<str> = as_str(&pair[0]).ok_or_else(bad)?.into();
+                let entry = as_bytes(&pair[1]).ok_or_else(bad)?;
+                // Removed between the page and its read: skip it.
+                if entry.is_empty() {
+                    continue;
+                }
+                members.push(decode_entry(connection, entry).ok_or_else(bad)?);
+            }
+            let next_cursor = match (more, members.last()) {
+                (true, Some(last)) => Some(encode_cursor(&last.connection)),
+                _ => None,
+            };
+            Ok(PresencePage {
+                members,
+                next_cursor,
+                connections,
+                users,
+            })
+        })
+    }
+
+    fn presence_ttl(&self) -> Option<Duration> {
+        Some(self.inner.config.presence_ttl)
+    }
+
+    fn presence_refresh<'a>(
+        &'a self,
+        entries: &'a [(Arc<str>, PresenceEntry)],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        // A few hundred entries per script call: a node's whole presence in a few round trips,
+        // without holding Redis for long in one script.
+        const BATCH: usize = 256;
+        Box::pin(async move {
+            let inner = &self.inner;
+            for batch in entries.chunks(BATCH) {
+                let mut call = inner.scripts.presence.prepare_invoke();
+                call.arg("refresh")
+                    .arg(&inner.config.prefix)
+                    .arg(millis(inner.config.presence_ttl));
+                for (room, entry) in batch {
+                    call.arg(&**room)
+                        .arg(&*entry.connection)
+                        .arg(&*entry.user)
+                        .arg(encode_entry(entry));
+                }
+                call.invoke_async::<()>(&mut inner.conn())
+                    .await
+                    .map_err(|e| unavailable("presence refresh", e))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,366 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::super::conformance::Backend;
+use std::sync::atomic::Ordering;
+
+use super::*;
+
+#[path = "../../../tests/support/redis_server.rs"]
+mod redis_server;
+
+use redis_server::RedisServer;
+
+/// The Redis broker as a conformance backend: one `redis-server` per test, a fresh key
+/// prefix per call of `nodes`, real time for ttls.
+struct Redis(RedisServer);
+
+impl Redis {
+    fn start() -> Redis {
+        Redis(RedisServer::start())
+    }
+
+    fn config(&self, prefix: &str) -> RedisBrokerConfig {
+        RedisBrokerConfig {
+            url: self.0.url(),
+            prefix: prefix.to_owned(),
+            ..RedisBrokerConfig::default()
+        }
+    }
+}
+
+impl Backend for Redis {
+    fn nodes(&self, sinks: Vec<Arc<dyn NodeSink>>) -> BoxFuture<'_, Vec<Arc<dyn Broker>>> {
+        Box::pin(async move {
+            let prefix = format!("t{}", crate::ids::random_base62(8));
+            let mut brokers = Vec::new();
+            for sink in sinks {
+                let broker = RedisBroker::connect(self.config(&prefix), sink)
+                    .await
+                    .expect("connecting to the test's redis-server");
+                brokers.push(Arc::new(broker) as Arc<dyn Broker>);
+            }
+            brokers
+        })
+    }
+
+    fn advance(&self, by: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(tokio::time::sleep(by))
+    }
+
+    fn quiet_period(&self) -> Duration {
+        Duration::from_millis(100)
+    }
+}
+
+crate::broker_conformance_tests!(real_time Redis::start());
+
+#[test]
+fn messages_round_trip() {
+    let empty: Arc<str> = Arc::from("");
+    let body = encode_body(b"{\"n\":1}", Some(b"{\"user\":\"u\"}"), Some("c1"));
+    let mut payload = b"pAbC\n42\n".to_vec();
+    payload.extend_from_slice(&body);
+    match decode_event(Arc::from("r"), &payload, &empty) {
+        Some(NodeEvent::Publication(p)) => {
+            assert_eq!((&*p.epoch, p.offset), ("AbC", 42));
+            assert_eq!(&p.data[..], b"{\"n\":1}");
+            assert_eq!(p.from.as_deref(), Some(&b"{\"user\":\"u\"}"[..]));
+            assert_eq!(p.exclude.as_deref(), Some("c1"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let member = PresenceEntry {
+        connection: "c:1\n".into(),
+        user: "u:2".into(),
+        info: None,
+    };
+    match decode_event(Arc::from("r"), &encode_member(b'l', &member), &empty) {
+        Some(NodeEvent::Leave { member: m, .. }) => assert_eq!(m, member),
+        other => panic!("{other:?}"),
+    }
+    for command in [
+        ClusterCommand::Disconnect {
+            user: "u".into(),
+            code: 4001,
+            reason: "bye: now".into(),
+        },
+        ClusterCommand::Subscribe {
+            user: "u".into(),
+            room: "a:b".into(),
+        },
+    ] {
+        assert_eq!(
+            decode_command(&encode_command(&command).unwrap()),
+            Some(command)
+        );
+    }
+    assert!(decode_event(Arc::from("r"), b"p\n", &empty).is_none());
+    assert!(decode_event(Arc::from("r"), b"x", &empty).is_none());
+}
+
+/// A node whose Redis goes away: calls fail with `unavailable`, `ready` fails, and once
+/// Redis is back the node resubscribes its rooms, signals the loss, and delivers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_a_redis_restart() {
+    let mut server = RedisServer::start_persistent();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let config = RedisBrokerConfig {
+        url: server.url(),
+        timeout: Duration::from_millis(500),
+        max_backoff: Duration::from_millis(200),
+        ..RedisBrokerConfig::default()
+    };
+    let broker = RedisBroker::connect(config, Arc::new(tx)).await.unwrap();
+    broker.subscribe("r").await.unwrap();
+    let opts = PublishOptions::default();
+    let first = broker
+        .publish("r", Bytes::from_static(b"1"), None, opts.clone())
+        .await
+        .unwrap();
+    assert!(matches!(rx.recv().await, Some(NodeEvent::Publication(_))));
+    broker.ready().await.unwrap();
+
+    server.stop();
+    let err = broker
+        .publish("r", Bytes::from_static(b"2"), None, opts.clone())
+        .await
+        .expect_err("redis is down");
+    assert!(matches!(err, BrokerError::Unavailable { .. }), "{err:?}");
+    assert!(broker.ready().await.is_err());
+
+    server.restart();
+    // The node signals the loss once it has resubscribed.
+    match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+        Ok(Some(NodeEvent::Lost { room: None })) => {}
+        other => panic!("no loss signal: {other:?}"),
+    }
+    broker.ready().await.unwrap();
+    // The room is subscribed again; the stream survived (persistent server).
+    let next = loop {
+        match broker
+            .publish("r", Bytes::from_static(b"3"), None, opts.clone())
+            .await
+        {
+            Ok(r) => break r,
+            // The command connection reconnects on its own schedule.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let (first, next) = (first.position.unwrap(), next.position.unwrap());
+    assert_eq!(next.epoch, first.epoch);
+    assert_eq!(next.offset, first.offset + 1);
+    match rx.recv().await {
+        Some(NodeEvent::Publication(p)) => assert_eq!(p.offset, next.offset),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Presence entries that nobody refreshes expire, and the sweep publishes their `leave`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_presence_is_swept_with_a_leave() {
+    let server = RedisServer::start();
+    let config = |sweep| RedisBrokerConfig {
+        url: server.url(),
+        presence_ttl: Duration::from_millis(300),
+        sweep_interval: sweep,
+        ..RedisBrokerConfig::default()
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = RedisBroker::connect(config(Duration::from_millis(100)), Arc::new(tx))
+        .await
+        .unwrap();
+    watcher.subscribe("r").await.unwrap();
+    let (gone_tx, _gone_rx) = tokio::sync::mpsc::unbounded_channel();
+    let gone = RedisBroker::connect(config(Duration::ZERO), Arc::new(gone_tx))
+        .await
+        .unwrap();
+    let member = PresenceEntry {
+        connection: "c1".into(),
+        user: "alice".into(),
+        info: Some(Bytes::from_static(b"{\"a\":1}")),
+    };
+    gone.presence_add("r", member.clone()).await.unwrap();
+    drop(gone);
+    assert_eq!(
+        watcher
+            .presence_list("r", None, 10)
+            .await
+            .unwrap()
+            .connections,
+        1
+    );
+    match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+        Ok(Some(NodeEvent::Leave { room, member: m })) => {
+            assert_eq!(&*room, "r");
+            assert_eq!(m, member);
+        }
+        other => panic!("no leave: {other:?}"),
+    }
+    let page = watcher.presence_list("r", None, 10).await.unwrap();
+    assert_eq!((page.connections, page.users), (0, 0));
+}
+
+/// A frozen Redis (sockets open, nothing answers) is noticed by the pub/sub connection's PING:
+/// `ready` fails, and once Redis thaws the node reconnects and signals the loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_is_noticed_and_survived() {
+    let server = RedisServer::start();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let config = RedisBrokerConfig {
+        url: server.url(),
+        timeout: Duration::from_millis(200),
+        max_backoff: Duration::from_millis(200),
+        ..RedisBrokerConfig::default()
+    };
+    let broker = RedisBroker::connect(config, Arc::new(tx)).await.unwrap();
+    broker.subscribe("r").await.unwrap();
+    server.pause();
+    let frozen = tokio::time::Instant::now();
+    while broker.inner.connected.load(Ordering::Relaxed) {
+        assert!(
+            frozen.elapsed() < Duration::from_secs(5),
+            "the frozen connection was not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(broker.ready().await.is_err());
+    server.resume();
+    match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+        Ok(Some(NodeEvent::Lost { room: None })) => {}
+        other => panic!("no loss signal: {other:?}"),
+    }
+    let published = broker
+        .publish(
+            "r",
+            Bytes::from_static(b"1"),
+            None,
+            PublishOptions::default(),
+        )
+        .await;
+    let published = match published {
+        Ok(p) => p,
+        // The command connection may still be on its way back.
+        Err(_) => {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            broker
+                .publish(
+                    "r",
+                    Bytes::from_static(b"1"),
+                    None,
+                    PublishOptions::default(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+        Ok(Some(NodeEvent::Publication(p))) => {
+            assert_eq!(Some(p.offset), published.position.map(|p| p.offset))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A node's refresh in batches keeps every entry alive past the ttl, and adds entries Redis
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_refresh_in_batches() {
+    let server = RedisServer::start();
+    let config = RedisBrokerConfig {
+        url: server.url(),
+        presence_ttl: Duration::from_millis(400),
+        sweep_interval: Duration::from_millis(50),
+        ..RedisBrokerConfig::default()
+    };
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let broker = RedisBroker::connect(config, Arc::new(tx)).await.unwrap();
+    let entries: Vec<(Arc<str>, PresenceEntry)> = (0..600)
+        .map(|i| {
+            let room: Arc<str> = format!("r{}", i % 3).into();
+            let entry = PresenceEntry {
+                connection: format!("c{i:03}").into(),
+                user: format!("u{}", i % 10).into(),
+                info: None,
+            };
+            (room, entry)
+        })
+        .collect();
+    for _ in 0..4 {
+        broker.presence_refresh(&entries).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for room in ["r0", "r1", "r2"] {
+        let page = broker.presence_list(room, None, 0).await.unwrap();
+        assert_eq!((page.connections, page.users), (200, 10), "{room}");
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        broker
+            .presence_list("r0", None, 0)
+            .await
+            .unwrap()
+            .connections,
+        0
+    );
+}
+
+/// What comes from Redis is decoded without panicking, whatever it is: random bytes and
+/// every truncation and byte flip of valid messages.
+#[test]
+fn decoding_never_panics() {
+    let empty: Arc<str> = Arc::from("");
+    let member = PresenceEntry {
+        connection: "c1".into(),
+        user: "alice".into(),
+        info: Some(Bytes::from_static(b"{\"a\":1}")),
+    };
+    let mut valid = vec![
+        [
+            b"pE1\n7\n".as_slice(),
+            &encode_body(b"{}", Some(b"{}"), Some("c")),
+        ]
+        .concat(),
+        [b"e\n".as_slice(), &encode_body(b"1", None, None)].concat(),
+        encode_member(b'j', &member),
+        encode_member(b'l', &member),
+        b"b\n13:c1hello".to_vec(),
+    ];
+    let command = ClusterCommand::Disconnect {
+        user: "u".into(),
+        code: 4000,
+        reason: "r".into(),
+    };
+    valid.push(encode_command(&command).unwrap());
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let decode = |bytes: &[u8]| {
+        let _ = decode_event(Arc::from("r"), bytes, &empty);
+        let _ = decode_command(bytes);
+        let _ = decode_body(bytes);
+        let _ = decode_entry(Arc::from("c"), bytes);
+    };
+    for message in &valid {
+        for cut in 0..=message.len() {
+            decode(&message[..cut]);
+        }
+        for _ in 0..200 {
+            let mut m = message.clone();
+            let at = next() as usize % m.len();
+            m[at] = next() as u8;
+            decode(&m);
+        }
+    }
+    for _ in 0..2000 {
+        let len = next() as usize % 40;
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| b"0123456789:-+\npejlbdsu"[next() as usize % 22])
+            .collect();
+        decode(&bytes);
+    }
+}
