@@ -549,6 +549,9 @@ async fn slow_consumer_is_closed_with_4500_while_the_others_get_everything() {
 secret = "{SECRET}"
 [websocket]
 outbound_queue = "64KiB"
+# One publisher sends thousands of publications as fast as the subscribers read them.
+[limits]
+commands_per_second = 0
 [namespaces.feed]
 publish = "authenticated"
 join_leave = false

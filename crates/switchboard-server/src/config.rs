@@ -318,6 +318,16 @@ pub struct LimitsConfig {
     /// Time a first-message-auth connection has to authenticate. Default 5 s.
     #[serde(deserialize_with = "duration")]
     pub auth_timeout: Duration,
+    // --- limits engineer: command rate limit (docs/protocol.md 7.4, docs/security.md) ---
+    /// Commands per second a connection may send on average (a token bucket); beyond it a
+    /// command is answered `rate_limited`. 0 turns the limit off; at most 1000. Default 50.
+    pub commands_per_second: u32,
+    /// How many commands a connection may send at once above the average. Default 100.
+    pub commands_burst: u32,
+    /// Close with 4502 when a connection keeps exceeding the rate this long (its bucket does
+    /// not refill to half its burst in between). Default 10 s.
+    #[serde(deserialize_with = "duration")]
+    pub rate_limit_close_after: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -325,6 +335,9 @@ impl Default for LimitsConfig {
         LimitsConfig {
             subscriptions_per_connection: 128,
             auth_timeout: Duration::from_secs(5),
+            commands_per_second: 50,
+            commands_burst: 100,
+            rate_limit_close_after: Duration::from_secs(10),
         }
     }
 }
@@ -647,6 +660,21 @@ impl Config {
         }
         if self.api.max_body_size.0 == 0 {
             return Err(err("api.max_body_size", "must be at least 1 byte".into()));
+        }
+        if self.limits.commands_per_second > 1000 {
+            return Err(err(
+                "limits.commands_per_second",
+                format!(
+                    "{} is above 1000 (0 turns the limit off)",
+                    self.limits.commands_per_second
+                ),
+            ));
+        }
+        if self.limits.commands_per_second > 0 && self.limits.commands_burst == 0 {
+            return Err(err(
+                "limits.commands_burst",
+                "must be at least 1 while limits.commands_per_second is on".into(),
+            ));
         }
         if self.websocket.ping_interval.is_zero() {
             return Err(err("websocket.ping_interval", "must be positive".into()));

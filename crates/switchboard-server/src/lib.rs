@@ -28,6 +28,7 @@ pub mod demo;
 mod error;
 pub mod handler;
 pub mod http;
+pub mod limits;
 pub mod hub;
 pub mod ids;
 pub mod metrics;

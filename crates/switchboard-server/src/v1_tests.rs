@@ -738,3 +738,83 @@ async fn the_expiry_timer_asks_for_a_refresh_then_closes_with_4501() {
     b.nothing_more();
     assert!(b.conn.close.is_none());
 }
+
+/// The command rate limit (7.4): the burst, then `rate_limited` with `retry_after_ms` and the
+/// command's id, one more command per interval, and 4502 when the excess goes on.
+#[tokio::test(start_paused = true)]
+async fn commands_beyond_the_rate_are_refused_then_closed_with_4502() {
+    let s = Server::new(|c| {
+        c.limits.commands_per_second = 10;
+        c.limits.commands_burst = 3;
+        c.limits.rate_limit_close_after = Duration::from_secs(1);
+    });
+    let (mut a, _) = s.connect(anonymous()).await;
+    async fn ping(a: &mut Peer, id: u64) -> Value {
+        let text = Utf8Bytes::from(json!({"id": id, "type": "ping"}).to_string());
+        a.protocol
+            .on_message(&mut a.conn, Incoming::Text(text))
+            .await;
+        a.drain();
+        let i = a
+            .received
+            .iter()
+            .position(|m| m["id"] == id)
+            .unwrap_or_else(|| panic!("no answer to ping {id}: {:?}", a.received));
+        a.received.remove(i).unwrap()
+    }
+    for id in 1..=3 {
+        assert_eq!(ping(&mut a, id).await["type"], "pong");
+    }
+    let refused = ping(&mut a, 4).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    assert_eq!(refused["retry_after_ms"], 100, "{refused}");
+    // A malformed command is counted and refused the same way, without an id.
+    let text = Utf8Bytes::from("{not json");
+    a.protocol
+        .on_message(&mut a.conn, Incoming::Text(text))
+        .await;
+    assert_eq!(a.answer(Value::Null)["code"], "rate_limited");
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert_eq!(ping(&mut a, 5).await["type"], "pong");
+    assert!(a.conn.close.is_none(), "refusals alone do not close");
+    // Twice the rate: refused in part, then closed once it lasted a second.
+    let mut id = 6;
+    while a.conn.close.is_none() {
+        assert!(id < 100, "not closed after {id} commands");
+        tokio::time::advance(Duration::from_millis(50)).await;
+        let text = Utf8Bytes::from(json!({"id": id, "type": "ping"}).to_string());
+        a.protocol
+            .on_message(&mut a.conn, Incoming::Text(text))
+            .await;
+        id += 1;
+    }
+    // The excess began with command 4 (at 0 ms); command 5 (at 100 ms) left the bucket less
+    // than half full, so it went on; a second later comes the close.
+    assert!((20..=30).contains(&id), "closed after {id} commands");
+    let close = a.conn.close.as_ref().unwrap();
+    assert_eq!(close.code.0, 4502);
+    let metrics = s.node.metrics().encode();
+    let counted = metrics
+        .lines()
+        .find(|l| l.contains("rate_limited_commands") && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no rate_limited counter in\n{metrics}"));
+    assert!(counted >= 2.0, "{counted}");
+}
+
+/// Without a limit (`commands_per_second = 0`) a burst of any size is served.
+#[tokio::test]
+async fn commands_per_second_zero_turns_the_limit_off() {
+    let s = Server::new(|c| c.limits.commands_per_second = 0);
+    let (mut a, _) = s.connect(anonymous()).await;
+    for id in 1..=300 {
+        let text = Utf8Bytes::from(json!({"id": id, "type": "ping"}).to_string());
+        a.protocol
+            .on_message(&mut a.conn, Incoming::Text(text))
+            .await;
+    }
+    a.drain();
+    assert_eq!(a.received.len(), 300);
+    assert!(a.received.iter().all(|m| m["type"] == "pong"));
+}
