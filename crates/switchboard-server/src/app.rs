@@ -45,7 +45,16 @@ impl Node {
         let mut b = Server::builder(c.listen)
             .node(self.clone())
             .drain_timeout(c.shutdown.drain_timeout)
-            .backlog(c.listen_backlog);
+            .backlog(c.listen_backlog)
+            .max_connections(c.limits.max_connections)
+            .max_request_head(c.limits.max_request_head.as_usize());
+        // Development mode serves one developer and benchmarks from one machine: no limits
+        // per user or per IP there (docs/security.md).
+        let admission =
+            crate::limits::LocalAdmission::from_config(&c.limits, c.dev == Some(true));
+        if admission.limits_anything() {
+            b = b.admission(std::sync::Arc::new(admission));
+        }
         for r in self.routes() {
             b = b.route(r);
         }

@@ -328,6 +328,24 @@ pub struct LimitsConfig {
     /// not refill to half its burst in between). Default 10 s.
     #[serde(deserialize_with = "duration")]
     pub rate_limit_close_after: Duration,
+    // --- limits engineer: connection admission (docs/protocol.md 7.3, 7.4) ---
+    /// Open connections per user on this node (anonymous connections are not counted);
+    /// 429 beyond. 0: no limit. Default 5. Off in development mode.
+    pub connections_per_user: usize,
+    /// Open connections and handshakes in progress per client IP; 429 beyond. 0: no limit.
+    /// Default 256. Off in development mode.
+    pub connections_per_ip: usize,
+    /// New connections per second per client IP (a token bucket); 429 beyond. 0: no limit;
+    /// at most 1000. Default 20. Off in development mode.
+    pub new_connections_per_second_per_ip: u32,
+    /// New connections per client IP at once above the rate. Default 40.
+    pub new_connections_burst_per_ip: u32,
+    /// Open connections (WebSocket and SSE) on this node; 503 beyond. 0: no limit (default).
+    pub max_connections: usize,
+    /// Largest HTTP request head (request line and headers) read before a request is
+    /// answered; 431 beyond. At least 8 KiB. Default 80 KiB: a 64 KiB token and the usual
+    /// headers.
+    pub max_request_head: ByteSize,
 }
 
 impl Default for LimitsConfig {
@@ -338,6 +356,12 @@ impl Default for LimitsConfig {
             commands_per_second: 50,
             commands_burst: 100,
             rate_limit_close_after: Duration::from_secs(10),
+            connections_per_user: 5,
+            connections_per_ip: 256,
+            new_connections_per_second_per_ip: 20,
+            new_connections_burst_per_ip: 40,
+            max_connections: 0,
+            max_request_head: ByteSize(80 * 1024),
         }
     }
 }
@@ -674,6 +698,21 @@ impl Config {
             return Err(err(
                 "limits.commands_burst",
                 "must be at least 1 while limits.commands_per_second is on".into(),
+            ));
+        }
+        if self.limits.new_connections_per_second_per_ip > 1000 {
+            return Err(err(
+                "limits.new_connections_per_second_per_ip",
+                format!(
+                    "{} is above 1000 (0 turns the limit off)",
+                    self.limits.new_connections_per_second_per_ip
+                ),
+            ));
+        }
+        if self.limits.max_request_head.0 < 8 * 1024 {
+            return Err(err(
+                "limits.max_request_head",
+                "must be at least 8 KiB".into(),
             ));
         }
         if self.websocket.ping_interval.is_zero() {

@@ -127,6 +127,7 @@ impl Server {
                 registry: Arc::new(crate::transport::registry::Registry::default()),
             }),
             timer: None,
+            admitted: None,
             state: Session::default(),
         };
         Peer {
