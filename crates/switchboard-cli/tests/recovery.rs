@@ -208,6 +208,9 @@ async fn recovery_under_churn_gives_every_subscriber_every_publication_once_in_o
         r#"
 [auth]
 secret = "{SECRET}"
+# A publisher sends thousands of publications as fast as it can.
+[limits]
+commands_per_second = 0
 [namespaces.churn]
 history_size = 10000
 publish = "authenticated"
@@ -290,6 +293,9 @@ async fn a_subscribe_during_publishing_continues_exactly_after_the_reply_offset(
         r#"
 [auth]
 secret = "{SECRET}"
+# A publisher sends thousands of publications as fast as it can.
+[limits]
+commands_per_second = 0
 [namespaces.live]
 history_size = 10
 publish = "authenticated"

@@ -50,16 +50,18 @@ impl Node {
             .max_request_head(c.limits.max_request_head.as_usize());
         // Development mode serves one developer and benchmarks from one machine: no limits
         // per user or per IP there (docs/security.md).
-        let admission =
-            crate::limits::LocalAdmission::from_config(&c.limits, c.dev == Some(true));
-        if admission.limits_anything() {
-            b = b.admission(std::sync::Arc::new(admission));
+        let local = crate::limits::LocalAdmission::from_config(&c.limits, c.dev == Some(true));
+        let admission = local
+            .limits_anything()
+            .then(|| std::sync::Arc::new(local) as std::sync::Arc<dyn crate::limits::Admission>);
+        if let Some(a) = &admission {
+            b = b.admission(a.clone());
         }
         for r in self.routes() {
             b = b.route(r);
         }
         if c.sse.enabled {
-            b = b.http(crate::transport::sse::router(self.clone()));
+            b = b.http(crate::transport::sse::router(self.clone(), admission));
         }
         // The demo page: in development mode (its token endpoint only there) or when asked for.
         let dev = c.dev == Some(true);

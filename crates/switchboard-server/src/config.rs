@@ -293,6 +293,10 @@ pub struct NamespaceConfig {
     pub join_leave: bool,
     /// Subscribers per room; none by default.
     pub max_subscribers: Option<usize>,
+    /// Join and leave pushes are sent only while the room has at most this many members on
+    /// the node (after the join, after the leave): above it a join would cost a push to every
+    /// member, so none is sent (`presence` still answers). 0: no threshold. Default 1000.
+    pub join_leave_max_members: usize,
 }
 
 impl Default for NamespaceConfig {
@@ -305,6 +309,7 @@ impl Default for NamespaceConfig {
             presence: true,
             join_leave: true,
             max_subscribers: None,
+            join_leave_max_members: 1000,
         }
     }
 }
@@ -346,6 +351,11 @@ pub struct LimitsConfig {
     /// answered; 431 beyond. At least 8 KiB. Default 80 KiB: a 64 KiB token and the usual
     /// headers.
     pub max_request_head: ByteSize,
+    /// How long a room nobody uses, with no publication kept, keeps its epoch and last offset
+    /// (so that a client recovering within it gets `recovered: false` rather than a wrong
+    /// answer) before it is forgotten. Default 10 min.
+    #[serde(deserialize_with = "duration")]
+    pub room_metadata_ttl: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -362,6 +372,7 @@ impl Default for LimitsConfig {
             new_connections_burst_per_ip: 40,
             max_connections: 0,
             max_request_head: ByteSize(80 * 1024),
+            room_metadata_ttl: Duration::from_secs(600),
         }
     }
 }

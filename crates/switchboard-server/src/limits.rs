@@ -229,7 +229,10 @@ pub struct Admitted {
 
 impl Admitted {
     /// Counts a connection from `ip` (connections and new connections per IP).
-    pub fn open_ip(admission: &Arc<dyn Admission>, ip: IpAddr) -> Result<Admitted, AdmissionRefused> {
+    pub fn open_ip(
+        admission: &Arc<dyn Admission>,
+        ip: IpAddr,
+    ) -> Result<Admitted, AdmissionRefused> {
         admission.open_ip(ip)?;
         Ok(Admitted {
             admission: admission.clone(),
@@ -293,7 +296,13 @@ impl LocalAdmission {
     /// The limits of `limits`; `relaxed` (development mode) turns the per-user and per-IP
     /// limits off.
     pub fn from_config(limits: &LimitsConfig, relaxed: bool) -> LocalAdmission {
-        let cap = |n: usize| if relaxed { 0 } else { u32::try_from(n).unwrap_or(u32::MAX) };
+        let cap = |n: usize| {
+            if relaxed {
+                0
+            } else {
+                u32::try_from(n).unwrap_or(u32::MAX)
+            }
+        };
         let rate = (!relaxed)
             .then(|| {
                 CommandRate::from_config(&LimitsConfig {
@@ -393,9 +402,9 @@ impl Admission for LocalAdmission {
         if let Some(rate) = &self.rate
             && let Verdict::Limited { retry_after_ms } = rate.check(&mut e.bucket, now_ms())
         {
-            return Err(AdmissionRefused::NewConnectionsPerIp(Duration::from_millis(
-                u64::from(retry_after_ms),
-            )));
+            return Err(AdmissionRefused::NewConnectionsPerIp(
+                Duration::from_millis(u64::from(retry_after_ms)),
+            ));
         }
         e.connections += 1;
         Ok(())
@@ -444,6 +453,85 @@ impl Admission for LocalAdmission {
     }
 }
 
+/// Longest number accepted in publication data, in characters: no client needs more, and a
+/// double holds no more than 17 significant digits anyway.
+pub const MAX_NUMBER_LEN: usize = 400;
+
+/// Checks that `json` (valid JSON, as the parser accepted it) is JSON every client of ours
+/// parses to the same value: no lone surrogate escapes (`"\ud800"`), no number a double
+/// cannot hold (`1e999999`, a 60,000-digit integer). The error says what is wrong, for a
+/// `bad_request` naming `data`.
+///
+/// One pass over the bytes, without allocating; numbers are converted only when they are long
+/// or have an exponent.
+pub fn check_data(json: &str) -> Result<(), String> {
+    let b = json.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                // Inside a string: only escapes matter.
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] != b'\\' {
+                        i += 1;
+                        continue;
+                    }
+                    if b.get(i + 1) != Some(&b'u') {
+                        i += 2;
+                        continue;
+                    }
+                    let unit = hex4(b, i + 2).ok_or("an invalid \\u escape")?;
+                    i += 6;
+                    if (0xDC00..0xE000).contains(&unit) {
+                        return Err(format!("a lone surrogate escape \\u{unit:04x}"));
+                    }
+                    if (0xD800..0xDC00).contains(&unit) {
+                        let low = (b.get(i) == Some(&b'\\') && b.get(i + 1) == Some(&b'u'))
+                            .then(|| hex4(b, i + 2))
+                            .flatten();
+                        match low {
+                            Some(low) if (0xDC00..0xE000).contains(&low) => i += 6,
+                            _ => return Err(format!("a lone surrogate escape \\u{unit:04x}")),
+                        }
+                    }
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                let mut exponent = false;
+                while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    exponent |= matches!(b[i], b'e' | b'E');
+                    i += 1;
+                }
+                let number = &json[start..i];
+                if number.len() > MAX_NUMBER_LEN {
+                    return Err(format!(
+                        "a number of {} characters (at most {MAX_NUMBER_LEN})",
+                        number.len()
+                    ));
+                }
+                // Up to 15 digits always fit; beyond, or with an exponent, ask the conversion.
+                if (exponent || number.len() > 15)
+                    && !number.parse::<f64>().is_ok_and(f64::is_finite)
+                {
+                    let shown: String = number.chars().take(24).collect();
+                    return Err(format!("the number {shown} does not fit a double"));
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+fn hex4(b: &[u8], at: usize) -> Option<u32> {
+    let digits = std::str::from_utf8(b.get(at..at + 4)?).ok()?;
+    u32::from_str_radix(digits, 16).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -468,10 +556,7 @@ mod tests {
         for i in 0..100 {
             assert_eq!(r.check(&mut b, t0), Verdict::Allowed, "command {i}");
         }
-        assert_eq!(
-            r.check(&mut b, t0),
-            Verdict::Limited { retry_after_ms: 20 }
-        );
+        assert_eq!(r.check(&mut b, t0), Verdict::Limited { retry_after_ms: 20 });
         // One more every 20 ms.
         assert_eq!(r.check(&mut b, t0 + 20), Verdict::Allowed);
         assert!(matches!(r.check(&mut b, t0 + 20), Verdict::Limited { .. }));
@@ -524,12 +609,41 @@ mod tests {
     }
 
     #[test]
+    fn data_every_client_parses() {
+        for ok in [
+            r#"{"a":[1,-2.5,3e10,1E-300,12345678901234567890,"\u00e9\ud83d\ude00\\u0000"]}"#,
+            r#""\\ud800""#,
+            r#""1e999999""#,
+            "null",
+            "-0.0",
+        ] {
+            assert_eq!(check_data(ok), Ok(()), "{ok}");
+        }
+        for (bad, says) in [
+            (r#""\ud800""#, "lone surrogate"),
+            (r#"{"x":"a\udc00b"}"#, "lone surrogate"),
+            (r#""\ud800\u0041""#, "lone surrogate"),
+            (r#"[1e999999]"#, "does not fit"),
+            (r#"{"n":-1e309}"#, "does not fit"),
+        ] {
+            let e = check_data(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let long = "9".repeat(60_000);
+        assert!(check_data(&long).unwrap_err().contains("60000 characters"));
+        let long = "9".repeat(320);
+        assert!(check_data(&long).unwrap_err().contains("does not fit"));
+    }
+
+    #[test]
     fn bucket_is_small() {
         assert_eq!(std::mem::size_of::<CommandBucket>(), 6);
-        assert!(CommandRate::from_config(&LimitsConfig {
-            commands_per_second: 0,
-            ..LimitsConfig::default()
-        })
-        .is_none());
+        assert!(
+            CommandRate::from_config(&LimitsConfig {
+                commands_per_second: 0,
+                ..LimitsConfig::default()
+            })
+            .is_none()
+        );
     }
 }

@@ -491,6 +491,8 @@ impl Protocol {
         c: PublishCommand<'_>,
     ) -> Result<(), Refused> {
         let room = &*c.room;
+        limits::check_data(c.data.get())
+            .map_err(|e| Refused::bad_request(format!("field 'data': {e}")))?;
         let subscribed = conn.rooms.contains(room);
         self.node
             .access()

@@ -819,3 +819,81 @@ async fn commands_per_second_zero_turns_the_limit_off() {
     assert_eq!(a.received.len(), 300);
     assert!(a.received.iter().all(|m| m["type"] == "pong"));
 }
+
+/// `data` a client of ours could not parse is refused with `bad_request` naming `data`, and
+/// nothing is stored.
+#[tokio::test]
+async fn publish_refuses_data_clients_cannot_parse() {
+    let s = Server::new(|_| {});
+    let (mut a, _) = s.connect(user("alice", &[], None)).await;
+    a.subscribe("chat:d").await;
+    for (id, data) in [
+        (1, r#""a\udc00""#),
+        (2, "-1e400"),
+        (3, &"7".repeat(500)[..]),
+    ] {
+        let text = format!(r#"{{"id":{id},"type":"publish","room":"chat:d","data":{data}}}"#);
+        a.protocol
+            .on_message(&mut a.conn, Incoming::Text(Utf8Bytes::from(text)))
+            .await;
+        let answer = a.answer(json!(id));
+        assert_eq!(answer["code"], "bad_request", "{answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains("'data'"),
+            "{answer}"
+        );
+    }
+    let h = s.node.history("chat:d", None, None, false).await.unwrap();
+    assert!(h.publications.is_empty());
+}
+
+/// Above `join_leave_max_members` members a room sends no join or leave pushes (a join costs
+/// O(1) pushes, not O(members)); presence still counts everyone.
+#[tokio::test]
+async fn big_rooms_send_no_join_or_leave_pushes() {
+    const MAX: usize = 50;
+    const MEMBERS: usize = 200;
+    let s = Server::new(|c| {
+        c.namespaces.get_mut("room").unwrap().join_leave_max_members = MAX;
+    });
+    let mut peers = Vec::new();
+    for _ in 0..MEMBERS {
+        let (mut p, _) = s.connect(anonymous()).await;
+        p.subscribe("room:big").await;
+        peers.push(p);
+    }
+    assert_eq!(s.presence_count("room:big").await, MEMBERS);
+    // Events of a room are delivered in order: once the marker arrives, every join pushed
+    // before it has too.
+    async fn until_marker(s: &Server, p: &mut Peer, marker: &str) -> Vec<Value> {
+        s.node
+            .publish(
+                "room:big",
+                Publish {
+                    data: Bytes::from(format!("\"{marker}\"")),
+                    ..Publish::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut before = Vec::new();
+        loop {
+            let m = p.push().await;
+            if m["type"] == "message" && m["data"] == marker {
+                return before;
+            }
+            before.push(m);
+        }
+    }
+    let first = &mut peers[0];
+    let before = until_marker(&s, first, "m1").await;
+    assert!(before.iter().all(|m| m["type"] == "join"), "{before:?}");
+    // The joins of the 2nd to the MAX-th member, none after.
+    assert_eq!(before.len(), MAX - 1);
+    // A leave from a room above the threshold is not pushed either.
+    let mut last = peers.pop().unwrap();
+    last.protocol.on_close(&mut last.conn, None).await;
+    let before = until_marker(&s, &mut peers[0], "m2").await;
+    assert!(before.is_empty(), "{before:?}");
+    assert_eq!(s.presence_count("room:big").await, MEMBERS - 1);
+}

@@ -83,7 +83,11 @@ async fn read_answer(stream: &mut TcpStream) -> Answer {
     tokio::time::timeout(T, async {
         while !buf.ends_with(b"\r\n\r\n") {
             let n = stream.read(&mut byte).await.unwrap();
-            assert!(n > 0, "the connection ended after {:?}", String::from_utf8_lossy(&buf));
+            assert!(
+                n > 0,
+                "the connection ended after {:?}",
+                String::from_utf8_lossy(&buf)
+            );
             buf.push(byte[0]);
         }
     })
@@ -263,4 +267,30 @@ async fn request_heads_are_bounded() {
         .expect("the server ends the connection");
     let out = String::from_utf8_lossy(&out);
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+}
+
+/// SSE streams count as connections too: of their user, of their IP, of the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_streams_count_against_the_same_limits() {
+    let addr = start(|c| {
+        c.limits.connections_per_user = 2;
+        c.limits.new_connections_per_second_per_ip = 0;
+    })
+    .await;
+    async fn stream(addr: SocketAddr, from: u8, user: &str) -> (Answer, TcpStream) {
+        let mut s = tcp(addr, from).await;
+        let request = format!(
+            "GET /sse?room=chat:x&token={} HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n",
+            token(user)
+        );
+        s.write_all(request.as_bytes()).await.unwrap();
+        (read_answer(&mut s).await, s)
+    }
+    let (a, _s1) = stream(addr, 14, "frank").await;
+    assert_eq!(a.status, 200, "{}{}", a.head, a.body);
+    // A WebSocket connection of the same user is the second.
+    let (a, _s2) = upgrade(addr, 14, "frank").await;
+    assert_eq!(a.status, 101);
+    let (refused, _) = stream(addr, 15, "frank").await;
+    assert_refused(&refused, 429, "connections_per_user");
 }
