@@ -208,9 +208,12 @@ async fn recovery_under_churn_gives_every_subscriber_every_publication_once_in_o
         r#"
 [auth]
 secret = "{SECRET}"
-# A publisher sends thousands of publications as fast as it can.
+# A publisher sends thousands of publications as fast as it can, and subscribers reconnect
+# as fast as they can, all from 127.0.0.1.
 [limits]
 commands_per_second = 0
+new_connections_per_second_per_ip = 0
+connections_per_user = 0
 [namespaces.churn]
 history_size = 10000
 publish = "authenticated"
@@ -293,9 +296,12 @@ async fn a_subscribe_during_publishing_continues_exactly_after_the_reply_offset(
         r#"
 [auth]
 secret = "{SECRET}"
-# A publisher sends thousands of publications as fast as it can.
+# A publisher sends thousands of publications as fast as it can, and subscribers reconnect
+# as fast as they can, all from 127.0.0.1.
 [limits]
 commands_per_second = 0
+new_connections_per_second_per_ip = 0
+connections_per_user = 0
 [namespaces.live]
 history_size = 10
 publish = "authenticated"
