@@ -216,14 +216,12 @@ async fn serve_http(
     max_request_head: usize,
 ) {
     let token = crate::transport::sse::ShutdownToken(shutdown.clone());
-    // The handshake is over once the first request head was read and that request was
-    // answered (an upgrade's token checked): the request holds the ticket until then.
-    let ticket = std::sync::Mutex::new(ticket.map(Arc::new));
+    // The HTTP connection counts against its IP until it ends or is upgraded (the upgraded
+    // connection is counted by the route): counting only up to the first request would let a
+    // client send one small request and then hold unfinished heads uncounted.
+    let _ticket = ticket;
     let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(PeerAddr(peer));
-        if let Some(t) = ticket.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            req.extensions_mut().insert(t);
-        }
         // SSE streams end with the server.
         req.extensions_mut().insert(token.clone());
         let mut router = router.clone();
