@@ -91,7 +91,8 @@ async fn serve(mut config: Config, has_file: bool) -> Result<bool, Box<dyn std::
         tracing::warn!(
             secret_file = %path.display(),
             "development mode: no configuration given; tokens are signed with the generated secret \
-             (`switchboard token --user alice` mints one); do not expose this server"
+             (`switchboard token --user alice` mints one); no command rate limit and no \
+             connection limits per user or per IP (docs/security.md); do not expose this server"
         );
         if config.api.keys.is_empty() {
             let path = switchboard_server::http::api::dev_api_key_path();

@@ -54,7 +54,14 @@ fn token(user: &str) -> String {
 }
 
 fn start_server(args: &[&str]) -> ServerProcess {
-    ServerProcess::start_with_env(args, &[("SWITCHBOARD_AUTH__SECRET", SECRET)])
+    // These tests publish as fast as the client goes: no command rate limit.
+    ServerProcess::start_with_env(
+        args,
+        &[
+            ("SWITCHBOARD_AUTH__SECRET", SECRET),
+            ("SWITCHBOARD_LIMITS__COMMANDS_PER_SECOND", "0"),
+        ],
+    )
 }
 
 /// Options with a token for `user` and quick reconnects.
@@ -312,6 +319,7 @@ impl ServerAt {
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env("SWITCHBOARD_AUTH__SECRET", SECRET)
+            .env("SWITCHBOARD_LIMITS__COMMANDS_PER_SECOND", "0")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

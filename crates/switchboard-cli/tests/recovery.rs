@@ -208,6 +208,12 @@ async fn recovery_under_churn_gives_every_subscriber_every_publication_once_in_o
         r#"
 [auth]
 secret = "{SECRET}"
+# A publisher sends thousands of publications as fast as it can, and subscribers reconnect
+# as fast as they can, all from 127.0.0.1.
+[limits]
+commands_per_second = 0
+new_connections_per_second_per_ip = 0
+connections_per_user = 0
 [namespaces.churn]
 history_size = 10000
 publish = "authenticated"
@@ -290,6 +296,12 @@ async fn a_subscribe_during_publishing_continues_exactly_after_the_reply_offset(
         r#"
 [auth]
 secret = "{SECRET}"
+# A publisher sends thousands of publications as fast as it can, and subscribers reconnect
+# as fast as they can, all from 127.0.0.1.
+[limits]
+commands_per_second = 0
+new_connections_per_second_per_ip = 0
+connections_per_user = 0
 [namespaces.live]
 history_size = 10
 publish = "authenticated"
@@ -549,6 +561,9 @@ async fn slow_consumer_is_closed_with_4500_while_the_others_get_everything() {
 secret = "{SECRET}"
 [websocket]
 outbound_queue = "64KiB"
+# One publisher sends thousands of publications as fast as the subscribers read them.
+[limits]
+commands_per_second = 0
 [namespaces.feed]
 publish = "authenticated"
 join_leave = false

@@ -79,12 +79,23 @@ impl Node {
         let mut b = Server::builder(c.listen)
             .node(self.clone())
             .drain_timeout(c.shutdown.drain_timeout)
-            .backlog(c.listen_backlog);
+            .backlog(c.listen_backlog)
+            .max_connections(c.limits.max_connections)
+            .max_request_head(c.limits.max_request_head.as_usize());
+        // Development mode serves one developer and benchmarks from one machine: no limits
+        // per user or per IP there (docs/security.md).
+        let local = crate::limits::LocalAdmission::from_config(&c.limits, c.dev == Some(true));
+        let admission = local
+            .limits_anything()
+            .then(|| std::sync::Arc::new(local) as std::sync::Arc<dyn crate::limits::Admission>);
+        if let Some(a) = &admission {
+            b = b.admission(a.clone());
+        }
         for r in self.routes() {
             b = b.route(r);
         }
         if c.sse.enabled {
-            b = b.http(crate::transport::sse::router(self.clone()));
+            b = b.http(crate::transport::sse::router(self.clone(), admission));
         }
         // The demo page: in development mode (its token endpoint only there) or when asked for.
         let dev = c.dev == Some(true);

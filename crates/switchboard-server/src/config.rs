@@ -296,6 +296,10 @@ pub struct NamespaceConfig {
     pub join_leave: bool,
     /// Subscribers per room; none by default.
     pub max_subscribers: Option<usize>,
+    /// Join and leave pushes are sent only while the room has at most this many members on
+    /// the node (after the join, after the leave): above it a join would cost a push to every
+    /// member, so none is sent (`presence` still answers). 0: no threshold. Default 1000.
+    pub join_leave_max_members: usize,
 }
 
 impl Default for NamespaceConfig {
@@ -308,6 +312,7 @@ impl Default for NamespaceConfig {
             presence: true,
             join_leave: true,
             max_subscribers: None,
+            join_leave_max_members: 1000,
         }
     }
 }
@@ -321,6 +326,39 @@ pub struct LimitsConfig {
     /// Time a first-message-auth connection has to authenticate. Default 5 s.
     #[serde(deserialize_with = "duration")]
     pub auth_timeout: Duration,
+    // --- limits engineer: command rate limit (docs/protocol.md 7.4, docs/security.md) ---
+    /// Commands per second a connection may send on average (a token bucket); beyond it a
+    /// command is answered `rate_limited`. 0 turns the limit off; at most 1000. Default 50.
+    pub commands_per_second: u32,
+    /// How many commands a connection may send at once above the average. Default 100.
+    pub commands_burst: u32,
+    /// Close with 4502 when a connection keeps exceeding the rate this long (its bucket does
+    /// not refill to half its burst in between). Default 10 s.
+    #[serde(deserialize_with = "duration")]
+    pub rate_limit_close_after: Duration,
+    // --- limits engineer: connection admission (docs/protocol.md 7.3, 7.4) ---
+    /// Open connections per user on this node (anonymous connections are not counted);
+    /// 429 beyond. 0: no limit. Default 5. Off in development mode.
+    pub connections_per_user: usize,
+    /// Open connections and handshakes in progress per client IP; 429 beyond. 0: no limit.
+    /// Default 256. Off in development mode.
+    pub connections_per_ip: usize,
+    /// New connections per second per client IP (a token bucket); 429 beyond. 0: no limit;
+    /// at most 1000. Default 20. Off in development mode.
+    pub new_connections_per_second_per_ip: u32,
+    /// New connections per client IP at once above the rate. Default 40.
+    pub new_connections_burst_per_ip: u32,
+    /// Open connections (WebSocket and SSE) on this node; 503 beyond. 0: no limit (default).
+    pub max_connections: usize,
+    /// Largest HTTP request head (request line and headers) read before a request is
+    /// answered; 431 beyond. At least 8 KiB. Default 80 KiB: a 64 KiB token and the usual
+    /// headers.
+    pub max_request_head: ByteSize,
+    /// How long a room nobody uses, with no publication kept, keeps its epoch and last offset
+    /// (so that a client recovering within it gets `recovered: false` rather than a wrong
+    /// answer) before it is forgotten. Default 10 min.
+    #[serde(deserialize_with = "duration")]
+    pub room_metadata_ttl: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -328,6 +366,16 @@ impl Default for LimitsConfig {
         LimitsConfig {
             subscriptions_per_connection: 128,
             auth_timeout: Duration::from_secs(5),
+            commands_per_second: 50,
+            commands_burst: 100,
+            rate_limit_close_after: Duration::from_secs(10),
+            connections_per_user: 5,
+            connections_per_ip: 256,
+            new_connections_per_second_per_ip: 20,
+            new_connections_burst_per_ip: 40,
+            max_connections: 0,
+            max_request_head: ByteSize(80 * 1024),
+            room_metadata_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -753,6 +801,36 @@ impl Config {
         }
         if self.api.max_body_size.0 == 0 {
             return Err(err("api.max_body_size", "must be at least 1 byte".into()));
+        }
+        if self.limits.commands_per_second > 1000 {
+            return Err(err(
+                "limits.commands_per_second",
+                format!(
+                    "{} is above 1000 (0 turns the limit off)",
+                    self.limits.commands_per_second
+                ),
+            ));
+        }
+        if self.limits.commands_per_second > 0 && self.limits.commands_burst == 0 {
+            return Err(err(
+                "limits.commands_burst",
+                "must be at least 1 while limits.commands_per_second is on".into(),
+            ));
+        }
+        if self.limits.new_connections_per_second_per_ip > 1000 {
+            return Err(err(
+                "limits.new_connections_per_second_per_ip",
+                format!(
+                    "{} is above 1000 (0 turns the limit off)",
+                    self.limits.new_connections_per_second_per_ip
+                ),
+            ));
+        }
+        if self.limits.max_request_head.0 < 8 * 1024 {
+            return Err(err(
+                "limits.max_request_head",
+                "must be at least 8 KiB".into(),
+            ));
         }
         if self.websocket.ping_interval.is_zero() {
             return Err(err("websocket.ping_interval", "must be positive".into()));

@@ -329,6 +329,10 @@ pub struct Connection<S> {
     /// The armed [`Handler::on_timer`] timer: none (no timer entry) unless its deadline
     /// (kept in [`ConnShared`]) is near.
     pub(crate) timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// The connection's place in the per-user and per-IP counts, given back when the
+    /// connection ends (`None` when the server limits nothing). Boxed: one word per task.
+    #[allow(dead_code, reason = "held for its Drop, which gives the counts back")]
+    pub(crate) admitted: Option<Box<crate::limits::Admitted>>,
     /// The handler's state.
     pub state: S,
 }

@@ -30,6 +30,7 @@ pub mod handler;
 pub mod http;
 pub mod hub;
 pub mod ids;
+pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod route;

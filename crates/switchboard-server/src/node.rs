@@ -147,8 +147,12 @@ impl Node {
     /// Builds a node with the in-memory broker. Must be called inside a tokio runtime (it
     /// spawns the dispatchers).
     pub fn new(config: Config) -> Result<Node, NodeError> {
+        let memory = crate::broker::MemoryBrokerConfig {
+            meta_ttl: config.limits.room_metadata_ttl,
+            ..crate::broker::MemoryBrokerConfig::default()
+        };
         let parts = Parts::new(config)?;
-        let broker = Arc::new(MemoryBroker::new(parts.dispatchers.clone()));
+        let broker = Arc::new(MemoryBroker::with_config(memory, parts.dispatchers.clone()));
         Ok(parts.assemble(broker))
     }
 
@@ -364,6 +368,20 @@ impl Node {
         }
     }
 
+    /// Whether a join or leave in `room` is pushed: the namespace's `join_leave`, and the
+    /// room's members on this node (counted after the change) at most
+    /// `join_leave_max_members`, so that a join into a big room costs O(1) pushes, not
+    /// O(members).
+    fn join_leave_pushed(&self, room: &str, ns: &NamespaceConfig) -> bool {
+        ns.join_leave
+            && (ns.join_leave_max_members == 0
+                || self
+                    .inner
+                    .hub
+                    .members(room)
+                    .is_none_or(|m| m.len() <= ns.join_leave_max_members))
+    }
+
     /// Presence and the join push after a subscription.
     async fn after_join(&self, member: Member<'_>, room: &Arc<str>, ns: &NamespaceConfig) {
         let broker = &self.inner.broker;
@@ -382,7 +400,7 @@ impl Node {
                 tracing::warn!(conn = %id, room = %room, error = %e, "presence add failed");
             }
         }
-        if ns.join_leave
+        if self.join_leave_pushed(room, ns)
             && let Err(e) = broker.publish_join(room, member.presence()).await
         {
             tracing::warn!(conn = %id, room = %room, error = %e, "join push failed");
@@ -413,7 +431,7 @@ impl Node {
         }
         member.conn.forget(room);
         self.leave_hub(room, member.conn).await;
-        if ns.is_some_and(|n| n.join_leave)
+        if ns.is_some_and(|n| self.join_leave_pushed(room, n))
             && let Err(e) = broker.publish_leave(room, member.presence()).await
         {
             tracing::warn!(conn = %id, room, error = %e, "leave push failed");

@@ -24,6 +24,7 @@ use crate::{
     config::WebSocketConfig,
     conn::ConnShared,
     handler::{Connection, Handler, Refusal, RouteShared, UpgradeContext, User},
+    limits::{self, Admission, Admitted},
     metrics::Transport,
     transport::ws,
 };
@@ -82,6 +83,10 @@ pub(crate) struct RouteContext {
     pub(crate) route: Arc<RouteShared>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
+    /// The per-user and per-IP counts (`None`: not limited).
+    pub(crate) admission: Option<Arc<dyn Admission>>,
+    /// Open connections on the node beyond which upgrades get 503 (0: no limit).
+    pub(crate) max_connections: usize,
 }
 
 /// A path served by a [`Handler`].
@@ -206,6 +211,20 @@ async fn upgrade<H: Handler>(
             Err(e) => return handshake_refusal(&e, &options.protocols),
         };
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
+    // Limits before the token is verified: refusing costs less than verifying.
+    if ctx.max_connections > 0 && ctx.route.hub.connection_count() >= ctx.max_connections {
+        return refusal_response(Refusal::unavailable("capacity", Duration::from_secs(1)));
+    }
+    let mut admitted = match (&ctx.admission, peer) {
+        (Some(admission), Some(peer)) => {
+            let ip = limits::client_ip(peer, req.headers());
+            match Admitted::open_ip(admission, ip) {
+                Ok(a) => Some(Box::new(a)),
+                Err(r) => return refusal_response(r.refusal()),
+            }
+        }
+        _ => None,
+    };
     let accepted = {
         let cx = UpgradeContext {
             headers: req.headers(),
@@ -218,6 +237,11 @@ async fn upgrade<H: Handler>(
             Err(r) => return refusal_response(r),
         }
     };
+    if let Some(admitted) = &mut admitted
+        && let Err(r) = admitted.open_user(&accepted.user.id)
+    {
+        return refusal_response(r.refusal());
+    }
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return json_response(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -274,6 +298,7 @@ async fn upgrade<H: Handler>(
             close: None,
             route,
             timer: None,
+            admitted,
             state: accepted.state,
         };
         // A task of its own: this one holds what the upgrade needed until it ends.

@@ -26,7 +26,8 @@ use crate::{
     broker::Broker,
     handler::RouteShared,
     hub::Hub,
-    metrics::Metrics,
+    limits::{Admission, HandshakeTicket},
+    metrics::{Metrics, Transport},
     node::Node,
     route::{PeerAddr, Route, RouteContext, json_response},
     transport::registry::{Registry, run_sweeper},
@@ -43,6 +44,11 @@ pub struct Server {
     health: Arc<Health>,
     /// Each WebSocket route's connections, swept by a task of their own.
     sweeps: Vec<Arc<Registry>>,
+    /// Handshakes in progress per IP (`None`: not limited).
+    admission: Option<Arc<dyn Admission>>,
+    /// Largest request head read (hyper's read buffer bound).
+    max_request_head: usize,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +70,9 @@ pub struct ServerBuilder {
     node: Option<Node>,
     backlog: u32,
     metrics_enabled: bool,
+    admission: Option<Arc<dyn Admission>>,
+    max_connections: usize,
+    max_request_head: usize,
 }
 
 impl Server {
@@ -79,6 +88,9 @@ impl Server {
             node: None,
             backlog: 1024,
             metrics_enabled: true,
+            admission: None,
+            max_connections: 0,
+            max_request_head: DEFAULT_MAX_REQUEST_HEAD,
         }
     }
 
@@ -103,6 +115,9 @@ impl Server {
             drain_timeout,
             health,
             sweeps,
+            admission,
+            max_request_head,
+            metrics,
         } = self;
         for registry in sweeps {
             tracker.spawn(run_sweeper(Arc::downgrade(&registry), shutdown.clone()));
@@ -123,10 +138,23 @@ impl Server {
                             continue;
                         }
                     };
+                    // Handshakes in progress count against the peer's per-IP limit: requests
+                    // without a token hold a bounded amount of memory per IP.
+                    let ticket = match &admission {
+                        Some(a) => match HandshakeTicket::begin(a, peer.ip()) {
+                            Some(t) => Some(t),
+                            None => {
+                                metrics.connection_refused(Transport::WebSocket, 429, false);
+                                tracker.spawn(refuse_tcp(stream));
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
                     let _ = stream.set_nodelay(true);
                     let router = router.clone();
                     let shutdown = shutdown.clone();
-                    tracker.spawn(serve_http(stream, peer, router, shutdown));
+                    tracker.spawn(serve_http(stream, peer, router, shutdown, ticket, max_request_head));
                 }
             }
         }
@@ -150,13 +178,48 @@ impl Server {
     }
 }
 
+/// The default of `limits.max_request_head`: a 64 KiB token and the usual headers.
+pub const DEFAULT_MAX_REQUEST_HEAD: usize = 80 * 1024;
+
+/// The answer to a TCP connection refused before anything was read (too many connections
+/// and handshakes from its IP): a 429 written at once, then the connection is closed.
+const TCP_REFUSAL: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
+content-type: application/json\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: 59\r\n\r\n\
+{\"error\":\"too_many_requests\",\"reason\":\"connections_per_ip\"}";
+
+/// Writes [`TCP_REFUSAL`] and closes, reading (and dropping) what the client sends for a
+/// moment so that the close does not become a reset that loses the answer.
+async fn refuse_tcp(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(TCP_REFUSAL).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        std::io::Result::Ok(())
+    })
+    .await;
+}
+
 async fn serve_http(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     router: Router,
     shutdown: CancellationToken,
+    ticket: Option<HandshakeTicket>,
+    max_request_head: usize,
 ) {
     let token = crate::transport::sse::ShutdownToken(shutdown.clone());
+    // The HTTP connection counts against its IP until it ends or is upgraded (the upgraded
+    // connection is counted by the route): counting only up to the first request would let a
+    // client send one small request and then hold unfinished heads uncounted.
+    let _ticket = ticket;
     let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(PeerAddr(peer));
         // SSE streams end with the server.
@@ -167,6 +230,9 @@ async fn serve_http(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
+        // hyper's default (about 400 KiB) would let every unauthenticated connection hold
+        // that much; heads larger than this are answered 431.
+        .max_buf_size(max_request_head.max(8192))
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
@@ -230,6 +296,27 @@ impl ServerBuilder {
     /// beyond the kernel's usual 128 would otherwise wait a second for a SYN retry.
     pub fn backlog(mut self, backlog: u32) -> Self {
         self.backlog = backlog;
+        self
+    }
+
+    /// Counts connections per user and per IP, new connections per second per IP and
+    /// handshakes in progress per IP with `admission` (default: no limits).
+    pub fn admission(mut self, admission: Arc<dyn Admission>) -> Self {
+        self.admission = Some(admission);
+        self
+    }
+
+    /// Upgrades are answered 503 while the node has this many open connections (0, the
+    /// default: no limit).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// The largest request head read (at least 8 KiB); 431 beyond. Default
+    /// [`DEFAULT_MAX_REQUEST_HEAD`].
+    pub fn max_request_head(mut self, bytes: usize) -> Self {
+        self.max_request_head = bytes.max(8192);
         self
     }
 
@@ -298,6 +385,8 @@ impl ServerBuilder {
                 }),
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
+                admission: self.admission.clone(),
+                max_connections: self.max_connections,
             };
             router = router.route(
                 &route.path,
@@ -325,6 +414,9 @@ impl ServerBuilder {
             drain_timeout: self.drain_timeout,
             health,
             sweeps,
+            admission: self.admission,
+            max_request_head: self.max_request_head,
+            metrics: self.hub.metrics().clone(),
         })
     }
 }

@@ -30,6 +30,7 @@ use crate::{
     conn::Control,
     error::Refused,
     handler::frame_with,
+    limits::{self, CommandBucket, CommandRate, Verdict},
     node::{self, Node, Publish, Subscribed},
 };
 
@@ -40,12 +41,20 @@ const REFRESH_AHEAD: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct Protocol {
     node: Node,
+    /// The command rate limit (`limits.commands_per_second`); `None` when off.
+    rate: Option<CommandRate>,
 }
 
 impl Protocol {
     /// The protocol served by `node`.
     pub fn new(node: Node) -> Self {
-        Protocol { node }
+        // Development mode serves benchmarks and load tests from one machine: no command rate
+        // limit there (docs/security.md).
+        let config = node.config();
+        let rate = (config.dev != Some(true))
+            .then(|| CommandRate::from_config(&config.limits))
+            .flatten();
+        Protocol { node, rate }
     }
 }
 
@@ -58,6 +67,8 @@ pub struct Session {
     /// in tokio's smallest cell.
     from: Option<Box<Bytes>>,
     refresh_sent: bool,
+    /// The command rate limit's bucket (six bytes, in what would be padding).
+    rate: CommandBucket,
 }
 
 /// The `from` object of this connection's publications (raw JSON), made once.
@@ -213,6 +224,22 @@ impl Handler for Protocol {
     }
 
     async fn on_message(&self, conn: &mut Connection<Session>, message: Incoming) {
+        if let Some(rate) = &self.rate {
+            match rate.check(&mut conn.state.rate, limits::now_ms()) {
+                Verdict::Allowed => {}
+                Verdict::Limited { retry_after_ms } => {
+                    self.node.metrics().rate_limited();
+                    rate_limited(conn, &message, retry_after_ms);
+                    return;
+                }
+                Verdict::Close => {
+                    self.node.metrics().rate_limited();
+                    tracing::info!(conn = %conn.id(), "command rate exceeded for too long, closing with 4502");
+                    conn.close(Disconnect::RATE_LIMITED);
+                    return;
+                }
+            }
+        }
         let text = match &message {
             Incoming::Text(t) => t.as_str(),
             Incoming::Binary(_) => {
@@ -306,6 +333,27 @@ impl Handler for Protocol {
             }
         }
     }
+}
+
+/// Answers a command refused by the rate limit, with its `id` when it has one.
+#[cold]
+fn rate_limited<S>(conn: &mut Connection<S>, message: &Incoming, retry_after_ms: u32) {
+    let id = match message {
+        Incoming::Text(t) => match wire::parse_command(t.as_str()) {
+            Ok(c) => c.id,
+            Err(e) => e.id,
+        },
+        Incoming::Binary(_) => None,
+    };
+    let mut buf = Vec::with_capacity(128);
+    wire::encode_error(
+        &mut buf,
+        id.as_ref(),
+        ErrorCode::RateLimited,
+        "too many commands; retry after retry_after_ms",
+        Some(u64::from(retry_after_ms)),
+    );
+    conn.send_raw_json(&buf);
 }
 
 fn send_error<S>(conn: &mut Connection<S>, id: Option<&Id>, code: ErrorCode, message: &str) {
@@ -443,6 +491,8 @@ impl Protocol {
         c: PublishCommand<'_>,
     ) -> Result<(), Refused> {
         let room = &*c.room;
+        limits::check_data(c.data.get())
+            .map_err(|e| Refused::bad_request(format!("field 'data': {e}")))?;
         let subscribed = conn.rooms.contains(room);
         self.node
             .access()

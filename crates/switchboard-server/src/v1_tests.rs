@@ -127,6 +127,7 @@ impl Server {
                 registry: Arc::new(crate::transport::registry::Registry::default()),
             }),
             timer: None,
+            admitted: None,
             state: Session::default(),
         };
         Peer {
@@ -737,4 +738,162 @@ async fn the_expiry_timer_asks_for_a_refresh_then_closes_with_4501() {
     b.protocol.on_timer(&mut b.conn).await;
     b.nothing_more();
     assert!(b.conn.close.is_none());
+}
+
+/// The command rate limit (7.4): the burst, then `rate_limited` with `retry_after_ms` and the
+/// command's id, one more command per interval, and 4502 when the excess goes on.
+#[tokio::test(start_paused = true)]
+async fn commands_beyond_the_rate_are_refused_then_closed_with_4502() {
+    let s = Server::new(|c| {
+        c.limits.commands_per_second = 10;
+        c.limits.commands_burst = 3;
+        c.limits.rate_limit_close_after = Duration::from_secs(1);
+    });
+    let (mut a, _) = s.connect(anonymous()).await;
+    async fn ping(a: &mut Peer, id: u64) -> Value {
+        let text = Utf8Bytes::from(json!({"id": id, "type": "ping"}).to_string());
+        a.protocol
+            .on_message(&mut a.conn, Incoming::Text(text))
+            .await;
+        a.drain();
+        let i = a
+            .received
+            .iter()
+            .position(|m| m["id"] == id)
+            .unwrap_or_else(|| panic!("no answer to ping {id}: {:?}", a.received));
+        a.received.remove(i).unwrap()
+    }
+    for id in 1..=3 {
+        assert_eq!(ping(&mut a, id).await["type"], "pong");
+    }
+    let refused = ping(&mut a, 4).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    assert_eq!(refused["retry_after_ms"], 100, "{refused}");
+    // A malformed command is counted and refused the same way, without an id.
+    let text = Utf8Bytes::from("{not json");
+    a.protocol
+        .on_message(&mut a.conn, Incoming::Text(text))
+        .await;
+    assert_eq!(a.answer(Value::Null)["code"], "rate_limited");
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert_eq!(ping(&mut a, 5).await["type"], "pong");
+    assert!(a.conn.close.is_none(), "refusals alone do not close");
+    // Twice the rate: refused in part, then closed once it lasted a second.
+    let mut id = 6;
+    while a.conn.close.is_none() {
+        assert!(id < 100, "not closed after {id} commands");
+        tokio::time::advance(Duration::from_millis(50)).await;
+        let text = Utf8Bytes::from(json!({"id": id, "type": "ping"}).to_string());
+        a.protocol
+            .on_message(&mut a.conn, Incoming::Text(text))
+            .await;
+        id += 1;
+    }
+    // The excess began with command 4 (at 0 ms); command 5 (at 100 ms) left the bucket less
+    // than half full, so it went on; a second later comes the close.
+    assert!((20..=30).contains(&id), "closed after {id} commands");
+    let close = a.conn.close.as_ref().unwrap();
+    assert_eq!(close.code.0, 4502);
+    let metrics = s.node.metrics().encode();
+    let counted = metrics
+        .lines()
+        .find(|l| l.contains("rate_limited_commands") && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no rate_limited counter in\n{metrics}"));
+    assert!(counted >= 2.0, "{counted}");
+}
+
+/// Without a limit (`commands_per_second = 0`) a burst of any size is served.
+#[tokio::test]
+async fn commands_per_second_zero_turns_the_limit_off() {
+    let s = Server::new(|c| c.limits.commands_per_second = 0);
+    let (mut a, _) = s.connect(anonymous()).await;
+    for id in 1..=300 {
+        let text = Utf8Bytes::from(json!({"id": id, "type": "ping"}).to_string());
+        a.protocol
+            .on_message(&mut a.conn, Incoming::Text(text))
+            .await;
+    }
+    a.drain();
+    assert_eq!(a.received.len(), 300);
+    assert!(a.received.iter().all(|m| m["type"] == "pong"));
+}
+
+/// `data` a client of ours could not parse is refused with `bad_request` naming `data`, and
+/// nothing is stored.
+#[tokio::test]
+async fn publish_refuses_data_clients_cannot_parse() {
+    let s = Server::new(|_| {});
+    let (mut a, _) = s.connect(user("alice", &[], None)).await;
+    a.subscribe("chat:d").await;
+    for (id, data) in [
+        (1, r#""a\udc00""#),
+        (2, "-1e400"),
+        (3, &"7".repeat(500)[..]),
+    ] {
+        let text = format!(r#"{{"id":{id},"type":"publish","room":"chat:d","data":{data}}}"#);
+        a.protocol
+            .on_message(&mut a.conn, Incoming::Text(Utf8Bytes::from(text)))
+            .await;
+        let answer = a.answer(json!(id));
+        assert_eq!(answer["code"], "bad_request", "{answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains("'data'"),
+            "{answer}"
+        );
+    }
+    let h = s.node.history("chat:d", None, None, false).await.unwrap();
+    assert!(h.publications.is_empty());
+}
+
+/// Above `join_leave_max_members` members a room sends no join or leave pushes (a join costs
+/// O(1) pushes, not O(members)); presence still counts everyone.
+#[tokio::test]
+async fn big_rooms_send_no_join_or_leave_pushes() {
+    const MAX: usize = 50;
+    const MEMBERS: usize = 200;
+    let s = Server::new(|c| {
+        c.namespaces.get_mut("room").unwrap().join_leave_max_members = MAX;
+    });
+    let mut peers = Vec::new();
+    for _ in 0..MEMBERS {
+        let (mut p, _) = s.connect(anonymous()).await;
+        p.subscribe("room:big").await;
+        peers.push(p);
+    }
+    assert_eq!(s.presence_count("room:big").await, MEMBERS);
+    // Events of a room are delivered in order: once the marker arrives, every join pushed
+    // before it has too.
+    async fn until_marker(s: &Server, p: &mut Peer, marker: &str) -> Vec<Value> {
+        s.node
+            .publish(
+                "room:big",
+                Publish {
+                    data: Bytes::from(format!("\"{marker}\"")),
+                    ..Publish::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut before = Vec::new();
+        loop {
+            let m = p.push().await;
+            if m["type"] == "message" && m["data"] == marker {
+                return before;
+            }
+            before.push(m);
+        }
+    }
+    let first = &mut peers[0];
+    let before = until_marker(&s, first, "m1").await;
+    assert!(before.iter().all(|m| m["type"] == "join"), "{before:?}");
+    // The joins of the 2nd to the MAX-th member, none after.
+    assert_eq!(before.len(), MAX - 1);
+    // A leave from a room above the threshold is not pushed either.
+    let mut last = peers.pop().unwrap();
+    last.protocol.on_close(&mut last.conn, None).await;
+    let before = until_marker(&s, &mut peers[0], "m2").await;
+    assert!(before.is_empty(), "{before:?}");
+    assert_eq!(s.presence_count("room:big").await, MEMBERS - 1);
 }

@@ -346,3 +346,44 @@ async fn without_keys_the_api_says_none_are_configured() {
             .contains("no API keys are configured")
     );
 }
+
+/// `data` that a client of ours could not parse (a lone surrogate escape, a number a double
+/// cannot hold) is refused with 400 naming `data`, by `publish` and by `broadcast`.
+#[tokio::test]
+async fn data_clients_cannot_parse_is_refused_naming_data() {
+    let addr = start(true).await;
+    let key = format!("X-API-Key: {KEY}");
+    let json_ct = "Content-Type: application/json";
+    // Longer than any number a client needs (this server's bodies are small).
+    let long = "9".repeat(600);
+    for data in [r#""\ud800""#, "1e999999", long.as_str()] {
+        for (path, body) in [
+            (
+                "/api/publish",
+                format!(r#"{{"room":"chat","data":{data}}}"#),
+            ),
+            (
+                "/api/broadcast",
+                format!(r#"{{"rooms":["chat"],"data":{data}}}"#),
+            ),
+        ] {
+            let a = request(addr, "POST", path, &[&key, json_ct], &body).await;
+            assert_eq!(
+                a.status,
+                400,
+                "{path} {}: {}",
+                &data[..data.len().min(20)],
+                a.body
+            );
+            let message = a.body["error"]["message"].as_str().unwrap();
+            assert!(message.contains("'data'"), "{message}");
+        }
+    }
+    let ok = call(
+        addr,
+        "/api/publish",
+        json!({"room": "chat", "data": "\u{e9}"}),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+}

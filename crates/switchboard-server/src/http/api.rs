@@ -717,6 +717,12 @@ pub struct NodeInfo {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// `data` must be JSON every client parses (docs/protocol.md 5): 400 naming the field.
+fn check_data(data: &RawValue) -> Result<(), ApiError> {
+    crate::limits::check_data(data.get())
+        .map_err(|e| ApiError::bad_request(format!("field 'data': {e}")))
+}
+
 fn raw_owned(bytes: &[u8]) -> Option<Box<RawValue>> {
     serde_json::from_slice(bytes).ok()
 }
@@ -730,6 +736,7 @@ async fn publish(
     ApiJson(req): ApiJson<PublishRequest>,
 ) -> ApiResult<PublishResponse> {
     check_idempotency_key(req.idempotency_key.as_deref())?;
+    check_data(&req.data)?;
     let publication = Publish {
         data: Bytes::copy_from_slice(req.data.get().as_bytes()),
         from: None,
@@ -756,6 +763,7 @@ async fn broadcast(
         )));
     }
     check_idempotency_key(req.idempotency_key.as_deref())?;
+    check_data(&req.data)?;
     let publication = Publish {
         data: Bytes::copy_from_slice(req.data.get().as_bytes()),
         idempotency_key: req.idempotency_key,

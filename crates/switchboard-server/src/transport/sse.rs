@@ -47,8 +47,9 @@ use crate::{
     broker::StreamPosition,
     conn::{ConnShared, Control, User},
     handler::Refusal,
+    limits::{self, Admission, Admitted},
     node::{Member, Node, Subscribed},
-    route::refusal_response,
+    route::{PeerAddr, refusal_response},
 };
 
 /// The shutdown token of the server, which it puts on every request (SSE streams end with it).
@@ -59,13 +60,15 @@ pub(crate) struct ShutdownToken(pub(crate) CancellationToken);
 #[derive(Debug)]
 struct Shared {
     node: Node,
+    /// The per-user and per-IP counts the WebSocket routes use too (`None`: not limited).
+    admission: Option<Arc<dyn Admission>>,
     registry: Arc<Registry>,
     /// The sweeper starts with the first stream (it needs the server's shutdown token).
     sweeper: OnceLock<()>,
 }
 
 /// The SSE endpoint of `node` at `sse.path`, to merge into the server's HTTP routes.
-pub(crate) fn router(node: Node) -> Router {
+pub(crate) fn router(node: Node, admission: Option<Arc<dyn Admission>>) -> Router {
     let c = &node.config().sse;
     let path = c.path.clone();
     // A stream never sends anything to us: what the sweeper counts as "seen" is bytes the
@@ -78,6 +81,7 @@ pub(crate) fn router(node: Node) -> Router {
     ));
     let shared = Arc::new(Shared {
         node,
+        admission,
         registry,
         sweeper: OnceLock::new(),
     });
@@ -129,6 +133,27 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
     let config = node.config();
     let access = node.access();
 
+    // The limits of a WebSocket upgrade, in the same order (docs/protocol.md 7.3).
+    let max = config.limits.max_connections;
+    let limited = |r: Refusal| {
+        node.metrics()
+            .connection_refused(crate::metrics::Transport::Sse, r.status.as_u16(), false);
+        refusal_response(r)
+    };
+    if max > 0 && node.hub().connection_count() >= max {
+        return limited(Refusal::unavailable("capacity", Duration::from_secs(1)));
+    }
+    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
+    let mut admitted = match (&shared.admission, peer) {
+        (Some(admission), Some(peer)) => {
+            let ip = limits::client_ip(peer, req.headers());
+            match Admitted::open_ip(admission, ip) {
+                Ok(a) => Some(a),
+                Err(r) => return limited(r.refusal()),
+            }
+        }
+        _ => None,
+    };
     // 2.1: header, query parameter, cookie; never a subprotocol.
     let token = auth::find_token(req.headers(), req.uri().query(), &[], &config.auth);
     let user = match access.verifier().authenticate(token.as_deref()) {
@@ -148,6 +173,11 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
         }
     };
     let user = User::shared(user);
+    if let Some(admitted) = &mut admitted
+        && let Err(r) = admitted.open_user(&user.id)
+    {
+        return limited(r.refusal());
+    }
 
     let (rooms, since) = match query(req.uri().query()) {
         Ok(q) => q,
@@ -203,6 +233,7 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
         conn: conn.clone(),
         user: user.clone(),
         rooms: Vec::new(),
+        _admitted: admitted,
     };
     node.metrics()
         .connection_opened(crate::metrics::Transport::Sse);
@@ -374,6 +405,8 @@ struct Guard {
     conn: Arc<ConnShared>,
     user: Arc<User>,
     rooms: Vec<Arc<str>>,
+    /// The stream's place in the per-user and per-IP counts, given back with the guard.
+    _admitted: Option<Admitted>,
 }
 
 impl Drop for Guard {

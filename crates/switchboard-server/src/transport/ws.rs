@@ -607,6 +607,7 @@ mod tests {
             close: None,
             route: Arc::new(route),
             timer: None,
+            admitted: None,
             state,
         }
     }

@@ -1,0 +1,649 @@
+//! Abuse limits that are pure bookkeeping (docs/protocol.md 7.4, docs/security.md "Limits"):
+//! the per-connection command rate limit, and admission: connections per user and per IP,
+//! new connections per second per IP and handshakes in progress per IP, behind the
+//! [`Admission`] trait so that a broker can hold the counts cluster-wide.
+//!
+//! It owns no connection and no task: the listener (`server`), the upgrade (`route`) and the
+//! protocol surface (`v1`) ask it and answer with the documented status or error. It must not
+//! know about transports or the broker.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use http::HeaderMap;
+use tokio::time::Instant;
+
+use crate::{config::LimitsConfig, handler::Refusal};
+
+/// A connection's command bucket: six bytes, no timer, nothing allocated. A generic cell rate
+/// algorithm (GCRA): one "theoretical arrival time" stands for the whole token bucket.
+///
+/// Packed so that it fits in the padding of the v1 session next to a `bool` (the session must
+/// stay 16 bytes, see `v1::Session`).
+#[derive(Debug, Default, Clone, Copy)]
+#[repr(C, packed)]
+pub struct CommandBucket {
+    /// When the bucket is full again, in milliseconds of [`now_ms`] (wrapping); 0 or any
+    /// value in the past: full.
+    tat: u32,
+    /// When the current excess began, in tenths of a second of [`now_ms`] (wrapping, never 0);
+    /// 0: no excess.
+    excess_since: u16,
+}
+
+/// What the limiter says about one command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Serve it.
+    Allowed,
+    /// Answer `rate_limited`; the next command is accepted after this many milliseconds.
+    Limited {
+        /// `retry_after_ms` of the error.
+        retry_after_ms: u32,
+    },
+    /// The excess lasted `limits.rate_limit_close_after`: close with 4502.
+    Close,
+}
+
+/// The command rate limit of a configuration (`limits.commands_per_second`,
+/// `limits.commands_burst`, `limits.rate_limit_close_after`).
+#[derive(Debug, Clone, Copy)]
+pub struct CommandRate {
+    /// Milliseconds one command costs (1000 / rate).
+    interval: u32,
+    /// How far ahead of now the bucket may run: `(burst - 1) × interval`.
+    tau: u32,
+    /// Tenths of a second of excess before closing; 0: never close.
+    close_after: u16,
+}
+
+/// Milliseconds since the first call in this process, wrapping after 49 days: the bucket only
+/// ever compares times less than a few seconds apart (see [`CommandRate::check`]).
+pub fn now_ms() -> u32 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    Instant::now().saturating_duration_since(base).as_millis() as u32
+}
+
+impl CommandRate {
+    /// The limit configured, or `None` when `commands_per_second` is 0 (off).
+    pub fn from_config(limits: &LimitsConfig) -> Option<CommandRate> {
+        let rate = limits.commands_per_second;
+        if rate == 0 {
+            return None;
+        }
+        let interval = (1000 / rate).max(1);
+        let tau = limits.commands_burst.max(1).saturating_sub(1) * interval;
+        let close_after = (limits.rate_limit_close_after.as_millis() / 100).min(u16::MAX as u128);
+        Some(CommandRate {
+            interval,
+            tau,
+            close_after: close_after as u16,
+        })
+    }
+
+    /// How far `bucket` runs ahead of `now`: 0 when full.
+    fn ahead(&self, bucket: &CommandBucket, now: u32) -> u32 {
+        let tat = bucket.tat;
+        // It is never more than `tau + interval`: a larger (or negative) difference is a time
+        // long past that wrapped around, so the bucket is full.
+        let ahead = tat.wrapping_sub(now);
+        if tat == 0 || ahead as i32 <= 0 || ahead > self.tau.saturating_add(self.interval) {
+            0
+        } else {
+            ahead
+        }
+    }
+
+    /// Whether `bucket` is full at `now` (its owner may be forgotten).
+    pub fn is_full(&self, bucket: &CommandBucket, now: u32) -> bool {
+        self.ahead(bucket, now) == 0
+    }
+
+    /// Takes one command from `bucket` at `now` (from [`now_ms`]).
+    pub fn check(&self, bucket: &mut CommandBucket, now: u32) -> Verdict {
+        let ahead = self.ahead(bucket, now);
+        if ahead <= self.tau {
+            bucket.tat = now.wrapping_add(ahead).wrapping_add(self.interval);
+            // The excess ends once the bucket has refilled to half its burst: a client that
+            // merely exceeds now and then is never closed.
+            if bucket.excess_since != 0 && ahead <= self.tau / 2 {
+                bucket.excess_since = 0;
+            }
+            return Verdict::Allowed;
+        }
+        let tenths = ((now / 100) as u16).max(1);
+        let since = bucket.excess_since;
+        if since == 0 {
+            bucket.excess_since = tenths;
+        } else if self.close_after != 0 && tenths.wrapping_sub(since) >= self.close_after {
+            return Verdict::Close;
+        }
+        Verdict::Limited {
+            retry_after_ms: ahead - self.tau,
+        }
+    }
+}
+
+/// The client's address, for limits and logs: the one place that decides it. Today the TCP
+/// peer's address; trusted proxies' `X-Forwarded-For` / `Forwarded` are to be read here.
+pub fn client_ip(peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    let _ = headers;
+    peer.ip()
+}
+
+/// Why [`Admission::open_ip`] or [`Admission::open_user`] refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmissionRefused {
+    /// `limits.connections_per_user` connections of this user are open.
+    ConnectionsPerUser,
+    /// `limits.connections_per_ip` connections (and handshakes) from this IP are open.
+    ConnectionsPerIp,
+    /// More than `limits.new_connections_per_second_per_ip` (burst
+    /// `limits.new_connections_burst_per_ip`): the next one is accepted after this long.
+    NewConnectionsPerIp(Duration),
+}
+
+/// How long a client refused for a connection count should wait: until one of its other
+/// connections closes, which nobody can tell; long enough not to hammer the server.
+const COUNT_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+impl AdmissionRefused {
+    /// The `reason` of the 429 body.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AdmissionRefused::ConnectionsPerUser => "connections_per_user",
+            AdmissionRefused::ConnectionsPerIp => "connections_per_ip",
+            AdmissionRefused::NewConnectionsPerIp(_) => "new_connections_per_ip",
+        }
+    }
+
+    /// The documented refusal (docs/protocol.md 7.3): 429 with `Retry-After`.
+    pub fn refusal(self) -> Refusal {
+        let after = match self {
+            AdmissionRefused::NewConnectionsPerIp(d) => d,
+            _ => COUNT_RETRY_AFTER,
+        };
+        Refusal::too_many_requests(self.reason(), after)
+    }
+}
+
+/// The counts behind the connection limits: per IP (connections and handshakes in progress,
+/// new connections per second) and per user. The in-memory [`LocalAdmission`] counts this
+/// node's connections; a broker can count the cluster's.
+///
+/// Every successful `open_*` is matched by one `close_*` (the [`Admitted`] and
+/// [`HandshakeTicket`] guards make sure of it).
+pub trait Admission: Send + Sync + fmt::Debug + 'static {
+    /// A TCP connection from `ip` was accepted and has not sent a whole request head yet;
+    /// `false`: refuse it (`limits.connections_per_ip`).
+    fn begin_handshake(&self, ip: IpAddr) -> bool;
+    /// The handshake begun with [`Admission::begin_handshake`] is over.
+    fn end_handshake(&self, ip: IpAddr);
+    /// A connection from `ip` is about to be opened (before its token is checked).
+    fn open_ip(&self, ip: IpAddr) -> Result<(), AdmissionRefused>;
+    /// The connection counted by [`Admission::open_ip`] closed (or was refused later).
+    fn close_ip(&self, ip: IpAddr);
+    /// A connection of `user` (never anonymous) is about to be opened.
+    fn open_user(&self, user: &str) -> Result<(), AdmissionRefused>;
+    /// The connection counted by [`Admission::open_user`] closed.
+    fn close_user(&self, user: &str);
+}
+
+/// A handshake in progress, counted per IP until dropped.
+#[derive(Debug)]
+pub struct HandshakeTicket {
+    admission: Arc<dyn Admission>,
+    ip: IpAddr,
+}
+
+impl HandshakeTicket {
+    /// Counts a handshake from `ip`; `None` when the IP has too many connections already.
+    pub fn begin(admission: &Arc<dyn Admission>, ip: IpAddr) -> Option<HandshakeTicket> {
+        admission.begin_handshake(ip).then(|| HandshakeTicket {
+            admission: admission.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for HandshakeTicket {
+    fn drop(&mut self) {
+        self.admission.end_handshake(self.ip);
+    }
+}
+
+/// An admitted connection's place in the counts, given back when dropped (with the
+/// connection).
+#[derive(Debug)]
+pub struct Admitted {
+    admission: Arc<dyn Admission>,
+    ip: IpAddr,
+    user: Option<Arc<str>>,
+}
+
+impl Admitted {
+    /// Counts a connection from `ip` (connections and new connections per IP).
+    pub fn open_ip(
+        admission: &Arc<dyn Admission>,
+        ip: IpAddr,
+    ) -> Result<Admitted, AdmissionRefused> {
+        admission.open_ip(ip)?;
+        Ok(Admitted {
+            admission: admission.clone(),
+            ip,
+            user: None,
+        })
+    }
+
+    /// Counts the connection against `user`'s too (anonymous connections are not counted).
+    pub fn open_user(&mut self, user: &Arc<str>) -> Result<(), AdmissionRefused> {
+        if user.is_empty() || self.user.is_some() {
+            return Ok(());
+        }
+        self.admission.open_user(user)?;
+        self.user = Some(user.clone());
+        Ok(())
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.admission.close_ip(self.ip);
+        if let Some(user) = &self.user {
+            self.admission.close_user(user);
+        }
+    }
+}
+
+/// The counts of one IP.
+#[derive(Debug, Default)]
+struct IpEntry {
+    handshakes: u32,
+    connections: u32,
+    /// New connections per second.
+    bucket: CommandBucket,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    ips: HashMap<IpAddr, IpEntry>,
+    users: HashMap<Box<str>, u32>,
+    /// The IP map is swept when it reaches this many entries.
+    sweep_at: usize,
+}
+
+/// The smallest IP map that is swept.
+const SWEEP_MIN: usize = 1024;
+
+/// This node's counts, in memory. Its maps hold an entry per IP with a connection, a
+/// handshake or a recent new connection, and one per user with a connection: bounded by the
+/// connections, swept as they grow (no timer).
+#[derive(Debug)]
+pub struct LocalAdmission {
+    per_user: u32,
+    per_ip: u32,
+    rate: Option<CommandRate>,
+    counts: Mutex<Counts>,
+}
+
+impl LocalAdmission {
+    /// The limits of `limits`; `relaxed` (development mode) turns the per-user and per-IP
+    /// limits off.
+    pub fn from_config(limits: &LimitsConfig, relaxed: bool) -> LocalAdmission {
+        let cap = |n: usize| {
+            if relaxed {
+                0
+            } else {
+                u32::try_from(n).unwrap_or(u32::MAX)
+            }
+        };
+        let rate = (!relaxed)
+            .then(|| {
+                CommandRate::from_config(&LimitsConfig {
+                    commands_per_second: limits.new_connections_per_second_per_ip,
+                    commands_burst: limits.new_connections_burst_per_ip,
+                    rate_limit_close_after: Duration::ZERO,
+                    ..LimitsConfig::default()
+                })
+            })
+            .flatten();
+        LocalAdmission {
+            per_user: cap(limits.connections_per_user),
+            per_ip: cap(limits.connections_per_ip),
+            rate,
+            counts: Mutex::new(Counts {
+                sweep_at: SWEEP_MIN,
+                ..Counts::default()
+            }),
+        }
+    }
+
+    /// Whether this admission limits anything at all.
+    pub fn limits_anything(&self) -> bool {
+        self.per_user > 0 || self.per_ip > 0 || self.rate.is_some()
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Entries of the IP map (for tests and metrics).
+    pub fn tracked_ips(&self) -> usize {
+        self.counts().ips.len()
+    }
+
+    /// Drops `ip`'s entry when it counts nothing any more.
+    fn forget_if_idle(&self, counts: &mut Counts, ip: IpAddr) {
+        let now = now_ms();
+        if let Some(e) = counts.ips.get(&ip)
+            && e.handshakes == 0
+            && e.connections == 0
+            && self.rate.is_none_or(|r| r.is_full(&e.bucket, now))
+        {
+            counts.ips.remove(&ip);
+        }
+    }
+
+    /// The entry of `ip`, sweeping the map first when it has grown.
+    fn entry<'a>(&self, counts: &'a mut Counts, ip: IpAddr) -> &'a mut IpEntry {
+        if counts.ips.len() >= counts.sweep_at && !counts.ips.contains_key(&ip) {
+            let now = now_ms();
+            counts.ips.retain(|_, e| {
+                e.handshakes > 0
+                    || e.connections > 0
+                    || self.rate.is_some_and(|r| !r.is_full(&e.bucket, now))
+            });
+            counts.sweep_at = (counts.ips.len() * 2).max(SWEEP_MIN);
+        }
+        counts.ips.entry(ip).or_default()
+    }
+}
+
+impl Admission for LocalAdmission {
+    fn begin_handshake(&self, ip: IpAddr) -> bool {
+        if self.per_ip == 0 {
+            return true;
+        }
+        let mut counts = self.counts();
+        let e = self.entry(&mut counts, ip);
+        if e.handshakes.saturating_add(e.connections) >= self.per_ip {
+            return false;
+        }
+        e.handshakes += 1;
+        true
+    }
+
+    fn end_handshake(&self, ip: IpAddr) {
+        if self.per_ip == 0 {
+            return;
+        }
+        let mut counts = self.counts();
+        if let Some(e) = counts.ips.get_mut(&ip) {
+            e.handshakes = e.handshakes.saturating_sub(1);
+            self.forget_if_idle(&mut counts, ip);
+        }
+    }
+
+    fn open_ip(&self, ip: IpAddr) -> Result<(), AdmissionRefused> {
+        if self.per_ip == 0 && self.rate.is_none() {
+            return Ok(());
+        }
+        let mut counts = self.counts();
+        let e = self.entry(&mut counts, ip);
+        if self.per_ip > 0 && e.connections >= self.per_ip {
+            return Err(AdmissionRefused::ConnectionsPerIp);
+        }
+        if let Some(rate) = &self.rate
+            && let Verdict::Limited { retry_after_ms } = rate.check(&mut e.bucket, now_ms())
+        {
+            return Err(AdmissionRefused::NewConnectionsPerIp(
+                Duration::from_millis(u64::from(retry_after_ms)),
+            ));
+        }
+        e.connections += 1;
+        Ok(())
+    }
+
+    fn close_ip(&self, ip: IpAddr) {
+        if self.per_ip == 0 && self.rate.is_none() {
+            return;
+        }
+        let mut counts = self.counts();
+        if let Some(e) = counts.ips.get_mut(&ip) {
+            e.connections = e.connections.saturating_sub(1);
+            self.forget_if_idle(&mut counts, ip);
+        }
+    }
+
+    fn open_user(&self, user: &str) -> Result<(), AdmissionRefused> {
+        if self.per_user == 0 {
+            return Ok(());
+        }
+        let mut counts = self.counts();
+        match counts.users.get_mut(user) {
+            Some(n) if *n >= self.per_user => Err(AdmissionRefused::ConnectionsPerUser),
+            Some(n) => {
+                *n += 1;
+                Ok(())
+            }
+            None => {
+                counts.users.insert(user.into(), 1);
+                Ok(())
+            }
+        }
+    }
+
+    fn close_user(&self, user: &str) {
+        if self.per_user == 0 {
+            return;
+        }
+        let mut counts = self.counts();
+        if let Some(n) = counts.users.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                counts.users.remove(user);
+            }
+        }
+    }
+}
+
+/// Longest number accepted in publication data, in characters: no client needs more, and a
+/// double holds no more than 17 significant digits anyway.
+pub const MAX_NUMBER_LEN: usize = 400;
+
+/// Checks that `json` (valid JSON, as the parser accepted it) is JSON every client of ours
+/// parses to the same value: no lone surrogate escapes (`"\ud800"`), no number a double
+/// cannot hold (`1e999999`, a 60,000-digit integer). The error says what is wrong, for a
+/// `bad_request` naming `data`.
+///
+/// One pass over the bytes, without allocating; numbers are converted only when they are long
+/// or have an exponent.
+pub fn check_data(json: &str) -> Result<(), String> {
+    let b = json.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                // Inside a string: only escapes matter.
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] != b'\\' {
+                        i += 1;
+                        continue;
+                    }
+                    if b.get(i + 1) != Some(&b'u') {
+                        i += 2;
+                        continue;
+                    }
+                    let unit = hex4(b, i + 2).ok_or("an invalid \\u escape")?;
+                    i += 6;
+                    if (0xDC00..0xE000).contains(&unit) {
+                        return Err(format!("a lone surrogate escape \\u{unit:04x}"));
+                    }
+                    if (0xD800..0xDC00).contains(&unit) {
+                        let low = (b.get(i) == Some(&b'\\') && b.get(i + 1) == Some(&b'u'))
+                            .then(|| hex4(b, i + 2))
+                            .flatten();
+                        match low {
+                            Some(low) if (0xDC00..0xE000).contains(&low) => i += 6,
+                            _ => return Err(format!("a lone surrogate escape \\u{unit:04x}")),
+                        }
+                    }
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                let mut exponent = false;
+                while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    exponent |= matches!(b[i], b'e' | b'E');
+                    i += 1;
+                }
+                let number = &json[start..i];
+                if number.len() > MAX_NUMBER_LEN {
+                    return Err(format!(
+                        "a number of {} characters (at most {MAX_NUMBER_LEN})",
+                        number.len()
+                    ));
+                }
+                // Up to 15 digits always fit; beyond, or with an exponent, ask the conversion.
+                if (exponent || number.len() > 15)
+                    && !number.parse::<f64>().is_ok_and(f64::is_finite)
+                {
+                    let shown: String = number.chars().take(24).collect();
+                    return Err(format!("the number {shown} does not fit a double"));
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+fn hex4(b: &[u8], at: usize) -> Option<u32> {
+    let digits = std::str::from_utf8(b.get(at..at + 4)?).ok()?;
+    u32::from_str_radix(digits, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn rate(per_second: u32, burst: u32, close_after: Duration) -> CommandRate {
+        CommandRate::from_config(&LimitsConfig {
+            commands_per_second: per_second,
+            commands_burst: burst,
+            rate_limit_close_after: close_after,
+            ..LimitsConfig::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn burst_then_rate() {
+        let r = rate(50, 100, Duration::from_secs(10));
+        let mut b = CommandBucket::default();
+        let t0 = 1_000_000;
+        for i in 0..100 {
+            assert_eq!(r.check(&mut b, t0), Verdict::Allowed, "command {i}");
+        }
+        assert_eq!(r.check(&mut b, t0), Verdict::Limited { retry_after_ms: 20 });
+        // One more every 20 ms.
+        assert_eq!(r.check(&mut b, t0 + 20), Verdict::Allowed);
+        assert!(matches!(r.check(&mut b, t0 + 20), Verdict::Limited { .. }));
+        // Idle for two seconds: the whole burst again.
+        for _ in 0..100 {
+            assert_eq!(r.check(&mut b, t0 + 2_100), Verdict::Allowed);
+        }
+    }
+
+    #[test]
+    fn sustained_excess_closes_and_occasional_does_not() {
+        let r = rate(50, 100, Duration::from_secs(10));
+        let mut b = CommandBucket::default();
+        let mut now = 5_000;
+        // 100 commands per second, twice the rate: closed after 10 s of it.
+        let mut closed_at = None;
+        for _ in 0..3_000 {
+            if r.check(&mut b, now) == Verdict::Close {
+                closed_at = Some(now);
+                break;
+            }
+            now += 10;
+        }
+        let closed_at = closed_at.expect("closed");
+        assert!(
+            (10_000..=12_500).contains(&(closed_at - 5_000)),
+            "{closed_at}"
+        );
+        // A burst every few seconds is refused in part but never closed.
+        let mut b = CommandBucket::default();
+        for second in 0..30u32 {
+            for _ in 0..150 {
+                assert_ne!(r.check(&mut b, 100_000 + second * 3_000), Verdict::Close);
+            }
+        }
+    }
+
+    #[test]
+    fn wraps_around() {
+        let r = rate(50, 2, Duration::from_secs(10));
+        let mut b = CommandBucket::default();
+        let t = u32::MAX - 10;
+        assert_eq!(r.check(&mut b, t), Verdict::Allowed);
+        assert_eq!(r.check(&mut b, t), Verdict::Allowed);
+        assert!(matches!(r.check(&mut b, t), Verdict::Limited { .. }));
+        assert_eq!(r.check(&mut b, t.wrapping_add(45)), Verdict::Allowed);
+        // Long past: full again.
+        assert_eq!(r.check(&mut b, t.wrapping_add(3_000_000)), Verdict::Allowed);
+        assert_eq!(r.check(&mut b, t.wrapping_add(3_000_000)), Verdict::Allowed);
+    }
+
+    #[test]
+    fn data_every_client_parses() {
+        for ok in [
+            r#"{"a":[1,-2.5,3e10,1E-300,12345678901234567890,"\u00e9\ud83d\ude00\\u0000"]}"#,
+            r#""\\ud800""#,
+            r#""1e999999""#,
+            "null",
+            "-0.0",
+        ] {
+            assert_eq!(check_data(ok), Ok(()), "{ok}");
+        }
+        for (bad, says) in [
+            (r#""\ud800""#, "lone surrogate"),
+            (r#"{"x":"a\udc00b"}"#, "lone surrogate"),
+            (r#""\ud800\u0041""#, "lone surrogate"),
+            (r#"[1e999999]"#, "does not fit"),
+            (r#"{"n":-1e309}"#, "does not fit"),
+        ] {
+            let e = check_data(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let long = "9".repeat(60_000);
+        assert!(check_data(&long).unwrap_err().contains("60000 characters"));
+        let long = "9".repeat(320);
+        assert!(check_data(&long).unwrap_err().contains("does not fit"));
+    }
+
+    #[test]
+    fn bucket_is_small() {
+        assert_eq!(std::mem::size_of::<CommandBucket>(), 6);
+        assert!(
+            CommandRate::from_config(&LimitsConfig {
+                commands_per_second: 0,
+                ..LimitsConfig::default()
+            })
+            .is_none()
+        );
+    }
+}

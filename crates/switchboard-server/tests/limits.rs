@@ -1,0 +1,303 @@
+//! Connection limits over real sockets (docs/protocol.md 7.3, 7.4): connections per user and
+//! per IP, new connections per second per IP, handshakes in progress per IP, node capacity and
+//! the request-head size limit. Clients come from several loopback addresses (127.0.0.x, the
+//! socket bound before it connects) so that each test's IPs are its own.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use switchboard_server::{
+    Node,
+    auth::{HmacAlgorithm, MintClaims, mint},
+    config::Config,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpSocket, TcpStream},
+};
+
+const SECRET: &str = "switchboard-limits-tests-secret-0123456789";
+const T: Duration = Duration::from_secs(10);
+
+async fn start(configure: impl FnOnce(&mut Config)) -> SocketAddr {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
+    config.auth.secret = Some(SECRET.into());
+    configure(&mut config);
+    let node = Node::new(config).unwrap();
+    let server = node.server().bind().await.unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(std::future::pending()));
+    addr
+}
+
+fn token(user: &str) -> String {
+    mint(
+        SECRET.as_bytes(),
+        HmacAlgorithm::HS256,
+        &MintClaims {
+            sub: user.into(),
+            ttl: Some(Duration::from_secs(3600)),
+            ..MintClaims::default()
+        },
+    )
+}
+
+/// A TCP connection to `addr` from the loopback address `127.0.0.<from>`.
+async fn tcp(addr: SocketAddr, from: u8) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(IpAddr::from([127, 0, 0, from]), 0))
+        .unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// An answer's status, head and body (the body only when the answer is not a 101).
+struct Answer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+    }
+}
+
+/// Reads an HTTP answer's head, and its body when it has a `content-length`.
+async fn read_answer(stream: &mut TcpStream) -> Answer {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(T, async {
+        while !buf.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut byte).await.unwrap();
+            assert!(
+                n > 0,
+                "the connection ended after {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.push(byte[0]);
+        }
+    })
+    .await
+    .expect("an answer in time");
+    let head = String::from_utf8(buf).unwrap();
+    let status = head[9..12].parse().unwrap();
+    let mut answer = Answer {
+        status,
+        head,
+        body: String::new(),
+    };
+    if let Some(len) = answer.header("content-length") {
+        let mut body = vec![0u8; len.parse().unwrap()];
+        tokio::time::timeout(T, stream.read_exact(&mut body))
+            .await
+            .unwrap()
+            .unwrap();
+        answer.body = String::from_utf8(body).unwrap();
+    }
+    answer
+}
+
+/// A WebSocket upgrade of `user` from `127.0.0.<from>`: the answer, and the connection (open
+/// when the answer is a 101).
+async fn upgrade(addr: SocketAddr, from: u8, user: &str) -> (Answer, TcpStream) {
+    let mut s = tcp(addr, from).await;
+    let request = format!(
+        "GET /ws?token={} HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+         sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+        token(user)
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_answer(&mut s).await;
+    (answer, s)
+}
+
+/// Upgrades until one is accepted: the server gives a closed connection's place back when its
+/// task has ended, which a client cannot observe otherwise.
+async fn upgrade_once_freed(addr: SocketAddr, from: u8, user: &str) -> TcpStream {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let (answer, s) = upgrade(addr, from, user).await;
+        if answer.status == 101 {
+            return s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn assert_refused(answer: &Answer, status: u16, reason: &str) {
+    assert_eq!(answer.status, status, "{}{}", answer.head, answer.body);
+    let body = answer.json();
+    assert_eq!(body["reason"], reason, "{body}");
+    let retry: u64 = answer
+        .header("retry-after")
+        .unwrap_or_else(|| panic!("no Retry-After in {}", answer.head))
+        .parse()
+        .unwrap();
+    assert!(retry >= 1, "{retry}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_user_and_per_ip_are_capped_with_429() {
+    let addr = start(|c| {
+        c.limits.connections_per_user = 2;
+        c.limits.connections_per_ip = 3;
+        c.limits.new_connections_per_second_per_ip = 0;
+    })
+    .await;
+    let (a1, _alice1) = upgrade(addr, 2, "alice").await;
+    let (a2, alice2) = upgrade(addr, 2, "alice").await;
+    assert_eq!((a1.status, a2.status), (101, 101));
+    let (refused, _) = upgrade(addr, 2, "alice").await;
+    assert_refused(&refused, 429, "connections_per_user");
+    assert_eq!(refused.json()["error"], "too_many_requests");
+    // alice's third connection is refused from any IP.
+    let (refused, _) = upgrade(addr, 3, "alice").await;
+    assert_refused(&refused, 429, "connections_per_user");
+    // The third connection from 127.0.0.2 is bob's; the fourth is one too many for the IP.
+    let (b, _bob) = upgrade(addr, 2, "bob").await;
+    assert_eq!(b.status, 101);
+    let (refused, _) = upgrade(addr, 2, "carol").await;
+    assert_refused(&refused, 429, "connections_per_ip");
+    // Another IP is served.
+    let (c, _carol) = upgrade(addr, 3, "carol").await;
+    assert_eq!(c.status, 101);
+    // A closed connection gives its places back (user and IP).
+    drop(alice2);
+    let _alice3 = upgrade_once_freed(addr, 2, "alice").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_per_second_per_ip_are_limited_with_429() {
+    let addr = start(|c| {
+        c.limits.new_connections_per_second_per_ip = 2;
+        c.limits.new_connections_burst_per_ip = 4;
+    })
+    .await;
+    let mut open = Vec::new();
+    for n in 0..4 {
+        let (a, s) = upgrade(addr, 6, &format!("u{n}")).await;
+        assert_eq!(a.status, 101, "connection {n}");
+        open.push(s);
+    }
+    let (refused, _) = upgrade(addr, 6, "u4").await;
+    assert_refused(&refused, 429, "new_connections_per_ip");
+    // Another IP has a bucket of its own.
+    let (a, _s) = upgrade(addr, 7, "u4").await;
+    assert_eq!(a.status, 101);
+}
+
+/// Clients that never finish their request head take up their IP's places and no other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_flood_from_one_ip_leaves_another_ip_served() {
+    const PER_IP: usize = 20;
+    let addr = start(|c| {
+        c.limits.connections_per_ip = PER_IP;
+        c.limits.new_connections_per_second_per_ip = 0;
+    })
+    .await;
+    let mut flood = Vec::new();
+    for n in 0..PER_IP {
+        let mut s = tcp(addr, 8).await;
+        if n % 2 == 0 {
+            // One small request answered does not make the connection free.
+            s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            assert_eq!(read_answer(&mut s).await.status, 200);
+        }
+        s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nx-slow: ")
+            .await
+            .unwrap();
+        flood.push(s);
+    }
+    // The server counts a handshake when it accepts the connection, in the order they came:
+    // the next one from the IP is refused at once, before it sends anything.
+    let mut s = tcp(addr, 8).await;
+    let refused = read_answer(&mut s).await;
+    assert_refused(&refused, 429, "connections_per_ip");
+    // Another IP is served.
+    let (a, _s) = upgrade(addr, 9, "dave").await;
+    assert_eq!(a.status, 101, "{}{}", a.head, a.body);
+    // The flood ends: the IP is served again.
+    drop(flood);
+    let _s = upgrade_once_freed(addr, 8, "erin").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_connections_upgrades_get_503() {
+    let addr = start(|c| c.limits.max_connections = 2).await;
+    let (a, _s1) = upgrade(addr, 10, "u1").await;
+    assert_eq!(a.status, 101);
+    let (a, _s2) = upgrade(addr, 11, "u2").await;
+    assert_eq!(a.status, 101);
+    let (refused, _) = upgrade(addr, 12, "u3").await;
+    assert_refused(&refused, 503, "capacity");
+    assert_eq!(refused.json()["error"], "unavailable");
+}
+
+/// A request head past `limits.max_request_head` is refused (431) before it is all read; one
+/// within it (a 64 KiB token fits) is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_are_bounded() {
+    let addr = start(|_| {}).await;
+    let mut s = tcp(addr, 13).await;
+    let pad = "a".repeat(70 * 1024);
+    s.write_all(format!("GET /healthz HTTP/1.1\r\nhost: x\r\nx-pad: {pad}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut s).await.status, 200);
+
+    let mut s = tcp(addr, 13).await;
+    let pad = "a".repeat(100 * 1024);
+    // The server may stop reading (and close) before all of it is written.
+    let _ = s
+        .write_all(format!("GET /healthz HTTP/1.1\r\nhost: x\r\nx-pad: {pad}").as_bytes())
+        .await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(T, s.read_to_end(&mut out))
+        .await
+        .expect("the server ends the connection");
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+}
+
+/// SSE streams count as connections too: of their user, of their IP, of the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_streams_count_against_the_same_limits() {
+    let addr = start(|c| {
+        c.limits.connections_per_user = 2;
+        c.limits.new_connections_per_second_per_ip = 0;
+    })
+    .await;
+    async fn stream(addr: SocketAddr, from: u8, user: &str) -> (Answer, TcpStream) {
+        let mut s = tcp(addr, from).await;
+        let request = format!(
+            "GET /sse?room=chat:x&token={} HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n",
+            token(user)
+        );
+        s.write_all(request.as_bytes()).await.unwrap();
+        (read_answer(&mut s).await, s)
+    }
+    let (a, _s1) = stream(addr, 14, "frank").await;
+    assert_eq!(a.status, 200, "{}{}", a.head, a.body);
+    // A WebSocket connection of the same user is the second.
+    let (a, _s2) = upgrade(addr, 14, "frank").await;
+    assert_eq!(a.status, 101);
+    let (refused, _) = stream(addr, 15, "frank").await;
+    assert_refused(&refused, 429, "connections_per_user");
+}
