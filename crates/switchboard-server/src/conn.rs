@@ -78,9 +78,6 @@ pub struct ConnShared {
     deadline: AtomicU64,
     /// The task should look at `deadline` (set by `set_timer` and by the sweeper).
     deadline_changed: AtomicBool,
-    /// A sampled publication's arrival at the node in nanoseconds after [`timer_base`] (0:
-    /// none): the writer that writes it observes the publish-to-write latency (metrics).
-    write_probe: AtomicU64,
 }
 
 /// The instant timer deadlines count from: the first use, in this process.
@@ -188,32 +185,7 @@ impl ConnShared {
             index: AtomicU32::new(0),
             deadline: AtomicU64::new(0),
             deadline_changed: AtomicBool::new(false),
-            write_probe: AtomicU64::new(0),
         }
-    }
-
-    /// Marks the publication queued last as a latency sample that arrived at `at`, unless a
-    /// sample is already waiting to be written.
-    pub(crate) fn set_write_probe(&self, at: Instant) {
-        let ns = at.saturating_duration_since(timer_base()).as_nanos() as u64;
-        let _ =
-            self.write_probe
-                .compare_exchange(0, ns.max(1), Ordering::Relaxed, Ordering::Relaxed);
-    }
-
-    /// Takes the waiting sample: what a writer calls *before* taking the queue, so that the
-    /// sampled publication is among what it then writes.
-    pub(crate) fn take_write_probe(&self) -> Option<Instant> {
-        if self.write_probe.load(Ordering::Relaxed) == 0 {
-            return None;
-        }
-        let ns = self.write_probe.swap(0, Ordering::Relaxed);
-        (ns != 0).then(|| timer_base() + Duration::from_nanos(ns))
-    }
-
-    /// Puts back a sample whose publication was not written yet (the socket was full).
-    pub(crate) fn restore_write_probe(&self, at: Instant) {
-        self.set_write_probe(at);
     }
 
     /// Records that bytes arrived from the peer (for the idle timeout).

@@ -44,6 +44,12 @@ struct Inner {
     threshold: usize,
     users: users::Users,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The one publication sampled for the publish-to-write latency at a time: the
+    /// connection (by address) whose writer observes it, and when it reached the node. Kept
+    /// here, not in the connection, so that no connection grows for it; writers look only
+    /// when `probe_armed` is set (one relaxed load per write).
+    probe: Mutex<Option<(usize, tokio::time::Instant)>>,
+    probe_armed: std::sync::atomic::AtomicBool,
 }
 
 /// What a join or leave did to the room on this node.
@@ -75,6 +81,8 @@ impl Hub {
                 threshold,
                 users: users::Users::default(),
                 metrics,
+                probe: Mutex::new(None),
+                probe_armed: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -147,9 +155,53 @@ impl Hub {
     /// Makes the last local member of `room` observe the publish-to-write latency of what was
     /// just queued to it, a publication that reached the node at `at`.
     pub(crate) fn probe_last(&self, room: &str, at: tokio::time::Instant) {
-        if let Some(last) = self.members(room).as_deref().and_then(|m| m.last()) {
-            last.set_write_probe(at);
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.inner.probe_armed.load(Relaxed) {
+            // One sample at a time; one left by a connection that never wrote it (it ended,
+            // or its peer stopped reading) gives way after a second.
+            let probe = self.inner.probe.lock().unwrap_or_else(|e| e.into_inner());
+            if probe.is_some_and(|(_, old)| at.saturating_duration_since(old).as_secs() < 1) {
+                return;
+            }
         }
+        if let Some(last) = self.members(room).as_deref().and_then(|m| m.last()) {
+            let addr = Arc::as_ptr(last) as usize;
+            *self.inner.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some((addr, at));
+            self.inner.probe_armed.store(true, Relaxed);
+        }
+    }
+
+    /// The sample `conn`'s writer observes, if it is the one: what a writer calls *before*
+    /// taking its queue, so that the sampled publication is among what it then writes.
+    pub(crate) fn take_write_probe(&self, conn: &ConnShared) -> Option<tokio::time::Instant> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.inner.probe_armed.load(Relaxed) {
+            return None;
+        }
+        let mut probe = self.inner.probe.lock().unwrap_or_else(|e| e.into_inner());
+        match *probe {
+            Some((addr, at)) if addr == conn as *const ConnShared as usize => {
+                *probe = None;
+                self.inner.probe_armed.store(false, Relaxed);
+                Some(at)
+            }
+            _ => None,
+        }
+    }
+
+    /// Puts back a sample whose publication `conn` could not write yet (its socket was full).
+    pub(crate) fn restore_write_probe(&self, conn: &ConnShared, at: tokio::time::Instant) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut probe = self.inner.probe.lock().unwrap_or_else(|e| e.into_inner());
+        if probe.is_none() {
+            *probe = Some((conn as *const ConnShared as usize, at));
+            self.inner.probe_armed.store(true, Relaxed);
+        }
+    }
+
+    /// Drops the sample of a connection that ends before writing it, so sampling goes on.
+    pub(crate) fn forget_write_probe(&self, conn: &ConnShared) {
+        let _ = self.take_write_probe(conn);
     }
 
     /// Queues `message` to every local member of `room` but `exclude`; returns how many got it.
@@ -198,6 +250,7 @@ impl Hub {
 
     /// Removes a connection registered with [`Hub::add_connection`].
     pub fn remove_connection(&self, user: &str, conn: &ConnShared) {
+        self.forget_write_probe(conn);
         self.inner.users.remove(user, conn)
     }
 

@@ -459,7 +459,7 @@ impl Stream {
             if conn.has_control() && Box::pin(self.controls()).await {
                 return None;
             }
-            let probe = conn.take_write_probe();
+            let probe = self.guard.node.hub().take_write_probe(&conn);
             let mut frames = VecDeque::new();
             if conn.outbound.take(&mut frames) == Err(Overflowed) {
                 tracing::info!(conn = %conn.id(), "slow consumer, ending the sse stream");

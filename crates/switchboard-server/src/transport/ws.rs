@@ -335,7 +335,7 @@ impl<S: Send + 'static> Ws<S> {
         let outbound = &self.conn.shared.outbound;
         loop {
             // Taken before the queue: the sampled publication is among the frames taken.
-            let probe = self.conn.shared.take_write_probe();
+            let probe = self.conn.route.hub.take_write_probe(&self.conn.shared);
             let mut frames = VecDeque::new();
             if outbound.take(&mut frames) == Err(Overflowed) {
                 return Err(FlushError::Overflow(frames));
@@ -386,7 +386,10 @@ impl<S: Send + 'static> Ws<S> {
             metrics.sent(Transport::WebSocket, sent, written as u64);
             if let Some(at) = probe {
                 if blocked {
-                    self.conn.shared.restore_write_probe(at);
+                    self.conn
+                        .route
+                        .hub
+                        .restore_write_probe(&self.conn.shared, at);
                 } else {
                     metrics.observe_publish_to_write(at.elapsed());
                 }
