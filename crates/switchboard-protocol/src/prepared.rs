@@ -94,8 +94,17 @@ impl PreparedMessage {
             WireForm::Sse if self.opcode == OpCode::Text => Some(
                 self.sse
                     .get_or_init(|| {
-                        let mut event = Vec::with_capacity(self.payload.len() + 16);
-                        crate::sse::encode_event(&mut event, self.sse_name, None, &self.payload);
+                        let mut event = Vec::with_capacity(self.payload.len() + 96);
+                        if self.sse_name == "message" {
+                            crate::sse::encode_publication_event(&mut event, &self.payload);
+                        } else {
+                            crate::sse::encode_event(
+                                &mut event,
+                                self.sse_name,
+                                None,
+                                &self.payload,
+                            );
+                        }
                         Bytes::from(event)
                     })
                     .clone(),

@@ -137,12 +137,47 @@ pub fn decode_cursor(
     Ok(map.into_iter().map(|(r, (e, o))| (r, e, o)).collect())
 }
 
+/// A JSON string as it appears in the JSON text (between its quotes, still escaped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawStr<'a>(pub &'a [u8]);
+
+impl RawStr<'_> {
+    /// Whether the string equals `s` (unescaping only when it has escapes).
+    pub fn matches(&self, s: &str) -> bool {
+        if self.0.contains(&b'\\') {
+            self.unescape().is_some_and(|u| u == s)
+        } else {
+            self.0 == s.as_bytes()
+        }
+    }
+
+    /// The string, unescaped (`None`: not a valid JSON string).
+    pub fn unescape(&self) -> Option<String> {
+        let mut quoted = Vec::with_capacity(self.0.len() + 2);
+        quoted.push(b'"');
+        quoted.extend_from_slice(self.0);
+        quoted.push(b'"');
+        serde_json::from_slice(&quoted).ok()
+    }
+}
+
 /// Where a publication event of the shared form (`data: {"type":"message","room":…,
 /// "epoch":…,"offset":…`) belongs: its room, epoch and offset, read from the front of the
-/// event without parsing the rest. `None` for every other event (ephemeral publications,
-/// join, leave, comments).
+/// event without parsing the rest and without allocating (a stream reads it from every event
+/// it writes). `None` for every other event (ephemeral publications, join, leave, comments).
+pub fn publication_position_raw(event: &[u8]) -> Option<(RawStr<'_>, RawStr<'_>, u64)> {
+    position_of_payload(event.strip_prefix(b"data: ")?)
+}
+
+/// [`publication_position_raw`] with the strings unescaped.
 pub fn publication_position(event: &[u8]) -> Option<(String, String, u64)> {
-    let rest = event.strip_prefix(b"data: {\"type\":\"message\",\"room\":")?;
+    let (room, epoch, offset) = publication_position_raw(event)?;
+    Some((room.unescape()?, epoch.unescape()?, offset))
+}
+
+/// The position of a `message` push's JSON (`{"type":"message","room":…,"epoch":…,"offset":…`).
+fn position_of_payload(payload: &[u8]) -> Option<(RawStr<'_>, RawStr<'_>, u64)> {
+    let rest = payload.strip_prefix(b"{\"type\":\"message\",\"room\":")?;
     let (room, rest) = json_string(rest)?;
     let rest = rest.strip_prefix(b",\"epoch\":")?;
     let (epoch, rest) = json_string(rest)?;
@@ -152,8 +187,8 @@ pub fn publication_position(event: &[u8]) -> Option<(String, String, u64)> {
     Some((room, epoch, offset))
 }
 
-/// A JSON string at the front of `input`, unescaped, and what follows it.
-fn json_string(input: &[u8]) -> Option<(String, &[u8])> {
+/// A JSON string at the front of `input` (raw) and what follows it.
+fn json_string(input: &[u8]) -> Option<(RawStr<'_>, &[u8])> {
     if input.first() != Some(&b'"') {
         return None;
     }
@@ -161,14 +196,47 @@ fn json_string(input: &[u8]) -> Option<(String, &[u8])> {
     while i < input.len() {
         match input[i] {
             b'\\' => i += 2,
-            b'"' => {
-                let s = serde_json::from_slice(&input[..=i]).ok()?;
-                return Some((s, &input[i + 1..]));
-            }
+            b'"' => return Some((RawStr(&input[1..i]), &input[i + 1..])),
             _ => i += 1,
         }
     }
     None
+}
+
+/// Appends the event of a `message` push whose JSON is `payload`, as a stream of one room
+/// writes it: for a publication (a push with a position), with the `id:` line of the cursor
+/// of that room alone, after the data. A stream of one room writes this shared event as it
+/// is; a stream of several rooms replaces the `id:` line with its own cursor
+/// ([`without_id`]). Other pushes (ephemeral publications) get no `id:` line.
+pub fn encode_publication_event(out: &mut Vec<u8>, payload: &[u8]) {
+    encode_event(out, "message", None, payload);
+    let Some((room, epoch, offset)) = position_of_payload(payload) else {
+        return;
+    };
+    let (Some(room), Some(epoch)) = (room.unescape(), epoch.unescape()) else {
+        return;
+    };
+    out.pop();
+    out.extend_from_slice(b"id: ");
+    let mut scratch = Vec::new();
+    encode_cursor(out, &mut scratch, [(room.as_str(), epoch.as_str(), offset)]);
+    out.extend_from_slice(b"\n\n");
+}
+
+/// An event without its trailing `id:` line and the blank line that ends it (what
+/// [`encode_publication_event`] added), so that a stream can append its own; an event without
+/// one loses only the blank line.
+pub fn without_id(event: &[u8]) -> &[u8] {
+    let body = event.strip_suffix(b"\n").unwrap_or(event);
+    let line_start = body[..body.len().saturating_sub(1)]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    if body[line_start..].starts_with(b"id: ") {
+        &body[..line_start]
+    } else {
+        body
+    }
 }
 
 #[cfg(test)]
@@ -253,5 +321,37 @@ mod tests {
         );
         assert_eq!(publication_position(&out), None);
         assert_eq!(publication_position(KEEPALIVE), None);
+    }
+
+    #[test]
+    fn publication_events_carry_their_room_cursor() {
+        let payload =
+            br#"{"type":"message","room":"chat:lobby","epoch":"e8f1c2","offset":46,"data":1}"#;
+        let mut out = Vec::new();
+        encode_publication_event(&mut out, payload);
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "data: {}\nid: v1.eyJjaGF0OmxvYmJ5IjpbImU4ZjFjMiIsNDZdfQ\n\n",
+                std::str::from_utf8(payload).unwrap()
+            )
+        );
+        let (room, epoch, offset) = publication_position_raw(&out).unwrap();
+        assert!(room.matches("chat:lobby") && epoch.matches("e8f1c2") && offset == 46);
+        assert_eq!(
+            without_id(&out),
+            format!("data: {}\n", std::str::from_utf8(payload).unwrap()).as_bytes()
+        );
+        // Ephemeral pushes have no position and no id line.
+        let mut out = Vec::new();
+        encode_publication_event(&mut out, br#"{"type":"message","room":"a","data":1}"#);
+        assert_eq!(
+            out,
+            b"data: {\"type\":\"message\",\"room\":\"a\",\"data\":1}\n\n"
+        );
+        assert_eq!(without_id(&out), &out[..out.len() - 1]);
+        assert!(RawStr(br#"a\"b"#).matches("a\"b"));
+        assert!(!RawStr(b"ab").matches("a"));
     }
 }

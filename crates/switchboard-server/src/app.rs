@@ -95,7 +95,9 @@ impl Node {
             b = b.route(r);
         }
         if c.sse.enabled {
-            b = b.http(crate::transport::sse::router(self.clone(), admission));
+            b = b
+                .http(crate::transport::sse::router(self.clone(), admission))
+                .direct_path(&c.sse.path);
         }
         // The demo page: in development mode (its token endpoint only there) or when asked for.
         let dev = c.dev == Some(true);

@@ -30,7 +30,10 @@ use crate::{
     metrics::{Metrics, Transport},
     node::Node,
     route::{PeerAddr, Route, RouteContext, json_response},
-    transport::registry::{Registry, run_sweeper},
+    transport::{
+        direct,
+        registry::{Registry, run_sweeper},
+    },
 };
 
 /// A bound server, ready to run.
@@ -49,6 +52,8 @@ pub struct Server {
     /// Largest request head read (hyper's read buffer bound).
     max_request_head: usize,
     metrics: Arc<Metrics>,
+    /// Requests for this path (SSE streams) are served off hyper ([`crate::transport::direct`]).
+    direct_path: Option<Arc<str>>,
 }
 
 #[derive(Debug, Default)]
@@ -73,6 +78,7 @@ pub struct ServerBuilder {
     admission: Option<Arc<dyn Admission>>,
     max_connections: usize,
     max_request_head: usize,
+    direct_path: Option<Arc<str>>,
 }
 
 impl Server {
@@ -91,6 +97,7 @@ impl Server {
             admission: None,
             max_connections: 0,
             max_request_head: DEFAULT_MAX_REQUEST_HEAD,
+            direct_path: None,
         }
     }
 
@@ -118,6 +125,7 @@ impl Server {
             admission,
             max_request_head,
             metrics,
+            direct_path,
         } = self;
         for registry in sweeps {
             tracker.spawn(run_sweeper(Arc::downgrade(&registry), shutdown.clone()));
@@ -154,7 +162,16 @@ impl Server {
                     let _ = stream.set_nodelay(true);
                     let router = router.clone();
                     let shutdown = shutdown.clone();
-                    tracker.spawn(serve_http(stream, peer, router, shutdown, ticket, max_request_head));
+                    let direct_path = direct_path.clone();
+                    tracker.spawn(async move {
+                        if let Some(path) = direct_path
+                            && direct::wants(&stream, &path).await
+                        {
+                            direct::serve(stream, peer, router, shutdown, ticket, max_request_head).await;
+                        } else {
+                            serve_http(stream, peer, router, shutdown, ticket, max_request_head).await;
+                        }
+                    });
                 }
             }
         }
@@ -320,6 +337,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Serves requests for `path` (a long-lived stream endpoint such as SSE's) on the socket
+    /// directly instead of through hyper, so that an idle stream keeps no HTTP buffers. The
+    /// response is the router's as for any request; the connection closes after it.
+    pub(crate) fn direct_path(mut self, path: &str) -> Self {
+        self.direct_path = Some(path.into());
+        self
+    }
+
     /// Whether `GET /metrics` is served (default: yes).
     pub fn metrics(mut self, enabled: bool) -> Self {
         self.metrics_enabled = enabled;
@@ -417,6 +442,7 @@ impl ServerBuilder {
             admission: self.admission,
             max_request_head: self.max_request_head,
             metrics: self.hub.metrics().clone(),
+            direct_path: self.direct_path,
         })
     }
 }

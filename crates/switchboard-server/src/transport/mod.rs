@@ -1,6 +1,7 @@
 //! Transports: WebSocket connections and SSE streams writing already-encoded bytes
 //! from one bounded queue per connection.
 
+pub(crate) mod direct;
 pub(crate) mod outbound;
 pub(crate) mod registry;
 pub(crate) mod sse;

@@ -313,8 +313,8 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
                         &p.data,
                         p.from.as_deref(),
                     );
-                    let mut event = Vec::with_capacity(buf.len() + 16);
-                    sse::encode_event(&mut event, "message", None, &buf);
+                    let mut event = Vec::with_capacity(buf.len() + 96);
+                    sse::encode_publication_event(&mut event, &buf);
                     let _ = conn.outbound.push(Bytes::from(event));
                 }
             }
@@ -346,6 +346,7 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
     let stream = Stream {
         guard,
         positions,
+        last: None,
         expires,
         shutdown,
     };
@@ -442,6 +443,10 @@ impl Drop for Guard {
 struct Stream {
     guard: Guard,
     positions: Vec<(Arc<str>, Arc<str>, u64)>,
+    /// A stream of one room does not read every event it writes: it keeps the last
+    /// publication event of a batch (a reference to shared bytes) and moves `positions` to it
+    /// only when they are needed (a server-side subscription makes it a stream of two).
+    last: Option<Bytes>,
     expires: Option<Instant>,
     shutdown: CancellationToken,
 }
@@ -529,6 +534,7 @@ impl Stream {
                     }
                     match g.node.subscribe(member, &room, None, |_| None).await {
                         Ok(read) => {
+                            settle(&mut self.positions, &mut self.last);
                             self.positions.push((
                                 room.clone(),
                                 read.position.epoch.clone(),
@@ -545,6 +551,7 @@ impl Stream {
                     if let Some(i) = g.rooms.iter().position(|r| *r == room) {
                         let room = g.rooms.swap_remove(i);
                         g.node.unsubscribe(member, &room).await;
+                        settle(&mut self.positions, &mut self.last);
                         self.positions.retain(|(r, _, _)| *r != room);
                     }
                 }
@@ -553,32 +560,34 @@ impl Stream {
         false
     }
 
-    /// The queued events, an `id:` line added to each publication event (before the blank
-    /// line that ends it), as one buffer: hyper writes a body frame as a chunk of its own and
-    /// flushes after a few of them, so a batch of events leaves as one chunk, one write.
+    /// The queued events as the stream writes them, its position moved past each publication.
+    /// A publication's shared event carries the cursor of its room alone
+    /// ([`sse::encode_publication_event`]): a stream of one room writes the shared bytes as
+    /// they are, without a copy, like a WebSocket connection. A stream of several rooms gets
+    /// its events in one buffer, each publication's `id:` line replaced with the whole
+    /// stream's cursor.
     fn with_ids(&mut self, frames: VecDeque<Bytes>) -> VecDeque<Bytes> {
-        if frames.len() == 1 && sse::publication_position(&frames[0]).is_none() {
-            // A ping or a single other event: its shared bytes as they are.
+        if self.positions.len() <= 1 {
+            if let Some(last) = frames
+                .iter()
+                .rev()
+                .find(|f| sse::publication_position_raw(f).is_some())
+            {
+                self.last = Some(last.clone());
+            }
             return frames;
         }
+        settle(&mut self.positions, &mut self.last);
         let len: usize = frames.iter().map(Bytes::len).sum();
         let mut out = BytesMut::with_capacity(len + frames.len() * 96);
         let mut cursor = Vec::new();
         let mut scratch = Vec::new();
         for frame in frames {
-            let position = sse::publication_position(&frame).and_then(|(room, epoch, offset)| {
-                let p = self.positions.iter_mut().find(|(r, _, _)| **r == *room)?;
-                if *p.1 != *epoch {
-                    p.1 = epoch.into();
-                }
-                p.2 = offset;
-                Some(())
-            });
-            if position.is_none() {
+            if !advance(&mut self.positions, &frame) {
                 out.extend_from_slice(&frame);
                 continue;
             }
-            out.extend_from_slice(&frame[..frame.len() - 1]);
+            out.extend_from_slice(sse::without_id(&frame));
             cursor.clear();
             sse::encode_cursor(&mut cursor, &mut scratch, cursor_of(&self.positions));
             out.extend_from_slice(b"id: ");
@@ -587,6 +596,31 @@ impl Stream {
         }
         VecDeque::from([out.freeze()])
     }
+}
+
+/// Moves `positions` to the last publication a stream of one room wrote (`Stream::last`).
+fn settle(positions: &mut [(Arc<str>, Arc<str>, u64)], last: &mut Option<Bytes>) {
+    if let Some(last) = last.take() {
+        advance(positions, &last);
+    }
+}
+
+/// Moves the position of the room of `event` in `positions` to it; `false` when the event is
+/// not a publication of one of those rooms.
+fn advance(positions: &mut [(Arc<str>, Arc<str>, u64)], event: &[u8]) -> bool {
+    let Some((room, epoch, offset)) = sse::publication_position_raw(event) else {
+        return false;
+    };
+    let Some(p) = positions.iter_mut().find(|(r, _, _)| room.matches(r)) else {
+        return false;
+    };
+    if !epoch.matches(&p.1)
+        && let Some(epoch) = epoch.unescape()
+    {
+        p.1 = epoch.into();
+    }
+    p.2 = offset;
+    true
 }
 
 /// The response body: the stream's bytes as hyper asks for them. Hyper asks for more only
