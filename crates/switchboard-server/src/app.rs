@@ -14,6 +14,7 @@ use crate::{
     builtin::{Echo, RawFanout},
     config::{BrokerKind, Config},
     node::{Node, NodeError},
+    origin::OriginPolicy,
     server::{Server, ServerBuilder},
     v1::Protocol,
 };
@@ -53,21 +54,24 @@ impl Node {
     /// and raw fan-out routes.
     pub fn routes(&self) -> Vec<Route> {
         let c = self.config();
+        // Development mode serves pages from anywhere (a local dev server on another port).
+        let options = || {
+            let mut o = RouteOptions::from_config(&c.websocket);
+            if c.dev == Some(true) {
+                o.origins = OriginPolicy::Any;
+            }
+            o
+        };
         let mut routes = vec![Route::new(
             &c.websocket.path,
             Protocol::new(self.clone()),
-            RouteOptions::from_config(&c.websocket).with_protocols(&[wire::SUBPROTOCOL]),
+            options().with_protocols(&[wire::SUBPROTOCOL]),
         )];
         if let Some(path) = &c.echo.path {
-            routes.push(Route::new(
-                path,
-                Echo,
-                RouteOptions::from_config(&c.websocket),
-            ));
+            routes.push(Route::new(path, Echo, options()));
         }
         if let Some(path) = &c.raw_fanout.path {
-            let options = RouteOptions::from_config(&c.websocket);
-            routes.push(Route::new(path, RawFanout, options));
+            routes.push(Route::new(path, RawFanout, options()));
         }
         routes
     }
@@ -81,7 +85,8 @@ impl Node {
             .drain_timeout(c.shutdown.drain_timeout)
             .backlog(c.listen_backlog)
             .max_connections(c.limits.max_connections)
-            .max_request_head(c.limits.max_request_head.as_usize());
+            .max_request_head(c.limits.max_request_head.as_usize())
+            .trusted_proxies(c.trusted_proxies.clone());
         // Development mode serves one developer and benchmarks from one machine: no limits
         // per user or per IP there (docs/security.md).
         let local = crate::limits::LocalAdmission::from_config(&c.limits, c.dev == Some(true));

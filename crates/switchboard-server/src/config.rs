@@ -55,6 +55,12 @@ pub struct Config {
     pub api: ApiConfig,
     /// The broker the node shares rooms through (docs/scaling.md).
     pub broker: BrokerConfig,
+    /// Address ranges of the reverse proxies in front of the server (`"10.0.0.0/8"`,
+    /// `"127.0.0.1"`, `"fd00::/8"`): a connection from one of them is taken to be from the
+    /// right-most untrusted address of its `X-Forwarded-For` (or `Forwarded: for=`), for
+    /// limits, logs and connect info. Default: none (headers are ignored; the TCP peer is the
+    /// client).
+    pub trusted_proxies: Vec<crate::limits::Cidr>,
 }
 
 impl Default for Config {
@@ -78,6 +84,7 @@ impl Default for Config {
             node_id: None,
             api: ApiConfig::default(),
             broker: BrokerConfig::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -132,6 +139,12 @@ pub struct WebSocketConfig {
     pub idle_timeout: Duration,
     /// permessage-deflate.
     pub compression: CompressionConfig,
+    /// Origins (`https://host[:port]`) whose pages may open WebSocket connections and SSE
+    /// streams besides the server's own origin (`Origin` host equal to `Host`); `"*"` allows
+    /// every origin. Requests without `Origin` (not from a browser) are always allowed.
+    /// Others get 403 `origin_not_allowed`. Development mode allows every origin.
+    /// Default: empty (same origin only).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for WebSocketConfig {
@@ -143,6 +156,7 @@ impl Default for WebSocketConfig {
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
             compression: CompressionConfig::default(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -775,6 +789,10 @@ impl Config {
             if d < Duration::from_millis(10) {
                 return Err(err(key, "must be at least 10ms".into()));
             }
+        }
+        for (i, o) in self.websocket.allowed_origins.iter().enumerate() {
+            crate::origin::check_entry(o)
+                .map_err(|m| err(&format!("websocket.allowed_origins[{i}]"), m))?;
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, k) in self.api.keys.iter().enumerate() {

@@ -35,8 +35,11 @@ pub struct UpgradeContext<'a> {
     pub headers: &'a HeaderMap,
     /// The request URI (path and query).
     pub uri: &'a Uri,
-    /// The peer's address.
+    /// The TCP peer's address (a proxy's, behind one).
     pub peer: Option<SocketAddr>,
+    /// The client's address: the peer's, or behind a trusted proxy the one it forwards
+    /// (`trusted_proxies`, [`crate::limits::client_ip`]).
+    pub client_ip: Option<std::net::IpAddr>,
     /// Every offered subprotocol, `bearer.*` entries included (for token extraction).
     pub protocols: &'a [String],
 }

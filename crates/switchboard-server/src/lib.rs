@@ -33,6 +33,7 @@ pub mod ids;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod origin;
 pub mod route;
 pub mod server;
 pub mod telemetry;

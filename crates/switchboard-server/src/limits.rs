@@ -130,11 +130,142 @@ impl CommandRate {
     }
 }
 
-/// The client's address, for limits and logs: the one place that decides it. Today the TCP
-/// peer's address; trusted proxies' `X-Forwarded-For` / `Forwarded` are to be read here.
-pub fn client_ip(peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-    let _ = headers;
-    peer.ip()
+/// The client's address, for limits, logs and the handler's connect info: the one place
+/// that decides it.
+///
+/// When the TCP peer is in `trusted` (the `trusted_proxies` of the configuration), the
+/// client is the right-most address of `X-Forwarded-For` (all its headers, in order; or,
+/// without one, the `for=` parameters of `Forwarded`, RFC 7239) that is not itself a
+/// trusted proxy: each proxy appends the address it saw, so everything left of the first
+/// untrusted hop may be made up by the client. An entry that is not an IP address (`unknown`,
+/// an obfuscated identifier) ends the walk at the last trusted hop. Otherwise the client is
+/// the peer: headers from an untrusted peer are ignored, since anyone can send them.
+pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let peer = canonical(peer.ip());
+    if !trusted.iter().any(|c| c.contains(peer)) {
+        return peer;
+    }
+    let mut hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    if hops.is_empty() {
+        hops = headers
+            .get_all(http::header::FORWARDED)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|element| {
+                element.split(';').find_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    k.trim().eq_ignore_ascii_case("for").then_some(v)
+                })
+            })
+            .collect();
+    }
+    // A bounded walk: a header of thousands of hops costs no more than 32.
+    let mut client = peer;
+    for hop in hops.iter().rev().take(32) {
+        let Some(ip) = parse_hop(hop) else {
+            break;
+        };
+        client = ip;
+        if !trusted.iter().any(|c| c.contains(ip)) {
+            break;
+        }
+    }
+    client
+}
+
+/// One hop of `X-Forwarded-For` or a `Forwarded: for=` value: `1.2.3.4`, `1.2.3.4:5678`,
+/// `"[2001:db8::1]:4711"`, `2001:db8::1`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim().trim_matches('"');
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    if let Some(rest) = hop.strip_prefix('[') {
+        return rest.split_once(']')?.0.parse().ok().map(canonical);
+    }
+    hop.parse::<SocketAddr>().ok().map(|a| canonical(a.ip()))
+}
+
+/// IPv4-mapped IPv6 addresses (a dual-stack listener's peers) as IPv4, so that one rule
+/// matches both spellings.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// An address range, `10.0.0.0/8` or `2001:db8::/32` (a bare address is a range of one),
+/// as in `trusted_proxies`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in the range (an IPv4 range never contains an IPv6 address, but an
+    /// IPv4-mapped one is read as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical(ip)) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("'{s}' is not an address range like 10.0.0.0/8 or fd00::/8"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("'{s}': the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Cidr, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Why [`Admission::open_ip`] or [`Admission::open_user`] refused a connection.
@@ -645,5 +776,74 @@ mod tests {
             })
             .is_none()
         );
+    }
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn client_ip_reads_forwarded_headers_of_trusted_peers_only() {
+        let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()];
+        let proxy: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+        let stranger: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // An untrusted peer's header is ignored.
+        assert_eq!(
+            client_ip(stranger, &xff(&["1.1.1.1"]), &trusted),
+            ip("192.0.2.7")
+        );
+        // The right-most untrusted hop; a spoofed left part is skipped.
+        assert_eq!(
+            client_ip(proxy, &xff(&["6.6.6.6, 203.0.113.9", "10.9.9.9"]), &trusted),
+            ip("203.0.113.9")
+        );
+        // Every hop trusted: the left-most.
+        assert_eq!(
+            client_ip(proxy, &xff(&["10.0.0.5"]), &trusted),
+            ip("10.0.0.5")
+        );
+        // No header: the peer. Garbage ends the walk at the last trusted hop.
+        assert_eq!(
+            client_ip(proxy, &HeaderMap::new(), &trusted),
+            ip("10.1.2.3")
+        );
+        assert_eq!(
+            client_ip(proxy, &xff(&["unknown"]), &trusted),
+            ip("10.1.2.3")
+        );
+        // Forwarded (RFC 7239), with quoted IPv6 and ports.
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::FORWARDED,
+            r#"for=192.0.2.60;proto=http, for="[2001:db8:cafe::17]:4711""#
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(client_ip(proxy, &h, &trusted), ip("2001:db8:cafe::17"));
+        let v6: SocketAddr = "[::1]:80".parse().unwrap();
+        assert_eq!(
+            client_ip(v6, &xff(&["198.51.100.1:8080"]), &trusted),
+            ip("198.51.100.1")
+        );
+    }
+
+    #[test]
+    fn cidr_parses_and_matches() {
+        let c: Cidr = "192.168.0.0/16".parse().unwrap();
+        assert!(c.contains("192.168.4.1".parse().unwrap()));
+        assert!(c.contains("::ffff:192.168.4.1".parse().unwrap()));
+        assert!(!c.contains("192.169.0.1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("example.com".parse::<Cidr>().is_err());
+        let v6: Cidr = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("fe80::1".parse().unwrap()));
     }
 }

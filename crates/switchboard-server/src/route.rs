@@ -24,8 +24,9 @@ use crate::{
     config::WebSocketConfig,
     conn::ConnShared,
     handler::{Connection, Handler, Refusal, RouteShared, UpgradeContext, User},
-    limits::{self, Admission, Admitted},
+    limits::{self, Admission, Admitted, Cidr},
     metrics::Transport,
+    origin::OriginPolicy,
     transport::ws,
 };
 
@@ -45,6 +46,8 @@ pub struct RouteOptions {
     pub deflate: DeflateConfig,
     /// Subprotocols this route speaks. Empty: it selects none and refuses none.
     pub protocols: Vec<&'static str>,
+    /// Which browser origins may connect (403 `origin_not_allowed` otherwise).
+    pub origins: OriginPolicy,
 }
 
 impl RouteOptions {
@@ -57,6 +60,7 @@ impl RouteOptions {
             idle_timeout: ws.idle_timeout,
             deflate: ws.compression.deflate_config(),
             protocols: Vec::new(),
+            origins: OriginPolicy::from_list(&ws.allowed_origins),
         }
     }
 
@@ -87,6 +91,8 @@ pub(crate) struct RouteContext {
     pub(crate) admission: Option<Arc<dyn Admission>>,
     /// Open connections on the node beyond which upgrades get 503 (0: no limit).
     pub(crate) max_connections: usize,
+    /// Peers whose `X-Forwarded-For` names the client (`trusted_proxies`).
+    pub(crate) trusted_proxies: Arc<[Cidr]>,
 }
 
 /// A path served by a [`Handler`].
@@ -210,19 +216,20 @@ async fn upgrade<H: Handler>(
             Ok(d) => d,
             Err(e) => return handshake_refusal(&e, &options.protocols),
         };
+    if let Err(r) = options.origins.check(req.headers()) {
+        return refusal_response(r);
+    }
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
+    let client_ip = peer.map(|p| limits::client_ip(p, req.headers(), &ctx.trusted_proxies));
     // Limits before the token is verified: refusing costs less than verifying.
     if ctx.max_connections > 0 && ctx.route.hub.connection_count() >= ctx.max_connections {
         return refusal_response(Refusal::unavailable("capacity", Duration::from_secs(1)));
     }
-    let mut admitted = match (&ctx.admission, peer) {
-        (Some(admission), Some(peer)) => {
-            let ip = limits::client_ip(peer, req.headers());
-            match Admitted::open_ip(admission, ip) {
-                Ok(a) => Some(Box::new(a)),
-                Err(r) => return refusal_response(r.refusal()),
-            }
-        }
+    let mut admitted = match (&ctx.admission, client_ip) {
+        (Some(admission), Some(ip)) => match Admitted::open_ip(admission, ip) {
+            Ok(a) => Some(Box::new(a)),
+            Err(r) => return refusal_response(r.refusal()),
+        },
         _ => None,
     };
     let accepted = {
@@ -230,6 +237,7 @@ async fn upgrade<H: Handler>(
             headers: req.headers(),
             uri: req.uri(),
             peer,
+            client_ip,
             protocols: &up.protocols,
         };
         match handler.authenticate(&cx).await {
@@ -288,7 +296,7 @@ async fn upgrade<H: Handler>(
         };
         let stream = parts.io.into_inner();
         let user = User::shared(accepted.user);
-        tracing::debug!(peer = ?peer, user = %user.id, deflate = params.is_some(), "connected");
+        tracing::debug!(client = ?client_ip, user = %user.id, deflate = params.is_some(), "connected");
         let shared = Arc::new(ConnShared::new(id, options.outbound_queue, params));
         let conn = Connection {
             shared,

@@ -26,7 +26,7 @@ use crate::{
     broker::Broker,
     handler::RouteShared,
     hub::Hub,
-    limits::{Admission, HandshakeTicket},
+    limits::{Admission, Cidr, HandshakeTicket},
     metrics::{Metrics, Transport},
     node::Node,
     route::{PeerAddr, Route, RouteContext, json_response},
@@ -54,6 +54,7 @@ pub struct Server {
     metrics: Arc<Metrics>,
     /// Requests for this path (SSE streams) are served off hyper ([`crate::transport::direct`]).
     direct_path: Option<Arc<str>>,
+    trusted_proxies: Arc<[Cidr]>,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +80,7 @@ pub struct ServerBuilder {
     max_connections: usize,
     max_request_head: usize,
     direct_path: Option<Arc<str>>,
+    trusted_proxies: Vec<Cidr>,
 }
 
 impl Server {
@@ -98,6 +100,7 @@ impl Server {
             max_connections: 0,
             max_request_head: DEFAULT_MAX_REQUEST_HEAD,
             direct_path: None,
+            trusted_proxies: Vec::new(),
         }
     }
 
@@ -126,6 +129,7 @@ impl Server {
             max_request_head,
             metrics,
             direct_path,
+            trusted_proxies,
         } = self;
         for registry in sweeps {
             tracker.spawn(run_sweeper(Arc::downgrade(&registry), shutdown.clone()));
@@ -148,7 +152,10 @@ impl Server {
                     };
                     // Handshakes in progress count against the peer's per-IP limit: requests
                     // without a token hold a bounded amount of memory per IP.
-                    let ticket = match &admission {
+                    // A trusted proxy's connections carry many clients: they are counted per
+                    // forwarded client at the upgrade, not here per proxy.
+                    let proxy = trusted_proxies.iter().any(|c| c.contains(peer.ip()));
+                    let ticket = match admission.as_ref().filter(|_| !proxy) {
                         Some(a) => match HandshakeTicket::begin(a, peer.ip()) {
                             Some(t) => Some(t),
                             None => {
@@ -345,6 +352,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Reverse proxies whose `X-Forwarded-For` / `Forwarded` names the client (default: none;
+    /// see [`crate::limits::client_ip`]).
+    pub fn trusted_proxies(mut self, trusted: Vec<Cidr>) -> Self {
+        self.trusted_proxies = trusted;
+        self
+    }
+
     /// Whether `GET /metrics` is served (default: yes).
     pub fn metrics(mut self, enabled: bool) -> Self {
         self.metrics_enabled = enabled;
@@ -368,6 +382,7 @@ impl ServerBuilder {
             broker: self.broker.clone(),
         });
         let mut sweeps = Vec::new();
+        let trusted_proxies: Arc<[Cidr]> = self.trusted_proxies.into();
         let mut router = Router::new()
             .route(
                 "/healthz",
@@ -412,6 +427,7 @@ impl ServerBuilder {
                 tracker: tracker.clone(),
                 admission: self.admission.clone(),
                 max_connections: self.max_connections,
+                trusted_proxies: trusted_proxies.clone(),
             };
             router = router.route(
                 &route.path,
@@ -443,6 +459,7 @@ impl ServerBuilder {
             max_request_head: self.max_request_head,
             metrics: self.hub.metrics().clone(),
             direct_path: self.direct_path,
+            trusted_proxies,
         })
     }
 }

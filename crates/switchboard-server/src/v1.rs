@@ -66,9 +66,36 @@ pub struct Session {
     /// and the token's expiry read from the user: a small state keeps the connection's task
     /// in tokio's smallest cell.
     from: Option<Box<Bytes>>,
-    refresh_sent: bool,
+    phase: Phase,
     /// The command rate limit's bucket (six bytes, in what would be padding).
     rate: CommandBucket,
+}
+
+/// Where a connection stands with its token. One byte: the `refresh_required` flag and the
+/// first-message wait share it, since a connection waiting for `auth` has no token to refresh.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Authenticated; no `refresh_required` sent for the current token.
+    #[default]
+    Open,
+    /// Authenticated; `refresh_required` was sent for the current token.
+    RefreshSent,
+    /// Upgraded without a token on a first-message route (protocol 2.2): only `auth` is
+    /// accepted, before `limits.auth_timeout`.
+    AwaitingAuth,
+}
+
+/// The user a verified token names.
+fn user_from(claims: Option<auth::Claims>) -> User {
+    match claims {
+        Some(claims) => User {
+            id: claims.sub.as_str().into(),
+            info: claims.info.map(|i| Bytes::from(i.get().to_string())),
+            expires: claims.exp,
+            rooms: claims.rooms,
+        },
+        None => User::default(),
+    }
 }
 
 /// The `from` object of this connection's publications (raw JSON), made once.
@@ -137,30 +164,153 @@ impl Handler for Protocol {
             request.protocols,
             &access.config().auth,
         );
+        // First-message mode: an upgrade without a token waits for `auth` (2.2), as the
+        // shared anonymous user until then; one with a token is verified here as usual.
+        if access.config().auth.first_message && token.as_deref().is_none_or(str::is_empty) {
+            return Ok(Accepted {
+                user: User::default(),
+                state: Session {
+                    phase: Phase::AwaitingAuth,
+                    ..Session::default()
+                },
+            });
+        }
         let unauthorized = |e: AuthError| {
             self.node.metrics().auth_failure(e);
             Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", e.reason())
         };
-        let user = match access
+        let claims = access
             .verifier()
             .authenticate(token.as_deref())
-            .map_err(unauthorized)?
-        {
-            Some(claims) => User {
-                id: claims.sub.as_str().into(),
-                info: claims.info.map(|i| Bytes::from(i.get().to_string())),
-                expires: claims.exp,
-                rooms: claims.rooms,
-            },
-            None => User::default(),
-        };
+            .map_err(unauthorized)?;
         Ok(Accepted {
-            user,
+            user: user_from(claims),
             state: Session::default(),
         })
     }
 
     async fn on_connect(&self, conn: &mut Connection<Session>) {
+        if conn.state.phase == Phase::AwaitingAuth {
+            // The connection's own timer (no task of its own): `on_timer` closes it with
+            // 4001 unless `auth` came first. Nothing else is allocated for it.
+            let timeout = self.node.config().limits.auth_timeout;
+            conn.set_timer(Some(Instant::now() + timeout));
+            return;
+        }
+        self.start(conn).await;
+    }
+
+    async fn on_message(&self, conn: &mut Connection<Session>, message: Incoming) {
+        if conn.state.phase == Phase::AwaitingAuth {
+            Box::pin(self.first_message(conn, message)).await;
+            return;
+        }
+        self.command(conn, message).await;
+    }
+
+    async fn on_close(
+        &self,
+        conn: &mut Connection<Session>,
+        _close: Option<&switchboard_protocol::CloseFrame>,
+    ) {
+        for room in std::mem::take(&mut conn.rooms) {
+            self.node.unsubscribe(member(conn), &room).await;
+        }
+    }
+
+    async fn on_timer(&self, conn: &mut Connection<Session>) {
+        if conn.state.phase == Phase::AwaitingAuth {
+            tracing::debug!(conn = %conn.id(), "no auth message within limits.auth_timeout");
+            self.node.metrics().auth_failure(AuthError::Missing);
+            conn.close(Disconnect::UNAUTHORIZED.with_reason("auth_timeout"));
+            return;
+        }
+        let Some(exp) = conn.user.expires else {
+            return;
+        };
+        let now = now_unix();
+        if now >= exp {
+            tracing::debug!("token expired without refresh");
+            conn.close(Disconnect::TOKEN_EXPIRED);
+        } else if conn.state.phase != Phase::RefreshSent {
+            conn.state.phase = Phase::RefreshSent;
+            let mut buf = Vec::with_capacity(48);
+            wire::encode_refresh_required(&mut buf, exp);
+            conn.send_raw_json(&buf);
+            conn.set_timer(Some(Instant::now() + Duration::from_secs(exp - now)));
+        }
+    }
+
+    async fn on_control(&self, conn: &mut Connection<Session>, control: Control) {
+        match control {
+            Control::Close(d) => conn.close(d),
+            // Not yet anyone's connection: nothing to subscribe for.
+            Control::Subscribe(_) | Control::Unsubscribe(_)
+                if conn.state.phase == Phase::AwaitingAuth => {}
+            Control::Subscribe(room) => Box::pin(self.server_subscribe(conn, room)).await,
+            Control::Unsubscribe(room) => {
+                if let Some(room) = conn.rooms.take(&room) {
+                    self.node.unsubscribe(member(conn), &room).await;
+                    let mut buf = Vec::with_capacity(64 + room.len());
+                    wire::encode_unsubscribed(&mut buf, &room, "server");
+                    conn.send_raw_json(&buf);
+                }
+            }
+        }
+    }
+}
+
+impl Protocol {
+    /// The first message of a connection upgraded without a token (protocol 2.2): `auth`
+    /// with a token that verifies starts the connection (its `welcome` is the answer);
+    /// anything else closes it with 4001 and a reason.
+    async fn first_message(&self, conn: &mut Connection<Session>, message: Incoming) {
+        let token = match &message {
+            Incoming::Text(t) => match wire::parse_command(t.as_str()) {
+                Ok(Command {
+                    kind: CommandKind::Auth { token },
+                    ..
+                }) => Some(token),
+                _ => None,
+            },
+            Incoming::Binary(_) => None,
+        };
+        let Some(token) = token else {
+            tracing::debug!(conn = %conn.id(), "first message is not auth");
+            conn.close(Disconnect::UNAUTHORIZED.with_reason("expected auth first"));
+            return;
+        };
+        // An empty token is the anonymous user when `auth.anonymous` is on (2.1).
+        let claims = match self.node.access().verifier().authenticate(Some(&token)) {
+            Ok(claims) => claims,
+            Err(e) => {
+                self.node.metrics().auth_failure(e);
+                conn.close(Disconnect::UNAUTHORIZED.with_reason(e.reason()));
+                return;
+            }
+        };
+        let user: Arc<User> = User::shared(user_from(claims));
+        if let Some(admitted) = &mut conn.admitted
+            && let Err(r) = admitted.open_user(&user.id)
+        {
+            // At the handshake this is a 429; here the client retries with its backoff.
+            tracing::info!(conn = %conn.id(), user = %user.id, reason = r.reason(), "first-message auth: refused by the per-user limit");
+            conn.close(Disconnect::RECONNECT.with_reason(r.reason()));
+            return;
+        }
+        // The user index (the server API's way to each user's connections) moves from the
+        // anonymous user to this one.
+        let hub = &conn.route.hub;
+        hub.remove_connection(&conn.user.id, &conn.shared);
+        hub.add_connection(&user.id, &conn.shared);
+        conn.user = user;
+        conn.state.phase = Phase::Open;
+        tracing::debug!(conn = %conn.id(), user = %conn.user.id, "authenticated by first message");
+        self.start(conn).await;
+    }
+
+    /// Starts an authenticated connection: expiry, server-side subscriptions, `welcome`.
+    async fn start(&self, conn: &mut Connection<Session>) {
         let user = conn.user.clone();
         self.schedule_expiry(conn);
 
@@ -223,7 +373,8 @@ impl Handler for Protocol {
         }
     }
 
-    async fn on_message(&self, conn: &mut Connection<Session>, message: Incoming) {
+    /// A command of an authenticated connection.
+    async fn command(&self, conn: &mut Connection<Session>, message: Incoming) {
         if let Some(rate) = &self.rate {
             match rate.check(&mut conn.state.rate, limits::now_ms()) {
                 Verdict::Allowed => {}
@@ -291,48 +442,6 @@ impl Handler for Protocol {
             send_error(conn, id.as_ref(), r.code, &r.message);
         }
     }
-
-    async fn on_close(
-        &self,
-        conn: &mut Connection<Session>,
-        _close: Option<&switchboard_protocol::CloseFrame>,
-    ) {
-        for room in std::mem::take(&mut conn.rooms) {
-            self.node.unsubscribe(member(conn), &room).await;
-        }
-    }
-
-    async fn on_timer(&self, conn: &mut Connection<Session>) {
-        let Some(exp) = conn.user.expires else {
-            return;
-        };
-        let now = now_unix();
-        if now >= exp {
-            tracing::debug!("token expired without refresh");
-            conn.close(Disconnect::TOKEN_EXPIRED);
-        } else if !conn.state.refresh_sent {
-            conn.state.refresh_sent = true;
-            let mut buf = Vec::with_capacity(48);
-            wire::encode_refresh_required(&mut buf, exp);
-            conn.send_raw_json(&buf);
-            conn.set_timer(Some(Instant::now() + Duration::from_secs(exp - now)));
-        }
-    }
-
-    async fn on_control(&self, conn: &mut Connection<Session>, control: Control) {
-        match control {
-            Control::Close(d) => conn.close(d),
-            Control::Subscribe(room) => Box::pin(self.server_subscribe(conn, room)).await,
-            Control::Unsubscribe(room) => {
-                if let Some(room) = conn.rooms.take(&room) {
-                    self.node.unsubscribe(member(conn), &room).await;
-                    let mut buf = Vec::with_capacity(64 + room.len());
-                    wire::encode_unsubscribed(&mut buf, &room, "server");
-                    conn.send_raw_json(&buf);
-                }
-            }
-        }
-    }
 }
 
 /// Answers a command refused by the rate limit, with its `id` when it has one.
@@ -375,7 +484,7 @@ impl Protocol {
     fn schedule_expiry(&self, conn: &mut Connection<Session>) {
         let timer = conn.user.expires.map(|exp| {
             let left = Duration::from_secs(exp.saturating_sub(now_unix()));
-            let at = if conn.state.refresh_sent {
+            let at = if conn.state.phase == Phase::RefreshSent {
                 left
             } else {
                 left.saturating_sub(REFRESH_AHEAD)
@@ -601,7 +710,7 @@ impl Protocol {
                 "the new token must carry the same 'sub'",
             ));
         }
-        conn.state.refresh_sent = false;
+        conn.state.phase = Phase::Open;
         Arc::make_mut(&mut conn.user).expires = claims.exp;
         self.schedule_expiry(conn);
         reply(

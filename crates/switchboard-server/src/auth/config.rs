@@ -62,6 +62,11 @@ pub struct AuthConfig {
     pub token_cookie: Option<String>,
     /// The query parameter the token may be read from. Default: `"token"`.
     pub query_param: String,
+    /// First-message authentication (docs/protocol.md 2.2): an upgrade without a token is
+    /// accepted, and the connection must then send `{"type": "auth", "token": …}` first,
+    /// within `limits.auth_timeout`, or be closed with 4001. An upgrade that carries a token
+    /// is still authenticated at the handshake. Default: false.
+    pub first_message: bool,
 }
 
 impl Default for AuthConfig {
@@ -77,6 +82,7 @@ impl Default for AuthConfig {
             anonymous: false,
             token_cookie: None,
             query_param: "token".to_owned(),
+            first_message: false,
         }
     }
 }
@@ -93,6 +99,7 @@ impl fmt::Debug for AuthConfig {
             .field("anonymous", &self.anonymous)
             .field("token_cookie", &self.token_cookie)
             .field("query_param", &self.query_param)
+            .field("first_message", &self.first_message)
             .finish()
     }
 }

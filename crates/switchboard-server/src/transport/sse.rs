@@ -49,6 +49,7 @@ use crate::{
     handler::Refusal,
     limits::{self, Admission, Admitted},
     node::{Member, Node, Subscribed},
+    origin::OriginPolicy,
     route::{PeerAddr, refusal_response},
 };
 
@@ -63,6 +64,8 @@ struct Shared {
     /// The per-user and per-IP counts the WebSocket routes use too (`None`: not limited).
     admission: Option<Arc<dyn Admission>>,
     registry: Arc<Registry>,
+    /// `websocket.allowed_origins` (any origin in development mode), as for upgrades.
+    origins: OriginPolicy,
     /// The sweeper starts with the first stream (it needs the server's shutdown token).
     sweeper: OnceLock<()>,
 }
@@ -79,8 +82,14 @@ pub(crate) fn router(node: Node, admission: Option<Arc<dyn Admission>>) -> Route
         c.ping_interval,
         c.ping_interval.saturating_mul(4),
     ));
+    let origins = if node.config().dev == Some(true) {
+        OriginPolicy::Any
+    } else {
+        OriginPolicy::from_list(&node.config().websocket.allowed_origins)
+    };
     let shared = Arc::new(Shared {
         node,
+        origins,
         admission,
         registry,
         sweeper: OnceLock::new(),
@@ -140,18 +149,19 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
             .connection_refused(crate::metrics::Transport::Sse, r.status.as_u16(), false);
         refusal_response(r)
     };
+    if let Err(r) = shared.origins.check(req.headers()) {
+        return limited(r);
+    }
     if max > 0 && node.hub().connection_count() >= max {
         return limited(Refusal::unavailable("capacity", Duration::from_secs(1)));
     }
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
-    let mut admitted = match (&shared.admission, peer) {
-        (Some(admission), Some(peer)) => {
-            let ip = limits::client_ip(peer, req.headers());
-            match Admitted::open_ip(admission, ip) {
-                Ok(a) => Some(a),
-                Err(r) => return limited(r.refusal()),
-            }
-        }
+    let client_ip = peer.map(|p| limits::client_ip(p, req.headers(), &config.trusted_proxies));
+    let mut admitted = match (&shared.admission, client_ip) {
+        (Some(admission), Some(ip)) => match Admitted::open_ip(admission, ip) {
+            Ok(a) => Some(a),
+            Err(r) => return limited(r.refusal()),
+        },
         _ => None,
     };
     // 2.1: header, query parameter, cookie; never a subprotocol.
