@@ -23,7 +23,16 @@ impl Node {
     /// Builds the node its configuration describes, on the broker of `broker.kind`: the
     /// in-memory one, or Redis (connected before this returns; an unreachable Redis is an
     /// error naming `broker.url`). Must be called inside a tokio runtime.
+    ///
+    /// A key set of `auth.jwks` that is fetched over the network is loaded here too (an
+    /// error names `auth.jwks`); [`Node::new`] leaves it to the first token with a `kid`.
     pub async fn from_config(config: Config) -> Result<Node, NodeError> {
+        let node = Self::from_config_inner(config).await?;
+        node.access().verifier().load_jwks().await?;
+        Ok(node)
+    }
+
+    async fn from_config_inner(config: Config) -> Result<Node, NodeError> {
         match config.broker.kind {
             BrokerKind::Memory => Node::new(config),
             BrokerKind::Redis => {

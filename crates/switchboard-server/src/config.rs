@@ -570,7 +570,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 }
 
 /// Deserializes a duration from a number of seconds or a string such as `"25s"`, `"5m"`, `"1h 30m"`.
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     struct V;
     impl de::Visitor<'_> for V {
         type Value = Duration;

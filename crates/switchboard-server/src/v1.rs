@@ -181,7 +181,8 @@ impl Handler for Protocol {
         };
         let claims = access
             .verifier()
-            .authenticate(token.as_deref())
+            .authenticate_fresh(token.as_deref())
+            .await
             .map_err(unauthorized)?;
         Ok(Accepted {
             user: user_from(claims),
@@ -281,7 +282,12 @@ impl Protocol {
             return;
         };
         // An empty token is the anonymous user when `auth.anonymous` is on (2.1).
-        let claims = match self.node.access().verifier().authenticate(Some(&token)) {
+        let verified = self
+            .node
+            .access()
+            .verifier()
+            .authenticate_fresh(Some(&token));
+        let claims = match Box::pin(verified).await {
             Ok(claims) => claims,
             Err(e) => {
                 self.node.metrics().auth_failure(e);

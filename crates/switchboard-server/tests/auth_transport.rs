@@ -352,3 +352,247 @@ async fn an_http10_upgrade_is_400_with_the_json_body() {
         serde_json::json!({"error": "bad_request", "reason": "a WebSocket upgrade needs HTTP/1.1"})
     );
 }
+
+// --- JWKS (auth.jwks) ---
+
+mod jwks {
+    use std::{
+        net::SocketAddr,
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use axum::{Router, extract::State, http::StatusCode, routing::get};
+    use base64::Engine;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use switchboard_server::{Node, config::Config};
+    use tokio::sync::watch;
+
+    use super::raw_http::upgrade;
+
+    /// Two Ed25519 key pairs (test keys, made with `openssl genpkey -algorithm ed25519`).
+    const KEYS: [(&str, &str); 2] = [
+        (
+            "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIDcu3vPs42LqZIdx3zmDX7f+S8W3goUVJwxvMkXRAa6e\n-----END PRIVATE KEY-----\n",
+            "MCowBQYDK2VwAyEAXKuBWxuQSR+nyGOX4DUTOj2yv+QSGiGUBWnow8qSK3w=",
+        ),
+        (
+            "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIM3GHkgB+FZYyundJiyv9LBsB9o08Zvtc/ZQdcFUdswe\n-----END PRIVATE KEY-----\n",
+            "MCowBQYDK2VwAyEAYRpkT4vA00gyjyVdL1gjSE+yes1QGsSxwpZBNdxxYzs=",
+        ),
+    ];
+
+    /// The JWK of key `i` under `kid`: the raw public key is the last 32 bytes of the SPKI.
+    fn jwk(i: usize, kid: &str) -> serde_json::Value {
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(KEYS[i].1)
+            .unwrap();
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&der[der.len() - 32..]);
+        serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"})
+    }
+
+    fn set(keys: &[serde_json::Value]) -> String {
+        serde_json::json!({ "keys": keys }).to_string()
+    }
+
+    /// A token of `user` signed with key `i`, naming `kid`.
+    fn token(i: usize, kid: &str, user: &str) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.into());
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        jsonwebtoken::encode(
+            &header,
+            &serde_json::json!({"sub": user, "exp": exp}),
+            &EncodingKey::from_ed_pem(KEYS[i].0.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// A tiny JWKS endpoint: what it answers can be changed, and it counts the requests.
+    struct Issuer {
+        addr: SocketAddr,
+        answer: Arc<Mutex<(StatusCode, String)>>,
+        hits: watch::Receiver<u32>,
+    }
+
+    impl Issuer {
+        async fn start(body: String) -> Issuer {
+            type Shared = (Arc<Mutex<(StatusCode, String)>>, Arc<watch::Sender<u32>>);
+            let answer = Arc::new(Mutex::new((StatusCode::OK, body)));
+            let (tx, hits) = watch::channel(0u32);
+            let app = Router::new()
+                .route(
+                    "/jwks.json",
+                    get(|State((answer, hits)): State<Shared>| async move {
+                        let (status, body) = answer.lock().unwrap().clone();
+                        hits.send_modify(|n| *n += 1);
+                        (status, body)
+                    }),
+                )
+                .with_state((answer.clone(), Arc::new(tx)));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            Issuer { addr, answer, hits }
+        }
+
+        fn serve(&self, status: StatusCode, body: String) {
+            *self.answer.lock().unwrap() = (status, body);
+        }
+
+        fn url(&self) -> String {
+            format!("http://{}/jwks.json", self.addr)
+        }
+
+        /// Waits until the endpoint has been asked `n` times in all.
+        async fn wait_hits(&mut self, n: u32) {
+            tokio::time::timeout(super::T, self.hits.wait_for(|h| *h >= n))
+                .await
+                .expect("the JWKS endpoint is asked in time")
+                .unwrap();
+        }
+    }
+
+    fn config(jwks: String, refresh: Duration) -> Config {
+        let mut c = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            personal_rooms: false,
+            ..Config::default()
+        };
+        c.auth.algorithms = vec!["EdDSA".into()];
+        c.auth.jwks = Some(jwks);
+        c.auth.jwks_refresh = refresh;
+        c
+    }
+
+    async fn serve(node: &Node) -> SocketAddr {
+        let server = node.server().bind().await.unwrap();
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(server.run(std::future::pending()));
+        addr
+    }
+
+    async fn status(addr: SocketAddr, token: &str) -> (u16, serde_json::Value) {
+        let (answer, _) = upgrade(addr, 1, "HTTP/1.1", &format!("/ws?token={token}"), &[]).await;
+        let body = if answer.status == 101 {
+            serde_json::Value::Null
+        } else {
+            answer.json()
+        };
+        (answer.status, body)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_kid_refreshes_the_set_and_an_unknown_one_is_unknown_key() {
+        let mut issuer = Issuer::start(set(&[jwk(0, "k1")])).await;
+        let node = Node::from_config(config(issuer.url(), Duration::from_secs(3600)))
+            .await
+            .unwrap();
+        issuer.wait_hits(1).await;
+        let addr = serve(&node).await;
+        assert_eq!(status(addr, &token(0, "k1", "ann")).await.0, 101);
+
+        // The provider rotates in a new key: its first token fetches the set again.
+        issuer.serve(StatusCode::OK, set(&[jwk(0, "k1"), jwk(1, "k2")]));
+        assert_eq!(status(addr, &token(1, "k2", "ann")).await.0, 101);
+        assert_eq!(*issuer.hits.borrow(), 2);
+
+        // A kid nobody publishes: unknown_key, and no second fetch within 10 s.
+        let (code, body) = status(addr, &token(1, "k3", "ann")).await;
+        assert_eq!((code, body["reason"].as_str()), (401, Some("unknown_key")));
+        assert_eq!(*issuer.hits.borrow(), 2);
+        // A key with the right kid but the wrong key material is a bad signature.
+        let (code, body) = status(addr, &token(0, "k2", "ann")).await;
+        assert_eq!(
+            (code, body["reason"].as_str()),
+            (401, Some("bad_signature"))
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_refresh_keeps_the_last_good_set() {
+        let mut issuer = Issuer::start(set(&[jwk(0, "k1")])).await;
+        let node = Node::from_config(config(issuer.url(), Duration::from_secs(3600)))
+            .await
+            .unwrap();
+        let addr = serve(&node).await;
+        issuer.serve(StatusCode::INTERNAL_SERVER_ERROR, "down".into());
+        // An unknown kid makes the server ask (and fail) before it answers.
+        let (code, body) = status(addr, &token(1, "k9", "bo")).await;
+        assert_eq!((code, body["reason"].as_str()), (401, Some("unknown_key")));
+        issuer.wait_hits(2).await;
+        // The set of before still verifies.
+        assert_eq!(status(addr, &token(0, "k1", "bo")).await.0, 101);
+        // Not JSON at all: the same.
+        issuer.serve(StatusCode::OK, "<html>".into());
+        node.access().verifier().load_jwks().await.unwrap_err();
+        assert!(
+            node.access()
+                .verifier()
+                .verify(&token(0, "k1", "bo"))
+                .is_ok()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_set_is_refreshed_on_schedule() {
+        let mut issuer = Issuer::start(set(&[jwk(0, "k1")])).await;
+        let node = Node::from_config(config(issuer.url(), Duration::from_secs(1)))
+            .await
+            .unwrap();
+        issuer.serve(StatusCode::OK, set(&[jwk(1, "k2")]));
+        // The first scheduled fetch is answered with the new set; the one after it proves
+        // the first was applied (the refresher does one at a time).
+        issuer.wait_hits(3).await;
+        let verifier = node.access().verifier();
+        assert!(verifier.verify(&token(1, "k2", "cy")).is_ok());
+        // The rotated-out key is gone.
+        assert!(verifier.verify(&token(0, "k1", "cy")).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_set_that_cannot_be_loaded_at_start_is_an_error_naming_the_key() {
+        let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/jwks.json", unused.local_addr().unwrap());
+        drop(unused);
+        let e = Node::from_config(config(url, Duration::from_secs(300)))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("auth.jwks: cannot load the key set"), "{e}");
+
+        for url in [
+            "http://jwks.example/keys",
+            "ftp://x/keys",
+            "file://relative",
+        ] {
+            let e = Node::new(config(url.into(), Duration::from_secs(300)))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("auth.jwks: "), "{e}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_set_is_read_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, set(&[jwk(1, "file-key")])).unwrap();
+        let node = Node::new(config(
+            format!("file://{}", path.display()),
+            Duration::from_secs(300),
+        ))
+        .unwrap();
+        let addr = serve(&node).await;
+        assert_eq!(status(addr, &token(1, "file-key", "dee")).await.0, 101);
+        let (code, body) = status(addr, &token(0, "file-key", "dee")).await;
+        assert_eq!(
+            (code, body["reason"].as_str()),
+            (401, Some("bad_signature"))
+        );
+    }
+}

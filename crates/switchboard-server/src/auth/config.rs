@@ -1,6 +1,6 @@
 //! [`AuthConfig`], the `auth` section of the configuration, and [`AuthConfigError`].
 
-use std::fmt;
+use std::{fmt, time::Duration};
 
 use serde::Deserialize;
 
@@ -67,6 +67,15 @@ pub struct AuthConfig {
     /// within `limits.auth_timeout`, or be closed with 4001. An upgrade that carries a token
     /// is still authenticated at the handshake. Default: false.
     pub first_message: bool,
+    /// A JSON Web Key Set (RFC 7517) of public keys, besides `public_keys`: `file:///path`,
+    /// `https://…`, or `http://` to a loopback host only (tests, a sidecar). Read at start
+    /// (an error then stops the server), refreshed every `jwks_refresh` and when a token
+    /// names an unknown `kid` (at most once per 10 s); a failed refresh keeps the last good
+    /// set. Keys are used for the algorithms of `algorithms` only. Default: unset.
+    pub jwks: Option<String>,
+    /// How often the `jwks` set is fetched again. At least 1 s. Default: 5 minutes.
+    #[serde(deserialize_with = "crate::config::duration")]
+    pub jwks_refresh: Duration,
 }
 
 impl Default for AuthConfig {
@@ -83,6 +92,8 @@ impl Default for AuthConfig {
             token_cookie: None,
             query_param: "token".to_owned(),
             first_message: false,
+            jwks: None,
+            jwks_refresh: Duration::from_secs(300),
         }
     }
 }
@@ -100,6 +111,8 @@ impl fmt::Debug for AuthConfig {
             .field("token_cookie", &self.token_cookie)
             .field("query_param", &self.query_param)
             .field("first_message", &self.first_message)
+            .field("jwks", &self.jwks)
+            .field("jwks_refresh", &self.jwks_refresh)
             .finish()
     }
 }

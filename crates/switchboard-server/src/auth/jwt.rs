@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -15,6 +16,7 @@ use serde_json::value::RawValue;
 
 use super::config::{AuthConfig, AuthConfigError, PublicKeyConfig};
 use super::error::AuthError;
+use super::jwks::{Jwks, spawn_refresher};
 
 /// The longest `sub` accepted, in bytes (protocol 2.1).
 pub const MAX_SUB_BYTES: usize = 128;
@@ -97,12 +99,21 @@ struct PeekHeader {
     crit: Option<serde_json::Value>,
 }
 
-/// One configured public key.
+/// One public key: configured, or from the `auth.jwks` set.
 #[derive(Clone)]
-struct PublicKey {
-    kid: Option<String>,
-    algorithm: Algorithm,
-    key: DecodingKey,
+pub(super) struct PublicKey {
+    pub(super) kid: Option<String>,
+    pub(super) algorithm: Algorithm,
+    pub(super) key: DecodingKey,
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublicKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Verifies tokens against an [`AuthConfig`]. Built once at start-up; cheap to share
@@ -116,6 +127,8 @@ pub struct Verifier {
     /// The `kid` an HMAC token may name (`auth.secret_kid`).
     secret_kid: Option<String>,
     keys: Vec<PublicKey>,
+    /// The `auth.jwks` key set, shared by every clone.
+    jwks: Option<Arc<Jwks>>,
     anonymous: bool,
 }
 
@@ -131,6 +144,7 @@ impl fmt::Debug for Verifier {
             .field("algorithms", &algorithms)
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("keys", &keys)
+            .field("jwks", &self.jwks.as_ref().map(|j| j.snapshot().len()))
             .field("anonymous", &self.anonymous)
             .finish()
     }
@@ -193,7 +207,7 @@ impl Verifier {
             ));
         }
 
-        if cfg.secret.is_none() && cfg.public_keys.is_empty() {
+        if cfg.secret.is_none() && cfg.public_keys.is_empty() && cfg.jwks.is_none() {
             if cfg.anonymous {
                 tracing::info!("auth: no key configured, only anonymous connections are accepted");
                 return Ok(Verifier {
@@ -201,6 +215,7 @@ impl Verifier {
                     secret: None,
                     secret_kid: None,
                     keys: Vec::new(),
+                    jwks: None,
                     anonymous: true,
                 });
             }
@@ -263,7 +278,9 @@ impl Verifier {
             keys.push(key);
         }
 
-        for (i, alg) in &algorithms {
+        // Keys of a JWKS arrive with the set (and may change): an algorithm without a
+        // configured key is then the set's to serve.
+        for (i, alg) in algorithms.iter().filter(|_| cfg.jwks.is_none()) {
             if alg.family() != AlgorithmFamily::Hmac && !keys.iter().any(|k| k.algorithm == *alg) {
                 return Err(AuthConfigError::new(
                     format!("auth.algorithms[{i}]"),
@@ -275,6 +292,26 @@ impl Verifier {
             }
         }
 
+        let jwks = match &cfg.jwks {
+            None => None,
+            Some(url) => {
+                if cfg.jwks_refresh < Duration::from_secs(1) {
+                    return Err(AuthConfigError::new(
+                        "auth.jwks_refresh",
+                        "must be at least 1s",
+                    ));
+                }
+                let asymmetric = algorithms
+                    .iter()
+                    .map(|(_, a)| *a)
+                    .filter(|a| a.family() != AlgorithmFamily::Hmac)
+                    .collect();
+                let jwks = Arc::new(Jwks::new(url, asymmetric)?);
+                spawn_refresher(Arc::downgrade(&jwks), cfg.jwks_refresh);
+                Some(jwks)
+            }
+        };
+
         let allowed = algorithms
             .iter()
             .map(|(_, alg)| (*alg, validation_for(*alg, cfg)))
@@ -284,8 +321,47 @@ impl Verifier {
             secret,
             secret_kid: cfg.secret_kid.clone(),
             keys,
+            jwks,
             anonymous: cfg.anonymous,
         })
+    }
+
+    /// Fetches the `auth.jwks` key set when it comes from the network (a `file://` set was
+    /// read by [`Verifier::new`]); nothing to do without one. Called once at start-up by
+    /// [`Node::from_config`](crate::Node::from_config): a set that cannot be fetched then
+    /// is an error naming `auth.jwks`. Later refreshes keep the last good set on failure.
+    pub async fn load_jwks(&self) -> Result<(), AuthConfigError> {
+        let Some(jwks) = self.jwks.as_ref().filter(|j| j.is_remote()) else {
+            return Ok(());
+        };
+        let n = jwks.refresh().await.map_err(|e| {
+            AuthConfigError::new("auth.jwks", format!("cannot load the key set: {e}"))
+        })?;
+        tracing::info!(keys = n, "auth.jwks loaded");
+        Ok(())
+    }
+
+    /// [`Verifier::authenticate`], and when the token names a `kid` that no key has and
+    /// `auth.jwks` is set, the set is fetched again (at most once per 10 s) and the token
+    /// verified once more: an identity provider's new key works from its first token.
+    pub async fn authenticate_fresh(
+        &self,
+        token: Option<&str>,
+    ) -> Result<Option<Claims>, AuthError> {
+        match self.authenticate(token) {
+            Err(AuthError::UnknownKey) => {}
+            other => return other,
+        }
+        let Some(jwks) = &self.jwks else {
+            return Err(AuthError::UnknownKey);
+        };
+        let names_kid = token
+            .and_then(|t| peek_header(t.trim()).ok())
+            .is_some_and(|h| h.kid.is_some());
+        if names_kid && jwks.refresh_for_unknown_kid().await {
+            return self.authenticate(token);
+        }
+        Err(AuthError::UnknownKey)
     }
 
     /// Whether a connection without a token is accepted (as the anonymous user `""`).
@@ -384,7 +460,9 @@ impl Verifier {
             tracing::debug!(alg = ?clip(&header.alg), "alg not allowed");
             return Err(AuthError::AlgorithmNotAllowed);
         };
-        let candidates = self.keys_for(alg, header.kid.as_deref())?;
+        let jwks = self.jwks.as_ref().map(|j| j.snapshot());
+        let candidates =
+            self.keys_for(alg, header.kid.as_deref(), jwks.as_deref().unwrap_or(&[]))?;
         for key in candidates {
             match jsonwebtoken::decode::<WireClaims>(token, key, validation) {
                 Ok(data) => return claims_from_wire(data.claims),
@@ -396,7 +474,13 @@ impl Verifier {
     }
 
     /// The keys that may have signed a token of `alg` naming `kid`.
-    fn keys_for(&self, alg: Algorithm, kid: Option<&str>) -> Result<Vec<&DecodingKey>, AuthError> {
+    /// `jwks` holds the keys of the `auth.jwks` set, after the configured ones.
+    fn keys_for<'a>(
+        &'a self,
+        alg: Algorithm,
+        kid: Option<&str>,
+        jwks: &'a [PublicKey],
+    ) -> Result<Vec<&'a DecodingKey>, AuthError> {
         if alg.family() == AlgorithmFamily::Hmac {
             // One secret: a token naming a key id must name the secret's (RFC 7515 4.1.4 leaves
             // the use of `kid` to the application; accepting any would hide a misissued token).
@@ -412,7 +496,12 @@ impl Verifier {
             });
         }
         if let Some(kid) = kid {
-            let Some(key) = self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)) else {
+            let Some(key) = self
+                .keys
+                .iter()
+                .chain(jwks)
+                .find(|k| k.kid.as_deref() == Some(kid))
+            else {
                 tracing::debug!(kid = ?clip(kid), "unknown kid");
                 return Err(AuthError::UnknownKey);
             };
@@ -425,6 +514,7 @@ impl Verifier {
         let keys: Vec<&DecodingKey> = self
             .keys
             .iter()
+            .chain(jwks)
             .filter(|k| k.algorithm == alg)
             .map(|k| &k.key)
             .collect();

@@ -22,6 +22,7 @@ mod dev;
 mod error;
 mod extract;
 pub(crate) use extract::percent_decode;
+mod jwks;
 mod jwt;
 
 #[cfg(test)]

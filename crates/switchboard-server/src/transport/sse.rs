@@ -166,7 +166,7 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
     };
     // 2.1: header, query parameter, cookie; never a subprotocol.
     let token = auth::find_token(req.headers(), req.uri().query(), &[], &config.auth);
-    let user = match access.verifier().authenticate(token.as_deref()) {
+    let user = match access.verifier().authenticate_fresh(token.as_deref()).await {
         Ok(Some(claims)) => User {
             id: claims.sub.as_str().into(),
             info: claims.info.map(|i| Bytes::from(i.get().to_string())),
