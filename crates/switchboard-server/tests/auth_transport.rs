@@ -355,6 +355,11 @@ async fn an_http10_upgrade_is_400_with_the_json_body() {
 
 // --- JWKS (auth.jwks) ---
 
+/// The test keys and tokens of the JWKS tests, shared with the HTTPS ones.
+mod jwks_keys {
+    pub(crate) use super::jwks::{jwk, set, token};
+}
+
 mod jwks {
     use std::{
         net::SocketAddr,
@@ -383,7 +388,7 @@ mod jwks {
     ];
 
     /// The JWK of key `i` under `kid`: the raw public key is the last 32 bytes of the SPKI.
-    fn jwk(i: usize, kid: &str) -> serde_json::Value {
+    pub(crate) fn jwk(i: usize, kid: &str) -> serde_json::Value {
         let der = base64::engine::general_purpose::STANDARD
             .decode(KEYS[i].1)
             .unwrap();
@@ -391,12 +396,12 @@ mod jwks {
         serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"})
     }
 
-    fn set(keys: &[serde_json::Value]) -> String {
+    pub(crate) fn set(keys: &[serde_json::Value]) -> String {
         serde_json::json!({ "keys": keys }).to_string()
     }
 
     /// A token of `user` signed with key `i`, naming `kid`.
-    fn token(i: usize, kid: &str, user: &str) -> String {
+    pub(crate) fn token(i: usize, kid: &str, user: &str) -> String {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(kid.into());
         let exp = std::time::SystemTime::now()
@@ -594,5 +599,121 @@ mod jwks {
             (code, body["reason"].as_str()),
             (401, Some("bad_signature"))
         );
+    }
+}
+
+mod jwks_https {
+    use std::{sync::Arc, time::Duration};
+
+    use http_body_util::Full;
+    use hyper_util::rt::TokioIo;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use switchboard_server::{Node, config::Config};
+
+    use super::jwks_keys::{jwk, set, token};
+
+    /// A JWKS endpoint over TLS with a certificate for 127.0.0.1 from a CA of its own;
+    /// returns its URL and the CA's PEM.
+    async fn start(body: String) -> (String, String) {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca_cert, &ca_key)
+            .unwrap();
+        #[allow(deprecated, reason = "the ring provider is what this build has")]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |_req| {
+                        let body = body.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                bytes::Bytes::from(body),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        (format!("https://{addr}/jwks.json"), ca_cert.pem())
+    }
+
+    fn config(url: String, ca: Option<String>) -> Config {
+        let mut c = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        c.auth.algorithms = vec!["EdDSA".into()];
+        c.auth.jwks = Some(url);
+        c.auth.jwks_ca = ca;
+        c.auth.jwks_refresh = Duration::from_secs(3600);
+        c
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_https_set_is_fetched_with_the_configured_ca_and_refused_without_it() {
+        let (url, ca_pem) = start(set(&[jwk(0, "tls-key")])).await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, ca_pem).unwrap();
+
+        let node = Node::from_config(config(url.clone(), Some(ca.display().to_string())))
+            .await
+            .unwrap();
+        assert!(
+            node.access()
+                .verifier()
+                .verify(&token(0, "tls-key", "ivy"))
+                .is_ok()
+        );
+
+        // Without the CA the server's certificate is not trusted: the start fails, naming
+        // the key.
+        let e = Node::from_config(config(url, None))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("auth.jwks: cannot load the key set: TLS"),
+            "{e}"
+        );
+
+        // A CA file that is not one names auth.jwks_ca.
+        let bogus = dir.path().join("bogus.pem");
+        std::fs::write(&bogus, "not a certificate").unwrap();
+        let e = Node::new(config(
+            "https://127.0.0.1:1/jwks.json".into(),
+            Some(bogus.display().to_string()),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("auth.jwks_ca: "), "{e}");
     }
 }

@@ -73,6 +73,9 @@ pub struct AuthConfig {
     /// names an unknown `kid` (at most once per 10 s); a failed refresh keeps the last good
     /// set. Keys are used for the algorithms of `algorithms` only. Default: unset.
     pub jwks: Option<String>,
+    /// A PEM file of CA certificates trusted for an `https://` `jwks`, besides the system's
+    /// trust store (an identity provider behind a private CA). Default: unset.
+    pub jwks_ca: Option<String>,
     /// How often the `jwks` set is fetched again. At least 1 s. Default: 5 minutes.
     #[serde(deserialize_with = "crate::config::duration")]
     pub jwks_refresh: Duration,
@@ -93,6 +96,7 @@ impl Default for AuthConfig {
             query_param: "token".to_owned(),
             first_message: false,
             jwks: None,
+            jwks_ca: None,
             jwks_refresh: Duration::from_secs(300),
         }
     }
@@ -112,6 +116,7 @@ impl fmt::Debug for AuthConfig {
             .field("query_param", &self.query_param)
             .field("first_message", &self.first_message)
             .field("jwks", &self.jwks)
+            .field("jwks_ca", &self.jwks_ca)
             .field("jwks_refresh", &self.jwks_refresh)
             .finish()
     }

@@ -35,6 +35,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 enum Source {
     File(PathBuf),
     Http(http::Uri),
+    Https(http::Uri, Arc<rustls::ClientConfig>),
 }
 
 /// The key set of `auth.jwks` and its refresh state, shared by every clone of the verifier.
@@ -54,7 +55,11 @@ pub(super) struct Jwks {
 
 impl Jwks {
     /// Checks `url` (the key `auth.jwks`); a `file://` set is read at once.
-    pub(super) fn new(url: &str, algorithms: Vec<Algorithm>) -> Result<Jwks, AuthConfigError> {
+    pub(super) fn new(
+        url: &str,
+        ca_file: Option<&str>,
+        algorithms: Vec<Algorithm>,
+    ) -> Result<Jwks, AuthConfigError> {
         let bad = |m: String| AuthConfigError::new("auth.jwks", m);
         let source = if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
@@ -72,12 +77,10 @@ impl Jwks {
                 )));
             }
             if uri.scheme_str() == Some("https") {
-                return Err(bad(format!(
-                    "'{url}': https:// is not supported by this build yet; serve the set from a \
-                     file (file:///…) or a loopback sidecar (http://127.0.0.1:…)"
-                )));
+                Source::Https(uri, Arc::new(tls_config(ca_file)?))
+            } else {
+                Source::Http(uri)
             }
-            Source::Http(uri)
         } else {
             return Err(bad(format!(
                 "'{url}' must start with file://, https:// or http://"
@@ -102,7 +105,7 @@ impl Jwks {
 
     /// Whether the set is fetched over the network (and so not read yet by [`Jwks::new`]).
     pub(super) fn is_remote(&self) -> bool {
-        matches!(self.source, Source::Http(_))
+        matches!(self.source, Source::Http(_) | Source::Https(..))
     }
 
     /// The keys now.
@@ -122,7 +125,10 @@ impl Jwks {
             Source::File(path) => tokio::fs::read(path)
                 .await
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-            Source::Http(uri) => tokio::time::timeout(FETCH_TIMEOUT, fetch(uri))
+            Source::Http(uri) => tokio::time::timeout(FETCH_TIMEOUT, fetch(uri, None))
+                .await
+                .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))??,
+            Source::Https(uri, tls) => tokio::time::timeout(FETCH_TIMEOUT, fetch(uri, Some(tls)))
                 .await
                 .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))??,
         };
@@ -268,15 +274,75 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// `GET uri` over plain HTTP/1.1 (loopback only, checked by [`Jwks::new`]); the body of a
-/// 200, at most [`MAX_JWKS_BYTES`].
-async fn fetch(uri: &http::Uri) -> Result<Vec<u8>, String> {
+/// The TLS client of an `https://` set: the system's trust store and `ca_file`
+/// (`auth.jwks_ca`); errors name the key at fault.
+fn tls_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, AuthConfigError> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!(error = %e, "auth.jwks: a system CA certificate could not be read");
+    }
+    let _ = roots.add_parsable_certificates(native.certs);
+    if let Some(path) = ca_file {
+        let bad = |m: String| AuthConfigError::new("auth.jwks_ca", m);
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(format!("cannot read {path}: {e}")))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(format!("{path}: not PEM certificates: {e}")))?;
+        if certs.is_empty() {
+            return Err(bad(format!("{path} holds no certificate")));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| bad(format!("{path}: not a usable CA certificate: {e}")))?;
+        }
+    }
+    // ring, not aws-lc-rs: it builds without cmake; its lack of post-quantum key exchange
+    // does not matter for fetching public keys.
+    #[allow(deprecated, reason = "the ring provider is what this build has")]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AuthConfigError::new("auth.jwks", format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// `GET uri` over HTTP/1.1, in TLS when `tls` is given (plain HTTP is for loopback only,
+/// checked by [`Jwks::new`]); the body of a 200, at most [`MAX_JWKS_BYTES`].
+async fn fetch(
+    uri: &http::Uri,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Vec<u8>, String> {
     let host = uri.host().ok_or("no host")?;
-    let port = uri.port_u16().unwrap_or(80);
-    let stream =
-        tokio::net::TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
+    let stream = tokio::net::TcpStream::connect((bare, port))
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    match tls {
+        None => request(uri, host, stream).await,
+        Some(tls) => {
+            let name = rustls_pki_types::ServerName::try_from(bare.to_owned())
+                .map_err(|e| format!("TLS: {e}"))?;
+            let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            request(uri, host, stream).await
+        }
+    }
+}
+
+async fn request<S>(uri: &http::Uri, host: &str, stream: S) -> Result<Vec<u8>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await

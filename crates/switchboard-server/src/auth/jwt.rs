@@ -306,7 +306,7 @@ impl Verifier {
                     .map(|(_, a)| *a)
                     .filter(|a| a.family() != AlgorithmFamily::Hmac)
                     .collect();
-                let jwks = Arc::new(Jwks::new(url, asymmetric)?);
+                let jwks = Arc::new(Jwks::new(url, cfg.jwks_ca.as_deref(), asymmetric)?);
                 spawn_refresher(Arc::downgrade(&jwks), cfg.jwks_refresh);
                 Some(jwks)
             }
