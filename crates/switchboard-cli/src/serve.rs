@@ -74,7 +74,9 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error
 }
 
 async fn serve(mut config: Config, has_file: bool) -> Result<bool, Box<dyn std::error::Error>> {
-    let configured_auth = config.auth.secret.is_some() || !config.auth.public_keys.is_empty();
+    let configured_auth = config.auth.secret.is_some()
+        || !config.auth.public_keys.is_empty()
+        || config.auth.jwks.is_some();
     if config.is_dev(has_file || configured_auth) {
         let path = auth::default_dev_secret_path();
         let secret = auth::load_or_create_dev_secret(&path).map_err(|e| {
