@@ -166,6 +166,10 @@ pub struct ClientOptions {
     pub max_message_size: usize,
     /// Extra request headers for the handshake.
     pub headers: Vec<(String, String)>,
+    /// Send the token as the connection's first message (`{"type": "auth", …}`, protocol
+    /// 2.2, for a server with `auth.first_message = true`) instead of in `Authorization`.
+    /// Default `false`.
+    pub token_as_first_message: bool,
 }
 
 impl ClientOptions {
@@ -184,6 +188,7 @@ impl ClientOptions {
             event_capacity: 1024,
             max_message_size: 16 << 20,
             headers: Vec::new(),
+            token_as_first_message: false,
         }
     }
 }

@@ -717,3 +717,20 @@ mod jwks_https {
         assert!(e.starts_with("auth.jwks_ca: "), "{e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_can_send_its_token_as_the_first_message() {
+    use switchboard_client::{Client, ClientOptions};
+    let addr = start(first_message).await;
+    let mut options = ClientOptions::new(format!("ws://{addr}/ws"));
+    options.token = Some(token("hal", Duration::from_secs(3600)));
+    options.token_as_first_message = true;
+    let client = Client::connect(options.clone()).await.unwrap();
+    assert_eq!(client.welcome().user, "hal");
+    client.close().await;
+
+    // A bad token: the 4001 close ends the attempt.
+    options.token = Some("not-a-jwt".into());
+    let e = Client::connect(options).await.unwrap_err();
+    assert_eq!(e.close_code(), Some(4001), "{e}");
+}

@@ -372,7 +372,8 @@ async fn open_with(
             None => token.map(str::to_owned),
         };
         let mut headers = options.headers.clone();
-        if let Some(token) = token {
+        let first_message = options.token_as_first_message;
+        if let Some(token) = token.as_deref().filter(|_| !first_message) {
             headers.push(("Authorization".into(), format!("Bearer {token}")));
         }
         let ws_options = WsOptions {
@@ -382,6 +383,11 @@ async fn open_with(
             max_message_size: options.max_message_size,
         };
         let mut ws = WsStream::connect(&options.url, &ws_options).await?;
+        if let Some(token) = token.filter(|_| first_message) {
+            // Answered with `welcome` (or a 4001 close), like a handshake token.
+            let auth = serde_json::json!({"type": "auth", "id": 0, "token": token});
+            ws.send_text(&auth.to_string()).await?;
+        }
         loop {
             match ws.recv_any().await? {
                 None => return Err(Error::Closed(None)),
