@@ -278,6 +278,7 @@ impl Protocol {
         };
         let Some(token) = token else {
             tracing::debug!(conn = %conn.id(), "first message is not auth");
+            self.node.metrics().auth_failure(AuthError::Missing);
             conn.close(Disconnect::UNAUTHORIZED.with_reason("expected auth first"));
             return;
         };
