@@ -734,3 +734,32 @@ async fn the_rust_client_can_send_its_token_as_the_first_message() {
     let e = Client::connect(options).await.unwrap_err();
     assert_eq!(e.close_code(), Some(4001), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_limit_applies_when_auth_names_the_user() {
+    let addr = start(|c| {
+        first_message(c);
+        c.limits.connections_per_user = 1;
+    })
+    .await;
+    let t = token("ivan", Duration::from_secs(3600));
+    let mut first = connect(addr, &format!("?token={t}")).await;
+    assert_eq!(json(&mut first).await["type"], "welcome");
+    let mut second = connect(addr, "").await;
+    second
+        .send_text(&format!(r#"{{"type":"auth","id":1,"token":"{t}"}}"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        closed(&mut second).await,
+        (4503, "connections_per_user".to_owned())
+    );
+    // Another user is not affected.
+    let mut third = connect(addr, "").await;
+    let other = token("judy", Duration::from_secs(3600));
+    third
+        .send_text(&format!(r#"{{"type":"auth","id":1,"token":"{other}"}}"#))
+        .await
+        .unwrap();
+    assert_eq!(json(&mut third).await["user"], "judy");
+}
