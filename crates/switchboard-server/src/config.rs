@@ -61,6 +61,8 @@ pub struct Config {
     /// limits, logs and connect info. Default: none (headers are ignored; the TCP peer is the
     /// client).
     pub trusted_proxies: Vec<crate::limits::Cidr>,
+    /// Calls to the application backend (docs/proxies.md, docs/protocol.md 9.1).
+    pub proxies: ProxiesConfig,
 }
 
 impl Default for Config {
@@ -85,6 +87,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             broker: BrokerConfig::default(),
             trusted_proxies: Vec::new(),
+            proxies: ProxiesConfig::default(),
         }
     }
 }
@@ -314,6 +317,69 @@ pub struct NamespaceConfig {
     /// the node (after the join, after the leave): above it a join would cost a push to every
     /// member, so none is sent (`presence` still answers). 0: no threshold. Default 1000.
     pub join_leave_max_members: usize,
+    /// The proxies this namespace's rooms go through (`"subscribe"`, `"publish"`), each of
+    /// which must be configured under `[proxies]`. Default none.
+    pub proxies: Vec<NamespaceProxy>,
+}
+
+/// A proxy a namespace can opt in to (`namespaces.<ns>.proxies`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NamespaceProxy {
+    /// The subscribe proxy decides every client `subscribe` (and SSE stream) of its rooms.
+    Subscribe,
+    /// The publish proxy decides (and may replace) every client `publish` to its rooms.
+    Publish,
+}
+
+/// `[proxies]`: the application backend's HTTP endpoints (docs/proxies.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxiesConfig {
+    /// Called when a connection arrives without a token; it names the user.
+    pub connect: Option<ProxyConfig>,
+    /// Called for subscriptions in namespaces that list `"subscribe"` in `proxies`.
+    pub subscribe: Option<ProxyConfig>,
+    /// Called for publications in namespaces that list `"publish"` in `proxies`.
+    pub publish: Option<ProxyConfig>,
+    /// Called for every `rpc` command.
+    pub rpc: Option<ProxyConfig>,
+    /// Backend calls in flight at once on this node, all proxies together; a call beyond it
+    /// is answered `unavailable` at once rather than queued. Default 256.
+    pub max_in_flight: usize,
+}
+
+impl Default for ProxiesConfig {
+    fn default() -> Self {
+        ProxiesConfig {
+            connect: None,
+            subscribe: None,
+            publish: None,
+            rpc: None,
+            max_in_flight: 256,
+        }
+    }
+}
+
+/// One proxy endpoint (`[proxies.connect]`, ...).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// The endpoint, `http://host:port/path`. Required.
+    pub url: String,
+    /// How long a call may take before the client is answered `unavailable` (connect: 503).
+    /// Default 5 s.
+    #[serde(deserialize_with = "duration", default = "default_proxy_timeout")]
+    pub timeout: Duration,
+    /// Request headers of the client's HTTP request (the WebSocket upgrade or the SSE
+    /// request) passed on in the call's `headers` object, e.g. `["Cookie"]`. Connect proxy
+    /// only: the other proxies are called for commands, which carry no headers. Default none.
+    #[serde(default)]
+    pub headers: Vec<String>,
+}
+
+fn default_proxy_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl Default for NamespaceConfig {
@@ -327,6 +393,7 @@ impl Default for NamespaceConfig {
             join_leave: true,
             max_subscribers: None,
             join_leave_max_members: 1000,
+            proxies: Vec::new(),
         }
     }
 }
@@ -711,6 +778,91 @@ impl Config {
             .get(if ns.is_empty() { "default" } else { ns })
     }
 
+    /// The `[proxies]` section and the namespaces' `proxies` lists.
+    fn validate_proxies(
+        &self,
+        err: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let p = &self.proxies;
+        if p.max_in_flight == 0 {
+            return Err(err("proxies.max_in_flight", "must be at least 1".into()));
+        }
+        // Both decide who a tokenless upgrade is: the backend from its cookies, or the `auth`
+        // message after it. One server cannot do both for the same client, so it is refused.
+        if p.connect.is_some() && self.auth.first_message {
+            return Err(err(
+                "auth.first_message",
+                "cannot be combined with proxies.connect (both decide who a connection without a token is); use one".into(),
+            ));
+        }
+        for (name, proxy) in [
+            ("connect", &p.connect),
+            ("subscribe", &p.subscribe),
+            ("publish", &p.publish),
+            ("rpc", &p.rpc),
+        ] {
+            let Some(proxy) = proxy else { continue };
+            let key = |k: &str| format!("proxies.{name}.{k}");
+            if proxy.url.starts_with("https://") {
+                return Err(err(
+                    &key("url"),
+                    format!(
+                        "'{}': https is not supported (this build has no TLS client); call the backend over http:// on a private network, or through a local TLS proxy",
+                        proxy.url
+                    ),
+                ));
+            }
+            match proxy.url.parse::<http::Uri>() {
+                Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {}
+                _ => {
+                    return Err(err(
+                        &key("url"),
+                        format!(
+                            "'{}' is not an http:// URL (example: \"http://127.0.0.1:8000/switchboard/{name}\")",
+                            proxy.url
+                        ),
+                    ));
+                }
+            }
+            if proxy.timeout < Duration::from_millis(10) {
+                return Err(err(&key("timeout"), "must be at least 10ms".into()));
+            }
+            if !proxy.headers.is_empty() && name != "connect" {
+                return Err(err(
+                    &key("headers"),
+                    "only the connect proxy passes request headers on (commands carry none)".into(),
+                ));
+            }
+            for (i, h) in proxy.headers.iter().enumerate() {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    return Err(err(
+                        &format!("proxies.{name}.headers[{i}]"),
+                        format!("'{h}' is not a valid header name"),
+                    ));
+                }
+            }
+        }
+        for (ns, options) in &self.namespaces {
+            for (i, proxy) in options.proxies.iter().enumerate() {
+                let configured = match proxy {
+                    NamespaceProxy::Subscribe => p.subscribe.is_some(),
+                    NamespaceProxy::Publish => p.publish.is_some(),
+                };
+                if !configured {
+                    let name = match proxy {
+                        NamespaceProxy::Subscribe => "subscribe",
+                        NamespaceProxy::Publish => "publish",
+                    };
+                    return Err(err(
+                        &format!("namespaces.{ns}.proxies[{i}]"),
+                        format!("'{name}' needs a [proxies.{name}] section with its url"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
         let err = |key: &str, message: String| ConfigError::Key {
             source_name: source_name.to_string(),
@@ -794,6 +946,7 @@ impl Config {
             crate::origin::check_entry(o)
                 .map_err(|m| err(&format!("websocket.allowed_origins[{i}]"), m))?;
         }
+        self.validate_proxies(&err)?;
         let mut names = std::collections::BTreeSet::new();
         for (i, k) in self.api.keys.iter().enumerate() {
             if k.name.trim().is_empty() {

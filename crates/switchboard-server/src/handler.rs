@@ -42,6 +42,8 @@ pub struct UpgradeContext<'a> {
     pub client_ip: Option<std::net::IpAddr>,
     /// Every offered subprotocol, `bearer.*` entries included (for token extraction).
     pub protocols: &'a [String],
+    /// The id the connection will have if it is accepted (for the connect proxy's call).
+    pub connection: &'a str,
 }
 
 /// An accepted upgrade: who connects and the handler's state for the connection.

@@ -34,6 +34,7 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod origin;
+pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod telemetry;

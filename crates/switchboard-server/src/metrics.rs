@@ -132,6 +132,78 @@ impl BrokerOp {
     }
 }
 
+/// A backend proxy, the `proxy` label (docs/proxies.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyKind {
+    /// `[proxies.connect]`.
+    Connect = 0,
+    /// `[proxies.subscribe]`.
+    Subscribe,
+    /// `[proxies.publish]`.
+    Publish,
+    /// `[proxies.rpc]`.
+    Rpc,
+}
+
+const PROXIES: usize = 4;
+
+impl ProxyKind {
+    const ALL: [ProxyKind; PROXIES] = [
+        ProxyKind::Connect,
+        ProxyKind::Subscribe,
+        ProxyKind::Publish,
+        ProxyKind::Rpc,
+    ];
+
+    /// The label value, e.g. `connect`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyKind::Connect => "connect",
+            ProxyKind::Subscribe => "subscribe",
+            ProxyKind::Publish => "publish",
+            ProxyKind::Rpc => "rpc",
+        }
+    }
+}
+
+/// How a backend call ended, the `result` label of `switchboard_proxy_calls_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyResult {
+    /// The backend allowed (or answered).
+    Ok = 0,
+    /// The backend answered with an `error`.
+    Refused,
+    /// No answer within the proxy's `timeout`.
+    Timeout,
+    /// The backend could not be reached, or answered something that is not a valid answer.
+    Error,
+    /// Not called: `proxies.max_in_flight` calls were already in flight.
+    Overloaded,
+}
+
+const PROXY_RESULTS: usize = 5;
+
+impl ProxyResult {
+    const ALL: [ProxyResult; PROXY_RESULTS] = [
+        ProxyResult::Ok,
+        ProxyResult::Refused,
+        ProxyResult::Timeout,
+        ProxyResult::Error,
+        ProxyResult::Overloaded,
+    ];
+
+    /// The label value, e.g. `timeout`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyResult::Ok => "ok",
+            ProxyResult::Refused => "refused",
+            ProxyResult::Timeout => "timeout",
+            ProxyResult::Error => "error",
+            ProxyResult::Overloaded => "overloaded",
+        }
+    }
+}
+
 /// A latency histogram of one shard.
 #[derive(Debug, Default)]
 struct Histogram {
@@ -184,6 +256,8 @@ struct Shard {
     broker_latency: [Histogram; BROKER_OPS],
     ping_rtt: Histogram,
     publish_to_write: Histogram,
+    proxy_calls: [[AtomicU64; PROXY_RESULTS]; PROXIES],
+    proxy_latency: [Histogram; PROXIES],
     /// Publications by configured namespace, the last one `other`.
     publications: Box<[AtomicU64]>,
     /// API calls by endpoint and status: bounded by the router's endpoints and statuses.
@@ -375,6 +449,15 @@ impl Metrics {
     /// node.
     pub fn observe_publish_to_write(&self, latency: Duration) {
         self.shard().publish_to_write.observe(latency);
+    }
+
+    /// A backend call of `proxy` ended with `result`, after `elapsed` (`None`: not made).
+    pub fn proxy_call(&self, proxy: ProxyKind, result: ProxyResult, elapsed: Option<Duration>) {
+        let s = self.shard();
+        s.proxy_calls[proxy as usize][result as usize].fetch_add(1, Relaxed);
+        if let Some(d) = elapsed {
+            s.proxy_latency[proxy as usize].observe(d);
+        }
     }
 
     /// An API call to `endpoint` (a fixed name per route, e.g. `"publish"`: never client
@@ -648,6 +731,39 @@ impl Collector for Metrics {
             MetricType::Histogram,
         )?;
         histogram(&mut m, &[], shards, |s| &s.publish_to_write)?;
+        let mut calls = Vec::new();
+        for p in ProxyKind::ALL {
+            for r in ProxyResult::ALL {
+                let v: u64 = shards
+                    .iter()
+                    .map(|s| s.proxy_calls[p as usize][r as usize].load(Relaxed))
+                    .sum();
+                calls.push((
+                    vec![
+                        ("proxy", p.as_str().to_string()),
+                        ("result", r.as_str().to_string()),
+                    ],
+                    v,
+                ));
+            }
+        }
+        counters(
+            &mut e,
+            "proxy_calls",
+            "Calls to the application backend, by proxy and result",
+            calls,
+        )?;
+        let mut m = e.encode_descriptor(
+            "proxy_duration_seconds",
+            "Duration of the backend calls that were made (timeouts included), by proxy",
+            None,
+            MetricType::Histogram,
+        )?;
+        for p in ProxyKind::ALL {
+            histogram(&mut m, &[("proxy", p.as_str())], shards, |s| {
+                &s.proxy_latency[p as usize]
+            })?;
+        }
         let mut api: HashMap<(&'static str, u16), ApiCell> = HashMap::new();
         for s in shards {
             for (k, v) in s.api.lock().unwrap_or_else(|e| e.into_inner()).iter() {

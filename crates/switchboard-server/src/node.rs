@@ -52,6 +52,8 @@ struct NodeInner {
     /// The node's sink, also told when the node subscribes to a room afresh.
     dispatchers: Arc<dispatch::Dispatchers>,
     access: Access,
+    /// The application backend's proxies (docs/proxies.md).
+    proxies: crate::proxy::Proxies,
     room_locks: Box<[tokio::sync::Mutex<()>]>,
     hasher: RandomState,
     /// With a broker whose presence entries expire: this node's entries, added again by a
@@ -192,6 +194,11 @@ impl Node {
     /// The access policy.
     pub fn access(&self) -> &Access {
         &self.inner.access
+    }
+
+    /// The application backend's proxies.
+    pub fn proxies(&self) -> &crate::proxy::Proxies {
+        &self.inner.proxies
     }
 
     /// The configuration.
@@ -681,6 +688,7 @@ impl Parts {
             threshold,
             Arc::new(crate::metrics::Metrics::new(namespaces)),
         );
+        let proxies = crate::proxy::Proxies::new(&config.proxies, hub.metrics().clone());
         let id = config
             .node_id
             .clone()
@@ -706,6 +714,7 @@ impl Parts {
                 broker,
                 dispatchers,
                 access: Access::new(config, verifier),
+                proxies,
                 room_locks: (0..ROOM_LOCKS)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),

@@ -232,6 +232,9 @@ async fn upgrade<H: Handler>(
         },
         _ => None,
     };
+    // The id is made before `authenticate`, which may tell the application backend about
+    // the connection (the connect proxy).
+    let id = crate::ids::connection_id();
     let accepted = {
         let cx = UpgradeContext {
             headers: req.headers(),
@@ -239,6 +242,7 @@ async fn upgrade<H: Handler>(
             peer,
             client_ip,
             protocols: &up.protocols,
+            connection: &id,
         };
         match handler.authenticate(&cx).await {
             Ok(a) => a,
@@ -270,7 +274,6 @@ async fn upgrade<H: Handler>(
         resp = resp.header("sec-websocket-extensions", h.as_str());
     }
 
-    let id = crate::ids::connection_id();
     // A span per connection costs hundreds of bytes in the subscriber's registry: it exists
     // only when debug logging is on. Lines of a connection logged at info and above carry
     // its id as a field instead.

@@ -32,6 +32,7 @@ use crate::{
     handler::frame_with,
     limits::{self, CommandBucket, CommandRate, Verdict},
     node::{self, Node, Publish, Subscribed},
+    proxy::ProxyKind,
 };
 
 /// How long before expiry the server pushes `refresh_required`.
@@ -164,6 +165,24 @@ impl Handler for Protocol {
             request.protocols,
             &access.config().auth,
         );
+        // No token and a connect proxy: the application backend says who connects (a token,
+        // when there is one, wins: docs/proxies.md).
+        let has_token = token.as_deref().is_some_and(|t| !t.trim().is_empty());
+        let proxies = self.node.proxies();
+        if !has_token && proxies.configured(ProxyKind::Connect) {
+            let user = proxies
+                .connect(
+                    request.connection,
+                    crate::metrics::Transport::WebSocket,
+                    request.peer,
+                    request.headers,
+                )
+                .await?;
+            return Ok(Accepted {
+                user,
+                state: Session::default(),
+            });
+        }
         // First-message mode: an upgrade without a token waits for `auth` (2.2), as the
         // shared anonymous user until then; one with a token is verified here as usual.
         if access.config().auth.first_message && token.as_deref().is_none_or(str::is_empty) {
@@ -440,10 +459,7 @@ impl Protocol {
             CommandKind::Auth { .. } => Err(Refused::bad_request(
                 "already authenticated at the handshake",
             )),
-            CommandKind::Rpc(_) => Err(Refused::new(
-                ErrorCode::Unavailable,
-                "no RPC proxy is configured",
-            )),
+            CommandKind::Rpc(c) => Box::pin(self.rpc(conn, id.as_ref(), &c.method, c.data)).await,
         };
         if let Err(r) = result {
             send_error(conn, id.as_ref(), r.code, &r.message);
@@ -527,11 +543,18 @@ impl Protocol {
                 format!("already subscribed to '{room}'"),
             ));
         }
-        self.node
+        let ns = self
+            .node
             .access()
             .check(&conn.user, room, Action::Subscribe { token })
             .await?;
         self.check_subscription_count(conn)?;
+        // The backend last: nothing it is asked about is refused by the server afterwards
+        // (but the broker).
+        self.node
+            .proxies()
+            .check_subscribe(ns, &conn.user, conn.id(), room)
+            .await?;
         let room: Arc<str> = room.into();
         let since = since.map(|s| StreamPosition::new(s.epoch, s.offset));
         // The reply is framed with the connection's own encoder (its deflate context), which
@@ -610,12 +633,19 @@ impl Protocol {
         limits::check_data(c.data.get())
             .map_err(|e| Refused::bad_request(format!("field 'data': {e}")))?;
         let subscribed = conn.rooms.contains(room);
-        self.node
+        let ns = self
+            .node
             .access()
             .check(&conn.user, room, Action::Publish { subscribed })
             .await?;
+        // The publish proxy's replacement is what is stored and fanned out.
+        let replaced = self
+            .node
+            .proxies()
+            .check_publish(ns, &conn.user, conn.id(), room, c.data)
+            .await?;
         let publication = Publish {
-            data: Bytes::copy_from_slice(c.data.get().as_bytes()),
+            data: replaced.unwrap_or_else(|| Bytes::copy_from_slice(c.data.get().as_bytes())),
             from: Some(from_object(conn)),
             ephemeral: c.ephemeral,
             idempotency_key: c.idempotency_key.map(|k| k.into_owned()),
@@ -632,6 +662,23 @@ impl Protocol {
                 offset: position.as_ref().map(|p| p.offset),
             },
         );
+        Ok(())
+    }
+
+    /// `rpc`: the rpc proxy's answer as `{"data": …}` (docs/protocol.md 5.1).
+    async fn rpc(
+        &self,
+        conn: &mut Connection<Session>,
+        id: Option<&Id>,
+        method: &str,
+        data: &RawValue,
+    ) -> Result<(), Refused> {
+        let data = self
+            .node
+            .proxies()
+            .rpc(&conn.user, conn.id(), method, data)
+            .await?;
+        reply(conn, id, &RpcResult { data: &data });
         Ok(())
     }
 
@@ -729,6 +776,12 @@ impl Protocol {
         );
         Ok(())
     }
+}
+
+/// The result of an `rpc` reply.
+#[derive(serde::Serialize)]
+struct RpcResult<'a> {
+    data: &'a RawValue,
 }
 
 /// The subscribe reply for what was read.

@@ -50,6 +50,7 @@ use crate::{
     limits::{self, Admission, Admitted},
     node::{Member, Node, Subscribed},
     origin::OriginPolicy,
+    proxy::ProxyKind,
     route::{PeerAddr, refusal_response},
 };
 
@@ -166,13 +167,35 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
     };
     // 2.1: header, query parameter, cookie; never a subprotocol.
     let token = auth::find_token(req.headers(), req.uri().query(), &[], &config.auth);
-    let user = match access.verifier().authenticate_fresh(token.as_deref()).await {
-        Ok(Some(claims)) => User {
-            id: claims.sub.as_str().into(),
-            info: claims.info.map(|i| Bytes::from(i.get().to_string())),
-            expires: claims.exp,
-            rooms: claims.rooms,
-        },
+    let id = crate::ids::connection_id();
+    // No token and a connect proxy: the application backend says who connects, as for a
+    // WebSocket (docs/proxies.md).
+    let has_token = token.as_deref().is_some_and(|t| !t.trim().is_empty());
+    let proxied = if !has_token && node.proxies().configured(ProxyKind::Connect) {
+        match node
+            .proxies()
+            .connect(&id, crate::metrics::Transport::Sse, peer, req.headers())
+            .await
+        {
+            Ok(user) => Some(user),
+            Err(r) => return refusal_response(r),
+        }
+    } else {
+        None
+    };
+    let verified = match proxied {
+        Some(user) => Ok(Some(user)),
+        None => access.verifier().authenticate_fresh(token.as_deref()).await.map(|c| {
+            c.map(|claims| User {
+                id: claims.sub.as_str().into(),
+                info: claims.info.map(|i| Bytes::from(i.get().to_string())),
+                expires: claims.exp,
+                rooms: claims.rooms,
+            })
+        }),
+    };
+    let user = match verified {
+        Ok(Some(user)) => user,
         Ok(None) => User::default(),
         Err(e) => {
             return refusal_response(Refusal::new(
@@ -212,7 +235,15 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
         } else {
             Action::Subscribe { token: None }
         };
-        if let Err(e) = access.check(&user, room, action).await {
+        let ns = match access.check(&user, room, action).await {
+            Ok(ns) => ns,
+            Err(e) => return refused(&e),
+        };
+        // Rooms the connect answer (or the token) granted are not asked about again, as on
+        // a WebSocket.
+        if action != Action::ClaimSubscribe
+            && let Err(e) = node.proxies().check_subscribe(ns, &user, &id, room).await
+        {
             return refused(&e);
         }
     }
@@ -231,7 +262,7 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
     };
 
     let conn = Arc::new(ConnShared::with_wire(
-        crate::ids::connection_id(),
+        id,
         config.websocket.outbound_queue.as_usize(),
         WireForm::Sse,
     ));
