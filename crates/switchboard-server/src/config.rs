@@ -1137,6 +1137,59 @@ mod tests {
     }
 
     #[test]
+    fn proxies_keys_defaults_and_errors_name_the_key() {
+        let c = load_str(
+            "[proxies.connect]\nurl = \"http://127.0.0.1:8000/connect\"\nheaders = [\"Cookie\"]\n[proxies.subscribe]\nurl = \"http://127.0.0.1:8000/subscribe\"\ntimeout = \"2s\"\n[namespaces.chat]\nproxies = [\"subscribe\"]\n",
+        )
+        .unwrap();
+        let connect = c.proxies.connect.as_ref().unwrap();
+        assert_eq!(connect.timeout, Duration::from_secs(5));
+        assert_eq!(connect.headers, ["Cookie"]);
+        assert_eq!(c.proxies.subscribe.unwrap().timeout, Duration::from_secs(2));
+        assert_eq!(c.proxies.max_in_flight, 256);
+        assert_eq!(c.namespaces["chat"].proxies, [NamespaceProxy::Subscribe]);
+
+        for (text, key) in [
+            (
+                "[namespaces.chat]\nproxies = [\"publish\"]\n",
+                "namespaces.chat.proxies[0]",
+            ),
+            (
+                "[namespaces.chat]\nproxies = [\"connect\"]\n",
+                "namespaces.chat.proxies",
+            ),
+            (
+                "[proxies.rpc]\nurl = \"https://b.example/rpc\"\n",
+                "proxies.rpc.url",
+            ),
+            (
+                "[proxies.rpc]\nurl = \"b.example/rpc\"\n",
+                "proxies.rpc.url",
+            ),
+            ("[proxies.rpc]\ntimeout = \"1s\"\n", "proxies.rpc"),
+            (
+                "[proxies.rpc]\nurl = \"http://b/rpc\"\nheaders = [\"Cookie\"]\n",
+                "proxies.rpc.headers",
+            ),
+            (
+                "[proxies.connect]\nurl = \"http://b/c\"\nheaders = [\"a b\"]\n",
+                "proxies.connect.headers[0]",
+            ),
+            ("[proxies]\nmax_in_flight = 0\n", "proxies.max_in_flight"),
+        ] {
+            let e = load_str(text).unwrap_err().to_string();
+            assert!(e.contains(&format!("'{key}")), "{text}: {e}");
+        }
+        let e = Config::load(&Sources {
+            env: vec![("SWITCHBOARD_PROXIES__RPC__URL".into(), "ftp://x".into())],
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("proxies.rpc.url"), "{e}");
+    }
+
+    #[test]
     fn syntax_error_names_file() {
         let e = load_str("listen = \n").unwrap_err().to_string();
         assert!(e.contains("sb.toml"), "{e}");

@@ -678,7 +678,10 @@ impl Protocol {
             .proxies()
             .rpc(&conn.user, conn.id(), method, data)
             .await?;
-        reply(conn, id, &RpcResult { data: &data });
+        let result = wire::RpcResult {
+            data: Cow::Borrowed(&*data),
+        };
+        reply(conn, id, &result);
         Ok(())
     }
 
@@ -776,12 +779,6 @@ impl Protocol {
         );
         Ok(())
     }
-}
-
-/// The result of an `rpc` reply.
-#[derive(serde::Serialize)]
-struct RpcResult<'a> {
-    data: &'a RawValue,
 }
 
 /// The subscribe reply for what was read.
