@@ -8,6 +8,7 @@
 //! /pub ROOM DATA             publish DATA (JSON, or any other text as a JSON string)
 //! /presence ROOM             who is in the room
 //! /history ROOM [LIMIT]      the room's retained publications
+//! /rpc METHOD [DATA]         call the backend's rpc proxy with DATA (JSON or text; none: null)
 //! /ping                      application ping
 //! /quit                      close and exit (so does the end of stdin)
 //! ```
@@ -59,6 +60,7 @@ type a JSON command, or:
   /pub ROOM DATA             publish DATA (JSON, or text sent as a JSON string)
   /presence ROOM             who is subscribed
   /history ROOM [LIMIT]      retained publications
+  /rpc METHOD [DATA]         call the backend (rpc proxy) with DATA (JSON or text)
   /ping                      application ping
   /quit                      close and exit (so does end of input)";
 
@@ -163,6 +165,18 @@ fn parse_line(line: &str, next_id: &mut u64) -> Input {
                     echo: true,
                     ephemeral: false,
                     idempotency_key: None,
+                }),
+            };
+            return Input::Send(encode(&command));
+        }
+        ("/rpc", Some(method), data) => {
+            let data = data.map_or_else(|| json_or_string("null"), json_or_string);
+            let id = take_id(next_id);
+            let command = Command {
+                id: Some(id),
+                kind: CommandKind::Rpc(wire::RpcCommand {
+                    method: method.into(),
+                    data: &data,
                 }),
             };
             return Input::Send(encode(&command));
@@ -411,9 +425,17 @@ mod tests {
             r#"{"type":"unsubscribe","id":7,"room":"r"}"#
         );
         assert_eq!(send("/ping", &mut id), r#"{"type":"ping","id":8}"#);
+        assert_eq!(
+            send(r#"/rpc history {"room": "chat:a"}"#, &mut id),
+            r#"{"type":"rpc","id":9,"method":"history","data":{"room": "chat:a"}}"#
+        );
+        assert_eq!(
+            send("/rpc whoami", &mut id),
+            r#"{"type":"rpc","id":10,"method":"whoami","data":null}"#
+        );
         // JSON goes as it is and takes no id; shortcuts then continue after its id.
         assert_eq!(send(r#" {"type":"ping"} "#, &mut id), r#"{"type":"ping"}"#);
-        assert_eq!(id, 9);
+        assert_eq!(id, 11);
         send(r#"{"type":"ping","id":20}"#, &mut id);
         assert_eq!(send("/ping", &mut id), r#"{"type":"ping","id":21}"#);
         assert_eq!(parse_line("/quit", &mut id), Input::Quit);
