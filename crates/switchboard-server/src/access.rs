@@ -2,9 +2,10 @@
 //! and publish policies, the token's `rooms` claim and subscription tokens, in one place.
 //!
 //! Every surface asks [`Access::check`] before it calls the node for a client: the v1
-//! protocol today, SSE and the proxies later. The server API is trusted and does not ask. The
-//! check is `async` so that a later policy may await the application backend's answer (the
-//! subscribe and publish proxies) without changing its callers.
+//! protocol and SSE. The server API is trusted and does not ask. The static policy here is
+//! decided first; the application backend (the subscribe and publish proxies,
+//! [`crate::proxy`]) is asked afterwards by the surface, which knows the connection's id and
+//! may get replaced data back.
 
 use switchboard_protocol::wire::{self, ErrorCode};
 
