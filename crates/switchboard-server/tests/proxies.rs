@@ -676,3 +676,23 @@ async fn calls_beyond_max_in_flight_are_unavailable_at_once() {
     .await;
     assert_eq!(r["type"], "reply", "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_connects_with_a_cookie_and_calls_rpc() {
+    let (_backend, at) = backend().await;
+    let running = start(at, |_| {}).await;
+    let mut options = switchboard_client::ClientOptions::new(format!("ws://{}/ws", running.addr));
+    options.headers = vec![("Cookie".into(), "session=alice".into())];
+    let client = switchboard_client::Client::connect(options).await.unwrap();
+    assert_eq!(client.welcome().user, "alice");
+    let result = client.rpc("echo", &json!({"n": 2})).await.unwrap();
+    let data: Value = serde_json::from_str(result.data.get()).unwrap();
+    assert_eq!(data, json!({"you": "alice", "sent": {"n": 2}}));
+    let refused = client.rpc("deny", &Value::Null).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(switchboard_protocol::wire::ErrorCode::Forbidden),
+        "{refused}"
+    );
+    client.close().await;
+}
