@@ -1253,7 +1253,7 @@ mod tests {
                 let is_key = t.split_once(" = ").is_some_and(|(k, _)| {
                     !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
                 });
-                let is_section = t.starts_with("[namespaces.");
+                let is_section = t.starts_with("[namespaces.") || t.starts_with("[proxies");
                 if l.starts_with("# ") && (is_key || is_section) {
                     t.split(" #").next().unwrap().to_string()
                 } else {
@@ -1266,6 +1266,8 @@ mod tests {
         assert_eq!(c.echo.path.as_deref(), Some("/echo"));
         assert_eq!(c.namespaces["chat"].max_subscribers, Some(10000));
         assert_eq!(c.dev, Some(false));
+        assert_eq!(c.namespaces["chat"].proxies.len(), 2);
+        assert!(c.proxies.connect.is_some() && c.proxies.rpc.is_some());
     }
 
     #[test]
