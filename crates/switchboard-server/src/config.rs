@@ -1176,6 +1176,10 @@ mod tests {
                 "proxies.connect.headers[0]",
             ),
             ("[proxies]\nmax_in_flight = 0\n", "proxies.max_in_flight"),
+            (
+                "[auth]\nfirst_message = true\n[proxies.connect]\nurl = \"http://b/c\"\n",
+                "auth.first_message",
+            ),
         ] {
             let e = load_str(text).unwrap_err().to_string();
             assert!(e.contains(&format!("'{key}")), "{text}: {e}");

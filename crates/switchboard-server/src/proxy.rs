@@ -14,7 +14,6 @@
 //! which the client sees as `unavailable` (connect: 503).
 
 use std::{
-    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -419,13 +418,13 @@ impl Proxies {
         &self,
         connection: &str,
         transport: crate::metrics::Transport,
-        peer: Option<SocketAddr>,
+        client_ip: Option<std::net::IpAddr>,
         headers: &HeaderMap,
     ) -> Result<User, Refusal> {
         let call = ConnectCall {
             connection,
             transport: transport.as_str(),
-            ip: peer.map(|p| crate::limits::client_ip(p, headers).to_string()),
+            ip: client_ip.map(|ip| ip.to_string()),
             headers: self.pass_headers(ProxyKind::Connect, headers),
         };
         let failed = |message: &str| {

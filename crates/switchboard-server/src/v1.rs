@@ -174,7 +174,7 @@ impl Handler for Protocol {
                 .connect(
                     request.connection,
                     crate::metrics::Transport::WebSocket,
-                    request.peer,
+                    request.client_ip,
                     request.headers,
                 )
                 .await?;

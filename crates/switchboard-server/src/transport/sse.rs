@@ -174,7 +174,12 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
     let proxied = if !has_token && node.proxies().configured(ProxyKind::Connect) {
         match node
             .proxies()
-            .connect(&id, crate::metrics::Transport::Sse, peer, req.headers())
+            .connect(
+                &id,
+                crate::metrics::Transport::Sse,
+                client_ip,
+                req.headers(),
+            )
             .await
         {
             Ok(user) => Some(user),
@@ -185,14 +190,18 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
     };
     let verified = match proxied {
         Some(user) => Ok(Some(user)),
-        None => access.verifier().authenticate_fresh(token.as_deref()).await.map(|c| {
-            c.map(|claims| User {
-                id: claims.sub.as_str().into(),
-                info: claims.info.map(|i| Bytes::from(i.get().to_string())),
-                expires: claims.exp,
-                rooms: claims.rooms,
-            })
-        }),
+        None => access
+            .verifier()
+            .authenticate_fresh(token.as_deref())
+            .await
+            .map(|c| {
+                c.map(|claims| User {
+                    id: claims.sub.as_str().into(),
+                    info: claims.info.map(|i| Bytes::from(i.get().to_string())),
+                    expires: claims.exp,
+                    rooms: claims.rooms,
+                })
+            }),
     };
     let user = match verified {
         Ok(Some(user)) => user,
