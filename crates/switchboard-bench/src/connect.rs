@@ -12,6 +12,10 @@
 //! With `--deflate`, every connection offers permessage-deflate, so that the memory per idle
 //! connection is measured with compression negotiated; whether the server agreed is read from
 //! each response and counted (`deflate_negotiated`).
+//!
+//! With `--transport sse`, each connection is a Server-Sent Events stream of the room given by
+//! `--subscribe` (`GET /sse?room=…` on the URL's host and port), held open and idle the same way
+//! (the server's `: ping` comments are counted as what arrives).
 
 use std::{
     collections::BTreeMap,
@@ -29,10 +33,12 @@ use crate::{
     auth::{Auth, AuthArgs, TokenIssuer},
     conn::{Conn, ConnError},
     engine::{Counters, ThreadCtx},
+    fanout::Transport,
     plan::{self, CommonArgs, Plan},
     proc, report,
     result::{BenchResult, Latency, Load, round1},
     socketio,
+    sse::SseConn,
 };
 
 /// Options of `bench connect`.
@@ -60,6 +66,15 @@ pub(crate) struct ConnectArgs {
     /// the report says on how many the server agreed.
     #[arg(long, conflicts_with = "socketio")]
     deflate: bool,
+    /// WebSocket connections, or SSE streams of the `--subscribe` room (`GET /sse?room=…`).
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    transport: Transport,
+}
+
+/// A connection held by the run.
+enum Held {
+    Ws(Conn),
+    Sse(SseConn),
 }
 
 /// Runs `bench connect`.
@@ -68,6 +83,15 @@ pub(crate) fn run(args: ConnectArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<Ex
         switchboard_protocol::wire::validate_room(room)
             .map_err(|e| format!("--subscribe {room:?}: {e}"))?;
     }
+    if args.transport == Transport::Sse {
+        if args.subscribe.is_none() {
+            return Err("--transport sse needs --subscribe ROOM (a stream is of its rooms)".into());
+        }
+        if args.socketio || args.deflate {
+            return Err("--transport sse cannot be combined with --socketio or --deflate".into());
+        }
+    }
+    let transport = args.transport;
     let default_url = if args.socketio {
         socketio::DEFAULT_URL
     } else {
@@ -104,18 +128,33 @@ pub(crate) fn run(args: ConnectArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<Ex
                 let authorization = auth.header(i);
                 let permit = limit.acquire().await;
                 let started = ctx.shared.now_ns();
-                let opened = open(&plan, authorization.as_deref(), i, room.as_deref()).await;
+                let opened = match (transport, room.as_deref()) {
+                    (Transport::Sse, Some(room)) => {
+                        let path = format!("/sse?room={room}");
+                        SseConn::open(plan.target(i), &path, authorization.as_deref())
+                            .await
+                            .map(Held::Sse)
+                    }
+                    _ => open(&plan, authorization.as_deref(), i, room.as_deref())
+                        .await
+                        .map(Held::Ws),
+                };
                 let took = ctx.shared.now_ns().saturating_sub(started);
                 drop(permit);
                 let conn = opened?;
                 ctx.latency.borrow_mut().saturating_record(took);
-                if conn.deflate().is_some() {
+                if matches!(&conn, Held::Ws(c) if c.deflate().is_some()) {
                     negotiated.fetch_add(1, Relaxed);
                 }
                 Ok(conn)
             }
         },
-        move |ctx, _, conn| async move { idle(&ctx, conn).await },
+        move |ctx, _, conn| async move {
+            match conn {
+                Held::Ws(conn) => idle(&ctx, conn).await,
+                Held::Sse(conn) => idle_stream(&ctx, conn).await,
+            }
+        },
     )?;
     let (driver, setup) = driver.setup(args.connections as u64, plan.setup_timeout(), false)?;
     let w = driver.load(
@@ -140,6 +179,13 @@ pub(crate) fn run(args: ConnectArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<Ex
     p.insert("concurrency".into(), json!(plan.common.concurrency));
     p.insert("socketio".into(), json!(args.socketio));
     p.insert("deflate".into(), json!(args.deflate));
+    p.insert(
+        "transport".into(),
+        json!(match args.transport {
+            Transport::Ws => "ws",
+            Transport::Sse => "sse",
+        }),
+    );
     let mut result = BenchResult::new(&plan, "connect", p);
     result.set_window(&w);
     result.set_outcome(&outcome, setup);
@@ -190,5 +236,17 @@ async fn idle(ctx: &ThreadCtx, mut conn: Conn) -> Result<(), ConnError> {
         }
         Counters::add(&ctx.counters.other, n);
         conn.try_flush()?;
+    }
+}
+
+/// Holds an event stream open, counting the events and comments that arrive.
+async fn idle_stream(ctx: &ThreadCtx, mut conn: SseConn) -> Result<(), ConnError> {
+    loop {
+        conn.read_some().await?;
+        let mut n = 0;
+        while conn.next_event().is_some() {
+            n += 1;
+        }
+        Counters::add(&ctx.counters.other, n);
     }
 }

@@ -17,7 +17,7 @@ use std::{io::IoSlice, net::SocketAddr, time::Duration};
 
 use axum::{Router, body::Body};
 use bytes::{Bytes, BytesMut};
-use http::{Request, Response, header};
+use http::{Request, header};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use tokio::{
@@ -57,24 +57,56 @@ pub(crate) async fn wants(stream: &TcpStream, path: &str) -> bool {
 }
 
 /// Serves one request on `stream` (see the module doc) and closes the connection.
-pub(crate) async fn serve(
+///
+/// Not an `async fn`: its arguments would stay in the task, which lives as long as the stream.
+/// Reading the head, the router's answer and the response head run once, boxed; the task keeps
+/// only what writing the body needs.
+pub(crate) fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+    ticket: Option<HandshakeTicket>,
+    max_request_head: usize,
+) -> impl Future<Output = ()> + Send {
+    let answered = Box::pin(answer(
+        stream,
+        peer,
+        router,
+        shutdown,
+        ticket,
+        max_request_head,
+    ));
+    async move {
+        let Some((stream, body, chunked)) = answered.await else {
+            return;
+        };
+        if let Err(e) = write_body(stream, body, chunked).await {
+            tracing::debug!(error = %e, %peer, "sse connection ended");
+        }
+    }
+}
+
+/// Reads the request, asks the router and writes the response's head. `None` when the request
+/// was refused here or never arrived, or the head could not be written (the connection is
+/// done); otherwise the body is still to be written, chunked or not.
+async fn answer(
     mut stream: TcpStream,
     peer: SocketAddr,
     mut router: Router,
     shutdown: CancellationToken,
     ticket: Option<HandshakeTicket>,
     max_request_head: usize,
-) {
-    let req =
+) -> Option<(TcpStream, Body, bool)> {
+    let mut req =
         match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, max_request_head)).await {
             Ok(Ok(req)) => req,
             Ok(Err(Some(status))) => {
                 let _ = write_status_only(&mut stream, status).await;
-                return;
+                return None;
             }
-            Ok(Err(None)) | Err(_) => return,
+            Ok(Err(None)) | Err(_) => return None,
         };
-    let mut req = req;
     req.extensions_mut().insert(PeerAddr(peer));
     req.extensions_mut().insert(ShutdownToken(shutdown));
     let http10 = req.version() == http::Version::HTTP_10;
@@ -84,9 +116,15 @@ pub(crate) async fn serve(
     };
     // The head was read: the stream is counted by its route from here on.
     drop(ticket);
-    if let Err(e) = write_response(&mut stream, resp, http10).await {
+    let (parts, body) = resp.into_parts();
+    let length = body.size_hint().exact();
+    let chunked = length.is_none() && !http10;
+    let head = response_head(parts, length, chunked, http10);
+    if let Err(e) = stream.write_all(&head).await {
         tracing::debug!(error = %e, %peer, "sse connection ended");
+        return None;
     }
+    Some((stream, body, chunked))
 }
 
 /// Reads and parses a request head; `Err(Some(status))` is answered, `Err(None)` just closes.
@@ -146,44 +184,10 @@ async fn write_status_only(
     stream.shutdown().await
 }
 
-/// Writes `resp`: a body of known length with `content-length`, any other (a stream) as
-/// chunks (HTTP/1.0: until the close), each frame written as it comes. Ends when the body
-/// ends, or when the peer closes or sends anything (a stream's client only listens).
-async fn write_response(
-    stream: &mut TcpStream,
-    resp: Response<Body>,
-    http10: bool,
-) -> std::io::Result<()> {
-    let (parts, mut body) = resp.into_parts();
-    let length = body.size_hint().exact();
-    let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
-    head.extend_from_slice(parts.status.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
-    head.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        if name == header::CONNECTION
-            || name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-        {
-            continue;
-        }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    let chunked = length.is_none() && !http10;
-    match length {
-        Some(n) => head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
-        None if chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        None => {}
-    }
-    head.extend_from_slice(b"connection: close\r\n\r\n");
-    stream.write_all(&head).await?;
-    drop(head);
-
+/// Writes the body: as chunks when `chunked` (else as it is, until the close), each frame
+/// written as it comes. Ends when the body ends, or when the peer closes or sends anything (a
+/// stream's client only listens).
+async fn write_body(mut stream: TcpStream, mut body: Body, chunked: bool) -> std::io::Result<()> {
     let (mut read, mut write) = stream.split();
     let mut probe = [0u8; 16];
     let ended = loop {
@@ -235,6 +239,41 @@ async fn write_response(
         write.write_all(b"0\r\n\r\n").await?;
     }
     write.shutdown().await
+}
+
+/// The response's status line and headers, with its framing (`content-length` or chunked)
+/// and `connection: close`.
+fn response_head(
+    parts: http::response::Parts,
+    length: Option<u64>,
+    chunked: bool,
+    http10: bool,
+) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION
+            || name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+        {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    match length {
+        Some(n) => head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
+        None if chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        None => {}
+    }
+    head.extend_from_slice(b"connection: close\r\n\r\n");
+    head
 }
 
 /// Most body frames written at once (one vectored write of up to this many buffers, plus the
@@ -291,5 +330,24 @@ mod tests {
         assert_eq!(chunk_size(&mut buf, 0), b"0\r\n");
         assert_eq!(chunk_size(&mut buf, 255), b"ff\r\n");
         assert_eq!(chunk_size(&mut buf, 65536), b"10000\r\n");
+    }
+
+    /// The stream's task lives as long as the stream: what it holds is memory per idle
+    /// stream (docs/benchmarks.md). Reading the head and routing must not size it.
+    #[tokio::test]
+    async fn the_stream_task_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let task = serve(
+            stream,
+            addr,
+            Router::new(),
+            CancellationToken::new(),
+            None,
+            1024,
+        );
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 448, "the stream's task future is {size} bytes");
     }
 }
