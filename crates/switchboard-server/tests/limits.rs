@@ -3,10 +3,11 @@
 //! the request-head size limit. Clients come from several loopback addresses (127.0.0.x, the
 //! socket bound before it connects) so that each test's IPs are its own.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
+
+#[path = "support/raw_http.rs"]
+mod raw_http;
+use raw_http::{Answer, read_answer, tcp};
 
 use switchboard_server::{
     Node,
@@ -15,7 +16,7 @@ use switchboard_server::{
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpSocket, TcpStream},
+    net::TcpStream,
 };
 
 const SECRET: &str = "switchboard-limits-tests-secret-0123456789";
@@ -45,70 +46,6 @@ fn token(user: &str) -> String {
             ..MintClaims::default()
         },
     )
-}
-
-/// A TCP connection to `addr` from the loopback address `127.0.0.<from>`.
-async fn tcp(addr: SocketAddr, from: u8) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket
-        .bind(SocketAddr::new(IpAddr::from([127, 0, 0, from]), 0))
-        .unwrap();
-    socket.connect(addr).await.unwrap()
-}
-
-/// An answer's status, head and body (the body only when the answer is not a 101).
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then_some(v.trim())
-        })
-    }
-}
-
-/// Reads an HTTP answer's head, and its body when it has a `content-length`.
-async fn read_answer(stream: &mut TcpStream) -> Answer {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    tokio::time::timeout(T, async {
-        while !buf.ends_with(b"\r\n\r\n") {
-            let n = stream.read(&mut byte).await.unwrap();
-            assert!(
-                n > 0,
-                "the connection ended after {:?}",
-                String::from_utf8_lossy(&buf)
-            );
-            buf.push(byte[0]);
-        }
-    })
-    .await
-    .expect("an answer in time");
-    let head = String::from_utf8(buf).unwrap();
-    let status = head[9..12].parse().unwrap();
-    let mut answer = Answer {
-        status,
-        head,
-        body: String::new(),
-    };
-    if let Some(len) = answer.header("content-length") {
-        let mut body = vec![0u8; len.parse().unwrap()];
-        tokio::time::timeout(T, stream.read_exact(&mut body))
-            .await
-            .unwrap()
-            .unwrap();
-        answer.body = String::from_utf8(body).unwrap();
-    }
-    answer
 }
 
 /// A WebSocket upgrade of `user` from `127.0.0.<from>`: the answer, and the connection (open
