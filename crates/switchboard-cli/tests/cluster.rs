@@ -237,3 +237,116 @@ async fn a_killed_nodes_presence_expires_with_leave_events() {
     assert_eq!(present["connections"], 1, "{present}");
     drop(y);
 }
+
+const API_KEY: &str = "cluster-test-key-0123456789";
+
+/// `GET path` on `node`'s server API: the JSON body.
+fn api_get(node: &Node, path: &str) -> Value {
+    let (status, text) = common::http(
+        node.process.addr,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {API_KEY}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 200, "{path}: {text}");
+    serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap()
+}
+
+/// Asks `path` until `check` accepts the answer: another node's report arrives within a
+/// third of `presence_ttl`, and nothing announces it.
+fn api_until(node: &Node, path: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = api_get(node, path);
+        if check(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{path} never as expected: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn room_list(v: &Value) -> Vec<(String, u64)> {
+    v["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["room"].as_str().unwrap().to_owned(),
+                r["subscribers"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_info_and_rooms_list_every_live_node_and_room() {
+    let redis = RedisServer::start();
+    let keys = format!("[{{name = \"test\", key = \"{API_KEY}\"}}]");
+    let env = [
+        ("SWITCHBOARD_BROKER__PRESENCE_TTL", "1500ms"),
+        ("SWITCHBOARD_API__KEYS", keys.as_str()),
+    ];
+    let (n1, mut n2) = (Node::start(&redis, &env), Node::start(&redis, &env));
+    let mut a = n1.connect("alice").await;
+    a.subscribe("chat:one").await;
+    a.subscribe("chat:both").await;
+    let mut b = n2.connect("bob").await;
+    b.subscribe("chat:both").await;
+    b.subscribe("chat:two").await;
+    let mut b2 = n2.connect("bob").await;
+    b2.subscribe("chat:two").await;
+
+    let want = |v: &Value| {
+        room_list(v)
+            == [
+                ("chat:both".to_owned(), 2),
+                ("chat:one".to_owned(), 1),
+                ("chat:two".to_owned(), 2),
+            ]
+    };
+    // Both nodes answer for the whole deployment.
+    api_until(&n1, "/api/rooms", want);
+    api_until(&n2, "/api/rooms", want);
+    let two = api_get(&n1, "/api/rooms?prefix=chat:t");
+    assert_eq!(room_list(&two), [("chat:two".to_owned(), 2)], "{two}");
+
+    let info = api_until(&n1, "/api/info", |v| {
+        v["nodes"].as_array().unwrap().len() == 2
+            && v["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["rooms"] == 2)
+    });
+    let nodes = info["nodes"].as_array().unwrap();
+    assert_ne!(nodes[0]["id"], nodes[1]["id"], "{info}");
+    let mut figures: Vec<(u64, u64, u64)> = nodes
+        .iter()
+        .map(|n| {
+            (
+                n["connections"].as_u64().unwrap(),
+                n["users"].as_u64().unwrap(),
+                n["subscriptions"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    figures.sort_unstable();
+    assert_eq!(figures, [(1, 1, 2), (2, 1, 3)], "{info}");
+
+    // A node killed: its report expires with its presence ttl, and its rooms go with it.
+    n2.process.child.kill().unwrap();
+    n2.process.child.wait().unwrap();
+    drop((b, b2));
+    let info = api_until(&n1, "/api/info", |v| {
+        v["nodes"].as_array().unwrap().len() == 1
+    });
+    assert_eq!(info["nodes"][0]["connections"], 1, "{info}");
+    let rooms = api_get(&n1, "/api/rooms");
+    assert_eq!(
+        room_list(&rooms),
+        [("chat:both".to_owned(), 1), ("chat:one".to_owned(), 1)],
+        "{rooms}"
+    );
+}

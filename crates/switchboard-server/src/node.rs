@@ -25,8 +25,9 @@ use crate::{
     access::Access,
     auth::Verifier,
     broker::{
-        Broker, BrokerError, ClusterCommand, HistoryQuery, HistoryResult, MemoryBroker, NodeSink,
-        PresenceEntry, PresencePage, PublishOptions, PublishResult, RawMessage, StreamPosition,
+        Broker, BrokerError, ClusterCommand, HistoryQuery, HistoryResult, MemoryBroker, NodeReport,
+        NodeSink, PresenceEntry, PresencePage, PublishOptions, PublishResult, RawMessage,
+        StreamPosition,
     },
     config::{Config, NamespaceConfig},
     conn::ConnShared,
@@ -59,6 +60,8 @@ struct NodeInner {
     /// With a broker whose presence entries expire: this node's entries, added again by a
     /// task of the node within the ttl. `None` (nothing kept) otherwise.
     presence: Option<LocalPresence>,
+    /// When the node was built: its `uptime_s`.
+    started: std::time::Instant,
 }
 
 /// This node's presence entries, by room and connection (only kept when they must be
@@ -640,6 +643,28 @@ impl Node {
         self.inner.hub.rooms(prefix)
     }
 
+    /// Seconds since this node was built.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.inner.started.elapsed()
+    }
+
+    /// This node's figures and rooms as the server API shows them (`/api/info`,
+    /// `/api/rooms`) and as it reports them to the other nodes.
+    pub fn report(&self) -> NodeReport {
+        report_of(&self.inner)
+    }
+
+    /// Every live node's latest report (this node's own replaced by its figures now), or
+    /// `None` when the broker serves this node only.
+    pub async fn cluster(&self) -> Result<Option<Vec<NodeReport>>, BrokerError> {
+        let Some(mut reports) = self.inner.broker.cluster().await? else {
+            return Ok(None);
+        };
+        reports.retain(|r| r.id != self.inner.id);
+        reports.push(self.report());
+        Ok(Some(reports))
+    }
+
     /// This node's figures.
     pub fn info(&self) -> NodeInfo {
         let hub = &self.inner.hub;
@@ -730,6 +755,7 @@ impl Parts {
                     .collect(),
                 hasher: RandomState::new(),
                 presence: ttl.map(|_| Default::default()),
+                started: std::time::Instant::now(),
             }),
         };
         if let Some(ttl) = ttl {
@@ -739,12 +765,36 @@ impl Parts {
     }
 }
 
+fn report_of(inner: &NodeInner) -> NodeReport {
+    let hub = &inner.hub;
+    let rooms: Vec<(String, u64)> = hub
+        .rooms("")
+        .into_iter()
+        .map(|(room, n)| (room.to_string(), n as u64))
+        .collect();
+    let info = serde_json::json!({
+        "id": inner.id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": inner.started.elapsed().as_secs(),
+        "connections": hub.connection_count(),
+        "users": hub.user_count(),
+        "subscriptions": rooms.iter().map(|(_, n)| n).sum::<u64>(),
+        "rooms": rooms.len(),
+    });
+    NodeReport {
+        id: inner.id.clone(),
+        info: info.to_string(),
+        rooms,
+    }
+}
+
 /// Adds this node's presence entries again every third of the broker's ttl, so that they
 /// live as long as their connections and no longer than a ttl after their node is gone. Ends
 /// when the node is dropped.
 async fn refresh_presence(node: Weak<NodeInner>, ttl: std::time::Duration) {
     let period = (ttl / 3).max(std::time::Duration::from_millis(10));
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    // The first tick at once: the node's report appears as it starts (no entries yet).
+    let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
@@ -759,6 +809,10 @@ async fn refresh_presence(node: Weak<NodeInner>, ttl: std::time::Duration) {
             .collect();
         if let Err(e) = inner.broker.presence_refresh(&entries).await {
             tracing::warn!(entries = entries.len(), error = %e, "presence refresh failed");
+        }
+        // The node's report lives as long as its presence entries: renewed with them.
+        if let Err(e) = inner.broker.report(report_of(&inner)).await {
+            tracing::warn!(error = %e, "node report failed");
         }
     }
 }

@@ -694,4 +694,28 @@ pub trait Broker: Presence {
     fn ready(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(std::future::ready(Ok(())))
     }
+
+    /// Tells the other nodes this node's figures and rooms (`/api/info`, `/api/rooms` on
+    /// any node), for as long as its presence entries live: the node reports again within
+    /// that time. A broker that serves one node keeps nothing.
+    fn report<'a>(&'a self, _report: NodeReport) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// The latest reports of every live node, this one included if it reported; `None` when
+    /// the broker serves one node only (the node then answers for itself).
+    fn cluster(&self) -> BoxFuture<'_, Result<Option<Vec<NodeReport>>, BrokerError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+}
+
+/// One node's figures and rooms, as reported to the cluster ([`Broker::report`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReport {
+    /// The node's id.
+    pub id: String,
+    /// The node's figures: a JSON object (the server API's `NodeInfo`).
+    pub info: String,
+    /// Its rooms with local subscribers, and how many each.
+    pub rooms: Vec<(String, u64)>,
 }

@@ -70,8 +70,8 @@ use tokio::task::JoinHandle;
 use super::memory::{decode_cursor, encode_cursor};
 use super::{
     BoxFuture, Broker, BrokerError, ClusterCommand, HistoryQuery, HistoryResult, NodeEvent,
-    NodeSink, Presence, PresenceEntry, PresencePage, Publication, PublishOptions, PublishResult,
-    RawMessage, StreamPosition,
+    NodeReport, NodeSink, Presence, PresenceEntry, PresencePage, Publication, PublishOptions,
+    PublishResult, RawMessage, StreamPosition,
 };
 
 /// Settings of a [`RedisBroker`].
@@ -955,6 +955,14 @@ impl Broker for RedisBroker {
         })
     }
 
+    fn report<'a>(&'a self, report: NodeReport) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(self.inner.report(report))
+    }
+
+    fn cluster(&self) -> BoxFuture<'_, Result<Option<Vec<NodeReport>>, BrokerError>> {
+        Box::pin(async move { self.inner.cluster().await.map(Some) })
+    }
+
     fn ready(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
             let inner = &self.inner;
@@ -969,6 +977,93 @@ impl Broker for RedisBroker {
                 .await
                 .map_err(|e| unavailable("ping", e))
         })
+    }
+}
+
+/// Milliseconds since the Unix epoch: the nodes' reports expire by the wall clock, so that
+/// every node agrees on them (within the clocks' skew, far below the ttl).
+fn wall_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Inner {
+    /// `P:nodes`: the reporting nodes by expiry; `P:node:<id>`: one's figures;
+    /// `P:node:<id>:r`: its rooms → local subscribers.
+    fn node_key(&self, id: &str, suffix: &str) -> String {
+        format!("{}:node:{id}{suffix}", self.config.prefix)
+    }
+
+    async fn report(&self, report: NodeReport) -> Result<(), BrokerError> {
+        let ttl = millis(self.config.presence_ttl).max(1);
+        let rooms_key = self.node_key(&report.id, ":r");
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(self.node_key(&report.id, ""))
+            .arg(&report.info)
+            .arg("PX")
+            .arg(ttl)
+            .ignore()
+            .cmd("DEL")
+            .arg(&rooms_key)
+            .ignore();
+        // HSET in batches, so that a node with many rooms sends bounded commands.
+        for chunk in report.rooms.chunks(1000) {
+            let cmd = pipe.cmd("HSET").arg(&rooms_key);
+            for (room, n) in chunk {
+                cmd.arg(room).arg(n);
+            }
+            cmd.ignore();
+        }
+        pipe.cmd("PEXPIRE")
+            .arg(&rooms_key)
+            .arg(ttl)
+            .ignore()
+            .cmd("ZADD")
+            .arg(format!("{}:nodes", self.config.prefix))
+            .arg(wall_millis() + ttl)
+            .arg(&report.id)
+            .ignore();
+        pipe.exec_async(&mut self.conn())
+            .await
+            .map_err(|e| unavailable("node report", e))
+    }
+
+    async fn cluster(&self) -> Result<Vec<NodeReport>, BrokerError> {
+        let nodes_key = format!("{}:nodes", self.config.prefix);
+        let mut conn = self.conn();
+        let (ids,): (Vec<String>,) = redis::pipe()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&nodes_key)
+            .arg("-inf")
+            .arg(wall_millis())
+            .ignore()
+            .cmd("ZRANGE")
+            .arg(&nodes_key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("node reports", e))?;
+        let mut reports = Vec::with_capacity(ids.len());
+        for id in ids {
+            let (info, rooms): (Option<String>, HashMap<String, u64>) = redis::pipe()
+                .cmd("GET")
+                .arg(self.node_key(&id, ""))
+                .cmd("HGETALL")
+                .arg(self.node_key(&id, ":r"))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| unavailable("node reports", e))?;
+            // Gone between the two reads: it expired.
+            if let Some(info) = info {
+                let rooms = rooms.into_iter().collect();
+                reports.push(NodeReport { id, info, rooms });
+            }
+        }
+        Ok(reports)
     }
 }
 

@@ -15,7 +15,6 @@
 use std::{
     borrow::Cow,
     sync::{Arc, OnceLock},
-    time::Instant,
 };
 
 use ::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -63,7 +62,6 @@ struct Api {
     /// (name, SHA-256 of the key): the keys themselves are not kept.
     keys: Vec<(String, [u8; 32])>,
     max_body: usize,
-    started: Instant,
 }
 
 type Shared = Arc<Api>;
@@ -81,7 +79,6 @@ pub fn router(node: Node) -> Router {
         max_body: c.max_body_size.as_usize(),
         keys,
         node,
-        started: Instant::now(),
     });
     let mut calls = Router::new();
     for (_, path, route) in endpoints() {
@@ -670,7 +667,7 @@ pub struct RoomsQuery {
     pub prefix: Option<String>,
 }
 
-/// The active rooms: those with a subscriber on this node.
+/// The active rooms: those with a subscriber on some node of the deployment.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RoomsResponse {
     /// Sorted by name.
@@ -682,14 +679,14 @@ pub struct RoomsResponse {
 pub struct RoomInfo {
     /// Its name.
     pub room: String,
-    /// Its subscribers on this node.
+    /// Its subscribers, on every node.
     pub subscribers: u64,
 }
 
 /// `GET /api/info`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct InfoResponse {
-    /// The nodes (this one only with the in-memory broker).
+    /// The live nodes, sorted by id (this one only with the in-memory broker).
     pub nodes: Vec<NodeInfo>,
 }
 
@@ -700,7 +697,7 @@ pub struct NodeInfo {
     pub id: String,
     /// The server's version.
     pub version: String,
-    /// Seconds since the API started serving.
+    /// Seconds since the node started.
     pub uptime_s: u64,
     /// Open connections.
     pub connections: u64,
@@ -937,17 +934,40 @@ async fn rooms(
     query: Result<Query<RoomsQuery>, QueryRejection>,
 ) -> ApiResult<RoomsResponse> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let mut rooms: Vec<RoomInfo> = api
-        .node
-        .rooms(query.prefix.as_deref().unwrap_or(""))
-        .into_iter()
-        .map(|(room, n)| RoomInfo {
-            room: room.to_string(),
-            subscribers: n as u64,
-        })
-        .collect();
+    let prefix = query.prefix.as_deref().unwrap_or("");
+    let mut rooms: Vec<RoomInfo> = match cluster(&api).await? {
+        // Every node's rooms, summed: a room with subscribers on two nodes is one room.
+        Some(reports) => {
+            let mut sum: std::collections::HashMap<String, u64> = Default::default();
+            for (room, n) in reports.into_iter().flat_map(|r| r.rooms) {
+                if room.starts_with(prefix) {
+                    *sum.entry(room).or_default() += n;
+                }
+            }
+            sum.into_iter()
+                .map(|(room, subscribers)| RoomInfo { room, subscribers })
+                .collect()
+        }
+        None => api
+            .node
+            .rooms(prefix)
+            .into_iter()
+            .map(|(room, n)| RoomInfo {
+                room: room.to_string(),
+                subscribers: n as u64,
+            })
+            .collect(),
+    };
     rooms.sort_unstable_by(|a, b| a.room.cmp(&b.room));
     Ok(Json(RoomsResponse { rooms }))
+}
+
+/// The live nodes' reports (`None`: this node is the deployment); 503 when the broker fails.
+async fn cluster(api: &Shared) -> Result<Option<Vec<crate::broker::NodeReport>>, ApiError> {
+    api.node
+        .cluster()
+        .await
+        .map_err(|e| ApiError::from(Refused::unavailable(&e)))
 }
 
 /// The nodes' figures.
@@ -955,19 +975,16 @@ async fn rooms(
     responses((status = 200, description = "The nodes", body = InfoResponse), Errors),
     security(("api_key" = [])))]
 async fn info(State(api): State<Shared>) -> ApiResult<InfoResponse> {
-    let i = api.node.info();
-    let subscriptions = api.node.rooms("").iter().map(|(_, n)| *n as u64).sum();
-    Ok(Json(InfoResponse {
-        nodes: vec![NodeInfo {
-            id: i.id,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            uptime_s: api.started.elapsed().as_secs(),
-            connections: i.connections as u64,
-            users: i.users as u64,
-            subscriptions,
-            rooms: i.rooms as u64,
-        }],
-    }))
+    let reports = cluster(&api)
+        .await?
+        .unwrap_or_else(|| vec![api.node.report()]);
+    let mut nodes: Vec<NodeInfo> = reports
+        .iter()
+        // A report another version wrote in a shape this one does not read is left out.
+        .filter_map(|r| serde_json::from_str(&r.info).ok())
+        .collect();
+    nodes.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    Ok(Json(InfoResponse { nodes }))
 }
 
 /// This document.
