@@ -38,6 +38,7 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod telemetry;
+mod tls;
 pub(crate) mod transport;
 pub mod v1;
 

@@ -83,6 +83,14 @@ pub enum NodeError {
     /// The `auth` section is unusable.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthConfigError),
+    /// A configuration key is unusable (e.g. `proxies.ca` cannot be read).
+    #[error("key '{key}': {message}")]
+    Config {
+        /// The key's dotted path.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The broker could not be set up.
     #[error("broker: {0}")]
     Broker(#[from] BrokerError),
@@ -681,6 +689,8 @@ impl Node {
 struct Parts {
     config: Config,
     verifier: Verifier,
+    /// The proxies' TLS client, read at start so that a bad `proxies.ca` stops it.
+    proxy_tls: Arc<rustls::ClientConfig>,
     dispatchers: Arc<dispatch::Dispatchers>,
     receivers: Vec<tokio::sync::mpsc::UnboundedReceiver<dispatch::Dispatch>>,
 }
@@ -699,11 +709,13 @@ impl Parts {
         } else {
             Verifier::new(&config.auth)?
         };
+        let proxy_tls = crate::proxy::Proxies::tls(&config.proxies)?;
         let workers = tokio::runtime::Handle::current().metrics().num_workers();
         let (sink, receivers) = dispatch::Dispatchers::new(workers);
         Ok(Parts {
             config,
             verifier,
+            proxy_tls,
             dispatchers: Arc::new(sink),
             receivers,
         })
@@ -714,6 +726,7 @@ impl Parts {
         let Parts {
             config,
             verifier,
+            proxy_tls,
             dispatchers,
             receivers,
         } = self;
@@ -723,7 +736,7 @@ impl Parts {
             threshold,
             Arc::new(crate::metrics::Metrics::new(namespaces)),
         );
-        let proxies = crate::proxy::Proxies::new(&config.proxies, hub.metrics().clone());
+        let proxies = crate::proxy::Proxies::new(&config.proxies, proxy_tls, hub.metrics().clone());
         let id = config
             .node_id
             .clone()

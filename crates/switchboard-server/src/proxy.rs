@@ -46,6 +46,9 @@ const MAX_MESSAGE: usize = 256;
 /// Idle keep-alive connections to the backend are closed after this long.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
+/// The pooled client's connector: `https://` endpoints in TLS, `http://` ones in the clear.
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
 /// One configured proxy endpoint.
 #[derive(Debug)]
 struct Endpoint {
@@ -81,7 +84,7 @@ impl Endpoint {
 
 /// The node's backend proxies: see the module docs.
 pub struct Proxies {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
     endpoints: [Option<Endpoint>; 4],
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
@@ -142,11 +145,64 @@ pub struct DataAnswer {
 }
 
 impl Proxies {
-    /// The proxies of `config`, counting into `metrics`.
-    pub fn new(config: &ProxiesConfig, metrics: Arc<Metrics>) -> Proxies {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    /// The TLS client of the `https://` endpoints: the system's trust store and
+    /// `proxies.ca`. Without an `https://` URL nor a `proxies.ca` it trusts nothing, so that
+    /// nodes without TLS backends do not read the system's store.
+    pub fn tls(
+        config: &ProxiesConfig,
+    ) -> Result<Arc<rustls::ClientConfig>, crate::node::NodeError> {
+        let https = [
+            &config.connect,
+            &config.subscribe,
+            &config.publish,
+            &config.rpc,
+        ]
+        .into_iter()
+        .flatten()
+        .any(|p| p.url.starts_with("https://"));
+        let tls = if https || config.ca.is_some() {
+            crate::tls::client_config(config.ca.as_deref(), "proxies").map_err(|e| match e {
+                crate::tls::TlsError::Ca(m) => crate::node::NodeError::Config {
+                    key: "proxies.ca".into(),
+                    message: m,
+                },
+                crate::tls::TlsError::Tls(m) => crate::node::NodeError::Config {
+                    key: "proxies".into(),
+                    message: m,
+                },
+            })?
+        } else {
+            #[allow(deprecated, reason = "the ring provider is what this build has")]
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| crate::node::NodeError::Config {
+                    key: "proxies".into(),
+                    message: format!("TLS: {e}"),
+                })?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        };
+        Ok(Arc::new(tls))
+    }
+
+    /// The proxies of `config`, calling `https://` endpoints with `tls` (from
+    /// [`Proxies::tls`]), counting into `metrics`.
+    pub fn new(
+        config: &ProxiesConfig,
+        tls: Arc<rustls::ClientConfig>,
+        metrics: Arc<Metrics>,
+    ) -> Proxies {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        // `https://` URLs need the connector to hand the stream on to TLS.
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(Arc::unwrap_or_clone(tls))
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
             .build(connector);
@@ -548,7 +604,8 @@ mod tests {
             }),
             ..ProxiesConfig::default()
         };
-        let p = Proxies::new(&config, Arc::new(Metrics::default()));
+        let tls = Proxies::tls(&config).unwrap();
+        let p = Proxies::new(&config, tls, Arc::new(Metrics::default()));
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("a=1"));
         h.append(header::COOKIE, HeaderValue::from_static("b=2"));

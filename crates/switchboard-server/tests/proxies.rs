@@ -696,3 +696,119 @@ async fn the_rust_client_connects_with_a_cookie_and_calls_rpc() {
     );
     client.close().await;
 }
+
+/// `https://` backends: trusted through `proxies.ca`, refused (`unavailable`) otherwise.
+mod https {
+    use std::sync::Arc;
+
+    use http_body_util::Full;
+    use hyper_util::rt::TokioIo;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    use super::*;
+
+    /// An rpc backend over TLS with a certificate for 127.0.0.1 from a CA of its own, answering
+    /// every call `{"data": "over tls"}`; its address and the CA's PEM.
+    async fn tls_backend() -> (SocketAddr, String) {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca_cert, &ca_key)
+            .unwrap();
+        #[allow(deprecated, reason = "the ring provider is what this build has")]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            bytes::Bytes::from_static(br#"{"data": "over tls"}"#),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        (addr, ca_cert.pem())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rpc_over_https_with_a_trusted_ca_and_unavailable_without() {
+        let (at, ca) = tls_backend().await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, ca).unwrap();
+        let https = |c: &mut Config| {
+            c.proxies.rpc = Some(ProxyConfig {
+                url: format!("https://{at}/rpc"),
+                timeout: Duration::from_secs(5),
+                headers: Vec::new(),
+            });
+        };
+        let unused = closed_port().await;
+        let trusted = start(unused, |c| {
+            https(c);
+            c.proxies.ca = Some(ca_path.to_str().unwrap().into());
+        })
+        .await;
+        let mut ws = with_token(&trusted, "alice").await;
+        let answer = ask(
+            &mut ws,
+            json!({"type": "rpc", "id": 1, "method": "m", "data": null}),
+        )
+        .await;
+        assert_eq!(answer["type"], "reply", "{answer}");
+        assert_eq!(answer["result"]["data"], "over tls");
+
+        // The same backend, its CA not trusted: the call fails as documented.
+        let untrusted = start(unused, https).await;
+        let mut ws = with_token(&untrusted, "alice").await;
+        let answer = ask(
+            &mut ws,
+            json!({"type": "rpc", "id": 2, "method": "m", "data": null}),
+        )
+        .await;
+        assert_eq!(answer["type"], "error", "{answer}");
+        assert_eq!(answer["code"], "unavailable");
+        assert!(metric(
+            &untrusted.node,
+            r#"switchboard_proxy_calls_total{proxy="rpc",result="error"} 1"#
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreadable_proxies_ca_stops_the_node_naming_the_key() {
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        config.auth.secret = Some(SECRET.into());
+        config.proxies.ca = Some("/nonexistent/ca.pem".into());
+        let e = Node::new(config).unwrap_err().to_string();
+        assert!(e.contains("proxies.ca"), "{e}");
+    }
+}

@@ -277,38 +277,10 @@ fn is_loopback(host: &str) -> bool {
 /// The TLS client of an `https://` set: the system's trust store and `ca_file`
 /// (`auth.jwks_ca`); errors name the key at fault.
 fn tls_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, AuthConfigError> {
-    use rustls_pki_types::{CertificateDer, pem::PemObject};
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for e in &native.errors {
-        tracing::debug!(error = %e, "auth.jwks: a system CA certificate could not be read");
-    }
-    let _ = roots.add_parsable_certificates(native.certs);
-    if let Some(path) = ca_file {
-        let bad = |m: String| AuthConfigError::new("auth.jwks_ca", m);
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| bad(format!("cannot read {path}: {e}")))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| bad(format!("{path}: not PEM certificates: {e}")))?;
-        if certs.is_empty() {
-            return Err(bad(format!("{path} holds no certificate")));
-        }
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| bad(format!("{path}: not a usable CA certificate: {e}")))?;
-        }
-    }
-    // ring, not aws-lc-rs: it builds without cmake; its lack of post-quantum key exchange
-    // does not matter for fetching public keys.
-    #[allow(deprecated, reason = "the ring provider is what this build has")]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| AuthConfigError::new("auth.jwks", format!("TLS: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
+    crate::tls::client_config(ca_file, "auth.jwks").map_err(|e| match e {
+        crate::tls::TlsError::Ca(m) => AuthConfigError::new("auth.jwks_ca", m),
+        crate::tls::TlsError::Tls(m) => AuthConfigError::new("auth.jwks", m),
+    })
 }
 
 /// `GET uri` over HTTP/1.1, in TLS when `tls` is given (plain HTTP is for loopback only,
