@@ -211,6 +211,22 @@ async fn request_heads_are_bounded() {
         .expect("the server ends the connection");
     let out = String::from_utf8_lossy(&out);
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+
+    // The SSE endpoint reads its own heads: its 431 carries the JSON of other refusals.
+    let mut s = tcp(addr, 13).await;
+    let _ = s
+        .write_all(format!("GET /sse?room=chat:x HTTP/1.1\r\nhost: x\r\nx-pad: {pad}").as_bytes())
+        .await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(T, s.read_to_end(&mut out))
+        .await
+        .expect("the server ends the connection");
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let body: serde_json::Value = serde_json::from_str(body).expect(&out);
+    assert_eq!(body["error"], "bad_request", "{out}");
+    assert_eq!(body["reason"], "request_head_too_large", "{out}");
 }
 
 /// SSE streams count as connections too: of their user, of their IP, of the node.

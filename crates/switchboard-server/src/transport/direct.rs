@@ -170,15 +170,23 @@ fn to_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<Body>> {
     req.body(Body::empty()).ok()
 }
 
-/// A status with an empty body (the head could not be read or parsed), then the close.
+/// A status for a head that could not be read or parsed, then the close. The body is the
+/// JSON of every other refusal (docs/protocol.md 7.3), so that clients need one parser.
 async fn write_status_only(
     stream: &mut TcpStream,
     status: http::StatusCode,
 ) -> std::io::Result<()> {
+    let reason = if status == http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
+        "request_head_too_large"
+    } else {
+        "bad_request"
+    };
+    let body = serde_json::json!({"error": "bad_request", "reason": reason}).to_string();
     let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         status.as_u16(),
-        status.canonical_reason().unwrap_or("")
+        status.canonical_reason().unwrap_or(""),
+        body.len()
     );
     stream.write_all(head.as_bytes()).await?;
     stream.shutdown().await
