@@ -28,7 +28,7 @@ use switchboard_protocol::{
     frame::OpCode,
 };
 use tokio::{
-    net::TcpStream,
+    net::{TcpStream, UnixStream},
     time::{Instant, Sleep},
 };
 
@@ -51,6 +51,57 @@ const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long we wait for the peer's close frame (or EOF) after sending ours.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A socket the connection loop drives by readiness (`try_read`/`try_write` when the kernel
+/// says so, no buffers while idle): a TCP connection, or (planned for TLS, not wired yet) the
+/// local end of a Unix socket pair whose other end a relay task carries through rustls.
+/// rustls' stream cannot be driven this way (it buffers plaintext the socket's readiness
+/// knows nothing about), so the loop would keep its one shape for both.
+pub(crate) trait Socket: tokio::io::AsyncWrite + Send + Sync + Unpin + 'static {
+    fn nodelay(&self);
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+macro_rules! socket {
+    ($t:ty, $nodelay:expr) => {
+        impl Socket for $t {
+            fn nodelay(&self) {
+                $nodelay(self)
+            }
+            fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+                <$t>::try_read_buf(self, buf)
+            }
+            fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+                <$t>::try_read(self, buf)
+            }
+            fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+                <$t>::try_write_vectored(self, bufs)
+            }
+            fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                <$t>::poll_read_ready(self, cx)
+            }
+            fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                <$t>::poll_write_ready(self, cx)
+            }
+            fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+                <$t>::readable(self)
+            }
+            fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
+                <$t>::writable(self)
+            }
+        }
+    };
+}
+socket!(TcpStream, |s: &TcpStream| {
+    let _ = s.set_nodelay(true);
+});
+socket!(UnixStream, |_: &UnixStream| {});
+
 /// Why the connection loop ended.
 enum End {
     /// Both close frames exchanged (or ours sent and the peer went away).
@@ -71,8 +122,8 @@ enum Event {
 }
 
 /// The connection's resting state, kept small: it is most of what an idle connection costs.
-struct Ws<S> {
-    stream: TcpStream,
+struct Ws<S, T> {
+    stream: T,
     conn: Connection<S>,
     /// Input while bytes of an unfinished frame or message are held; none while idle.
     input: Option<Box<Input>>,
@@ -96,13 +147,13 @@ struct Input {
 
 /// Runs a connection until it closes. The caller has registered nothing: the connection is
 /// added to `registry` here (for pings, idle timeout and shutdown) and removed at the end.
-pub(crate) fn run<H: Handler>(
+pub(crate) fn run<H: Handler, T: Socket>(
     handler: Arc<H>,
-    stream: TcpStream,
+    stream: T,
     leftover: Bytes,
     conn: Connection<H::State>,
 ) -> impl Future<Output = ()> + Send {
-    let _ = stream.set_nodelay(true);
+    stream.nodelay();
     // `leftover` shares hyper's whole read buffer (8 KiB): copy what it holds, if anything,
     // and let it go, or every idle connection keeps that buffer alive.
     let input = (!leftover.is_empty()).then(|| {
@@ -263,7 +314,7 @@ async fn drain_controls<H: Handler>(handler: &H, conn: &mut Connection<H::State>
 
 /// After the connection loop: the handler's `on_close`, the rooms it did not leave, and the
 /// end of the TCP connection.
-async fn finish<H: Handler>(handler: &H, ws: Ws<H::State>, end: End) {
+async fn finish<H: Handler, T: Socket>(handler: &H, ws: Ws<H::State, T>, end: End) {
     let Ws {
         stream, mut conn, ..
     } = ws;
@@ -293,7 +344,7 @@ async fn finish<H: Handler>(handler: &H, ws: Ws<H::State>, end: End) {
     }
 }
 
-impl<S: Send + 'static> Ws<S> {
+impl<S: Send + 'static, T: Socket> Ws<S, T> {
     /// Our close frame, once sent.
     fn take_sent_close(&mut self) -> Option<Box<CloseFrame>> {
         self.sent_close.take().map(|sent| Box::new(sent.frame))
@@ -569,7 +620,7 @@ fn short_reason(e: &ProtocolError) -> String {
     s
 }
 
-async fn lingering_close(mut stream: TcpStream) {
+async fn lingering_close<T: Socket>(mut stream: T) {
     use tokio::io::AsyncWriteExt;
     let _ = stream.shutdown().await;
     let mut sink = [0u8; 1024];
