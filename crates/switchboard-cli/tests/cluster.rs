@@ -124,7 +124,11 @@ async fn two_nodes_deliver_each_others_publications_and_recover_on_the_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_and_restarted_mid_stream_loses_nothing() {
     let mut redis = RedisServer::start_persistent();
-    let env = [("SWITCHBOARD_BROKER__TIMEOUT", "500ms")];
+    let keys = format!("[{{name = \"test\", key = \"{API_KEY}\"}}]");
+    let env = [
+        ("SWITCHBOARD_BROKER__TIMEOUT", "500ms"),
+        ("SWITCHBOARD_API__KEYS", keys.as_str()),
+    ];
     let (n1, n2) = (Node::start(&redis, &env), Node::start(&redis, &env));
     let mut publisher = n1.connect("pat").await;
     let mut a = n1.connect("alice").await;
@@ -147,6 +151,19 @@ async fn redis_stopped_and_restarted_mid_stream_loses_nothing() {
         )
         .await;
     assert_eq!((n1.ready(), n2.ready()), (503, 503));
+    // The server API says so too: 503 `unavailable` with Retry-After, nothing published.
+    let body = r#"{"room": "chat:r", "data": {"n": 0}}"#;
+    let (status, text) = common::http(
+        n2.process.addr,
+        &format!(
+            "POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: {API_KEY}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(status, 503, "{text}");
+    assert!(text.to_ascii_lowercase().contains("retry-after:"), "{text}");
+    assert!(text.contains(r#""code":"unavailable""#), "{text}");
 
     redis.restart();
     // Publish as soon as the node can: some of these may be numbered before the nodes'

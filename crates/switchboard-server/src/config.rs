@@ -376,8 +376,9 @@ pub struct ProxyConfig {
     #[serde(deserialize_with = "duration", default = "default_proxy_timeout")]
     pub timeout: Duration,
     /// Request headers of the client's HTTP request (the WebSocket upgrade or the SSE
-    /// request) passed on in the call's `headers` object, e.g. `["Cookie"]`. Connect proxy
-    /// only: the other proxies are called for commands, which carry no headers. Default none.
+    /// request) passed on in the call's `headers` object, e.g. `["Cookie"]`. For the
+    /// subscribe, publish and rpc proxies these are the headers of the request that opened
+    /// the connection (kept with the connection only when configured). Default none.
     #[serde(default)]
     pub headers: Vec<String>,
 }
@@ -823,12 +824,6 @@ impl Config {
             if proxy.timeout < Duration::from_millis(10) {
                 return Err(err(&key("timeout"), "must be at least 10ms".into()));
             }
-            if !proxy.headers.is_empty() && name != "connect" {
-                return Err(err(
-                    &key("headers"),
-                    "only the connect proxy passes request headers on (commands carry none)".into(),
-                ));
-            }
             for (i, h) in proxy.headers.iter().enumerate() {
                 if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
                     return Err(err(
@@ -1160,8 +1155,8 @@ mod tests {
             ),
             ("[proxies.rpc]\ntimeout = \"1s\"\n", "proxies.rpc"),
             (
-                "[proxies.rpc]\nurl = \"http://b/rpc\"\nheaders = [\"Cookie\"]\n",
-                "proxies.rpc.headers",
+                "[proxies.rpc]\nurl = \"http://b/rpc\"\nheaders = [\"Cookie\", \"\"]\n",
+                "proxies.rpc.headers[1]",
             ),
             (
                 "[proxies.connect]\nurl = \"http://b/c\"\nheaders = [\"a b\"]\n",

@@ -54,7 +54,7 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 struct Endpoint {
     uri: Uri,
     timeout: Duration,
-    /// The client request headers passed on (connect only), lower case.
+    /// The client request headers passed on, lower case.
     headers: Vec<HeaderName>,
 }
 
@@ -227,11 +227,7 @@ impl Proxies {
 
     /// The configured headers of `kind` found in `headers`, as the call's `headers` object
     /// (names in lower case; repeated headers joined with `, `, cookies with `; `).
-    pub fn pass_headers(
-        &self,
-        kind: ProxyKind,
-        headers: &HeaderMap,
-    ) -> serde_json::Map<String, serde_json::Value> {
+    pub fn pass_headers(&self, kind: ProxyKind, headers: &HeaderMap) -> PassedHeaders {
         let mut out = serde_json::Map::new();
         let Some(endpoint) = &self.endpoints[kind as usize] else {
             return out;
@@ -249,6 +245,32 @@ impl Proxies {
             out.insert(name.as_str().to_owned(), values.join(sep).into());
         }
         out
+    }
+
+    /// The request headers the subscribe, publish and rpc proxies pass on, taken from the
+    /// request that opens a connection: `None` (nothing kept with the connection) when those
+    /// proxies pass none or the request has none of them.
+    pub fn command_headers(&self, headers: &HeaderMap) -> Option<Box<PassedHeaders>> {
+        let mut out = serde_json::Map::new();
+        for kind in [ProxyKind::Subscribe, ProxyKind::Publish, ProxyKind::Rpc] {
+            out.append(&mut self.pass_headers(kind, headers));
+        }
+        (!out.is_empty()).then(|| Box::new(out))
+    }
+
+    /// Of the headers kept by [`Proxies::command_headers`], those `kind` passes on.
+    fn kept_headers(&self, kind: ProxyKind, kept: Option<&PassedHeaders>) -> PassedHeaders {
+        let (Some(endpoint), Some(kept)) = (&self.endpoints[kind as usize], kept) else {
+            return PassedHeaders::new();
+        };
+        endpoint
+            .headers
+            .iter()
+            .filter_map(|name| {
+                let (k, v) = kept.get_key_value(name.as_str())?;
+                Some((k.clone(), v.clone()))
+            })
+            .collect()
     }
 
     /// Calls `kind` with `body`: the answer's bytes when the backend allowed, its refusal
@@ -334,12 +356,16 @@ impl Proxies {
     }
 }
 
+/// Request headers passed on in a call's `headers` object (lower-case names).
+pub type PassedHeaders = serde_json::Map<String, serde_json::Value>;
+
 /// The body of a subscribe call.
 #[derive(Serialize)]
 struct SubscribeCall<'a> {
     user: &'a str,
     connection: &'a str,
     room: &'a str,
+    headers: PassedHeaders,
 }
 
 /// The body of a publish call.
@@ -349,6 +375,7 @@ struct PublishCall<'a> {
     connection: &'a str,
     room: &'a str,
     data: &'a RawValue,
+    headers: PassedHeaders,
 }
 
 /// The body of an rpc call.
@@ -358,6 +385,7 @@ struct RpcCall<'a> {
     connection: &'a str,
     method: &'a str,
     data: &'a RawValue,
+    headers: PassedHeaders,
 }
 
 /// The body of a connect call.
@@ -366,7 +394,7 @@ struct ConnectCall<'a> {
     connection: &'a str,
     transport: &'static str,
     ip: Option<String>,
-    headers: serde_json::Map<String, serde_json::Value>,
+    headers: PassedHeaders,
 }
 
 /// Most rooms a connect answer may subscribe a connection to (more are dropped, as the
@@ -375,13 +403,15 @@ const MAX_CONNECT_ROOMS: usize = 1024;
 
 impl Proxies {
     /// The subscribe proxy's decision for `room`, when its namespace `ns` uses it (after the
-    /// namespace's own policy allowed). `Ok` when the namespace does not use it.
+    /// namespace's own policy allowed). `Ok` when the namespace does not use it. `headers`:
+    /// the connection's [`Proxies::command_headers`].
     pub async fn check_subscribe(
         &self,
         ns: &NamespaceConfig,
         user: &User,
         connection: &str,
         room: &str,
+        headers: Option<&PassedHeaders>,
     ) -> Result<(), Refused> {
         if !ns.proxies.contains(&NamespaceProxy::Subscribe) {
             return Ok(());
@@ -390,6 +420,7 @@ impl Proxies {
             user: &user.id,
             connection,
             room,
+            headers: self.kept_headers(ProxyKind::Subscribe, headers),
         };
         self.call(ProxyKind::Subscribe, &call).await.map(drop)
     }
@@ -404,6 +435,7 @@ impl Proxies {
         connection: &str,
         room: &str,
         data: &RawValue,
+        headers: Option<&PassedHeaders>,
     ) -> Result<Option<Bytes>, Refused> {
         if !ns.proxies.contains(&NamespaceProxy::Publish) {
             return Ok(None);
@@ -413,6 +445,7 @@ impl Proxies {
             connection,
             room,
             data,
+            headers: self.kept_headers(ProxyKind::Publish, headers),
         };
         let answer = self.call(ProxyKind::Publish, &call).await?;
         let answer: DataAnswer = serde_json::from_slice(&answer).map_err(|e| {
@@ -445,6 +478,7 @@ impl Proxies {
         connection: &str,
         method: &str,
         data: &RawValue,
+        headers: Option<&PassedHeaders>,
     ) -> Result<Box<RawValue>, Refused> {
         if !self.configured(ProxyKind::Rpc) {
             return Err(Refused::new(
@@ -457,6 +491,7 @@ impl Proxies {
             connection,
             method,
             data,
+            headers: self.kept_headers(ProxyKind::Rpc, headers),
         };
         let answer = self.call(ProxyKind::Rpc, &call).await?;
         let answer: DataAnswer = serde_json::from_slice(&answer).map_err(|e| {
@@ -616,5 +651,47 @@ mod tests {
             serde_json::json!({"cookie": "a=1; b=2"})
         );
         assert!(p.pass_headers(ProxyKind::Rpc, &h).is_empty());
+        // No command proxy passes headers: a connection keeps nothing.
+        assert!(p.command_headers(&h).is_none());
+    }
+
+    #[test]
+    fn command_proxies_get_only_their_own_headers() {
+        let proxy = |headers: &[&str]| {
+            Some(ProxyConfig {
+                url: "http://127.0.0.1:1/p".into(),
+                timeout: Duration::from_secs(1),
+                headers: headers.iter().map(|h| (*h).into()).collect(),
+            })
+        };
+        let config = ProxiesConfig {
+            subscribe: proxy(&["Cookie"]),
+            rpc: proxy(&["Authorization", "X-Tenant"]),
+            publish: proxy(&[]),
+            ..ProxiesConfig::default()
+        };
+        let tls = Proxies::tls(&config).unwrap();
+        let p = Proxies::new(&config, tls, Arc::new(Metrics::default()));
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("s=1"));
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        h.append(header::USER_AGENT, HeaderValue::from_static("curl"));
+        let kept = p
+            .command_headers(&h)
+            .expect("subscribe and rpc pass headers");
+        assert_eq!(
+            serde_json::Value::Object((*kept).clone()),
+            serde_json::json!({"cookie": "s=1", "authorization": "Bearer x"})
+        );
+        let of = |kind| serde_json::Value::Object(p.kept_headers(kind, Some(&kept)));
+        assert_eq!(
+            of(ProxyKind::Subscribe),
+            serde_json::json!({"cookie": "s=1"})
+        );
+        assert_eq!(
+            of(ProxyKind::Rpc),
+            serde_json::json!({"authorization": "Bearer x"})
+        );
+        assert_eq!(of(ProxyKind::Publish), serde_json::json!({}));
     }
 }

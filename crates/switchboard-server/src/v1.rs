@@ -32,7 +32,7 @@ use crate::{
     handler::frame_with,
     limits::{self, CommandBucket, CommandRate, Verdict},
     node::{self, Node, Publish, Subscribed},
-    proxy::ProxyKind,
+    proxy::{PassedHeaders, ProxyKind},
 };
 
 /// How long before expiry the server pushes `refresh_required`.
@@ -62,14 +62,48 @@ impl Protocol {
 /// A protocol connection's state.
 #[derive(Debug, Default)]
 pub struct Session {
-    /// Raw JSON of the `from` object of this connection's publications, made at its first
-    /// publication (most connections only listen, and idle ones should hold nothing). Boxed,
-    /// and the token's expiry read from the user: a small state keeps the connection's task
-    /// in tokio's smallest cell.
-    from: Option<Box<Bytes>>,
+    /// What only some connections need, boxed (most connections only listen, and idle ones
+    /// should hold nothing): a small state keeps the connection's task in tokio's smallest
+    /// cell. The token's expiry is read from the user for the same reason.
+    extra: Option<Box<Extra>>,
     phase: Phase,
     /// The command rate limit's bucket (six bytes, in what would be padding).
     rate: CommandBucket,
+}
+
+/// The part of a [`Session`] made only when needed.
+#[derive(Debug, Default)]
+struct Extra {
+    /// Raw JSON of the `from` object of this connection's publications, made at its first
+    /// publication.
+    from: Option<Bytes>,
+    /// The upgrade request's headers the subscribe, publish and rpc proxies pass on, kept
+    /// when they are configured to (docs/proxies.md).
+    headers: Option<Box<PassedHeaders>>,
+}
+
+impl Session {
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// The headers kept for the proxies.
+    fn headers(&self) -> Option<&PassedHeaders> {
+        self.extra.as_ref()?.headers.as_deref()
+    }
+
+    /// A fresh session keeping `headers` for the proxies.
+    fn with_headers(headers: Option<Box<PassedHeaders>>) -> Session {
+        Session {
+            extra: headers.map(|h| {
+                Box::new(Extra {
+                    from: None,
+                    headers: Some(h),
+                })
+            }),
+            ..Session::default()
+        }
+    }
 }
 
 /// Where a connection stands with its token. One byte: the `refresh_required` flag and the
@@ -101,7 +135,7 @@ fn user_from(claims: Option<auth::Claims>) -> User {
 
 /// The `from` object of this connection's publications (raw JSON), made once.
 fn from_object(conn: &mut Connection<Session>) -> Bytes {
-    if let Some(from) = &conn.state.from {
+    if let Some(from) = conn.state.extra.as_ref().and_then(|e| e.from.as_ref()) {
         return Bytes::clone(from);
     }
     let user = &conn.user;
@@ -111,7 +145,7 @@ fn from_object(conn: &mut Connection<Session>) -> Bytes {
         &Member::new(&user.id, conn.id(), user.info.as_deref().and_then(raw)),
     );
     let from = Bytes::from(from);
-    conn.state.from = Some(Box::new(from.clone()));
+    conn.state.extra().from = Some(from.clone());
     from
 }
 
@@ -169,6 +203,8 @@ impl Handler for Protocol {
         // when there is one, wins: docs/proxies.md).
         let has_token = token.as_deref().is_some_and(|t| !t.trim().is_empty());
         let proxies = self.node.proxies();
+        // Headers for the command proxies, kept only when they are configured to pass some.
+        let kept = proxies.command_headers(request.headers);
         if !has_token && proxies.configured(ProxyKind::Connect) {
             let user = proxies
                 .connect(
@@ -180,7 +216,7 @@ impl Handler for Protocol {
                 .await?;
             return Ok(Accepted {
                 user,
-                state: Session::default(),
+                state: Session::with_headers(kept),
             });
         }
         // First-message mode: an upgrade without a token waits for `auth` (2.2), as the
@@ -190,7 +226,7 @@ impl Handler for Protocol {
                 user: User::default(),
                 state: Session {
                     phase: Phase::AwaitingAuth,
-                    ..Session::default()
+                    ..Session::with_headers(kept)
                 },
             });
         }
@@ -205,7 +241,7 @@ impl Handler for Protocol {
             .map_err(unauthorized)?;
         Ok(Accepted {
             user: user_from(claims),
-            state: Session::default(),
+            state: Session::with_headers(kept),
         })
     }
 
@@ -553,7 +589,7 @@ impl Protocol {
         // (but the broker).
         self.node
             .proxies()
-            .check_subscribe(ns, &conn.user, conn.id(), room)
+            .check_subscribe(ns, &conn.user, conn.id(), room, conn.state.headers())
             .await?;
         let room: Arc<str> = room.into();
         let since = since.map(|s| StreamPosition::new(s.epoch, s.offset));
@@ -642,7 +678,14 @@ impl Protocol {
         let replaced = self
             .node
             .proxies()
-            .check_publish(ns, &conn.user, conn.id(), room, c.data)
+            .check_publish(
+                ns,
+                &conn.user,
+                conn.id(),
+                room,
+                c.data,
+                conn.state.headers(),
+            )
             .await?;
         let publication = Publish {
             data: replaced.unwrap_or_else(|| Bytes::copy_from_slice(c.data.get().as_bytes())),
@@ -676,7 +719,7 @@ impl Protocol {
         let data = self
             .node
             .proxies()
-            .rpc(&conn.user, conn.id(), method, data)
+            .rpc(&conn.user, conn.id(), method, data, conn.state.headers())
             .await?;
         let result = wire::RpcResult {
             data: Cow::Borrowed(&*data),

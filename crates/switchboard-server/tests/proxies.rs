@@ -812,3 +812,75 @@ mod https {
         assert!(e.contains("proxies.ca"), "{e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_proxies_see_the_headers_of_the_request_that_opened_the_connection() {
+    let (backend, at) = backend().await;
+    let with = |p: &mut Option<ProxyConfig>, headers: &[&str]| {
+        p.as_mut().unwrap().headers = headers.iter().map(|h| (*h).into()).collect();
+    };
+    let running = start(at, |c| {
+        with(&mut c.proxies.subscribe, &["Cookie", "X-Tenant"]);
+        with(&mut c.proxies.publish, &["X-Tenant"]);
+        with(&mut c.proxies.rpc, &["Authorization"]);
+    })
+    .await;
+    let headers = [
+        ("Cookie", "session=alice"),
+        ("X-Tenant", "acme"),
+        ("User-Agent", "test"),
+    ];
+    let (mut ws, welcome) = open_ws(&running, "", &headers).await;
+    assert_eq!(welcome["user"], "alice");
+    let r = ask(
+        &mut ws,
+        json!({"type": "subscribe", "id": 1, "room": "pc:room"}),
+    )
+    .await;
+    assert_eq!(r["type"], "reply", "{r}");
+    let r = ask(
+        &mut ws,
+        json!({"type": "publish", "id": 2, "room": "pc:room", "data": {"text": "hi"}}),
+    )
+    .await;
+    assert_eq!(r["type"], "reply", "{r}");
+    let r = ask(&mut ws, json!({"type": "rpc", "id": 3, "method": "echo"})).await;
+    assert_eq!(r["type"], "reply", "{r}");
+    assert_eq!(
+        backend.calls("subscribe")[0]["headers"],
+        json!({"cookie": "session=alice", "x-tenant": "acme"})
+    );
+    assert_eq!(
+        backend.calls("publish")[0]["headers"],
+        json!({"x-tenant": "acme"})
+    );
+    // The upgrade had no Authorization header: nothing to pass on.
+    assert_eq!(backend.calls("rpc")[0]["headers"], json!({}));
+
+    // An SSE stream's rooms are asked about with the stream request's headers.
+    let mut stream = TcpStream::connect(running.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /sse?room=pc:feed HTTP/1.1\r\nHost: localhost\r\nCookie: session=alice\r\n\
+              X-Tenant: beta\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&raw).contains("event: welcome") {
+        let n = tokio::time::timeout(T, stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "stream ended: {}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let calls = backend.calls("subscribe");
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[1]["room"], "pc:feed");
+    assert_eq!(
+        calls[1]["headers"],
+        json!({"cookie": "session=alice", "x-tenant": "beta"})
+    );
+}

@@ -236,6 +236,7 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
             &format!("at most {max} rooms per stream"),
         ));
     }
+    let kept = node.proxies().command_headers(req.headers());
     for room in &rooms {
         // A stream carries no subscription tokens: the `rooms` claim grants what a
         // subscribe with one could get (protocol 8), the namespace's policy decides the rest.
@@ -251,7 +252,10 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
         // Rooms the connect answer (or the token) granted are not asked about again, as on
         // a WebSocket.
         if action != Action::ClaimSubscribe
-            && let Err(e) = node.proxies().check_subscribe(ns, &user, &id, room).await
+            && let Err(e) = node
+                .proxies()
+                .check_subscribe(ns, &user, &id, room, kept.as_deref())
+                .await
         {
             return refused(&e);
         }
