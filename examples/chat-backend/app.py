@@ -1,6 +1,8 @@
 """A chat backend for Switchboard's proxies (docs/proxies.md).
 
-- GET /            a login form; POST /login sets the `session` cookie
+- GET /            a login form (and, once logged in, the link to the chat page: Switchboard's
+                   demo page at SWITCHBOARD_URL/?auth=cookie); POST /login sets the `session`
+                   cookie
 - POST /switchboard/connect    the cookie's session -> the user
 - POST /switchboard/subscribe  rooms of `chat:`; `chat:admin-*` only for the user `admin`
 - POST /switchboard/publish    stores the message in SQLite, answers it with its row id
@@ -21,6 +23,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 DB = os.environ.get("CHAT_DB", "chat.db")
+# Where the browser finds Switchboard (its demo page is the chat's front end).
+SWITCHBOARD_URL = os.environ.get("SWITCHBOARD_URL", "http://127.0.0.1:8080")
 MAX_TEXT = 500
 HISTORY = 50
 
@@ -42,12 +46,27 @@ def refuse(code: str, message: str) -> dict:
 
 
 @app.get("/", response_class=HTMLResponse)
-def index() -> str:
-    return (
-        "<!doctype html><title>chat login</title>"
+def index(request: Request) -> str:
+    session = request.cookies.get("session")
+    user = None
+    if session:
+        with db() as conn:
+            row = conn.execute("SELECT user FROM sessions WHERE id = ?", (session,)).fetchone()
+        user = row[0] if row else None
+    form = (
         '<form method="post" action="/login">'
         '<label>name <input name="name" pattern="[A-Za-z0-9_.-]{1,32}" required></label>'
         "<button>log in</button></form>"
+    )
+    if user is None:
+        return "<!doctype html><title>chat login</title>" + form
+    # The chat page is Switchboard's demo page in cookie mode: the browser sends this
+    # host's `session` cookie with its WebSocket, and the connect proxy above names the user.
+    chat = html.escape(f"{SWITCHBOARD_URL}/?auth=cookie", quote=True)
+    return (
+        "<!doctype html><title>chat</title>"
+        f"<p>Logged in as <b>{html.escape(user)}</b>. "
+        f'<a href="{chat}">Open the chat</a></p><p>Someone else?</p>' + form
     )
 
 

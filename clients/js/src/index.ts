@@ -91,10 +91,15 @@ export class SwitchboardError extends Error {
 /** A `WebSocket` constructor: the browser's, Node 22's global, or the `ws` package's. */
 export type WebSocketClass = new (url: string, protocols?: string | string[]) => WebSocket;
 
-/** Options of [`Switchboard`]. Give `token` or `getToken` (or both: `token` is used first). */
+/** Options of [`Switchboard`]. Give `token` or `getToken` (or both: `token` is used first),
+ * or `cookie`. */
 export interface Options {
   /** A fixed token. */
   token?: string;
+  /** No token: the server's connect proxy (docs/proxies.md) names the user from the request's
+   * cookies, which browsers send with the WebSocket handshake to the server's host (and with
+   * a same-origin SSE request). A token given as well wins. */
+  cookie?: boolean;
   /** Called for a token at the first connect, after 4501, after a refused handshake and
    * `refreshBefore` seconds before the token expires. */
   getToken?: () => Promise<string>;
@@ -399,10 +404,13 @@ export class Switchboard extends Emitter<ClientEvents> {
       maxDelay: 30_000,
       refreshBefore: 30,
       random: Math.random,
+      cookie: false,
       ...options,
     };
     this.token = options.token;
-    if (!options.token && !options.getToken) throw new TypeError('Switchboard: give `token` or `getToken`');
+    if (!options.token && !options.getToken && !options.cookie) {
+      throw new TypeError('Switchboard: give `token`, `getToken` or `cookie: true`');
+    }
   }
 
   /** Connects (and keeps reconnecting until `close`); resolves with the first `welcome`. */
@@ -566,7 +574,7 @@ export class Switchboard extends Emitter<ClientEvents> {
 
   private async getToken(): Promise<string> {
     if (this.token && !this.freshToken) return this.token;
-    if (!this.o.getToken) return this.token as string;
+    if (!this.o.getToken) return this.token ?? '';
     this.token = await this.o.getToken();
     this.freshToken = false;
     return this.token;
@@ -589,7 +597,8 @@ export class Switchboard extends Emitter<ClientEvents> {
     if (!Ws) throw new TypeError('Switchboard: no WebSocket class: pass the `WebSocket` option');
     let ws: WebSocket;
     try {
-      ws = new Ws(this.url, ['bearer.' + token, 'switchboard.v1']);
+      // No token (`cookie`): the cookies the handshake carries say who connects.
+      ws = new Ws(this.url, token ? ['bearer.' + token, 'switchboard.v1'] : ['switchboard.v1']);
     } catch (e) {
       this.failAll('closed', String(e));
       this.state = 'disconnected';
@@ -824,7 +833,7 @@ export class Switchboard extends Emitter<ClientEvents> {
     let info = closeInfo(1006, 'the stream ended', true);
     try {
       const response = await doFetch(url, {
-        headers: { Authorization: `Bearer ${token}`, Accept: 'text/event-stream' },
+        headers: token ? { Authorization: `Bearer ${token}`, Accept: 'text/event-stream' } : { Accept: 'text/event-stream' },
         signal: abort.signal,
       });
       if (response.status === 401) this.freshToken = true;

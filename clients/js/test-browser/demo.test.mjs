@@ -160,3 +160,38 @@ test('two pages chat with presence and typing; a page cut off the network recove
     await pb.close();
   }
 });
+
+test('opened as /?auth=cookie, the page signs in with the session cookie through the connect proxy', { timeout: TIMEOUT }, async () => {
+  // The application's backend: its connect proxy knows one session.
+  const { createServer: createHttpServer } = await import('node:http');
+  const backend = createHttpServer((req, res) => {
+    let body = '';
+    req.on('data', (d) => (body += d));
+    req.on('end', () => {
+      const cookie = JSON.parse(body).headers?.cookie ?? '';
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify(cookie.includes('session=s3cret') ? { user: 'dora' } : { error: { code: 'unauthorized', message: 'log in first' } }));
+    });
+  });
+  await new Promise((r) => backend.listen(0, '127.0.0.1', r));
+  const own = await startServer({
+    SWITCHBOARD_PROXIES__CONNECT__URL: `http://127.0.0.1:${backend.address().port}/connect`,
+    SWITCHBOARD_PROXIES__CONNECT__HEADERS: '["Cookie"]',
+  });
+  const context = await browser.newContext();
+  try {
+    // What the backend's login would have set for this host (cookies are per host, not port).
+    await context.addCookies([{ name: 'session', value: 's3cret', domain: '127.0.0.1', path: '/' }]);
+    const page = await context.newPage();
+    page.setDefaultTimeout(20_000);
+    await page.goto(`${own.http}/?auth=cookie`);
+    await page.waitForSelector('#state:has-text("connected as dora")');
+    await page.fill('#text', 'via cookie');
+    await page.press('#text', 'Enter');
+    await page.waitForSelector('#messages li.message:has-text("via cookie")');
+  } finally {
+    await context.close();
+    await own.stop();
+    await new Promise((r) => backend.close(r));
+  }
+});

@@ -60,7 +60,8 @@ def servers(tmp_path_factory):
         [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1",
          "--port", str(backend_port)],
         cwd=HERE,
-        env={**os.environ, "CHAT_DB": str(tmp / "chat.db")},
+        env={**os.environ, "CHAT_DB": str(tmp / "chat.db"),
+             "SWITCHBOARD_URL": f"http://127.0.0.1:{server_port}"},
         stdout=backend_log.open("w"),
         stderr=subprocess.STDOUT,
     )
@@ -179,3 +180,18 @@ def test_without_a_session_the_handshake_is_refused(servers):
     assert json.loads(response.body)["reason"] == "connect_proxy"
     response = asyncio.run(attempt({"Cookie": "session=forged"}))
     assert response.status_code == 401
+
+
+def test_the_logged_in_page_links_to_the_chat_page_switchboard_serves(servers):
+    backend_url, ws_url = servers
+    cookie = login(backend_url, "bob")
+    request = urllib.request.Request(f"{backend_url}/", headers={"Cookie": cookie})
+    with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+        page = response.read().decode()
+    chat_url = ws_url.replace("ws://", "http://").removesuffix("/ws") + "/?auth=cookie"
+    assert "Logged in as <b>bob</b>" in page, page
+    assert f'href="{chat_url}"' in page, page
+    # The link's target: the demo page (demo = true), which connects with the cookie.
+    with urllib.request.urlopen(chat_url, timeout=TIMEOUT) as response:
+        assert response.status == 200
+        assert "/demo/app.js" in response.read().decode()

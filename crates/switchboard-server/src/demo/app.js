@@ -44,10 +44,12 @@ async function devToken(name) {
   return body.token;
 }
 
+const cookieAuth = params.get('auth') === 'cookie';
+
 async function start(name) {
   const token = params.get('token') ?? undefined;
   // A short backoff cap: a demo should come back quickly once the network does.
-  const auth = token ? { token } : { getToken: () => devToken(name) };
+  const auth = token ? { token } : cookieAuth ? { cookie: true } : { getToken: () => devToken(name) };
   client = new Switchboard(wsUrl, { ...auth, minDelay: 500, maxDelay: 5000 });
   let wasDown = false;
   client.on('connected', (welcome) => {
@@ -298,3 +300,13 @@ $('text').addEventListener('input', () => {
 
 const remembered = sessionStorage.getItem('switchboard-demo-name');
 if (remembered) $('name').value = remembered;
+
+// `/?auth=cookie`: the application's session cookie signs in (the server's connect proxy
+// names the user, docs/proxies.md), so there is no name to ask for.
+if (cookieAuth) {
+  start('').catch((e) => {
+    client?.close();
+    setState('disconnected');
+    $('signin-error').textContent = e.message;
+  });
+}
