@@ -436,6 +436,10 @@ pub struct LimitsConfig {
     pub new_connections_burst_per_ip: u32,
     /// Open connections (WebSocket and SSE) on this node; 503 beyond. 0: no limit (default).
     pub max_connections: usize,
+    /// Resident memory of the process above which new connections are refused with 503
+    /// `memory` (and `/readyz` answers 503) until it is below again; open connections are not
+    /// touched. Unset (default): no budget. At least 16 MiB. Linux only (read from /proc).
+    pub max_memory: Option<ByteSize>,
     /// Largest HTTP request head (request line and headers) read before a request is
     /// answered; 431 beyond. At least 8 KiB. Default 80 KiB: a 64 KiB token and the usual
     /// headers.
@@ -460,6 +464,7 @@ impl Default for LimitsConfig {
             new_connections_per_second_per_ip: 20,
             new_connections_burst_per_ip: 40,
             max_connections: 0,
+            max_memory: None,
             max_request_head: ByteSize(80 * 1024),
             room_metadata_ttl: Duration::from_secs(600),
         }
@@ -988,6 +993,12 @@ impl Config {
                 ),
             ));
         }
+        if self.limits.max_memory.is_some_and(|m| m.0 < 16 << 20) {
+            return Err(err(
+                "limits.max_memory",
+                "must be at least 16 MiB (the process needs about that much to start)".into(),
+            ));
+        }
         if self.limits.max_request_head.0 < 8 * 1024 {
             return Err(err(
                 "limits.max_request_head",
@@ -1259,6 +1270,7 @@ mod tests {
         assert_eq!(c.dev, Some(false));
         assert_eq!(c.namespaces["chat"].proxies.len(), 2);
         assert!(c.proxies.connect.is_some() && c.proxies.rpc.is_some());
+        assert_eq!(c.limits.max_memory, Some(ByteSize(6 << 30)));
     }
 
     #[test]

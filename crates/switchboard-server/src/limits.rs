@@ -1,7 +1,8 @@
 //! Abuse limits that are pure bookkeeping (docs/protocol.md 7.4, docs/security.md "Limits"):
 //! the per-connection command rate limit, and admission: connections per user and per IP,
 //! new connections per second per IP and handshakes in progress per IP, behind the
-//! [`Admission`] trait so that a broker can hold the counts cluster-wide.
+//! [`Admission`] trait so that a broker can hold the counts cluster-wide; and the node's
+//! memory budget ([`MemoryBudget`]).
 //!
 //! It owns no connection and no task: the listener (`server`), the upgrade (`route`) and the
 //! protocol surface (`v1`) ask it and answer with the documented status or error. It must not
@@ -11,7 +12,10 @@ use std::{
     collections::HashMap,
     fmt,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -19,6 +23,88 @@ use http::HeaderMap;
 use tokio::time::Instant;
 
 use crate::{config::LimitsConfig, handler::Refusal};
+
+/// `limits.max_memory`: while the process's resident memory is above the budget, new
+/// connections are refused with 503 `memory` and `/readyz` answers 503, so that a node under
+/// pressure sheds load (its load balancer sends new clients elsewhere) instead of being
+/// killed by the kernel with every connection it holds. Open connections are not touched.
+///
+/// The resident size is read from `/proc/self/statm` on the admission path, at most once per
+/// [`MemoryBudget::SAMPLE_EVERY`] (one small file read; no task of its own). Where there is
+/// no `/proc` (not Linux) the budget never trips.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    max: u64,
+    /// Milliseconds since `origin` of the last sample (`u64::MAX`: never sampled).
+    sampled_at: AtomicU64,
+    over: AtomicBool,
+    origin: std::time::Instant,
+}
+
+impl MemoryBudget {
+    /// How stale a sample may be.
+    pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+    /// `Retry-After` of the refusal: memory is given back slower than connections come.
+    pub const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+    /// A budget of `max` bytes of resident memory.
+    pub fn new(max: u64) -> MemoryBudget {
+        MemoryBudget {
+            max,
+            sampled_at: AtomicU64::new(u64::MAX),
+            over: AtomicBool::new(false),
+            origin: std::time::Instant::now(),
+        }
+    }
+
+    /// The budget in bytes.
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// Whether the process is above the budget (sampling it again when the last sample is
+    /// older than [`MemoryBudget::SAMPLE_EVERY`]; one caller samples, the others read).
+    pub fn over(&self) -> bool {
+        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        let last = self.sampled_at.load(Ordering::Relaxed);
+        let stale =
+            last == u64::MAX || now.saturating_sub(last) >= Self::SAMPLE_EVERY.as_millis() as u64;
+        if stale
+            && self
+                .sampled_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let over = resident_bytes().is_some_and(|r| r > self.max);
+            if over != self.over.swap(over, Ordering::Relaxed) {
+                if over {
+                    tracing::warn!(
+                        max_memory = self.max,
+                        "resident memory is above limits.max_memory: new connections are refused (503) until it is not"
+                    );
+                } else {
+                    tracing::info!(
+                        max_memory = self.max,
+                        "resident memory is below limits.max_memory again: connections are accepted"
+                    );
+                }
+            }
+        }
+        self.over.load(Ordering::Relaxed)
+    }
+
+    /// The refusal of a new connection while over the budget.
+    pub fn refusal() -> Refusal {
+        Refusal::unavailable("memory", Self::RETRY_AFTER)
+    }
+}
+
+/// The process's resident memory in bytes (Linux: `/proc/self/statm`, in pages).
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * rustix::param::page_size() as u64)
+}
 
 /// A connection's command bucket: six bytes, no timer, nothing allocated. A generic cell rate
 /// algorithm (GCRA): one "theoretical arrival time" stands for the whole token bucket.
@@ -668,6 +754,16 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn the_memory_budget_trips_above_the_resident_size_and_not_below() {
+        let rss = resident_bytes().expect("Linux has /proc/self/statm");
+        assert!(rss > 1 << 20, "{rss}");
+        assert!(MemoryBudget::new(rss / 2).over());
+        assert!(!MemoryBudget::new(rss * 4).over());
+        let r = MemoryBudget::refusal();
+        assert_eq!(r.status, http::StatusCode::SERVICE_UNAVAILABLE);
+    }
 
     fn rate(per_second: u32, burst: u32, close_after: Duration) -> CommandRate {
         CommandRate::from_config(&LimitsConfig {

@@ -62,6 +62,8 @@ struct NodeInner {
     presence: Option<LocalPresence>,
     /// When the node was built: its `uptime_s`.
     started: std::time::Instant,
+    /// `limits.max_memory`, when set.
+    memory: Option<Arc<crate::limits::MemoryBudget>>,
 }
 
 /// This node's presence entries, by room and connection (only kept when they must be
@@ -200,6 +202,11 @@ impl Node {
     /// What this node counts for `/metrics` (its hub's metrics).
     pub fn metrics(&self) -> &Arc<Metrics> {
         self.inner.hub.metrics()
+    }
+
+    /// The memory budget (`limits.max_memory`), when one is set.
+    pub fn memory_budget(&self) -> Option<&Arc<crate::limits::MemoryBudget>> {
+        self.inner.memory.as_ref()
     }
 
     /// The access policy.
@@ -755,6 +762,10 @@ impl Parts {
             tokio::spawn(dispatcher.run(events));
         }
         let ttl = broker.presence_ttl();
+        let memory = config
+            .limits
+            .max_memory
+            .map(|m| Arc::new(crate::limits::MemoryBudget::new(m.0)));
         let node = Node {
             inner: Arc::new(NodeInner {
                 id,
@@ -769,6 +780,7 @@ impl Parts {
                 hasher: RandomState::new(),
                 presence: ttl.map(|_| Default::default()),
                 started: std::time::Instant::now(),
+                memory,
             }),
         };
         if let Some(ttl) = ttl {

@@ -225,6 +225,11 @@ async fn upgrade<H: Handler>(
     if ctx.max_connections > 0 && ctx.route.hub.connection_count() >= ctx.max_connections {
         return refusal_response(Refusal::unavailable("capacity", Duration::from_secs(1)));
     }
+    if let Some(node) = &ctx.route.node
+        && node.memory_budget().is_some_and(|m| m.over())
+    {
+        return refusal_response(limits::MemoryBudget::refusal());
+    }
     let mut admitted = match (&ctx.admission, client_ip) {
         (Some(admission), Some(ip)) => match Admitted::open_ip(admission, ip) {
             Ok(a) => Some(Box::new(a)),

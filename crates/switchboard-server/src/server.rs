@@ -62,6 +62,8 @@ struct Health {
     ready: AtomicBool,
     /// Asked on every `/readyz`: a node whose broker cannot serve is not ready.
     broker: Option<Arc<dyn Broker>>,
+    /// A node above its memory budget is not ready either (it refuses new connections).
+    memory: Option<Arc<crate::limits::MemoryBudget>>,
 }
 
 /// Builds a [`Server`] from routes.
@@ -380,6 +382,7 @@ impl ServerBuilder {
         let health = Arc::new(Health {
             ready: AtomicBool::new(false),
             broker: self.broker.clone(),
+            memory: self.node.as_ref().and_then(|n| n.memory_budget().cloned()),
         });
         let mut sweeps = Vec::new();
         let trusted_proxies: Arc<[Cidr]> = self.trusted_proxies.into();
@@ -469,6 +472,14 @@ async fn readyz(State(health): State<Arc<Health>>) -> axum::response::Response {
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({"status": "not_ready"}),
+        );
+    }
+    if let Some(memory) = &health.memory
+        && memory.over()
+    {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "not_ready", "reason": "memory: above limits.max_memory"}),
         );
     }
     if let Some(broker) = &health.broker

@@ -254,3 +254,39 @@ async fn sse_streams_count_against_the_same_limits() {
     let (refused, _) = stream(addr, 15, "frank").await;
     assert_refused(&refused, 429, "connections_per_user");
 }
+
+/// Above `limits.max_memory` new connections (WebSocket and SSE) get 503 `memory` with
+/// `Retry-After`, and `/readyz` says not ready; a node within its budget serves as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn above_max_memory_new_connections_get_503_and_readyz_is_not_ready() {
+    // The test process holds this much resident (written, so that it is really resident),
+    // far above the smallest budget allowed.
+    let ballast = vec![1u8; 48 << 20];
+    let addr =
+        start(|c| c.limits.max_memory = Some(switchboard_server::config::ByteSize(16 << 20))).await;
+    let (refused, _) = upgrade(addr, 30, "mo").await;
+    assert_refused(&refused, 503, "memory");
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    let mut s = tcp(addr, 30).await;
+    s.write_all(
+        format!(
+            "GET /sse?room=chat:x&token={} HTTP/1.1\r\nhost: x\r\n\r\n",
+            token("mo")
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_refused(&read_answer(&mut s).await, 503, "memory");
+    let (ready, _) = raw_http::get(addr, "/readyz", &[]).await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(ready.body.contains("max_memory"), "{}", ready.body);
+
+    let roomy =
+        start(|c| c.limits.max_memory = Some(switchboard_server::config::ByteSize(1 << 40))).await;
+    let (a, _s) = upgrade(roomy, 31, "mo").await;
+    assert_eq!(a.status, 101);
+    let (ready, _) = raw_http::get(roomy, "/readyz", &[]).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert!(ballast.iter().all(|b| *b == 1));
+}

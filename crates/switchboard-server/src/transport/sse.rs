@@ -156,6 +156,9 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
     if max > 0 && node.hub().connection_count() >= max {
         return limited(Refusal::unavailable("capacity", Duration::from_secs(1)));
     }
+    if node.memory_budget().is_some_and(|m| m.over()) {
+        return limited(limits::MemoryBudget::refusal());
+    }
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
     let client_ip = peer.map(|p| limits::client_ip(p, req.headers(), &config.trusted_proxies));
     let mut admitted = match (&shared.admission, client_ip) {
