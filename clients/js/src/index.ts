@@ -100,6 +100,11 @@ export interface Options {
    * cookies, which browsers send with the WebSocket handshake to the server's host (and with
    * a same-origin SSE request). A token given as well wins. */
   cookie?: boolean;
+  /** Send the token as the connection's first message (`{"type": "auth", "token"}`,
+   * docs/protocol.md 2.2) instead of in the handshake: for servers with
+   * `auth.first_message = true`, so that the token is in no URL and no header a proxy logs.
+   * WebSocket only. */
+  firstMessage?: boolean;
   /** Called for a token at the first connect, after 4501, after a refused handshake and
    * `refreshBefore` seconds before the token expires. */
   getToken?: () => Promise<string>;
@@ -405,6 +410,7 @@ export class Switchboard extends Emitter<ClientEvents> {
       refreshBefore: 30,
       random: Math.random,
       cookie: false,
+      firstMessage: false,
       ...options,
     };
     this.token = options.token;
@@ -597,8 +603,10 @@ export class Switchboard extends Emitter<ClientEvents> {
     if (!Ws) throw new TypeError('Switchboard: no WebSocket class: pass the `WebSocket` option');
     let ws: WebSocket;
     try {
-      // No token (`cookie`): the cookies the handshake carries say who connects.
-      ws = new Ws(this.url, token ? ['bearer.' + token, 'switchboard.v1'] : ['switchboard.v1']);
+      // No token (`cookie`): the cookies the handshake carries say who connects. With
+      // `firstMessage` the token goes in the first message instead.
+      const inHandshake = token && !this.o.firstMessage;
+      ws = new Ws(this.url, inHandshake ? ['bearer.' + token, 'switchboard.v1'] : ['switchboard.v1']);
     } catch (e) {
       this.failAll('closed', String(e));
       this.state = 'disconnected';
@@ -606,7 +614,11 @@ export class Switchboard extends Emitter<ClientEvents> {
     }
     this.ws = ws;
     let opened = false;
-    ws.onopen = () => (opened = true);
+    ws.onopen = () => {
+      opened = true;
+      // The server answers `auth` with the `welcome` (or closes with 4001).
+      if (this.o.firstMessage) ws.send(JSON.stringify({ type: 'auth', token }));
+    };
     ws.onmessage = (event: MessageEvent) => {
       this.lastSeen = Date.now();
       let message: Record<string, unknown>;
