@@ -449,6 +449,14 @@ pub struct LimitsConfig {
     /// answer) before it is forgotten. Default 10 min.
     #[serde(deserialize_with = "duration")]
     pub room_metadata_ttl: Duration,
+    /// Bytes of publications kept for recovery across every room of the node (the memory
+    /// broker); beyond it the history of the rooms used least recently is dropped (their
+    /// recovering clients get `recovered: false`). 0: no budget. Default 256 MiB.
+    pub history_memory: ByteSize,
+    /// Rooms the node keeps state for (the memory broker); a new room beyond it makes the
+    /// node forget the least recently used idle rooms, and is refused with `limit_exceeded`
+    /// when every room is in use. 0: no bound. Default 100,000.
+    pub max_rooms: usize,
 }
 
 impl Default for LimitsConfig {
@@ -467,6 +475,8 @@ impl Default for LimitsConfig {
             max_memory: None,
             max_request_head: ByteSize(80 * 1024),
             room_metadata_ttl: Duration::from_secs(600),
+            history_memory: ByteSize(256 << 20),
+            max_rooms: 100_000,
         }
     }
 }

@@ -59,8 +59,13 @@ impl Refused {
         Refused::new(ErrorCode::LimitExceeded, message)
     }
 
-    /// `unavailable`: the broker cannot serve the request now; nothing was done.
-    pub fn unavailable(error: &crate::broker::BrokerError) -> Refused {
+    /// A failed broker call: `limit_exceeded` when the broker is full (`limits.max_rooms`),
+    /// otherwise `unavailable` (the broker cannot serve the request now); nothing was done.
+    pub fn broker(error: &crate::broker::BrokerError) -> Refused {
+        if let crate::broker::BrokerError::LimitExceeded { message } = error {
+            tracing::debug!(error = %error, "broker refused: full");
+            return Refused::limit_exceeded(message.clone());
+        }
         tracing::warn!(error = %error, "broker call failed");
         Refused::new(
             ErrorCode::Unavailable,

@@ -164,6 +164,8 @@ impl Node {
     pub fn new(config: Config) -> Result<Node, NodeError> {
         let memory = crate::broker::MemoryBrokerConfig {
             meta_ttl: config.limits.room_metadata_ttl,
+            history_memory: config.limits.history_memory.as_usize(),
+            max_rooms: config.limits.max_rooms,
             ..crate::broker::MemoryBrokerConfig::default()
         };
         let parts = Parts::new(config)?;
@@ -294,7 +296,7 @@ impl Node {
                             Ok(()) => Ok(()),
                             Err(e) => {
                                 hub.leave(room, conn);
-                                Err(Refused::unavailable(&e))
+                                Err(Refused::broker(&e))
                             }
                         }
                     }
@@ -311,7 +313,7 @@ impl Node {
             Err(e) => {
                 conn.end_subscribe(room, None, None);
                 self.leave_hub(room, conn).await;
-                Err(Refused::unavailable(&e))
+                Err(Refused::broker(&e))
             }
         }
     }
@@ -342,7 +344,7 @@ impl Node {
             .broker
             .presence_list(room, None, 0)
             .await
-            .map_err(|e| Refused::unavailable(&e))?;
+            .map_err(|e| Refused::broker(&e))?;
         let local = self.inner.hub.members(room).map(|m| m.len()).unwrap_or(0);
         if page.connections.max(local) >= max {
             return Err(Refused::limit_exceeded(format!(
@@ -475,7 +477,7 @@ impl Node {
                 .await
             {
                 self.inner.hub.leave(room, conn);
-                return Err(Refused::unavailable(&e));
+                return Err(Refused::broker(&e));
             }
         }
         Ok(())
@@ -495,7 +497,7 @@ impl Node {
                 self.inner.broker.broadcast(room, message.clone()),
             )
             .await
-            .map_err(|e| Refused::unavailable(&e))?;
+            .map_err(|e| Refused::broker(&e))?;
         }
         Ok(())
     }
@@ -538,7 +540,7 @@ impl Node {
         if result.is_ok() {
             metrics.publication(room);
         }
-        result.map_err(|e| Refused::unavailable(&e))
+        result.map_err(|e| Refused::broker(&e))
     }
 
     /// Publishes the same publication to several rooms, one after the other; one result per
@@ -573,7 +575,7 @@ impl Node {
                 BrokerError::InvalidCursor => {
                     Refused::bad_request("field 'cursor' is not a cursor this server gave")
                 }
-                e => Refused::unavailable(&e),
+                e => Refused::broker(&e),
             })
     }
 
@@ -598,7 +600,7 @@ impl Node {
                     "field 'since.epoch': '{since}' is not the room's epoch '{}'",
                     current.epoch
                 )),
-                e => Refused::unavailable(&e),
+                e => Refused::broker(&e),
             })
     }
 
@@ -612,7 +614,7 @@ impl Node {
         )
         .await
         .map(|_| ())
-        .map_err(|e| Refused::unavailable(&e))
+        .map_err(|e| Refused::broker(&e))
     }
 
     /// Asks every connection of `user`, on every node, to subscribe to `room` (each sends its
@@ -650,7 +652,7 @@ impl Node {
     async fn command(&self, command: ClusterCommand) -> Result<(), Refused> {
         self.timed(BrokerOp::Command, self.inner.broker.command(command))
             .await
-            .map_err(|e| Refused::unavailable(&e))
+            .map_err(|e| Refused::broker(&e))
     }
 
     /// Rooms with local members whose name starts with `prefix`, with their member counts.

@@ -290,3 +290,100 @@ async fn above_max_memory_new_connections_get_503_and_readyz_is_not_ready() {
     assert_eq!(ready.status, 200, "{}", ready.body);
     assert!(ballast.iter().all(|b| *b == 1));
 }
+
+/// `limits.max_rooms` over a real connection: new rooms evict idle ones, and only when every
+/// room is in use (subscribed) is a new one refused with `limit_exceeded`; existing rooms
+/// keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_rooms_a_new_room_is_refused_only_when_every_room_is_in_use() {
+    use switchboard_client::{WsOptions, WsStream};
+    use switchboard_protocol::codec::Message;
+    let addr = start(|c| {
+        c.limits.max_rooms = 3;
+        c.personal_rooms = false;
+        c.namespaces.insert(
+            "chat".into(),
+            switchboard_server::config::NamespaceConfig {
+                publish: switchboard_server::config::PublishPolicy::Authenticated,
+                join_leave: false,
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let url = format!("ws://{addr}/ws?token={}", token("rita"));
+    let mut ws = WsStream::connect(&url, &WsOptions::default())
+        .await
+        .unwrap();
+    async fn ask(ws: &mut WsStream, command: serde_json::Value) -> serde_json::Value {
+        ws.send_text(&command.to_string()).await.unwrap();
+        loop {
+            let m = tokio::time::timeout(T, ws.recv()).await.unwrap().unwrap();
+            let Some(Message::Text(t)) = m else {
+                panic!("expected text, got {m:?}")
+            };
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["id"] == command["id"] {
+                return v;
+            }
+        }
+    }
+    // Publications to idle rooms never fail: the oldest idle rooms make way.
+    for n in 0..10 {
+        let room = format!("chat:idle{n}");
+        let r = ask(
+            &mut ws,
+            serde_json::json!({"type": "publish", "id": n, "room": room, "data": n}),
+        )
+        .await;
+        assert_eq!(r["type"], "reply", "{r}");
+    }
+    for n in 0..3 {
+        let room = format!("chat:busy{n}");
+        let r = ask(
+            &mut ws,
+            serde_json::json!({"type": "subscribe", "id": 100 + n, "room": room}),
+        )
+        .await;
+        assert_eq!(r["type"], "reply", "{r}");
+    }
+    let r = ask(
+        &mut ws,
+        serde_json::json!({"type": "subscribe", "id": 200, "room": "chat:one-more"}),
+    )
+    .await;
+    assert_eq!(
+        (&r["type"], &r["code"]),
+        (&"error".into(), &"limit_exceeded".into()),
+        "{r}"
+    );
+    assert!(
+        r["message"].as_str().unwrap().contains("limits.max_rooms"),
+        "{r}"
+    );
+    let r = ask(
+        &mut ws,
+        serde_json::json!({"type": "publish", "id": 201, "room": "chat:one-more", "data": 1}),
+    )
+    .await;
+    assert_eq!(r["code"], "limit_exceeded", "{r}");
+    let r = ask(
+        &mut ws,
+        serde_json::json!({"type": "publish", "id": 202, "room": "chat:busy0", "data": 1}),
+    )
+    .await;
+    assert_eq!(r["type"], "reply", "{r}");
+    // A room given back makes room.
+    let r = ask(
+        &mut ws,
+        serde_json::json!({"type": "unsubscribe", "id": 203, "room": "chat:busy1"}),
+    )
+    .await;
+    assert_eq!(r["type"], "reply", "{r}");
+    let r = ask(
+        &mut ws,
+        serde_json::json!({"type": "subscribe", "id": 204, "room": "chat:one-more"}),
+    )
+    .await;
+    assert_eq!(r["type"], "reply", "{r}");
+}

@@ -32,6 +32,18 @@
 //!   recover (`since` at the top) even when nothing is retained. The sweep
 //!   also gives back the spare capacity of history rings, key sets and shard
 //!   maps that have shrunk.
+//! - **Budgets** ([`MemoryBrokerConfig::history_memory`],
+//!   [`MemoryBrokerConfig::max_rooms`]): the bytes of retained publications and
+//!   the number of rooms are counted node-wide. Past the history budget, the
+//!   history of the rooms used least recently (rooms without a subscribed node
+//!   first) is dropped until the total is 10 % under it: the rooms keep their
+//!   epoch and top, so a client recovering from one of them gets
+//!   `recovered: false`, never a wrong answer. At the room bound, a new room
+//!   first evicts the rooms used least recently that have no subscribed node and
+//!   no presence (10 % of the bound at once, so that the scans are amortised); a
+//!   client recovering in an evicted room finds a new epoch. Only when nothing
+//!   can be evicted is the new room refused ([`BrokerError::LimitExceeded`]).
+//!   Evictions scan the shards one at a time and never hold two shard locks.
 //! - **Small rooms are cheap**: every authenticated connection has a personal
 //!   room with one member, so a room's state is boxed (the shard maps' spare
 //!   slots stay small), idempotency keys are allocated only when used, and
@@ -46,7 +58,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::hash::BuildHasher;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -79,6 +91,13 @@ pub struct MemoryBrokerConfig {
     /// it); `None`: until removed. Default `None`: one process holds every entry, and they
     /// live and die with it. Set, it behaves as a cluster broker's presence does.
     pub presence_ttl: Option<Duration>,
+    /// Bytes of retained publications (data, `from` and bookkeeping) across every room,
+    /// beyond which the least recently used rooms' history is dropped (see the module
+    /// docs). 0: no budget. Default 0.
+    pub history_memory: usize,
+    /// Rooms with state at most; a new room past it evicts idle rooms or is refused
+    /// (see the module docs). 0: no bound. Default 0.
+    pub max_rooms: usize,
 }
 
 impl Default for MemoryBrokerConfig {
@@ -89,6 +108,8 @@ impl Default for MemoryBrokerConfig {
             meta_ttl: Duration::from_secs(600),
             max_idempotency_keys: 10_000,
             presence_ttl: None,
+            history_memory: 0,
+            max_rooms: 0,
         }
     }
 }
@@ -128,6 +149,9 @@ impl MemoryBroker {
             next_node: AtomicU64::new(1),
             nodes: Mutex::new(vec![(0, sink.clone())]),
             presence_expiry: Mutex::new(HashMap::new()),
+            history_bytes: AtomicUsize::new(0),
+            room_count: AtomicUsize::new(0),
+            evicting: Mutex::new(()),
             config,
         });
         spawn_sweeper(&shared);
@@ -163,11 +187,13 @@ impl MemoryBroker {
 
     /// How many rooms have state (for metrics and tests).
     pub fn rooms(&self) -> usize {
-        self.shared
-            .shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
+        self.shared.room_count.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of retained publications, as [`MemoryBrokerConfig::history_memory`] counts
+    /// them.
+    pub fn history_bytes(&self) -> usize {
+        self.shared.history_bytes.load(Ordering::Relaxed)
     }
 
     fn do_publish(
@@ -176,18 +202,37 @@ impl MemoryBroker {
         data: Bytes,
         from: Option<Bytes>,
         opts: PublishOptions,
-    ) -> PublishResult {
+    ) -> Result<PublishResult, BrokerError> {
         let now = Instant::now();
         let shared = &self.shared;
-        let mut map = shared.lock(room);
-        if opts.ephemeral && opts.idempotency_key.is_none() && !map.contains_key(room) {
+        if opts.ephemeral && opts.idempotency_key.is_none() && !shared.lock(room).contains_key(room)
+        {
             // Nobody is subscribed and there is nothing to remember.
-            return PublishResult {
+            return Ok(PublishResult {
                 position: None,
                 duplicate: false,
-            };
+            });
         }
-        let state = room_mut(&mut map, room, now);
+        let result = shared.with_room(room, now, |state| {
+            Self::publish_in(shared, state, now, data, from, opts)
+        })?;
+        if shared.config.history_memory > 0
+            && shared.history_bytes.load(Ordering::Relaxed) > shared.config.history_memory
+        {
+            shared.evict_history();
+        }
+        Ok(result)
+    }
+
+    /// A publication in `state` (under its shard lock).
+    fn publish_in(
+        shared: &Shared,
+        state: &mut RoomState,
+        now: Instant,
+        data: Bytes,
+        from: Option<Bytes>,
+        opts: PublishOptions,
+    ) -> PublishResult {
         if let Some(key) = &opts.idempotency_key
             && let Some(position) = state.keys.as_ref().and_then(|keys| keys.get(key, now))
         {
@@ -226,6 +271,7 @@ impl MemoryBroker {
                 now,
                 opts.history_size,
                 opts.history_ttl,
+                &shared.history_bytes,
             );
             deliver(&state.subscribers, NodeEvent::Publication(publication));
             Some(state.position())
@@ -247,9 +293,15 @@ impl MemoryBroker {
 
     fn do_history(&self, room: &str, query: HistoryQuery) -> Result<HistoryResult, BrokerError> {
         let now = Instant::now();
-        let mut map = self.shared.lock(room);
-        let state = room_mut(&mut map, room, now);
-        state.trim(now);
+        let shared = &self.shared;
+        shared.with_room(room, now, |state| {
+            state.trim(now, &shared.history_bytes);
+            Self::history_in(state, query)
+        })?
+    }
+
+    /// A history read of `state` (under its shard lock).
+    fn history_in(state: &RoomState, query: HistoryQuery) -> Result<HistoryResult, BrokerError> {
         let position = state.position();
         let history = &state.history;
         let Some(since) = query.since else {
@@ -385,7 +437,7 @@ impl Broker for MemoryBroker {
         from: Option<Bytes>,
         opts: PublishOptions,
     ) -> BoxFuture<'a, Result<PublishResult, BrokerError>> {
-        Box::pin(async move { Ok(self.do_publish(room, data, from, opts)) })
+        Box::pin(async move { self.do_publish(room, data, from, opts) })
     }
 
     fn broadcast<'a>(
@@ -427,14 +479,13 @@ impl Broker for MemoryBroker {
     fn subscribe<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             let now = Instant::now();
-            let mut map = self.shared.lock(room);
-            let state = room_mut(&mut map, room, now);
-            if !state.subscribers.iter().any(|(node, _)| *node == self.node) {
-                // Most rooms have one node: no spare slots.
-                state.subscribers.reserve_exact(1);
-                state.subscribers.push((self.node, self.sink.clone()));
-            }
-            Ok(())
+            self.shared.with_room(room, now, |state| {
+                if !state.subscribers.iter().any(|(node, _)| *node == self.node) {
+                    // Most rooms have one node: no spare slots.
+                    state.subscribers.reserve_exact(1);
+                    state.subscribers.push((self.node, self.sink.clone()));
+                }
+            })
         })
     }
 
@@ -451,8 +502,8 @@ impl Broker for MemoryBroker {
 
     fn position<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<StreamPosition, BrokerError>> {
         Box::pin(async move {
-            let mut map = self.shared.lock(room);
-            Ok(room_mut(&mut map, room, Instant::now()).position())
+            self.shared
+                .with_room(room, Instant::now(), |state| state.position())
         })
     }
 
@@ -470,14 +521,15 @@ impl Broker for MemoryBroker {
     ) -> BoxFuture<'a, Result<StreamPosition, BrokerError>> {
         Box::pin(async move {
             let now = Instant::now();
-            let mut map = self.shared.lock(room);
-            let existed = map.contains_key(room);
-            let state = room_mut(&mut map, room, now);
-            if existed {
-                state.history = VecDeque::new();
-                state.epoch = new_epoch();
-            }
-            Ok(state.position())
+            let existed = self.shared.lock(room).contains_key(room);
+            let shared = &self.shared;
+            shared.with_room(room, now, |state| {
+                if existed {
+                    state.clear_history(&shared.history_bytes);
+                    state.epoch = new_epoch();
+                }
+                state.position()
+            })
         })
     }
 
@@ -512,9 +564,8 @@ impl PresenceStore for MemoryBroker {
                     .unwrap_or_else(PoisonError::into_inner)
                     .insert((Arc::from(room), entry.connection.clone()), now + ttl);
             }
-            let mut map = self.shared.lock(room);
-            room_mut(&mut map, room, now).presence.add(entry);
-            Ok(())
+            self.shared
+                .with_room(room, now, |state| state.presence.add(entry))
         })
     }
 
@@ -574,6 +625,13 @@ struct Shared {
     nodes: Mutex<Vec<(u64, Arc<dyn NodeSink>)>>,
     /// With a presence ttl: when each (room, connection) entry expires unless added again.
     presence_expiry: Mutex<PresenceExpiry>,
+    /// What [`MemoryBrokerConfig::history_memory`] counts: [`stored_cost`] of every retained
+    /// publication.
+    history_bytes: AtomicUsize,
+    /// Rooms in the shard maps.
+    room_count: AtomicUsize,
+    /// One eviction at a time (they scan every shard).
+    evicting: Mutex<()>,
     config: MemoryBrokerConfig,
 }
 
@@ -609,8 +667,12 @@ impl Shared {
         for shard in self.shards.iter() {
             let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
             map.retain(|_, state| {
-                state.sweep(now, self.config.max_idempotency_keys);
-                !state.removable(now, self.config.meta_ttl)
+                state.sweep(now, self.config.max_idempotency_keys, &self.history_bytes);
+                let remove = state.removable(now, self.config.meta_ttl);
+                if remove {
+                    self.room_count.fetch_sub(1, Ordering::Relaxed);
+                }
+                !remove
             });
             shrink_spare(&mut *map);
         }
@@ -647,16 +709,135 @@ fn deliver(subscribers: &[(u64, Arc<dyn NodeSink>)], event: NodeEvent) {
     }
 }
 
-/// The room's state, created (with a new stream) if it does not exist, and
-/// marked as used now.
-fn room_mut<'m>(map: &'m mut Rooms, room: &str, now: Instant) -> &'m mut RoomState {
-    if !map.contains_key(room) {
-        let name: Arc<str> = Arc::from(room);
-        map.insert(name.clone(), Box::new(RoomState::new(name, now)));
+impl Shared {
+    /// Runs `f` on the room's state under its shard lock, the state created (with a new
+    /// stream) if it does not exist, and marked as used now. A new room past
+    /// [`MemoryBrokerConfig::max_rooms`] evicts idle rooms first, and is refused when none
+    /// can be.
+    fn with_room<R>(
+        &self,
+        room: &str,
+        now: Instant,
+        f: impl FnOnce(&mut RoomState) -> R,
+    ) -> Result<R, BrokerError> {
+        let max = self.config.max_rooms;
+        for attempt in 0..2 {
+            let mut map = self.lock(room);
+            if !map.contains_key(room) {
+                if max > 0 && self.room_count.load(Ordering::Relaxed) >= max {
+                    drop(map);
+                    if attempt == 0 {
+                        self.evict_rooms();
+                    }
+                    continue;
+                }
+                let name: Arc<str> = Arc::from(room);
+                map.insert(name.clone(), Box::new(RoomState::new(name, now)));
+                self.room_count.fetch_add(1, Ordering::Relaxed);
+            }
+            let state = map.get_mut(room).expect("present or inserted above");
+            state.touched = now;
+            return Ok(f(state));
+        }
+        Err(BrokerError::LimitExceeded {
+            message: format!(
+                "this node holds limits.max_rooms = {max} rooms and every one is in use; \
+                 no new room can be created now"
+            ),
+        })
     }
-    let state = map.get_mut(room).expect("inserted above");
-    state.touched = now;
-    state
+
+    /// Brings the rooms 10 % under [`MemoryBrokerConfig::max_rooms`] by removing the least
+    /// recently used rooms that have no subscribed node and no presence (those without
+    /// idempotency keys first).
+    fn evict_rooms(&self) {
+        let max = self.config.max_rooms;
+        let _one = self.evicting.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.room_count.load(Ordering::Relaxed) < max {
+            return; // another caller just did it
+        }
+        let target = max - max.div_ceil(10);
+        let mut idle: Vec<(bool, Instant, Arc<str>)> = Vec::new();
+        for shard in self.shards.iter() {
+            let map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            idle.extend(
+                map.values()
+                    .filter(|s| s.subscribers.is_empty() && s.presence.is_empty())
+                    .map(|s| (s.keys.is_some(), s.touched, s.name.clone())),
+            );
+        }
+        idle.sort_unstable_by_key(|a| (a.0, a.1));
+        let mut evicted = 0usize;
+        for (_, _, name) in idle {
+            if self.room_count.load(Ordering::Relaxed) <= target {
+                break;
+            }
+            let mut map = self.lock(&name);
+            // Used again since the scan: keep it.
+            if map
+                .get(&name)
+                .is_some_and(|s| s.subscribers.is_empty() && s.presence.is_empty())
+                && let Some(mut state) = map.remove(&name)
+            {
+                state.clear_history(&self.history_bytes);
+                self.room_count.fetch_sub(1, Ordering::Relaxed);
+                evicted += 1;
+            }
+        }
+        tracing::info!(
+            evicted,
+            max_rooms = max,
+            "limits.max_rooms reached: the least recently used idle rooms were forgotten"
+        );
+    }
+
+    /// Brings the retained bytes 10 % under [`MemoryBrokerConfig::history_memory`] by
+    /// dropping the history of the least recently used rooms (rooms without a subscribed
+    /// node first). Skipped while another eviction runs.
+    fn evict_history(&self) {
+        let budget = self.config.history_memory;
+        let Ok(_one) = self.evicting.try_lock() else {
+            return;
+        };
+        if self.history_bytes.load(Ordering::Relaxed) <= budget {
+            return;
+        }
+        let target = budget - budget / 10;
+        let mut kept: Vec<(bool, Instant, Arc<str>)> = Vec::new();
+        for shard in self.shards.iter() {
+            let map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            kept.extend(
+                map.values()
+                    .filter(|s| !s.history.is_empty())
+                    .map(|s| (!s.subscribers.is_empty(), s.touched, s.name.clone())),
+            );
+        }
+        kept.sort_unstable_by_key(|a| (a.0, a.1));
+        let mut rooms = 0usize;
+        for (_, _, name) in kept {
+            if self.history_bytes.load(Ordering::Relaxed) <= target {
+                break;
+            }
+            if let Some(state) = self.lock(&name).get_mut(&name) {
+                state.clear_history(&self.history_bytes);
+                rooms += 1;
+            }
+        }
+        tracing::info!(
+            rooms,
+            history_memory = budget,
+            "limits.history_memory reached: the least recently used rooms' history was dropped"
+        );
+    }
+}
+
+/// What one retained publication counts against [`MemoryBrokerConfig::history_memory`]:
+/// its data and `from`, and its bookkeeping (the `Publication`, its `Arc` counts and its
+/// slot in the ring).
+fn stored_cost(p: &Publication) -> usize {
+    const BOOKKEEPING: usize =
+        std::mem::size_of::<Publication>() + 16 + std::mem::size_of::<Stored>();
+    p.data.len() + p.from.as_ref().map_or(0, Bytes::len) + BOOKKEEPING
 }
 
 fn new_epoch() -> Arc<str> {
@@ -754,8 +935,8 @@ impl RoomState {
     }
 
     /// Drops expired history and keys and gives back spare capacity.
-    fn sweep(&mut self, now: Instant, max_keys: usize) {
-        self.trim(now);
+    fn sweep(&mut self, now: Instant, max_keys: usize, bytes: &AtomicUsize) {
+        self.trim(now, bytes);
         shrink_spare(&mut self.history);
         if let Some(keys) = &mut self.keys {
             keys.sweep(now, max_keys);
@@ -775,9 +956,16 @@ impl RoomState {
         }
     }
 
-    fn store(&mut self, publication: Arc<Publication>, now: Instant, size: usize, ttl: Duration) {
+    fn store(
+        &mut self,
+        publication: Arc<Publication>,
+        now: Instant,
+        size: usize,
+        ttl: Duration,
+        bytes: &AtomicUsize,
+    ) {
         if size == 0 {
-            self.history = VecDeque::new();
+            self.clear_history(bytes);
             return;
         }
         let expires = now + ttl;
@@ -790,7 +978,7 @@ impl RoomState {
             stored.expires = expires;
         }
         while self.history.len() >= size {
-            self.history.pop_front();
+            self.pop_front(bytes);
         }
         let len = self.history.len();
         if len == self.history.capacity() {
@@ -798,17 +986,35 @@ impl RoomState {
             // otherwise get 128 slots.
             self.history.reserve_exact(len.max(4).min(size - len));
         }
+        bytes.fetch_add(stored_cost(&publication), Ordering::Relaxed);
         self.history.push_back(Stored {
             publication,
             expires,
         });
-        self.trim(now);
+        self.trim(now, bytes);
     }
 
-    fn trim(&mut self, now: Instant) {
+    fn trim(&mut self, now: Instant, bytes: &AtomicUsize) {
         while self.history.front().is_some_and(|s| s.expires <= now) {
-            self.history.pop_front();
+            self.pop_front(bytes);
         }
+    }
+
+    fn pop_front(&mut self, bytes: &AtomicUsize) {
+        if let Some(stored) = self.history.pop_front() {
+            bytes.fetch_sub(stored_cost(&stored.publication), Ordering::Relaxed);
+        }
+    }
+
+    /// Drops every retained publication (epoch and top stay).
+    fn clear_history(&mut self, bytes: &AtomicUsize) {
+        let freed: usize = self
+            .history
+            .iter()
+            .map(|s| stored_cost(&s.publication))
+            .sum();
+        bytes.fetch_sub(freed, Ordering::Relaxed);
+        self.history = VecDeque::new();
     }
 
     fn removable(&self, now: Instant, meta_ttl: Duration) -> bool {
@@ -1103,6 +1309,129 @@ mod tests {
 
     fn opts() -> PublishOptions {
         PublishOptions::default()
+    }
+
+    fn since(p: &StreamPosition, offset: u64) -> HistoryQuery {
+        HistoryQuery {
+            since: Some(StreamPosition {
+                epoch: p.epoch.clone(),
+                offset,
+            }),
+            limit: 100,
+            reverse: false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_history_budget_the_least_recently_used_rooms_lose_their_history_first() {
+        let (sink, _) = counting();
+        let kib = Bytes::from(vec![b'1'; 1024]);
+        let cost = 1024
+            + stored_cost(&Publication {
+                room: Arc::from(""),
+                offset: 0,
+                epoch: Arc::from(""),
+                data: Bytes::new(),
+                from: None,
+                exclude: None,
+                ephemeral: false,
+            });
+        let config = MemoryBrokerConfig {
+            sweep_interval: Duration::ZERO,
+            history_memory: 20 * cost,
+            ..MemoryBrokerConfig::default()
+        };
+        let b = MemoryBroker::with_config(config, sink);
+        // A subscribed room, used first: it keeps its history while idle rooms have some.
+        b.subscribe("watched").await.unwrap();
+        b.publish("watched", kib.clone(), None, opts())
+            .await
+            .unwrap();
+        let watched = b.position("watched").await.unwrap();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        for room in 0..30 {
+            b.publish(&format!("r{room}"), kib.clone(), None, opts())
+                .await
+                .unwrap();
+            tokio::time::advance(Duration::from_millis(1)).await;
+            assert!(b.history_bytes() <= 20 * cost, "{}", b.history_bytes());
+        }
+        assert_eq!(b.history_bytes() % cost, 0, "exact accounting");
+        // The oldest idle rooms lost their history: recovering from before it is not
+        // possible (never a wrong answer); the newest kept theirs, and so did the
+        // subscribed room.
+        let r0 = b.position("r0").await.unwrap();
+        assert_eq!(r0.offset, 1, "the room keeps its epoch and top");
+        let h = b.history("r0", since(&r0, 0)).await.unwrap();
+        assert!(!h.recoverable && h.publications.is_empty());
+        let r29 = b.position("r29").await.unwrap();
+        let h = b.history("r29", since(&r29, 0)).await.unwrap();
+        assert!(h.recoverable && h.publications.len() == 1);
+        let h = b.history("watched", since(&watched, 0)).await.unwrap();
+        assert!(h.recoverable && h.publications.len() == 1, "{h:?}");
+        // Removing history and the sweep give the bytes back.
+        for room in 0..30 {
+            b.remove_history(&format!("r{room}")).await.unwrap();
+        }
+        b.remove_history("watched").await.unwrap();
+        assert_eq!(b.history_bytes(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_max_rooms_idle_rooms_are_evicted_and_only_rooms_in_use_refuse() {
+        let (sink, _) = counting();
+        let config = MemoryBrokerConfig {
+            sweep_interval: Duration::ZERO,
+            max_rooms: 10,
+            ..MemoryBrokerConfig::default()
+        };
+        let b = MemoryBroker::with_config(config, sink);
+        for room in 0..5 {
+            b.subscribe(&format!("s{room}")).await.unwrap();
+        }
+        let old = b.position("i0").await.unwrap();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        for room in 1..100 {
+            b.publish(&format!("i{room}"), Bytes::from_static(b"1"), None, opts())
+                .await
+                .unwrap();
+            tokio::time::advance(Duration::from_millis(1)).await;
+            assert!(b.rooms() <= 10, "{}", b.rooms());
+        }
+        // The oldest idle room was forgotten: it comes back with a new epoch.
+        let again = b.position("i0").await.unwrap();
+        assert_ne!(again.epoch, old.epoch);
+        // The subscribed rooms were never evicted.
+        for room in 0..5 {
+            let p = b.position(&format!("s{room}")).await.unwrap();
+            assert_eq!(p.offset, 0);
+        }
+        let fresh = MemoryBroker::with_config(
+            MemoryBrokerConfig {
+                sweep_interval: Duration::ZERO,
+                max_rooms: 2,
+                ..MemoryBrokerConfig::default()
+            },
+            counting().0,
+        );
+        fresh.subscribe("a").await.unwrap();
+        fresh.subscribe("b").await.unwrap();
+        let e = fresh.subscribe("c").await.unwrap_err();
+        assert!(matches!(e, BrokerError::LimitExceeded { .. }), "{e:?}");
+        assert!(e.to_string().contains("limits.max_rooms"), "{e}");
+        let e = fresh
+            .publish("c", Bytes::from_static(b"1"), None, opts())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, BrokerError::LimitExceeded { .. }), "{e:?}");
+        // Existing rooms are served as before.
+        fresh
+            .publish("a", Bytes::from_static(b"1"), None, opts())
+            .await
+            .unwrap();
+        fresh.unsubscribe("b").await.unwrap();
+        fresh.subscribe("c").await.unwrap();
+        assert_eq!(fresh.rooms(), 2);
     }
 
     #[tokio::test]

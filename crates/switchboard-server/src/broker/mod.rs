@@ -506,6 +506,13 @@ pub enum BrokerError {
     /// A presence cursor that this broker did not produce (`bad_request`).
     #[error("invalid presence cursor")]
     InvalidCursor,
+    /// A new room would take the broker past its bound on rooms and no room could be
+    /// evicted (`limit_exceeded`); nothing was done.
+    #[error("{message}")]
+    LimitExceeded {
+        /// What is full, for the client.
+        message: String,
+    },
     /// The broker cannot serve the call (a remote backend is unreachable or
     /// timed out); nothing was published (`unavailable`).
     #[error("broker unavailable: {message}")]

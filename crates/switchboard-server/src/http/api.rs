@@ -974,7 +974,7 @@ async fn cluster(api: &Shared) -> Result<Option<Vec<crate::broker::NodeReport>>,
     api.node
         .cluster()
         .await
-        .map_err(|e| ApiError::from(Refused::unavailable(&e)))
+        .map_err(|e| ApiError::from(Refused::broker(&e)))
 }
 
 /// The nodes' figures.
