@@ -758,9 +758,18 @@ impl Parts {
                 .map(|(name, _)| name.clone())
                 .collect(),
         );
+        let max_members: Arc<HashMap<String, usize>> = Arc::new(
+            config
+                .namespaces
+                .iter()
+                .filter(|(_, ns)| ns.join_leave_max_members > 0)
+                .map(|(name, ns)| (name.clone(), ns.join_leave_max_members))
+                .collect(),
+        );
         for events in receivers {
             let mut dispatcher = dispatch::Dispatcher::new(hub.clone(), broker.clone(), threshold);
             dispatcher.quiet = quiet.clone();
+            dispatcher.max_members = max_members.clone();
             tokio::spawn(dispatcher.run(events));
         }
         let ttl = broker.presence_ttl();

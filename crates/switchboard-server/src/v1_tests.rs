@@ -856,11 +856,17 @@ async fn big_rooms_send_no_join_or_leave_pushes() {
     let s = Server::new(|c| {
         c.namespaces.get_mut("room").unwrap().join_leave_max_members = MAX;
     });
-    let mut peers = Vec::new();
-    for _ in 0..MEMBERS {
+    let mut peers: Vec<Peer> = Vec::new();
+    for i in 0..MEMBERS {
         let (mut p, _) = s.connect(anonymous()).await;
         p.subscribe("room:big").await;
         peers.push(p);
+        // The joins of the 2nd to the MAX-th member reach the first (waiting for each, so
+        // that the room is as small at delivery as it was at the join).
+        if (1..MAX).contains(&i) {
+            let join = peers[0].push().await;
+            assert_eq!(join["type"], "join", "{join}");
+        }
     }
     assert_eq!(s.presence_count("room:big").await, MEMBERS);
     // Events of a room are delivered in order: once the marker arrives, every join pushed
@@ -885,15 +891,57 @@ async fn big_rooms_send_no_join_or_leave_pushes() {
             before.push(m);
         }
     }
+    // None after the MAX-th.
     let first = &mut peers[0];
     let before = until_marker(&s, first, "m1").await;
-    assert!(before.iter().all(|m| m["type"] == "join"), "{before:?}");
-    // The joins of the 2nd to the MAX-th member, none after.
-    assert_eq!(before.len(), MAX - 1);
+    assert!(before.is_empty(), "{before:?}");
     // A leave from a room above the threshold is not pushed either.
     let mut last = peers.pop().unwrap();
     last.protocol.on_close(&mut last.conn, None).await;
     let before = until_marker(&s, &mut peers[0], "m2").await;
     assert!(before.is_empty(), "{before:?}");
     assert_eq!(s.presence_count("room:big").await, MEMBERS - 1);
+}
+
+/// The join storm of the security issue: 10,000 members joining one room at once with the
+/// default `join_leave_max_members` (1,000) cost at most the pushes of the first 1,000 joins
+/// to at most 1,000 members (a join is pushed only while the room is that small, when it
+/// happens and when it is delivered), not 10,000 × 9,999 / 2 = 50 million; presence still
+/// counts all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_members_join_one_room_without_a_storm() {
+    const MEMBERS: usize = 10_000;
+    let s = Server::new(|_| {});
+    let max = s.node.config().namespaces["room"].join_leave_max_members;
+    assert_eq!(max, 1000, "the default threshold");
+    let mut peers = Vec::with_capacity(MEMBERS);
+    for _ in 0..MEMBERS {
+        let (mut p, _) = s.connect(anonymous()).await;
+        p.subscribe("room:storm").await;
+        peers.push(p);
+    }
+    assert_eq!(s.presence_count("room:storm").await, MEMBERS);
+    s.node
+        .publish(
+            "room:storm",
+            Publish {
+                data: Bytes::from_static(b"\"marker\""),
+                ..Publish::default()
+            },
+        )
+        .await
+        .unwrap();
+    // Every push of the room before the marker, on every member: the joins, in room order.
+    let mut joins = 0usize;
+    for p in &mut peers {
+        loop {
+            let m = p.push().await;
+            if m["type"] == "message" && m["data"] == "marker" {
+                break;
+            }
+            assert_eq!(m["type"], "join", "{m}");
+            joins += 1;
+        }
+    }
+    assert!(joins <= max * (max - 1), "{joins} join pushes");
 }

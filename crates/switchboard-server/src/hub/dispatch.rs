@@ -106,6 +106,11 @@ pub(crate) struct Dispatcher {
     /// `:`): a broker's own member events there (a Redis broker's `leave` for an expired
     /// presence entry) are dropped, as the node does not publish any.
     pub(crate) quiet: Arc<HashSet<String>>,
+    /// Namespaces' `join_leave_max_members` (those above 0): a join or leave is pushed only
+    /// while the room has at most that many local members when it is delivered, as well as
+    /// when it happened, so that joins published just before a crowd arrived (the
+    /// dispatcher runs behind the subscriptions) are not pushed to all of it.
+    pub(crate) max_members: Arc<HashMap<String, usize>>,
     last: HashMap<Arc<str>, StreamPosition>,
     buf: Vec<u8>,
     /// When the next publication is sampled for the publish-to-write latency.
@@ -120,6 +125,7 @@ impl Dispatcher {
             broker,
             threshold,
             quiet: Arc::default(),
+            max_members: Arc::default(),
             last: HashMap::new(),
             buf: Vec::with_capacity(1024),
             next_probe: Instant::now(),
@@ -286,12 +292,17 @@ impl Dispatcher {
     }
 
     fn member(&mut self, kind: wire::MemberPushKind, room: &Arc<str>, member: &PresenceEntry) {
-        if !self.quiet.is_empty() {
+        if !self.quiet.is_empty() || !self.max_members.is_empty() {
             let ns = match wire::namespace(room) {
                 "" => "default",
                 ns => ns,
             };
             if self.quiet.contains(ns) {
+                return;
+            }
+            if let Some(&max) = self.max_members.get(ns)
+                && self.hub.members(room).is_some_and(|m| m.len() > max)
+            {
                 return;
             }
         }
