@@ -387,3 +387,58 @@ async fn at_max_rooms_a_new_room_is_refused_only_when_every_room_is_in_use() {
     .await;
     assert_eq!(r["type"], "reply", "{r}");
 }
+
+/// The room patterns of the security issue against the budgets, memory measured: publishing
+/// once to each of 50,000 new rooms, then 60 KB publications to 8,000 rooms (503 MB before
+/// the history budget). With `limits.max_rooms = 5000` and `limits.history_memory = 16 MiB`
+/// the process's resident memory grows by far less than either pattern takes unbounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_room_patterns_stay_within_the_room_and_history_budgets() {
+    use switchboard_server::{config::ByteSize, limits::resident_bytes, node::Publish};
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
+    config.auth.secret = Some(SECRET.into());
+    config.limits.max_rooms = 5000;
+    config.limits.history_memory = ByteSize(16 << 20);
+    let node = Node::new(config).unwrap();
+    let before = resident_bytes().unwrap();
+    for n in 0..50_000 {
+        let data = bytes::Bytes::from(format!("{{\"n\":{n}}}"));
+        node.publish(
+            &format!("r{n}"),
+            Publish {
+                data,
+                ..Publish::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    for n in 0..8_000 {
+        // A buffer of its own per publication, as publications from clients have.
+        let data = bytes::Bytes::from(format!("\"{n:0>60000}\""));
+        node.publish(
+            &format!("big{n}"),
+            Publish {
+                data,
+                ..Publish::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let grown = resident_bytes().unwrap().saturating_sub(before);
+    // Unbounded: 50,000 rooms (about 70 MB) and 8,000 × 60 KB of history (480 MB).
+    assert!(
+        grown < 128 << 20,
+        "resident memory grew by {} MiB",
+        grown >> 20
+    );
+    // The newest rooms kept their history; the oldest were forgotten or lost theirs.
+    let newest = node.history("big7999", None, None, false).await.unwrap();
+    assert_eq!(newest.publications.len(), 1);
+    let oldest = node.history("big0", None, None, false).await.unwrap();
+    assert!(oldest.publications.is_empty());
+}
