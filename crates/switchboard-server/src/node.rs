@@ -62,6 +62,8 @@ struct NodeInner {
     presence: Option<LocalPresence>,
     /// When the node was built: its `uptime_s`.
     started: std::time::Instant,
+    /// The listener's certificate (`[tls]`), read when the node is built.
+    tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 /// This node's presence entries, by room and connection (only kept when they must be
@@ -83,7 +85,7 @@ pub enum NodeError {
     /// The `auth` section is unusable.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthConfigError),
-    /// A configuration key is unusable (e.g. `proxies.ca` cannot be read).
+    /// A configuration key is unusable (e.g. `proxies.ca` or `tls.cert` cannot be read).
     #[error("key '{key}': {message}")]
     Config {
         /// The key's dotted path.
@@ -94,6 +96,15 @@ pub enum NodeError {
     /// The broker could not be set up.
     #[error("broker: {0}")]
     Broker(#[from] BrokerError),
+}
+
+impl From<crate::tls::ServerTlsError> for NodeError {
+    fn from(e: crate::tls::ServerTlsError) -> Self {
+        NodeError::Config {
+            key: e.key.into(),
+            message: e.message,
+        }
+    }
 }
 
 /// A connection as a member of rooms: its shared state and who it is.
@@ -180,6 +191,30 @@ impl Node {
         let parts = Parts::new(config)?;
         let broker = broker(parts.dispatchers.clone()).await?;
         Ok(parts.assemble(broker))
+    }
+
+    /// The listener's certificate when `[tls]` is configured.
+    pub fn tls(&self) -> Option<&Arc<crate::tls::ServerTls>> {
+        self.inner.tls.as_ref()
+    }
+
+    /// Reads the `[tls]` certificate and key again (what `SIGHUP` does): handshakes from now
+    /// on get the new certificate; established connections keep theirs. On an error (naming
+    /// `tls.cert` or `tls.key`) the previous certificate stays. `Ok(false)` without `[tls]`.
+    pub fn reload_tls(&self) -> Result<bool, NodeError> {
+        let Some(tls) = &self.inner.tls else {
+            return Ok(false);
+        };
+        match tls.reload() {
+            Ok(()) => {
+                tracing::info!(cert = %tls.cert_path().display(), "tls: certificate reloaded");
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::error!(key = e.key, error = %e.message, "tls: reload failed; the previous certificate stays");
+                Err(e.into())
+            }
+        }
     }
 
     /// The node's id.
@@ -691,6 +726,8 @@ struct Parts {
     verifier: Verifier,
     /// The proxies' TLS client, read at start so that a bad `proxies.ca` stops it.
     proxy_tls: Arc<rustls::ClientConfig>,
+    /// The listener's certificate, read at start so that a bad `[tls]` stops it.
+    tls: Option<Arc<crate::tls::ServerTls>>,
     dispatchers: Arc<dispatch::Dispatchers>,
     receivers: Vec<tokio::sync::mpsc::UnboundedReceiver<dispatch::Dispatch>>,
 }
@@ -710,12 +747,19 @@ impl Parts {
             Verifier::new(&config.auth)?
         };
         let proxy_tls = crate::proxy::Proxies::tls(&config.proxies)?;
+        let tls = match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                crate::tls::ServerTls::load(cert, key).map_err(NodeError::from)?,
+            )),
+            _ => None,
+        };
         let workers = tokio::runtime::Handle::current().metrics().num_workers();
         let (sink, receivers) = dispatch::Dispatchers::new(workers);
         Ok(Parts {
             config,
             verifier,
             proxy_tls,
+            tls,
             dispatchers: Arc::new(sink),
             receivers,
         })
@@ -727,6 +771,7 @@ impl Parts {
             config,
             verifier,
             proxy_tls,
+            tls,
             dispatchers,
             receivers,
         } = self;
@@ -769,6 +814,7 @@ impl Parts {
                 hasher: RandomState::new(),
                 presence: ttl.map(|_| Default::default()),
                 started: std::time::Instant::now(),
+                tls,
             }),
         };
         if let Some(ttl) = ttl {

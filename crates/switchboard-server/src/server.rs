@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::Service;
 
+pub use crate::tls::{ServerTls, ServerTlsError};
 use crate::{
     broker::Broker,
     handler::RouteShared,
@@ -55,6 +56,8 @@ pub struct Server {
     /// Requests for this path (SSE streams) are served off hyper ([`crate::transport::direct`]).
     direct_path: Option<Arc<str>>,
     trusted_proxies: Arc<[Cidr]>,
+    /// TLS on every connection (`[tls]`); `None`: plain TCP.
+    tls: Option<Arc<ServerTls>>,
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +84,7 @@ pub struct ServerBuilder {
     max_request_head: usize,
     direct_path: Option<Arc<str>>,
     trusted_proxies: Vec<Cidr>,
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Server {
@@ -101,7 +105,13 @@ impl Server {
             max_request_head: DEFAULT_MAX_REQUEST_HEAD,
             direct_path: None,
             trusted_proxies: Vec::new(),
+            tls: None,
         }
+    }
+
+    /// Whether connections are served over TLS (`https://`, `wss://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The address actually bound (useful with port 0).
@@ -130,6 +140,7 @@ impl Server {
             metrics,
             direct_path,
             trusted_proxies,
+            tls,
         } = self;
         for registry in sweeps {
             tracker.spawn(run_sweeper(Arc::downgrade(&registry), shutdown.clone()));
@@ -160,7 +171,11 @@ impl Server {
                             Some(t) => Some(t),
                             None => {
                                 metrics.connection_refused(Transport::WebSocket, 429, false);
-                                tracker.spawn(refuse_tcp(stream));
+                                // Over TLS a plaintext answer would be garbage, and a
+                                // handshake is what the limit saves: the connection closes.
+                                if tls.is_none() {
+                                    tracker.spawn(refuse_tcp(stream));
+                                }
                                 continue;
                             }
                         },
@@ -170,6 +185,19 @@ impl Server {
                     let router = router.clone();
                     let shutdown = shutdown.clone();
                     let direct_path = direct_path.clone();
+                    if let Some(tls) = &tls {
+                        let conn = TlsConn {
+                            peer,
+                            router,
+                            shutdown,
+                            ticket,
+                            max_request_head,
+                            direct_path,
+                            tracker: tracker.clone(),
+                        };
+                        tracker.spawn(serve_tls(tls.acceptor(), stream, conn));
+                        continue;
+                    }
                     tracker.spawn(async move {
                         if let Some(path) = direct_path
                             && direct::wants(&stream, &path).await
@@ -231,14 +259,195 @@ async fn refuse_tcp(mut stream: tokio::net::TcpStream) {
     .await;
 }
 
-async fn serve_http(
-    stream: tokio::net::TcpStream,
+/// What a TLS connection's plaintext side is served with (the arguments of a TCP one's).
+struct TlsConn {
     peer: SocketAddr,
     router: Router,
     shutdown: CancellationToken,
     ticket: Option<HandshakeTicket>,
     max_request_head: usize,
+    direct_path: Option<Arc<str>>,
+    tracker: TaskTracker,
+}
+
+/// How long a client may take over its TLS handshake (as over its request head).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes each direction of a TLS relay buffers: an idle connection holds both.
+const TLS_RELAY_BUFFER: usize = 4 * 1024;
+
+/// How long a TLS relay waits for the client once the server side has closed (close_notify
+/// and FIN sent) before it drops the connection.
+const TLS_LINGER: Duration = Duration::from_secs(5);
+
+/// A TLS connection: the handshake (within [`TLS_HANDSHAKE_TIMEOUT`], counted by the peer's
+/// handshake ticket), then the plaintext goes through a Unix socket pair: a relay task carries
+/// it between rustls and one end, and the other end is served exactly as a TCP connection is
+/// (SSE off hyper, hyper, the readiness-driven WebSocket loop), with the client's address.
+/// rustls buffers plaintext that socket readiness knows nothing of, so the WebSocket loop
+/// cannot drive it itself.
+async fn serve_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    conn: TlsConn,
 ) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let peer = conn.peer;
+    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let mut tls = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, %peer, "tls handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "tls handshake timed out");
+                return;
+            }
+        },
+        _ = conn.shutdown.cancelled() => return,
+    };
+    // The first plaintext bytes decide, as a TCP connection's peeked ones do, whether the
+    // request is for the SSE endpoint; they are passed on first.
+    let mut first = [0u8; 128];
+    let n = tokio::select! {
+        r = tokio::time::timeout(crate::transport::direct::HEAD_TIMEOUT, tls.read(&mut first)) => match r {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return,
+        },
+        _ = conn.shutdown.cancelled() => return,
+    };
+    let (mut relay_end, local) = match tokio::net::UnixStream::pair() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, %peer, "tls: no socket pair for the connection");
+            return;
+        }
+    };
+    if relay_end.write_all(&first[..n]).await.is_err() {
+        return;
+    }
+    let direct = conn
+        .direct_path
+        .as_deref()
+        .is_some_and(|path| crate::transport::direct::is_request_for(&first[..n], path));
+    conn.tracker.spawn(relay(tls, relay_end));
+    let TlsConn {
+        peer,
+        router,
+        shutdown,
+        ticket,
+        max_request_head,
+        ..
+    } = conn;
+    if direct {
+        conn.tracker.spawn(direct::serve(
+            local,
+            peer,
+            router,
+            shutdown,
+            ticket,
+            max_request_head,
+        ));
+    } else {
+        conn.tracker.spawn(serve_http(
+            local,
+            peer,
+            router,
+            shutdown,
+            ticket,
+            max_request_head,
+        ));
+    }
+}
+
+/// Carries bytes between the client's TLS stream and the local end of the pair until both
+/// directions have ended (each end's EOF is passed on as a shutdown: close_notify and FIN to
+/// the client), or [`TLS_LINGER`] after the server's side ended.
+async fn relay(
+    mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    local: tokio::net::UnixStream,
+) {
+    let ended = tokio::sync::Notify::new();
+    let mut local = Local {
+        stream: local,
+        ended: &ended,
+    };
+    let copy = tokio::io::copy_bidirectional_with_sizes(
+        &mut tls,
+        &mut local,
+        TLS_RELAY_BUFFER,
+        TLS_RELAY_BUFFER,
+    );
+    tokio::select! {
+        r = copy => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "tls relay ended");
+            }
+        }
+        _ = async {
+            ended.notified().await;
+            tokio::time::sleep(TLS_LINGER).await;
+        } => {}
+    }
+}
+
+/// The relay's end of the pair, telling `ended` when the server's side has finished writing.
+struct Local<'a> {
+    stream: tokio::net::UnixStream,
+    ended: &'a tokio::sync::Notify,
+}
+
+impl tokio::io::AsyncRead for Local<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.stream).poll_read(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(()))) && buf.filled().len() == before {
+            self.ended.notify_one();
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Local<'_> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+async fn serve_http<S>(
+    stream: S,
+    peer: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+    ticket: Option<HandshakeTicket>,
+    max_request_head: usize,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let token = crate::transport::sse::ShutdownToken(shutdown.clone());
     // The HTTP connection counts against its IP until it ends or is upgraded (the upgraded
     // connection is counted by the route): counting only up to the first request would let a
@@ -305,6 +514,7 @@ impl ServerBuilder {
     /// rooms and broadcasts through it (across the cluster).
     pub fn node(mut self, node: Node) -> Self {
         self.hub = node.hub().clone();
+        self.tls = node.tls().cloned();
         self.broker = Some(node.broker().clone());
         self.node = Some(node);
         self
@@ -356,6 +566,13 @@ impl ServerBuilder {
     /// see [`crate::limits::client_ip`]).
     pub fn trusted_proxies(mut self, trusted: Vec<Cidr>) -> Self {
         self.trusted_proxies = trusted;
+        self
+    }
+
+    /// Serves every connection over TLS with this certificate (default: plain TCP; a node's
+    /// `[tls]` is taken by [`ServerBuilder::node`]).
+    pub fn tls(mut self, tls: Arc<ServerTls>) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -460,6 +677,7 @@ impl ServerBuilder {
             metrics: self.hub.metrics().clone(),
             direct_path: self.direct_path,
             trusted_proxies,
+            tls: self.tls,
         })
     }
 }
