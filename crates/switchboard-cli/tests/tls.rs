@@ -166,3 +166,75 @@ fn the_start_log_says_https() {
     let demo = server.wait_log("demo chat page");
     assert!(demo.contains("https://"), "{demo}");
 }
+
+#[test]
+fn connect_speaks_wss_with_ca() {
+    use std::{io::BufRead, process::Stdio};
+    let pki = Pki::new();
+    pki.issue();
+    let ca = pki.path("ca.pem");
+    std::fs::write(&ca, pki.ca.pem()).unwrap();
+    let (cert, key) = (pki.path("cert.pem"), pki.path("key.pem"));
+    let secret = pki.path("dev-secret");
+    let server = ServerProcess::start_with_env(
+        &[],
+        &[
+            ("SWITCHBOARD_TLS__CERT", cert.to_str().unwrap()),
+            ("SWITCHBOARD_TLS__KEY", key.to_str().unwrap()),
+            ("SWITCHBOARD_DEV_SECRET_FILE", secret.to_str().unwrap()),
+        ],
+    );
+    let url = format!("wss://127.0.0.1:{}/ws", server.addr.port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "connect",
+            &url,
+            "--user",
+            "alice",
+            "--ca",
+            ca.to_str().unwrap(),
+        ])
+        .env("SWITCHBOARD_DEV_SECRET_FILE", &secret)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    let mut seen = Vec::new();
+    let mut wait_for = |needle: &str| loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no line with {needle:?} in {seen:?}"));
+        let found = line.contains(needle);
+        seen.push(line);
+        if found {
+            break;
+        }
+    };
+    wait_for("\"welcome\"");
+    stdin.write_all(b"/sub chat\n").unwrap();
+    wait_for("\"reply\"");
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    // Without the CA the certificate is refused, and the error says so.
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["connect", &url, "--user", "alice"])
+        .env("SWITCHBOARD_DEV_SECRET_FILE", &secret)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(err.contains("certificate"), "{err}");
+}

@@ -52,6 +52,13 @@ impl Pki {
         pki
     }
 
+    /// The CA's certificate in a PEM file (what clients are given with `ca`).
+    fn ca_file(&self) -> PathBuf {
+        let path = self.dir.path().join("ca.pem");
+        std::fs::write(&path, self.ca.pem()).unwrap();
+        path
+    }
+
     fn cert_path(&self) -> PathBuf {
         self.dir.path().join("cert.pem")
     }
@@ -397,4 +404,47 @@ async fn a_node_with_unreadable_tls_files_does_not_start() {
         e.contains("tls.key") && e.contains("no private key in"),
         "{e}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_speaks_wss_with_a_ca_file() {
+    let running = start().await;
+    let ca = running.pki.ca_file();
+    // The plain WebSocket client: the echo route.
+    let options = switchboard_client::WsOptions {
+        ca: Some(ca.clone()),
+        ..Default::default()
+    };
+    let url = format!("wss://127.0.0.1:{}/echo", running.addr.port());
+    let mut ws = switchboard_client::WsStream::connect(&url, &options)
+        .await
+        .unwrap();
+    ws.send_text("over tls").await.unwrap();
+    match tokio::time::timeout(T, ws.recv()).await.unwrap().unwrap() {
+        Some(Message::Text(t)) => assert_eq!(t.as_str(), "over tls"),
+        other => panic!("{other:?}"),
+    }
+    // Without the CA the server's certificate is not trusted.
+    let e = switchboard_client::WsStream::connect(&url, &Default::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    // The protocol client: welcome, subscribe, publish and receive.
+    let mut options = switchboard_client::ClientOptions::new(format!(
+        "wss://127.0.0.1:{}/ws",
+        running.addr.port()
+    ));
+    options.ca = Some(ca);
+    options.token = Some(token("carol"));
+    let client = switchboard_client::Client::connect(options).await.unwrap();
+    assert_eq!(client.welcome().user, "carol");
+    let mut sub = client.subscribe("chat").await.unwrap();
+    client
+        .publish("chat", &serde_json::json!({"n": 9}), Default::default())
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(T, sub.recv()).await.unwrap().unwrap();
+    assert!(format!("{event:?}").contains("9"), "{event:?}");
+    client.close().await;
 }
