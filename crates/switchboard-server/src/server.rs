@@ -332,7 +332,8 @@ async fn serve_tls(
         .direct_path
         .as_deref()
         .is_some_and(|path| crate::transport::direct::is_request_for(&first[..n], path));
-    conn.tracker.spawn(relay(tls, relay_end));
+    conn.tracker
+        .spawn(relay(tls, relay_end, conn.shutdown.clone()));
     let TlsConn {
         peer,
         router,
@@ -364,10 +365,12 @@ async fn serve_tls(
 
 /// Carries bytes between the client's TLS stream and the local end of the pair until both
 /// directions have ended (each end's EOF is passed on as a shutdown: close_notify and FIN to
-/// the client), or [`TLS_LINGER`] after the server's side ended.
+/// the client), or [`TLS_LINGER`] after the server's side ended (at once when the server is
+/// shutting down).
 async fn relay(
     mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     local: tokio::net::UnixStream,
+    shutdown: CancellationToken,
 ) {
     let ended = tokio::sync::Notify::new();
     let mut local = Local {
@@ -388,7 +391,10 @@ async fn relay(
         }
         _ = async {
             ended.notified().await;
-            tokio::time::sleep(TLS_LINGER).await;
+            tokio::select! {
+                _ = tokio::time::sleep(TLS_LINGER) => {}
+                _ = shutdown.cancelled() => {}
+            }
         } => {}
     }
 }

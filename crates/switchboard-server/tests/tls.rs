@@ -98,6 +98,8 @@ struct Running {
     node: Node,
     addr: SocketAddr,
     pki: Pki,
+    shutdown: tokio_util::sync::CancellationToken,
+    served: tokio::task::JoinHandle<bool>,
 }
 
 impl Running {
@@ -153,8 +155,15 @@ async fn start() -> Running {
     let server = node.server().bind().await.unwrap();
     assert!(server.is_tls());
     let addr = server.local_addr().unwrap();
-    tokio::spawn(server.run(std::future::pending()));
-    Running { node, addr, pki }
+    let shutdown = server.shutdown_token();
+    let served = tokio::spawn(server.run(std::future::pending()));
+    Running {
+        node,
+        addr,
+        pki,
+        shutdown,
+        served,
+    }
 }
 
 fn token(user: &str) -> String {
@@ -447,4 +456,54 @@ async fn the_rust_client_speaks_wss_with_a_ca_file() {
     let event = tokio::time::timeout(T, sub.recv()).await.unwrap().unwrap();
     assert!(format!("{event:?}").contains("9"), "{event:?}");
     client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_tls_connections_without_waiting_for_clients() {
+    let running = start().await;
+    let mut ws = running.ws("/echo").await;
+    ws.send("before").await;
+    assert_eq!(ws.text().await, "before");
+    // An idle keep-alive HTTPS connection, and one that never sends a request.
+    let mut idle = running.tls().await;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let _silent = running.tls().await;
+    let started = std::time::Instant::now();
+    running.shutdown.cancel();
+    // The WebSocket is closed with 1001 over TLS; the client answers the close.
+    loop {
+        if let Some(m) = ws.decoder.decode(&mut ws.rbuf).unwrap() {
+            match m {
+                Message::Close(frame) => {
+                    assert_eq!(frame.unwrap().code.0, 1001);
+                    break;
+                }
+                _ => continue,
+            }
+        }
+        let n = tokio::time::timeout(T, ws.stream.read_buf(&mut ws.rbuf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed without a close frame");
+    }
+    let mut out = BytesMut::new();
+    ws.encoder.encode_close(None, &mut out);
+    ws.stream.write_all(&out).await.unwrap();
+    // Every connection drains (the relays do not wait for the silent clients).
+    let drained = tokio::time::timeout(T, running.served)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(drained);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
 }
