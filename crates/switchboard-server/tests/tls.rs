@@ -507,3 +507,56 @@ async fn shutdown_closes_tls_connections_without_waiting_for_clients() {
         started.elapsed()
     );
 }
+
+/// Megabytes both ways at once through the relay: every message comes back whole and in
+/// order (the socket pair and rustls' buffers under backpressure). The client keeps at most
+/// 16 messages (640 KB) unanswered, so that it is not a slow consumer (4500 beyond 1 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_echo_in_both_directions_at_once() {
+    let running = start().await;
+    let ws = running.ws("/echo").await;
+    let Wss {
+        stream,
+        mut decoder,
+        mut encoder,
+        mut rbuf,
+    } = ws;
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    const N: usize = 300;
+    const SIZE: usize = 40_000;
+    let window = Arc::new(tokio::sync::Semaphore::new(16));
+    let permits = window.clone();
+    let writer = tokio::spawn(async move {
+        for i in 0..N {
+            permits.acquire().await.unwrap().forget();
+            let text = vec![b'a' + (i % 26) as u8; SIZE];
+            let mut out = BytesMut::new();
+            encoder.encode(OpCode::Binary, &text, &mut out);
+            wr.write_all(&out).await.unwrap();
+        }
+        wr
+    });
+    let mut got = 0;
+    while got < N {
+        if let Some(m) = decoder.decode(&mut rbuf).unwrap() {
+            match m {
+                Message::Binary(b) => {
+                    let want = b'a' + (got % 26) as u8;
+                    assert_eq!(b.len(), SIZE);
+                    assert!(b.iter().all(|c| *c == want), "message {got}");
+                    got += 1;
+                    window.add_permits(1);
+                }
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("{other:?}"),
+            }
+            continue;
+        }
+        let n = tokio::time::timeout(T, rd.read_buf(&mut rbuf))
+            .await
+            .expect("echoes keep coming")
+            .unwrap();
+        assert!(n > 0, "closed after {got} messages");
+    }
+    writer.await.unwrap();
+}
