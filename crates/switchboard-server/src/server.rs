@@ -273,13 +273,6 @@ struct TlsConn {
 /// How long a client may take over its TLS handshake (as over its request head).
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Bytes each direction of a TLS relay buffers: an idle connection holds both.
-const TLS_RELAY_BUFFER: usize = 4 * 1024;
-
-/// How long a TLS relay waits for the client once the server side has closed (close_notify
-/// and FIN sent) before it drops the connection.
-const TLS_LINGER: Duration = Duration::from_secs(5);
-
 /// A TLS connection: the handshake (within [`TLS_HANDSHAKE_TIMEOUT`], counted by the peer's
 /// handshake ticket), then the plaintext goes through a Unix socket pair: a relay task carries
 /// it between rustls and one end, and the other end is served exactly as a TCP connection is
@@ -332,8 +325,11 @@ async fn serve_tls(
         .direct_path
         .as_deref()
         .is_some_and(|path| crate::transport::direct::is_request_for(&first[..n], path));
-    conn.tracker
-        .spawn(relay(tls, relay_end, conn.shutdown.clone()));
+    conn.tracker.spawn(crate::transport::tls_relay::run(
+        tls,
+        relay_end,
+        conn.shutdown.clone(),
+    ));
     let TlsConn {
         peer,
         router,
@@ -360,87 +356,6 @@ async fn serve_tls(
             ticket,
             max_request_head,
         ));
-    }
-}
-
-/// Carries bytes between the client's TLS stream and the local end of the pair until both
-/// directions have ended (each end's EOF is passed on as a shutdown: close_notify and FIN to
-/// the client), or [`TLS_LINGER`] after the server's side ended (at once when the server is
-/// shutting down).
-async fn relay(
-    mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-    local: tokio::net::UnixStream,
-    shutdown: CancellationToken,
-) {
-    let ended = tokio::sync::Notify::new();
-    let mut local = Local {
-        stream: local,
-        ended: &ended,
-    };
-    let copy = tokio::io::copy_bidirectional_with_sizes(
-        &mut tls,
-        &mut local,
-        TLS_RELAY_BUFFER,
-        TLS_RELAY_BUFFER,
-    );
-    tokio::select! {
-        r = copy => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "tls relay ended");
-            }
-        }
-        _ = async {
-            ended.notified().await;
-            tokio::select! {
-                _ = tokio::time::sleep(TLS_LINGER) => {}
-                _ = shutdown.cancelled() => {}
-            }
-        } => {}
-    }
-}
-
-/// The relay's end of the pair, telling `ended` when the server's side has finished writing.
-struct Local<'a> {
-    stream: tokio::net::UnixStream,
-    ended: &'a tokio::sync::Notify,
-}
-
-impl tokio::io::AsyncRead for Local<'_> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut self.stream).poll_read(cx, buf);
-        if matches!(r, std::task::Poll::Ready(Ok(()))) && buf.filled().len() == before {
-            self.ended.notify_one();
-        }
-        r
-    }
-}
-
-impl tokio::io::AsyncWrite for Local<'_> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
