@@ -102,6 +102,21 @@ fn healthz(tls: &mut Tls) -> u16 {
     String::from_utf8_lossy(&got[9..12]).parse().unwrap()
 }
 
+/// `GET target` with `connection: close`: the status line and headers.
+fn head(pki: &Pki, addr: SocketAddr, target: &str) -> String {
+    let mut tls = connect(pki, addr);
+    let req = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tls.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).to_lowercase()
+}
+
 fn sighup(server: &ServerProcess) {
     let status = Command::new("kill")
         .arg("-HUP")
@@ -165,6 +180,12 @@ fn the_start_log_says_https() {
     // follows it and names the scheme too.
     let demo = server.wait_log("demo chat page");
     assert!(demo.contains("https://"), "{demo}");
+    // The demo page and /metrics are served over TLS too.
+    let page = head(&pki, server.addr, "/");
+    assert!(page.starts_with("http/1.1 200"), "{page}");
+    assert!(page.contains("text/html"), "{page}");
+    let metrics = head(&pki, server.addr, "/metrics");
+    assert!(metrics.starts_with("http/1.1 200"), "{metrics}");
 }
 
 #[test]
