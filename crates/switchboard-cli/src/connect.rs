@@ -36,9 +36,12 @@ use crate::token::AuthArgs;
 /// Options of `connect`.
 #[derive(Debug, Args)]
 pub(crate) struct ConnectArgs {
-    /// The server's protocol route.
+    /// The server's protocol route (ws:// or wss://).
     #[arg(env = "SWITCHBOARD_URL", default_value = "ws://127.0.0.1:8080/ws")]
     url: String,
+    /// A PEM file of CA certificates trusted for wss:// besides the system's trust store.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
     #[command(flatten)]
     auth: AuthArgs,
     /// Do not offer permessage-deflate.
@@ -263,6 +266,7 @@ async fn session(args: ConnectArgs) -> Result<ExitCode, Box<dyn std::error::Erro
         deflate: !args.no_deflate,
         headers,
         max_message_size: 64 << 20,
+        ca: args.ca.clone(),
     };
     let mut ws = match WsStream::connect(&args.url, &options).await {
         Ok(ws) => ws,

@@ -123,22 +123,50 @@ async fn serve(mut config: Config, has_file: bool) -> Result<bool, Box<dyn std::
     let node = Node::from_config(config).await?;
     // Before the port opens: a SIGTERM from then on shuts down gracefully.
     let signal = shutdown_signal();
+    #[cfg(unix)]
+    if node.tls().is_some() {
+        reload_on_sighup(node.clone())?;
+    }
     let server = node
         .server()
         .bind()
         .await
         .map_err(|e| format!("cannot listen on {listen} (key 'listen'): {e}"))?;
     let addr = server.local_addr()?;
+    let (http, ws) = if server.is_tls() {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
+    if let Some(tls) = node.tls() {
+        tracing::info!(cert = %tls.cert_path().display(), "tls: on (SIGHUP reloads the certificate)");
+    }
     tracing::info!(
         %addr,
         node = node.id(),
-        websocket = %ws_path,
+        websocket = %format!("{ws}://{addr}{ws_path}"),
         echo = echo.as_deref().unwrap_or("off"),
         format = if json { "json" } else { "text" },
-        "listening"
+        "listening on {http}://{addr}"
     );
     if demo {
-        tracing::info!("demo chat page: open http://{addr}/ in two browser tabs");
+        tracing::info!("demo chat page: open {http}://{addr}/ in two browser tabs");
     }
     Ok(server.run(signal).await)
+}
+
+/// Reads the `[tls]` files again on every SIGHUP; a failed reload is logged (naming the key)
+/// and the previous certificate stays.
+#[cfg(unix)]
+fn reload_on_sighup(node: Node) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the TLS certificate");
+            // The node logs the outcome.
+            let _ = node.reload_tls();
+        }
+    });
+    Ok(())
 }

@@ -142,8 +142,10 @@ impl fmt::Debug for TokenProvider {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ClientOptions {
-    /// The server's protocol route, e.g. `ws://127.0.0.1:8080/ws`.
+    /// The server's protocol route, e.g. `ws://127.0.0.1:8080/ws` or `wss://host/ws`.
     pub url: String,
+    /// A PEM file of CA certificates trusted for `wss://` besides the system's trust store.
+    pub ca: Option<std::path::PathBuf>,
     /// The connection token (a JWT), sent as `Authorization: Bearer`. Ignored when
     /// [`ClientOptions::token_provider`] is set.
     pub token: Option<String>,
@@ -178,6 +180,7 @@ impl ClientOptions {
     pub fn new(url: impl Into<String>) -> Self {
         ClientOptions {
             url: url.into(),
+            ca: None,
             token: None,
             token_provider: None,
             deflate: true,

@@ -63,6 +63,8 @@ pub struct Config {
     pub trusted_proxies: Vec<crate::limits::Cidr>,
     /// Calls to the application backend (docs/proxies.md, docs/protocol.md 9.1).
     pub proxies: ProxiesConfig,
+    /// TLS on the listener (every surface of the port: wss://, SSE, the API, /metrics).
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -88,7 +90,26 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             trusted_proxies: Vec::new(),
             proxies: ProxiesConfig::default(),
+            tls: TlsConfig::default(),
         }
+    }
+}
+
+/// `[tls]`: the listener's certificate. Both keys or neither; without them the port speaks
+/// plain HTTP. The files are read at start and again on `SIGHUP` ([`crate::Node::reload_tls`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// A PEM file: the server's certificate first, then its intermediates. Default none.
+    pub cert: Option<PathBuf>,
+    /// A PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1). Default none.
+    pub key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether TLS is configured (both files named).
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() && self.key.is_some()
     }
 }
 
@@ -953,6 +974,21 @@ impl Config {
                 .map_err(|m| err(&format!("websocket.allowed_origins[{i}]"), m))?;
         }
         self.validate_proxies(&err)?;
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => {
+                return Err(err(
+                    "tls.key",
+                    "is required with tls.cert (the certificate's private key, PEM)".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "tls.cert",
+                    "is required with tls.key (the certificate chain, PEM)".into(),
+                ));
+            }
+            _ => {}
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, k) in self.api.keys.iter().enumerate() {
             if k.name.trim().is_empty() {
@@ -1202,6 +1238,32 @@ mod tests {
     }
 
     #[test]
+    fn tls_keys_both_or_neither_also_from_the_environment() {
+        assert!(!Config::default().tls.enabled());
+        let c =
+            load_str("[tls]\ncert = \"/etc/sb/cert.pem\"\nkey = \"/etc/sb/key.pem\"\n").unwrap();
+        assert!(c.tls.enabled());
+        assert_eq!(c.tls.cert.unwrap(), PathBuf::from("/etc/sb/cert.pem"));
+        let e = load_str("[tls]\ncert = \"/etc/sb/cert.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'tls.key'"), "{e}");
+        let e = load_str("[tls]\nkey = \"/etc/sb/key.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'tls.cert'"), "{e}");
+        let c = Config::load(&Sources {
+            env: vec![
+                ("SWITCHBOARD_TLS__CERT".into(), "/run/c.pem".into()),
+                ("SWITCHBOARD_TLS__KEY".into(), "/run/k.pem".into()),
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.tls.key.unwrap(), PathBuf::from("/run/k.pem"));
+    }
+
+    #[test]
     fn syntax_error_names_file() {
         let e = load_str("listen = \n").unwrap_err().to_string();
         assert!(e.contains("sb.toml"), "{e}");
@@ -1265,7 +1327,9 @@ mod tests {
                 let is_key = t.split_once(" = ").is_some_and(|(k, _)| {
                     !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
                 });
-                let is_section = t.starts_with("[namespaces.") || t.starts_with("[proxies");
+                let is_section = t.starts_with("[namespaces.")
+                    || t.starts_with("[proxies")
+                    || t.starts_with("[tls]");
                 if l.starts_with("# ") && (is_key || is_section) {
                     t.split(" #").next().unwrap().to_string()
                 } else {

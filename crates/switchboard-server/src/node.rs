@@ -64,6 +64,8 @@ struct NodeInner {
     started: std::time::Instant,
     /// `limits.max_memory`, when set.
     memory: Option<Arc<crate::limits::MemoryBudget>>,
+    /// The listener's certificate (`[tls]`), read when the node is built.
+    tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 /// This node's presence entries, by room and connection (only kept when they must be
@@ -85,7 +87,7 @@ pub enum NodeError {
     /// The `auth` section is unusable.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthConfigError),
-    /// A configuration key is unusable (e.g. `proxies.ca` cannot be read).
+    /// A configuration key is unusable (e.g. `proxies.ca` or `tls.cert` cannot be read).
     #[error("key '{key}': {message}")]
     Config {
         /// The key's dotted path.
@@ -96,6 +98,15 @@ pub enum NodeError {
     /// The broker could not be set up.
     #[error("broker: {0}")]
     Broker(#[from] BrokerError),
+}
+
+impl From<crate::tls::ServerTlsError> for NodeError {
+    fn from(e: crate::tls::ServerTlsError) -> Self {
+        NodeError::Config {
+            key: e.key.into(),
+            message: e.message,
+        }
+    }
 }
 
 /// A connection as a member of rooms: its shared state and who it is.
@@ -184,6 +195,30 @@ impl Node {
         let parts = Parts::new(config)?;
         let broker = broker(parts.dispatchers.clone()).await?;
         Ok(parts.assemble(broker))
+    }
+
+    /// The listener's certificate when `[tls]` is configured.
+    pub fn tls(&self) -> Option<&Arc<crate::tls::ServerTls>> {
+        self.inner.tls.as_ref()
+    }
+
+    /// Reads the `[tls]` certificate and key again (what `SIGHUP` does): handshakes from now
+    /// on get the new certificate; established connections keep theirs. On an error (naming
+    /// `tls.cert` or `tls.key`) the previous certificate stays. `Ok(false)` without `[tls]`.
+    pub fn reload_tls(&self) -> Result<bool, NodeError> {
+        let Some(tls) = &self.inner.tls else {
+            return Ok(false);
+        };
+        match tls.reload() {
+            Ok(()) => {
+                tracing::info!(cert = %tls.cert_path().display(), "tls: certificate reloaded");
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::error!(key = e.key, error = %e.message, "tls: reload failed; the previous certificate stays");
+                Err(e.into())
+            }
+        }
     }
 
     /// The node's id.
@@ -700,6 +735,8 @@ struct Parts {
     verifier: Verifier,
     /// The proxies' TLS client, read at start so that a bad `proxies.ca` stops it.
     proxy_tls: Arc<rustls::ClientConfig>,
+    /// The listener's certificate, read at start so that a bad `[tls]` stops it.
+    tls: Option<Arc<crate::tls::ServerTls>>,
     dispatchers: Arc<dispatch::Dispatchers>,
     receivers: Vec<tokio::sync::mpsc::UnboundedReceiver<dispatch::Dispatch>>,
 }
@@ -719,12 +756,19 @@ impl Parts {
             Verifier::new(&config.auth)?
         };
         let proxy_tls = crate::proxy::Proxies::tls(&config.proxies)?;
+        let tls = match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                crate::tls::ServerTls::load(cert, key).map_err(NodeError::from)?,
+            )),
+            _ => None,
+        };
         let workers = tokio::runtime::Handle::current().metrics().num_workers();
         let (sink, receivers) = dispatch::Dispatchers::new(workers);
         Ok(Parts {
             config,
             verifier,
             proxy_tls,
+            tls,
             dispatchers: Arc::new(sink),
             receivers,
         })
@@ -736,6 +780,7 @@ impl Parts {
             config,
             verifier,
             proxy_tls,
+            tls,
             dispatchers,
             receivers,
         } = self;
@@ -792,6 +837,7 @@ impl Parts {
                 presence: ttl.map(|_| Default::default()),
                 started: std::time::Instant::now(),
                 memory,
+                tls,
             }),
         };
         if let Some(ttl) = ttl {

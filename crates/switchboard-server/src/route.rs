@@ -16,7 +16,7 @@ use switchboard_protocol::{
     deflate::{self, DeflateConfig},
     handshake,
 };
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
@@ -295,14 +295,6 @@ async fn upgrade<H: Handler>(
                 return;
             }
         };
-        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(p) => p,
-            Err(_) => {
-                tracing::error!("upgraded connection is not a TCP stream");
-                return;
-            }
-        };
-        let stream = parts.io.into_inner();
         let user = User::shared(accepted.user);
         tracing::debug!(client = ?client_ip, user = %user.id, deflate = params.is_some(), "connected");
         let shared = Arc::new(ConnShared::new(id, options.outbound_queue, params));
@@ -317,16 +309,37 @@ async fn upgrade<H: Handler>(
             admitted,
             state: accepted.state,
         };
-        // A task of its own: this one holds what the upgrade needed until it ends.
-        let task = ws::run(handler, stream, parts.read_buf, conn);
-        match conn_span {
-            Some(span) => tracker.spawn(task.instrument(span)),
-            None => tracker.spawn(task),
-        };
+        // A task of its own: this one holds what the upgrade needed until it ends. A TCP
+        // connection, or the local end of a TLS connection's socket pair (server.rs).
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let task = ws::run(handler, parts.io.into_inner(), parts.read_buf, conn);
+                spawn_connection(&tracker, conn_span, task);
+            }
+            Err(upgraded) => match upgraded.downcast::<TokioIo<UnixStream>>() {
+                Ok(parts) => {
+                    let task = ws::run(handler, parts.io.into_inner(), parts.read_buf, conn);
+                    spawn_connection(&tracker, conn_span, task);
+                }
+                Err(_) => tracing::error!("upgraded connection is not a TCP or Unix stream"),
+            },
+        }
     };
     match span {
         Some(span) => ctx.tracker.spawn(task.instrument(span)),
         None => ctx.tracker.spawn(task),
     };
     resp.body(Body::empty()).expect("valid upgrade response")
+}
+
+/// Spawns a WebSocket connection's task, in its span when there is one.
+fn spawn_connection(
+    tracker: &TaskTracker,
+    span: Option<tracing::Span>,
+    task: impl Future<Output = ()> + Send + 'static,
+) {
+    match span {
+        Some(span) => tracker.spawn(task.instrument(span)),
+        None => tracker.spawn(task),
+    };
 }

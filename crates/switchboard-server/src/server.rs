@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::Service;
 
+pub use crate::tls::{ServerTls, ServerTlsError};
 use crate::{
     broker::Broker,
     handler::RouteShared,
@@ -55,6 +56,8 @@ pub struct Server {
     /// Requests for this path (SSE streams) are served off hyper ([`crate::transport::direct`]).
     direct_path: Option<Arc<str>>,
     trusted_proxies: Arc<[Cidr]>,
+    /// TLS on every connection (`[tls]`); `None`: plain TCP.
+    tls: Option<Arc<ServerTls>>,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +86,7 @@ pub struct ServerBuilder {
     max_request_head: usize,
     direct_path: Option<Arc<str>>,
     trusted_proxies: Vec<Cidr>,
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Server {
@@ -103,7 +107,13 @@ impl Server {
             max_request_head: DEFAULT_MAX_REQUEST_HEAD,
             direct_path: None,
             trusted_proxies: Vec::new(),
+            tls: None,
         }
+    }
+
+    /// Whether connections are served over TLS (`https://`, `wss://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The address actually bound (useful with port 0).
@@ -132,6 +142,7 @@ impl Server {
             metrics,
             direct_path,
             trusted_proxies,
+            tls,
         } = self;
         for registry in sweeps {
             tracker.spawn(run_sweeper(Arc::downgrade(&registry), shutdown.clone()));
@@ -162,7 +173,11 @@ impl Server {
                             Some(t) => Some(t),
                             None => {
                                 metrics.connection_refused(Transport::WebSocket, 429, false);
-                                tracker.spawn(refuse_tcp(stream));
+                                // Over TLS a plaintext answer would be garbage, and a
+                                // handshake is what the limit saves: the connection closes.
+                                if tls.is_none() {
+                                    tracker.spawn(refuse_tcp(stream));
+                                }
                                 continue;
                             }
                         },
@@ -172,6 +187,19 @@ impl Server {
                     let router = router.clone();
                     let shutdown = shutdown.clone();
                     let direct_path = direct_path.clone();
+                    if let Some(tls) = &tls {
+                        let conn = TlsConn {
+                            peer,
+                            router,
+                            shutdown,
+                            ticket,
+                            max_request_head,
+                            direct_path,
+                            tracker: tracker.clone(),
+                        };
+                        tracker.spawn(serve_tls(tls.acceptor(), stream, conn));
+                        continue;
+                    }
                     tracker.spawn(async move {
                         if let Some(path) = direct_path
                             && direct::wants(&stream, &path).await
@@ -233,14 +261,116 @@ async fn refuse_tcp(mut stream: tokio::net::TcpStream) {
     .await;
 }
 
-async fn serve_http(
-    stream: tokio::net::TcpStream,
+/// What a TLS connection's plaintext side is served with (the arguments of a TCP one's).
+struct TlsConn {
     peer: SocketAddr,
     router: Router,
     shutdown: CancellationToken,
     ticket: Option<HandshakeTicket>,
     max_request_head: usize,
+    direct_path: Option<Arc<str>>,
+    tracker: TaskTracker,
+}
+
+/// How long a client may take over its TLS handshake (as over its request head).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TLS connection: the handshake (within [`TLS_HANDSHAKE_TIMEOUT`], counted by the peer's
+/// handshake ticket), then the plaintext goes through a Unix socket pair: a relay task carries
+/// it between rustls and one end, and the other end is served exactly as a TCP connection is
+/// (SSE off hyper, hyper, the readiness-driven WebSocket loop), with the client's address.
+/// rustls buffers plaintext that socket readiness knows nothing of, so the WebSocket loop
+/// cannot drive it itself.
+async fn serve_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    conn: TlsConn,
 ) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let peer = conn.peer;
+    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let mut tls = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, %peer, "tls handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "tls handshake timed out");
+                return;
+            }
+        },
+        _ = conn.shutdown.cancelled() => return,
+    };
+    // The first plaintext bytes decide, as a TCP connection's peeked ones do, whether the
+    // request is for the SSE endpoint; they are passed on first.
+    let mut first = [0u8; 128];
+    let n = tokio::select! {
+        r = tokio::time::timeout(crate::transport::direct::HEAD_TIMEOUT, tls.read(&mut first)) => match r {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return,
+        },
+        _ = conn.shutdown.cancelled() => return,
+    };
+    let (mut relay_end, local) = match tokio::net::UnixStream::pair() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, %peer, "tls: no socket pair for the connection");
+            return;
+        }
+    };
+    if relay_end.write_all(&first[..n]).await.is_err() {
+        return;
+    }
+    let direct = conn
+        .direct_path
+        .as_deref()
+        .is_some_and(|path| crate::transport::direct::is_request_for(&first[..n], path));
+    conn.tracker.spawn(crate::transport::tls_relay::run(
+        tls,
+        relay_end,
+        conn.shutdown.clone(),
+    ));
+    let TlsConn {
+        peer,
+        router,
+        shutdown,
+        ticket,
+        max_request_head,
+        ..
+    } = conn;
+    if direct {
+        conn.tracker.spawn(direct::serve(
+            local,
+            peer,
+            router,
+            shutdown,
+            ticket,
+            max_request_head,
+        ));
+    } else {
+        conn.tracker.spawn(serve_http(
+            local,
+            peer,
+            router,
+            shutdown,
+            ticket,
+            max_request_head,
+        ));
+    }
+}
+
+async fn serve_http<S>(
+    stream: S,
+    peer: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+    ticket: Option<HandshakeTicket>,
+    max_request_head: usize,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let token = crate::transport::sse::ShutdownToken(shutdown.clone());
     // The HTTP connection counts against its IP until it ends or is upgraded (the upgraded
     // connection is counted by the route): counting only up to the first request would let a
@@ -307,6 +437,7 @@ impl ServerBuilder {
     /// rooms and broadcasts through it (across the cluster).
     pub fn node(mut self, node: Node) -> Self {
         self.hub = node.hub().clone();
+        self.tls = node.tls().cloned();
         self.broker = Some(node.broker().clone());
         self.node = Some(node);
         self
@@ -358,6 +489,13 @@ impl ServerBuilder {
     /// see [`crate::limits::client_ip`]).
     pub fn trusted_proxies(mut self, trusted: Vec<Cidr>) -> Self {
         self.trusted_proxies = trusted;
+        self
+    }
+
+    /// Serves every connection over TLS with this certificate (default: plain TCP; a node's
+    /// `[tls]` is taken by [`ServerBuilder::node`]).
+    pub fn tls(mut self, tls: Arc<ServerTls>) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -463,6 +601,7 @@ impl ServerBuilder {
             metrics: self.hub.metrics().clone(),
             direct_path: self.direct_path,
             trusted_proxies,
+            tls: self.tls,
         })
     }
 }

@@ -1,9 +1,13 @@
-//! The TLS client configuration shared by the outgoing HTTPS calls (`auth.jwks`, the
-//! backend proxies): the system's trust store plus an optional CA file.
+//! TLS: the client configuration shared by the outgoing HTTPS calls (`auth.jwks`, the
+//! backend proxies: the system's trust store plus an optional CA file), and the listener's
+//! certificate (`[tls]`, [`ServerTls`], reloaded on `SIGHUP`).
 
-use std::sync::Arc;
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+};
 
-use rustls_pki_types::{CertificateDer, pem::PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 /// Why a TLS client configuration could not be made.
 #[derive(Debug)]
@@ -50,4 +54,108 @@ pub(crate) fn client_config(
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
+}
+
+/// The listener's TLS configuration (`[tls]`): the certificate chain and key read from PEM
+/// files, replaced as a whole by [`ServerTls::reload`]. A handshake takes the configuration
+/// current when it starts; established connections keep their session.
+#[derive(Debug)]
+pub struct ServerTls {
+    cert: PathBuf,
+    key: PathBuf,
+    /// Read per accepted connection, written by a reload; never held across an await.
+    current: RwLock<Arc<rustls::ServerConfig>>,
+}
+
+/// Why `[tls]` could not be loaded: the key (`tls.cert` or `tls.key`) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ServerTlsError {
+    /// `tls.cert` or `tls.key`.
+    pub key: &'static str,
+    /// What is wrong with it (the file's path included).
+    pub message: String,
+}
+
+impl ServerTls {
+    /// Reads the certificate chain of `cert` and the private key of `key` (PEM files).
+    pub fn load(cert: &Path, key: &Path) -> Result<ServerTls, ServerTlsError> {
+        let config = server_config(cert, key)?;
+        Ok(ServerTls {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: RwLock::new(Arc::new(config)),
+        })
+    }
+
+    /// Reads the files again and serves the new certificate to the handshakes from now on.
+    /// On an error the previous certificate stays (the error names the key).
+    pub fn reload(&self) -> Result<(), ServerTlsError> {
+        let config = server_config(&self.cert, &self.key)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        Ok(())
+    }
+
+    /// The acceptor for a new connection: the configuration current now.
+    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let config = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        tokio_rustls::TlsAcceptor::from(config)
+    }
+
+    /// The certificate file (for logs).
+    pub fn cert_path(&self) -> &Path {
+        &self.cert
+    }
+}
+
+/// A rustls server configuration of the chain in `cert` and the key in `key`.
+fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, ServerTlsError> {
+    let cert_err = |message: String| ServerTlsError {
+        key: "tls.cert",
+        message,
+    };
+    let key_err = |message: String| ServerTlsError {
+        key: "tls.key",
+        message,
+    };
+    let (c, k) = (cert.display(), key.display());
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| cert_err(format!("cannot read {c}: {}", pem_error(e))))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| cert_err(format!("{c}: not PEM certificates: {}", pem_error(e))))?;
+    if chain.is_empty() {
+        return Err(cert_err(format!("no certificate in {c}")));
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => key_err(format!("no private key in {k}")),
+        e => key_err(format!("cannot read {k}: {}", pem_error(e))),
+    })?;
+    #[allow(deprecated, reason = "the ring provider is what this build has")]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| cert_err(format!("TLS: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => key_err(format!(
+                "the key in {k} does not belong to the certificate in {c}"
+            )),
+            e => key_err(format!("{k}: not a usable private key for {c}: {e}")),
+        })?;
+    // Every surface of the port is HTTP/1.1 (WebSocket upgrades need it).
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A PEM error's message; an I/O error as the system says it.
+fn pem_error(e: rustls_pki_types::pem::Error) -> String {
+    match e {
+        rustls_pki_types::pem::Error::Io(io) => io.to_string(),
+        e => format!("{e:?}"),
+    }
 }

@@ -381,6 +381,7 @@ async fn open_with(
             deflate: options.deflate,
             headers,
             max_message_size: options.max_message_size,
+            ca: options.ca.clone(),
         };
         let mut ws = WsStream::connect(&options.url, &ws_options).await?;
         if let Some(token) = token.filter(|_| first_message) {

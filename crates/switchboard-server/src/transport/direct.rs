@@ -21,7 +21,7 @@ use http::{Request, header};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
 use tokio_util::sync::CancellationToken;
@@ -31,7 +31,7 @@ use crate::{limits::HandshakeTicket, route::PeerAddr, transport::sse::ShutdownTo
 
 /// How long a client may take to send its request head (hyper's `header_read_timeout` for
 /// every other request).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most headers a request may have, hyper's limit for every other request (beyond: 431).
 const MAX_HEADERS: usize = 100;
@@ -50,19 +50,30 @@ pub(crate) async fn wants(stream: &TcpStream, path: &str) -> bool {
         Ok(Ok(n)) => n,
         _ => return false,
     };
-    n >= want
-        && &buf[..4] == b"GET "
-        && &buf[4..4 + path.len()] == path.as_bytes()
-        && matches!(buf[want - 1], b'?' | b' ')
+    is_request_for(&buf[..n], path)
 }
+
+/// Whether a connection's first bytes `first` are `GET <path>` followed by `?` or a space (a
+/// TLS connection's first plaintext, or a TCP connection's peeked bytes).
+pub(crate) fn is_request_for(first: &[u8], path: &str) -> bool {
+    let want = 4 + path.len() + 1;
+    first.len() >= want
+        && &first[..4] == b"GET "
+        && &first[4..4 + path.len()] == path.as_bytes()
+        && matches!(first[want - 1], b'?' | b' ')
+}
+
+/// A connection served here: a TCP connection, or the local end of a TLS connection's pair.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
 /// Serves one request on `stream` (see the module doc) and closes the connection.
 ///
 /// Not an `async fn`: its arguments would stay in the task, which lives as long as the stream.
 /// Reading the head, the router's answer and the response head run once, boxed; the task keeps
 /// only what writing the body needs.
-pub(crate) fn serve(
-    stream: TcpStream,
+pub(crate) fn serve<S: Stream>(
+    stream: S,
     peer: SocketAddr,
     router: Router,
     shutdown: CancellationToken,
@@ -90,14 +101,14 @@ pub(crate) fn serve(
 /// Reads the request, asks the router and writes the response's head. `None` when the request
 /// was refused here or never arrived, or the head could not be written (the connection is
 /// done); otherwise the body is still to be written, chunked or not.
-async fn answer(
-    mut stream: TcpStream,
+async fn answer<S: Stream>(
+    mut stream: S,
     peer: SocketAddr,
     mut router: Router,
     shutdown: CancellationToken,
     ticket: Option<HandshakeTicket>,
     max_request_head: usize,
-) -> Option<(TcpStream, Body, bool)> {
+) -> Option<(S, Body, bool)> {
     let mut req =
         match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, max_request_head)).await {
             Ok(Ok(req)) => req,
@@ -128,8 +139,8 @@ async fn answer(
 }
 
 /// Reads and parses a request head; `Err(Some(status))` is answered, `Err(None)` just closes.
-async fn read_head(
-    stream: &mut TcpStream,
+async fn read_head<S: Stream>(
+    stream: &mut S,
     max: usize,
 ) -> Result<Request<Body>, Option<http::StatusCode>> {
     let mut buf = BytesMut::with_capacity(1024);
@@ -172,8 +183,8 @@ fn to_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<Body>> {
 
 /// A status for a head that could not be read or parsed, then the close. The body is the
 /// JSON of every other refusal (docs/protocol.md 7.3), so that clients need one parser.
-async fn write_status_only(
-    stream: &mut TcpStream,
+async fn write_status_only<S: Stream>(
+    stream: &mut S,
     status: http::StatusCode,
 ) -> std::io::Result<()> {
     let reason = if status == http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
@@ -195,14 +206,17 @@ async fn write_status_only(
 /// Writes the body: as chunks when `chunked` (else as it is, until the close), each frame
 /// written as it comes. Ends when the body ends, or when the peer closes or sends anything (a
 /// stream's client only listens).
-async fn write_body(mut stream: TcpStream, mut body: Body, chunked: bool) -> std::io::Result<()> {
-    let (mut read, mut write) = stream.split();
+async fn write_body<S: Stream>(
+    mut stream: S,
+    mut body: Body,
+    chunked: bool,
+) -> std::io::Result<()> {
     let mut probe = [0u8; 16];
     let ended = loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
             // A listening client sends nothing: EOF, an error or bytes all end the stream.
-            _ = read.read(&mut probe) => break false,
+            _ = stream.read(&mut probe) => break false,
         };
         let mut batch = match frame {
             None => break true,
@@ -237,16 +251,16 @@ async fn write_body(mut stream: TcpStream, mut body: Body, chunked: bool) -> std
                 std::task::Poll::Pending => break,
             }
         }
-        write_chunk(&mut write, &batch, chunked).await?;
+        write_chunk(&mut stream, &batch, chunked).await?;
         if end {
             break true;
         }
     };
     // The last chunk tells the client the stream ended as the server meant it to.
     if chunked && ended {
-        write.write_all(b"0\r\n\r\n").await?;
+        stream.write_all(b"0\r\n\r\n").await?;
     }
-    write.shutdown().await
+    stream.shutdown().await
 }
 
 /// The response's status line and headers, with its framing (`content-length` or chunked)
@@ -356,6 +370,7 @@ mod tests {
             1024,
         );
         let size = std::mem::size_of_val(&task);
+        eprintln!("stream task future: {size} bytes");
         assert!(size <= 448, "the stream's task future is {size} bytes");
     }
 }

@@ -5,4 +5,5 @@ pub(crate) mod direct;
 pub(crate) mod outbound;
 pub(crate) mod registry;
 pub(crate) mod sse;
+pub(crate) mod tls_relay;
 pub(crate) mod ws;

@@ -52,8 +52,8 @@ const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A socket the connection loop drives by readiness (`try_read`/`try_write` when the kernel
-/// says so, no buffers while idle): a TCP connection, or (planned for TLS, not wired yet) the
-/// local end of a Unix socket pair whose other end a relay task carries through rustls.
+/// says so, no buffers while idle): a TCP connection, or with `[tls]` the local end of a Unix
+/// socket pair whose other end a relay task carries through rustls (`server::serve_tls`).
 /// rustls' stream cannot be driven this way (it buffers plaintext the socket's readiness
 /// knows nothing about), so the loop would keep its one shape for both.
 pub(crate) trait Socket: tokio::io::AsyncWrite + Send + Sync + Unpin + 'static {
