@@ -170,11 +170,18 @@ impl Server {
                     let router = router.clone();
                     let shutdown = shutdown.clone();
                     let direct_path = direct_path.clone();
+                    let streams = tracker.clone();
                     tracker.spawn(async move {
                         if let Some(path) = direct_path
                             && direct::wants(&stream, &path).await
                         {
-                            direct::serve(stream, peer, router, shutdown, ticket, max_request_head).await;
+                            // A stream outlives this task, which is sized for hyper too.
+                            let answered = direct::serve(
+                                stream, peer, router, shutdown, ticket, max_request_head,
+                            );
+                            if let Some(body) = answered.await {
+                                streams.spawn(body.write());
+                            }
                         } else {
                             serve_http(stream, peer, router, shutdown, ticket, max_request_head).await;
                         }

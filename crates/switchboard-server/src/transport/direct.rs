@@ -56,48 +56,19 @@ pub(crate) async fn wants(stream: &TcpStream, path: &str) -> bool {
         && matches!(buf[want - 1], b'?' | b' ')
 }
 
-/// Serves one request on `stream` (see the module doc) and closes the connection.
-///
-/// Not an `async fn`: its arguments would stay in the task, which lives as long as the stream.
-/// Reading the head, the router's answer and the response head run once, boxed; the task keeps
-/// only what writing the body needs.
-pub(crate) fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    router: Router,
-    shutdown: CancellationToken,
-    ticket: Option<HandshakeTicket>,
-    max_request_head: usize,
-) -> impl Future<Output = ()> + Send {
-    let answered = Box::pin(answer(
-        stream,
-        peer,
-        router,
-        shutdown,
-        ticket,
-        max_request_head,
-    ));
-    async move {
-        let Some((stream, body, chunked)) = answered.await else {
-            return;
-        };
-        if let Err(e) = write_body(stream, body, chunked).await {
-            tracing::debug!(error = %e, %peer, "sse connection ended");
-        }
-    }
-}
-
-/// Reads the request, asks the router and writes the response's head. `None` when the request
-/// was refused here or never arrived, or the head could not be written (the connection is
-/// done); otherwise the body is still to be written, chunked or not.
-async fn answer(
+/// Serves one request on `stream` (see the module doc). When the response has a body to
+/// write (a stream), returns it unwritten: the caller spawns [`Streaming::write`] as a task of
+/// its own. The task that accepted the connection is sized for hyper's connection state too
+/// (well over 1 KiB), and a stream lives for hours; its own task is sized for writing the body
+/// alone (test `the_stream_task_stays_small`).
+pub(crate) async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
     mut router: Router,
     shutdown: CancellationToken,
     ticket: Option<HandshakeTicket>,
     max_request_head: usize,
-) -> Option<(TcpStream, Body, bool)> {
+) -> Option<Streaming> {
     let mut req =
         match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, max_request_head)).await {
             Ok(Ok(req)) => req,
@@ -124,7 +95,27 @@ async fn answer(
         tracing::debug!(error = %e, %peer, "sse connection ended");
         return None;
     }
-    Some((stream, body, chunked))
+    Some(Streaming {
+        stream,
+        body,
+        chunked,
+    })
+}
+
+/// A response whose head was written and whose body is still to be written.
+pub(crate) struct Streaming {
+    stream: TcpStream,
+    body: Body,
+    chunked: bool,
+}
+
+impl Streaming {
+    /// Writes the body, then closes the connection.
+    pub(crate) fn write(self) -> impl Future<Output = ()> + Send + 'static {
+        // Not an `async` block around `write_body`: the block would keep its own copy of
+        // the socket and body beside the future's.
+        write_body(self.stream, self.body, self.chunked)
+    }
 }
 
 /// Reads and parses a request head; `Err(Some(status))` is answered, `Err(None)` just closes.
@@ -195,18 +186,19 @@ async fn write_status_only(
 /// Writes the body: as chunks when `chunked` (else as it is, until the close), each frame
 /// written as it comes. Ends when the body ends, or when the peer closes or sends anything (a
 /// stream's client only listens).
-async fn write_body(mut stream: TcpStream, mut body: Body, chunked: bool) -> std::io::Result<()> {
+async fn write_body(mut stream: TcpStream, mut body: Body, chunked: bool) {
     let (mut read, mut write) = stream.split();
-    let mut probe = [0u8; 16];
+    // One byte tells that the client sent something (see below).
+    let mut probe = [0u8; 1];
     let ended = loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
             // A listening client sends nothing: EOF, an error or bytes all end the stream.
-            _ = read.read(&mut probe) => break false,
+            _ = read.read(&mut probe) => break Ok(false),
         };
         let mut batch = match frame {
-            None => break true,
-            Some(Err(_)) => break false,
+            None => break Ok(true),
+            Some(Err(_)) => break Ok(false),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -237,16 +229,22 @@ async fn write_body(mut stream: TcpStream, mut body: Body, chunked: bool) -> std
                 std::task::Poll::Pending => break,
             }
         }
-        write_chunk(&mut write, &batch, chunked).await?;
+        if let Err(e) = write_chunk(&mut write, &batch, chunked).await {
+            break Err(e);
+        }
         if end {
-            break true;
+            break Ok(true);
         }
     };
     // The last chunk tells the client the stream ended as the server meant it to.
-    if chunked && ended {
-        write.write_all(b"0\r\n\r\n").await?;
+    let last = match ended {
+        Ok(true) if chunked => write.write_all(b"0\r\n\r\n").await,
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = last.and(write.shutdown().await) {
+        tracing::debug!(error = %e, "sse connection ended");
     }
-    write.shutdown().await
 }
 
 /// The response's status line and headers, with its framing (`content-length` or chunked)
@@ -299,10 +297,9 @@ async fn write_chunk(
         return Ok(());
     }
     let mut size = [0u8; 20];
-    let size = chunk_size(&mut size, len);
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() + 2);
     if chunked {
-        slices.push(IoSlice::new(size));
+        slices.push(IoSlice::new(chunk_size(&mut size, len)));
     }
     slices.extend(frames.iter().map(|f| IoSlice::new(f)));
     if chunked {
@@ -341,21 +338,21 @@ mod tests {
     }
 
     /// The stream's task lives as long as the stream: what it holds is memory per idle
-    /// stream (docs/benchmarks.md). Reading the head and routing must not size it.
+    /// stream (docs/benchmarks.md). tokio's task is the future plus 104 bytes (header, stage
+    /// tag, trailer) and the server's `TaskTracker` token 8, rounded up to 128 bytes: up to
+    /// 400 bytes of future is a task of 512 bytes (a jemalloc size class), 408 one of 640.
     #[tokio::test]
     async fn the_stream_task_stays_small() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stream = TcpStream::connect(addr).await.unwrap();
-        let task = serve(
+        let task = Streaming {
             stream,
-            addr,
-            Router::new(),
-            CancellationToken::new(),
-            None,
-            1024,
-        );
+            body: Body::empty(),
+            chunked: true,
+        }
+        .write();
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 448, "the stream's task future is {size} bytes");
+        assert!(size <= 400, "the stream's task future is {size} bytes");
     }
 }
