@@ -283,7 +283,8 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
         registry: shared.registry.clone(),
         conn: conn.clone(),
         user: user.clone(),
-        rooms: Vec::new(),
+        // Exactly the stream's rooms: a pushed-to `Vec` would start at four.
+        rooms: Vec::with_capacity(rooms.len()),
         _admitted: admitted,
     };
     node.metrics()
