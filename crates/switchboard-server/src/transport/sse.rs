@@ -54,7 +54,8 @@ use crate::{
     route::{PeerAddr, refusal_response},
 };
 
-/// The shutdown token of the server, which it puts on every request (SSE streams end with it).
+/// The shutdown token of the server, which it puts on every request (the SSE registry's sweeper
+/// ends every stream with it).
 #[derive(Debug, Clone)]
 pub(crate) struct ShutdownToken(pub(crate) CancellationToken);
 
