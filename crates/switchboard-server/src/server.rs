@@ -200,11 +200,18 @@ impl Server {
                         tracker.spawn(serve_tls(tls.acceptor(), stream, conn));
                         continue;
                     }
+                    let streams = tracker.clone();
                     tracker.spawn(async move {
                         if let Some(path) = direct_path
                             && direct::wants(&stream, &path).await
                         {
-                            direct::serve(stream, peer, router, shutdown, ticket, max_request_head).await;
+                            // A stream outlives this task, which is sized for hyper too.
+                            let answered = direct::serve(
+                                stream, peer, router, shutdown, ticket, max_request_head,
+                            );
+                            if let Some(body) = answered.await {
+                                streams.spawn(body.write());
+                            }
                         } else {
                             serve_http(stream, peer, router, shutdown, ticket, max_request_head).await;
                         }
@@ -341,14 +348,13 @@ async fn serve_tls(
         ..
     } = conn;
     if direct {
-        conn.tracker.spawn(direct::serve(
-            local,
-            peer,
-            router,
-            shutdown,
-            ticket,
-            max_request_head,
-        ));
+        let streams = conn.tracker.clone();
+        conn.tracker.spawn(async move {
+            let answered = direct::serve(local, peer, router, shutdown, ticket, max_request_head);
+            if let Some(body) = answered.await {
+                streams.spawn(body.write());
+            }
+        });
     } else {
         conn.tracker.spawn(serve_http(
             local,

@@ -378,6 +378,24 @@ async fn expiry_and_the_server_api_end_the_stream() {
     assert!(sse.ended);
 }
 
+/// An expiry more than two ping intervals away arms no timer when the stream opens: the
+/// sweeper's visit that finds it near wakes the stream to arm one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_far_expiry_is_armed_by_the_sweeper() {
+    let running = start(|c| c.sse.ping_interval = Duration::from_millis(200)).await;
+    let target = format!(
+        "/sse?room=chat:f&token={}",
+        token("alice", Duration::from_secs(2))
+    );
+    let opened = std::time::Instant::now();
+    let mut sse = Sse::open(running.addr, &target, &[]).await;
+    sse.expect("welcome").await;
+    sse.until_end().await;
+    assert!(sse.ended, "the stream ends with its last chunk");
+    // Pings kept it alive until then: it ended at the expiry (whole seconds, so 1 to 2 s).
+    assert!(opened.elapsed() >= Duration::from_millis(900));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_stream_ends() {
     let running =

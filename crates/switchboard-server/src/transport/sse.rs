@@ -12,12 +12,12 @@
 //! one buffer (hyper writes each body frame as a chunk and flushes after a few).
 //!
 //! Metrics hooks for the integrator: a stream opens in [`open`] (after `Registry::insert`) and
-//! closes in `Guard`'s `Drop`; bytes leave in `Stream::next` (the `written` count).
+//! closes in `Guard`'s `Drop`; bytes leave in `Stream::poll_next` (the `written` count).
 
 use std::{
     collections::VecDeque,
     convert::Infallible,
-    future::{Future, poll_fn},
+    future::Future,
     pin::Pin,
     sync::{Arc, OnceLock},
     task::{Context, Poll},
@@ -54,7 +54,8 @@ use crate::{
     route::{PeerAddr, refusal_response},
 };
 
-/// The shutdown token of the server, which it puts on every request (SSE streams end with it).
+/// The shutdown token of the server, which it puts on every request (the SSE registry's sweeper
+/// ends every stream with it).
 #[derive(Debug, Clone)]
 pub(crate) struct ShutdownToken(pub(crate) CancellationToken);
 
@@ -67,7 +68,8 @@ struct Shared {
     registry: Arc<Registry>,
     /// `websocket.allowed_origins` (any origin in development mode), as for upgrades.
     origins: OriginPolicy,
-    /// The sweeper starts with the first stream (it needs the server's shutdown token).
+    /// The sweeper starts with the first stream (it needs the server's shutdown token); at
+    /// shutdown it asks every stream to end (streams do not wait on the token themselves).
     sweeper: OnceLock<()>,
 }
 
@@ -289,7 +291,8 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
         registry: shared.registry.clone(),
         conn: conn.clone(),
         user: user.clone(),
-        rooms: Vec::new(),
+        // Exactly the stream's rooms: a pushed-to `Vec` would start at four.
+        rooms: Vec::with_capacity(rooms.len()),
         _admitted: admitted,
     };
     node.metrics()
@@ -397,19 +400,22 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
         node.finish_subscribe(member, &room, &read, None).await;
     }
 
-    let expires = user
-        .expires
-        .map(|exp| Instant::now() + Duration::from_secs(exp.saturating_sub(now_unix())));
-    let stream = Stream {
-        guard,
-        positions,
-        last: None,
-        expires,
-        shutdown,
-    };
+    // The token's expiry is the connection's deadline, as for a WebSocket: the sweeper wakes
+    // the stream to arm a timer when it comes near, and until then it costs nothing.
+    if let Some(exp) = user.expires {
+        conn.set_deadline(Some(
+            Instant::now() + Duration::from_secs(exp.saturating_sub(now_unix())),
+        ));
+    }
     let body = SseBody {
+        stream: Some(Stream {
+            guard,
+            positions,
+            last: None,
+            timer: None,
+        }),
         pending: VecDeque::new(),
-        next: Some(Box::pin(stream.next())),
+        controls: None,
     };
     let mut resp = Response::new(Body::new(body));
     let h = resp.headers_mut();
@@ -504,24 +510,41 @@ struct Stream {
     /// publication event of a batch (a reference to shared bytes) and moves `positions` to it
     /// only when they are needed (a server-side subscription makes it a stream of two).
     last: Option<Bytes>,
-    expires: Option<Instant>,
-    shutdown: CancellationToken,
+    /// Armed when the token's expiry (the connection's deadline) is less than two ping
+    /// intervals away; boxed, so that the many streams whose expiry is far hold one word.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// What a stream's poll found to do.
+enum Step {
+    /// Bytes to write.
+    Write(VecDeque<Bytes>),
+    /// The control inbox has requests: [`Stream::run_controls`].
+    Controls,
+    /// The stream ends.
+    End,
 }
 
 impl Stream {
-    /// Waits for bytes to write and returns them (publication events followed by their `id:`
-    /// line), or `None` when the stream ends.
-    async fn next(mut self) -> Option<(VecDeque<Bytes>, Stream)> {
+    /// What the stream does next: write the bytes queued for it, carry out control requests
+    /// or end (a close was asked for, the queue overflowed, the token expired). `Pending`
+    /// until one of these; the queue, a close or control request and the sweeper (a deadline
+    /// came near, shutdown) wake the task.
+    ///
+    /// A poll function rather than an `async fn`: the future of an `async fn` would be a
+    /// second allocation per stream, sized for its largest await (664 bytes), and one more
+    /// allocation for every batch the stream writes.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
         loop {
-            let conn = self.guard.conn.clone();
+            let conn = &*self.guard.conn;
             if let Some(d) = conn.take_close_request() {
                 tracing::debug!(conn = %conn.id(), %d, "sse stream ends as asked");
-                return None;
+                return Poll::Ready(Step::End);
             }
-            if conn.has_control() && Box::pin(self.controls()).await {
-                return None;
+            if conn.has_control() {
+                return Poll::Ready(Step::Controls);
             }
-            let probe = self.guard.node.hub().take_write_probe(&conn);
+            let probe = self.guard.node.hub().take_write_probe(conn);
             let mut frames = VecDeque::new();
             if conn.outbound.take(&mut frames) == Err(Overflowed) {
                 tracing::info!(conn = %conn.id(), "slow consumer, ending the sse stream");
@@ -529,49 +552,67 @@ impl Stream {
                     .node
                     .metrics()
                     .slow_consumer_closed(crate::metrics::Transport::Sse);
-                return None;
+                return Poll::Ready(Step::End);
             }
             if !frames.is_empty() {
                 let written: usize = frames.iter().map(Bytes::len).sum();
                 let events = frames.len() as u64;
                 let out = self.with_ids(frames);
-                // Counted as handed to hyper, which writes it at once (the `id:` lines
+                // Counted as handed to the writer, which writes it at once (the `id:` lines
                 // added to the events are not counted).
+                let conn = &*self.guard.conn;
                 let metrics = self.guard.node.metrics();
                 metrics.sent(crate::metrics::Transport::Sse, events, written as u64);
                 if let Some(at) = probe {
                     metrics.observe_publish_to_write(at.elapsed());
                 }
-                // Handed to hyper, which only asks for more once it wrote what it has.
+                // Handed to the writer, which only asks for more once it wrote what it has.
                 conn.outbound.put_back(VecDeque::new(), written, false);
                 conn.mark_seen();
-                return Some((out, self));
+                return Poll::Ready(Step::Write(out));
             }
-            let expiry = async {
-                match self.expires {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let ready = poll_fn(|cx| {
-                if conn.outbound.poll_ready(cx).is_ready()
-                    || conn.has_close_request()
-                    || conn.has_control()
-                {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            });
-            tokio::select! {
-                _ = ready => {}
-                _ = self.shutdown.cancelled() => return None,
-                _ = expiry => {
-                    tracing::debug!(conn = %conn.id(), "token expired, ending the sse stream");
-                    return None;
-                }
+            if conn.take_deadline_change() {
+                self.arm_timer();
+            }
+            if let Some(timer) = &mut self.timer
+                && timer.as_mut().poll(cx).is_ready()
+            {
+                let conn = &*self.guard.conn;
+                tracing::debug!(conn = %conn.id(), "token expired, ending the sse stream");
+                return Poll::Ready(Step::End);
+            }
+            let conn = &*self.guard.conn;
+            if conn.outbound.poll_ready(cx).is_pending()
+                && !conn.has_close_request()
+                && !conn.has_control()
+            {
+                return Poll::Pending;
             }
         }
+    }
+
+    /// Arms the expiry timer when the connection's deadline is less than two ping intervals
+    /// away, and otherwise holds none (the sweeper wakes the stream when it comes near).
+    fn arm_timer(&mut self) {
+        let horizon = Instant::now() + self.guard.registry.timer_horizon();
+        match (self.guard.conn.deadline(), &mut self.timer) {
+            (Some(at), Some(timer)) if at <= horizon => {
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+            }
+            (Some(at), None) if at <= horizon => {
+                self.timer = Some(Box::pin(tokio::time::sleep_until(at)));
+            }
+            _ => self.timer = None,
+        }
+    }
+
+    /// [`Stream::controls`] on a stream the future owns (it runs boxed, beside the body);
+    /// `true` when one ends the stream.
+    async fn run_controls(mut self) -> (Stream, bool) {
+        let end = self.controls().await;
+        (self, end)
     }
 
     /// Carries out the requests of the control inbox; `true` when one ends the stream.
@@ -680,16 +721,24 @@ fn advance(positions: &mut [(Arc<str>, Arc<str>, u64)], event: &[u8]) -> bool {
     true
 }
 
-/// The response body: the stream's bytes as hyper asks for them. Hyper asks for more only
-/// after writing what it has, so a peer that does not read leaves events in the outbound
-/// queue, which ends the stream when it passes its bound.
+/// The response body: the stream's bytes as the writer (`transport::direct`, or hyper) asks
+/// for them. The writer asks for more only after writing what it has, so a peer that does not
+/// read leaves events in the outbound queue, which ends the stream when it passes its bound.
+///
+/// The stream lives in the body itself, polled in place: an idle stream is this one
+/// allocation (224 bytes; test `an_idle_stream_is_one_small_allocation`) besides its task,
+/// its `ConnShared` and its memberships.
 struct SseBody {
+    /// `None` once the stream ended, or while its control requests run.
+    stream: Option<Stream>,
     pending: VecDeque<Bytes>,
-    next: Option<Next>,
+    /// The stream, taken out of `stream` while its control requests run (they await the
+    /// node: subscribing reads history).
+    controls: Option<Controls>,
 }
 
-/// The stream waiting for its next bytes.
-type Next = Pin<Box<dyn Future<Output = Option<(VecDeque<Bytes>, Stream)>> + Send>>;
+/// A stream carrying out its control requests.
+type Controls = Pin<Box<dyn Future<Output = (Stream, bool)> + Send>>;
 
 impl hyper::body::Body for SseBody {
     type Data = Bytes;
@@ -706,20 +755,47 @@ impl hyper::body::Body for SseBody {
             }
             // An idle stream keeps no buffer.
             this.pending = VecDeque::new();
-            let Some(next) = &mut this.next else {
-                return Poll::Ready(None);
-            };
-            match next.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => {
-                    this.next = None;
+            if let Some(controls) = &mut this.controls {
+                let Poll::Ready((stream, end)) = controls.as_mut().poll(cx) else {
+                    return Poll::Pending;
+                };
+                this.controls = None;
+                if end {
                     return Poll::Ready(None);
                 }
-                Poll::Ready(Some((out, stream))) => {
-                    this.pending = out;
-                    this.next = Some(Box::pin(stream.next()));
+                this.stream = Some(stream);
+            }
+            let Some(stream) = &mut this.stream else {
+                return Poll::Ready(None);
+            };
+            match stream.poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Step::Write(out)) => this.pending = out,
+                Poll::Ready(Step::Controls) => {
+                    if let Some(stream) = this.stream.take() {
+                        this.controls = Some(Box::pin(stream.run_controls()));
+                    }
+                }
+                Poll::Ready(Step::End) => {
+                    // The guard leaves the stream's rooms now, not when the writer is done.
+                    this.stream = None;
+                    return Poll::Ready(None);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle stream's state is its body, one allocation (the writer's task holds the
+    /// pointer): what it holds is memory per idle stream (docs/benchmarks.md). 224 bytes is
+    /// a jemalloc size class.
+    #[test]
+    fn an_idle_stream_is_one_small_allocation() {
+        let size = std::mem::size_of::<SseBody>();
+        assert!(size <= 224, "an SSE body is {size} bytes");
     }
 }
