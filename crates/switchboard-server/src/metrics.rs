@@ -251,6 +251,8 @@ struct Shard {
     recoveries: [AtomicU64; 2],
     auth_failures: [AtomicU64; AuthError::ALL.len()],
     rate_limited: AtomicU64,
+    /// [`Budget`] events.
+    budget: [AtomicU64; 3],
     broker_ops: [AtomicU64; BROKER_OPS],
     broker_errors: [AtomicU64; BROKER_OPS],
     broker_latency: [Histogram; BROKER_OPS],
@@ -291,6 +293,17 @@ fn sum<const N: usize>(shards: &[Shard], f: impl Fn(&Shard) -> &[AtomicU64; N]) 
         }
     }
     out
+}
+
+/// What the node's room and history budgets did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// A room's history was dropped (`limits.history_memory`).
+    HistoryDropped = 0,
+    /// An idle room was forgotten (`limits.max_rooms`).
+    RoomForgotten = 1,
+    /// A new room was refused (`limits.max_rooms`, every room in use).
+    RoomRefused = 2,
 }
 
 /// A server's metrics. Cheap to count into from any thread; see the module docs.
@@ -423,6 +436,11 @@ impl Metrics {
             .position(|r| *r == reason)
             .unwrap_or(0);
         self.shard().auth_failures[i].fetch_add(1, Relaxed);
+    }
+
+    /// `n` [`Budget`] events of `kind` (`limits.history_memory`, `limits.max_rooms`).
+    pub fn budget(&self, kind: Budget, n: u64) {
+        self.shard().budget[kind as usize].fetch_add(n, Relaxed);
     }
 
     /// A command was refused by a rate limit.
@@ -687,6 +705,28 @@ impl Collector for Metrics {
             "rate_limited_commands",
             "Commands refused by a rate limit",
             [(vec![], limited)],
+        )?;
+        let budget = sum(shards, |s| &s.budget);
+        counters(
+            &mut e,
+            "budget_evictions",
+            "Rooms whose history was dropped (history_memory) or that were forgotten (max_rooms) to stay within the node's budgets",
+            [
+                (
+                    vec![("budget", "history_memory".to_string())],
+                    budget[Budget::HistoryDropped as usize],
+                ),
+                (
+                    vec![("budget", "max_rooms".to_string())],
+                    budget[Budget::RoomForgotten as usize],
+                ),
+            ],
+        )?;
+        counters(
+            &mut e,
+            "rooms_refused",
+            "New rooms refused with limit_exceeded: limits.max_rooms reached and every room in use",
+            [(vec![], budget[Budget::RoomRefused as usize])],
         )?;
         let by_op = |v: [u64; BROKER_OPS]| {
             BrokerOp::ALL

@@ -181,7 +181,19 @@ impl Node {
         };
         let parts = Parts::new(config)?;
         let broker = Arc::new(MemoryBroker::with_config(memory, parts.dispatchers.clone()));
-        Ok(parts.assemble(broker))
+        let node = parts.assemble(broker.clone());
+        // The budgets' evictions and refusals, in /metrics.
+        let metrics = node.metrics().clone();
+        broker.on_budget(Arc::new(move |event, rooms| {
+            use crate::{broker::memory::BudgetEvent, metrics::Budget};
+            let kind = match event {
+                BudgetEvent::HistoryDropped => Budget::HistoryDropped,
+                BudgetEvent::RoomsForgotten => Budget::RoomForgotten,
+                BudgetEvent::RoomRefused => Budget::RoomRefused,
+            };
+            metrics.budget(kind, rooms as u64);
+        }));
+        Ok(node)
     }
 
     /// Builds a node on the broker that `broker` makes, asynchronously (a remote broker

@@ -441,4 +441,17 @@ async fn the_room_patterns_stay_within_the_room_and_history_budgets() {
     assert_eq!(newest.publications.len(), 1);
     let oldest = node.history("big0", None, None, false).await.unwrap();
     assert!(oldest.publications.is_empty());
+    // The evictions are in the metrics.
+    let text = node.metrics().encode();
+    let count = |line: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line))
+            .unwrap_or_else(|| panic!("no {line} in {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert!(count("switchboard_budget_evictions_total{budget=\"max_rooms\"}") >= 45_000);
+    assert!(count("switchboard_budget_evictions_total{budget=\"history_memory\"}") > 0);
+    assert_eq!(count("switchboard_rooms_refused_total"), 0);
 }

@@ -152,6 +152,7 @@ impl MemoryBroker {
             history_bytes: AtomicUsize::new(0),
             room_count: AtomicUsize::new(0),
             evicting: Mutex::new(()),
+            on_budget: std::sync::OnceLock::new(),
             config,
         });
         spawn_sweeper(&shared);
@@ -188,6 +189,12 @@ impl MemoryBroker {
     /// How many rooms have state (for metrics and tests).
     pub fn rooms(&self) -> usize {
         self.shared.room_count.load(Ordering::Relaxed)
+    }
+
+    /// Calls `observer` with what the budgets do (evictions, refused rooms) and how many
+    /// rooms each time, for the node's metrics. The first observer set stays.
+    pub fn on_budget(&self, observer: BudgetObserver) {
+        let _ = self.shared.on_budget.set(observer);
     }
 
     /// Bytes of retained publications, as [`MemoryBrokerConfig::history_memory`] counts
@@ -610,6 +617,20 @@ impl PresenceStore for MemoryBroker {
 /// table keeps up to half of its slots spare.
 type Rooms = HashMap<Arc<str>, Box<RoomState>>;
 
+/// What a [`MemoryBroker`]'s budgets did, with a number of rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetEvent {
+    /// Rooms whose history was dropped ([`MemoryBrokerConfig::history_memory`]).
+    HistoryDropped,
+    /// Idle rooms forgotten ([`MemoryBrokerConfig::max_rooms`]).
+    RoomsForgotten,
+    /// A new room refused ([`MemoryBrokerConfig::max_rooms`]).
+    RoomRefused,
+}
+
+/// Told of [`BudgetEvent`]s.
+pub type BudgetObserver = Arc<dyn Fn(BudgetEvent, usize) + Send + Sync>;
+
 type Shard = Mutex<Rooms>;
 
 /// When each (room, connection) presence entry expires, with a presence ttl.
@@ -632,6 +653,8 @@ struct Shared {
     room_count: AtomicUsize,
     /// One eviction at a time (they scan every shard).
     evicting: Mutex<()>,
+    /// Told of evictions and refusals ([`MemoryBroker::on_budget`]).
+    on_budget: std::sync::OnceLock<BudgetObserver>,
     config: MemoryBrokerConfig,
 }
 
@@ -739,12 +762,22 @@ impl Shared {
             state.touched = now;
             return Ok(f(state));
         }
+        self.tell(BudgetEvent::RoomRefused, 1);
         Err(BrokerError::LimitExceeded {
             message: format!(
                 "this node holds limits.max_rooms = {max} rooms and every one is in use; \
                  no new room can be created now"
             ),
         })
+    }
+
+    fn tell(&self, event: BudgetEvent, rooms: usize) {
+        if rooms == 0 {
+            return;
+        }
+        if let Some(observer) = self.on_budget.get() {
+            observer(event, rooms);
+        }
     }
 
     /// Brings the rooms 10 % under [`MemoryBrokerConfig::max_rooms`] by removing the least
@@ -784,6 +817,7 @@ impl Shared {
                 evicted += 1;
             }
         }
+        self.tell(BudgetEvent::RoomsForgotten, evicted);
         tracing::info!(
             evicted,
             max_rooms = max,
@@ -823,6 +857,7 @@ impl Shared {
                 rooms += 1;
             }
         }
+        self.tell(BudgetEvent::HistoryDropped, rooms);
         tracing::info!(
             rooms,
             history_memory = budget,
@@ -1414,6 +1449,13 @@ mod tests {
             },
             counting().0,
         );
+        let refused = Arc::new(AtomicUsize::new(0));
+        let seen = refused.clone();
+        fresh.on_budget(Arc::new(move |event, n| {
+            if event == BudgetEvent::RoomRefused {
+                seen.fetch_add(n, Ordering::SeqCst);
+            }
+        }));
         fresh.subscribe("a").await.unwrap();
         fresh.subscribe("b").await.unwrap();
         let e = fresh.subscribe("c").await.unwrap_err();
@@ -1429,6 +1471,7 @@ mod tests {
             .publish("a", Bytes::from_static(b"1"), None, opts())
             .await
             .unwrap();
+        assert_eq!(refused.load(Ordering::SeqCst), 2, "both refusals were told");
         fresh.unsubscribe("b").await.unwrap();
         fresh.subscribe("c").await.unwrap();
         assert_eq!(fresh.rooms(), 2);
