@@ -212,17 +212,18 @@ impl MemoryBroker {
     ) -> Result<PublishResult, BrokerError> {
         let now = Instant::now();
         let shared = &self.shared;
-        if opts.ephemeral && opts.idempotency_key.is_none() && !shared.lock(room).contains_key(room)
-        {
-            // Nobody is subscribed and there is nothing to remember.
+        // An ephemeral publication without a key to a room that does not exist: nobody is
+        // subscribed and there is nothing to remember, so no room is made for it.
+        let create = !opts.ephemeral || opts.idempotency_key.is_some();
+        let Some(result) = shared.room_op(room, now, create, |state| {
+            Self::publish_in(shared, state, now, data, from, opts)
+        })?
+        else {
             return Ok(PublishResult {
                 position: None,
                 duplicate: false,
             });
-        }
-        let result = shared.with_room(room, now, |state| {
-            Self::publish_in(shared, state, now, data, from, opts)
-        })?;
+        };
         if shared.config.history_memory > 0
             && shared.history_bytes.load(Ordering::Relaxed) > shared.config.history_memory
         {
@@ -528,15 +529,17 @@ impl Broker for MemoryBroker {
     ) -> BoxFuture<'a, Result<StreamPosition, BrokerError>> {
         Box::pin(async move {
             let now = Instant::now();
-            let existed = self.shared.lock(room).contains_key(room);
             let shared = &self.shared;
-            shared.with_room(room, now, |state| {
-                if existed {
-                    state.clear_history(&shared.history_bytes);
-                    state.epoch = new_epoch();
-                }
+            // An existing room loses its history and gets a new epoch; a new one has neither.
+            let removed = shared.room_op(room, now, false, |state| {
+                state.clear_history(&shared.history_bytes);
+                state.epoch = new_epoch();
                 state.position()
-            })
+            })?;
+            match removed {
+                Some(position) => Ok(position),
+                None => shared.with_room(room, now, |state| state.position()),
+            }
         })
     }
 
@@ -743,10 +746,26 @@ impl Shared {
         now: Instant,
         f: impl FnOnce(&mut RoomState) -> R,
     ) -> Result<R, BrokerError> {
+        self.room_op(room, now, true, f)
+            .map(|r| r.expect("a room is created when missing"))
+    }
+
+    /// [`Shared::with_room`], but a missing room is created only when `create` (else `Ok(None)`,
+    /// decided under the same lock).
+    fn room_op<R>(
+        &self,
+        room: &str,
+        now: Instant,
+        create: bool,
+        f: impl FnOnce(&mut RoomState) -> R,
+    ) -> Result<Option<R>, BrokerError> {
         let max = self.config.max_rooms;
         for attempt in 0..2 {
             let mut map = self.lock(room);
             if !map.contains_key(room) {
+                if !create {
+                    return Ok(None);
+                }
                 if max > 0 && self.room_count.load(Ordering::Relaxed) >= max {
                     drop(map);
                     if attempt == 0 {
@@ -760,7 +779,7 @@ impl Shared {
             }
             let state = map.get_mut(room).expect("present or inserted above");
             state.touched = now;
-            return Ok(f(state));
+            return Ok(Some(f(state)));
         }
         self.tell(BudgetEvent::RoomRefused, 1);
         Err(BrokerError::LimitExceeded {
