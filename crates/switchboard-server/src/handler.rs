@@ -440,18 +440,11 @@ impl<S> Connection<S> {
         if !self.shared.take_deadline_change() {
             return;
         }
-        let horizon = Instant::now() + horizon;
-        match (self.shared.deadline(), &mut self.timer) {
-            (Some(at), Some(timer)) if at <= horizon => {
-                if timer.deadline() != at {
-                    timer.as_mut().reset(at);
-                }
-            }
-            (Some(at), None) if at <= horizon => {
-                self.timer = Some(Box::pin(tokio::time::sleep_until(at)));
-            }
-            _ => self.timer = None,
-        }
+        arm_timer(
+            &mut self.timer,
+            self.shared.deadline(),
+            Instant::now() + horizon,
+        );
     }
 
     /// The armed timer fired: it is spent.
@@ -540,5 +533,26 @@ impl<S> Connection<S> {
     /// The shared state other tasks hold: give it to [`Hub::post`] with a [`Control`] to reach this connection.
     pub fn shared(&self) -> &Arc<ConnShared> {
         &self.shared
+    }
+}
+
+/// Arms `timer` for `deadline` when it comes before `horizon` (resetting an armed one only when
+/// the deadline moved), and otherwise holds none: a deadline far away costs no timer entry
+/// (the route's sweeper looks at it). Connections and SSE streams share it.
+pub(crate) fn arm_timer(
+    timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    deadline: Option<Instant>,
+    horizon: Instant,
+) {
+    match (deadline, timer.as_mut()) {
+        (Some(at), Some(armed)) if at <= horizon => {
+            if armed.deadline() != at {
+                armed.as_mut().reset(at);
+            }
+        }
+        (Some(at), None) if at <= horizon => {
+            *timer = Some(Box::pin(tokio::time::sleep_until(at)));
+        }
+        _ => *timer = None,
     }
 }

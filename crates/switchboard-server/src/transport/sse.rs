@@ -594,18 +594,11 @@ impl Stream {
     /// Arms the expiry timer when the connection's deadline is less than two ping intervals
     /// away, and otherwise holds none (the sweeper wakes the stream when it comes near).
     fn arm_timer(&mut self) {
-        let horizon = Instant::now() + self.guard.registry.timer_horizon();
-        match (self.guard.conn.deadline(), &mut self.timer) {
-            (Some(at), Some(timer)) if at <= horizon => {
-                if timer.deadline() != at {
-                    timer.as_mut().reset(at);
-                }
-            }
-            (Some(at), None) if at <= horizon => {
-                self.timer = Some(Box::pin(tokio::time::sleep_until(at)));
-            }
-            _ => self.timer = None,
-        }
+        crate::handler::arm_timer(
+            &mut self.timer,
+            self.guard.conn.deadline(),
+            Instant::now() + self.guard.registry.timer_horizon(),
+        );
     }
 
     /// [`Stream::controls`] on a stream the future owns (it runs boxed, beside the body);
