@@ -179,6 +179,11 @@ pub(crate) fn refusal_response(r: Refusal) -> Response<Body> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PeerAddr(pub(crate) SocketAddr);
 
+/// The shutdown token of the server, which it puts on every request (the SSE registry's sweeper
+/// ends every stream with it).
+#[derive(Debug, Clone)]
+pub(crate) struct ShutdownToken(pub(crate) CancellationToken);
+
 async fn upgrade<H: Handler>(
     handler: Arc<H>,
     options: Arc<RouteOptions>,

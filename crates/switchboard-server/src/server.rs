@@ -377,7 +377,7 @@ async fn serve_http<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let token = crate::transport::sse::ShutdownToken(shutdown.clone());
+    let token = crate::route::ShutdownToken(shutdown.clone());
     // The HTTP connection counts against its IP until it ends or is upgraded (the upgraded
     // connection is counted by the route): counting only up to the first request would let a
     // client send one small request and then hold unfinished heads uncounted.

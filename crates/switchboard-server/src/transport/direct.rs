@@ -17,9 +17,11 @@
 //! (`server`): the code is generic over [`Stream`].
 
 use std::{
+    collections::VecDeque,
     io::IoSlice,
     net::SocketAddr,
     pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -35,7 +37,10 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 
-use crate::{limits::HandshakeTicket, route::PeerAddr, transport::sse::ShutdownToken};
+use crate::{
+    limits::HandshakeTicket,
+    route::{PeerAddr, ShutdownToken},
+};
 
 /// How long a client may take to send its request head (hyper's `header_read_timeout` for
 /// every other request).
@@ -43,6 +48,39 @@ pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most headers a request may have, hyper's limit for every other request (beyond: 431).
 const MAX_HEADERS: usize = 100;
+
+/// In the extensions of every request [`serve`] reads: its response may hand its body over as
+/// [`Batches`] ([`BatchBody`]) rather than as an HTTP body.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Direct;
+
+/// A body that gives its frames a batch at a time (an SSE stream's queue, taken whole): the
+/// writer writes each batch as one vectored write, instead of asking a boxed HTTP body for
+/// its frames one by one, which costs about as much as the rest of a delivery.
+pub(crate) trait Batches: Send + 'static {
+    /// The next frames (never an empty batch), or `None` once the body ended.
+    fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<Option<VecDeque<Bytes>>>;
+    /// A written batch's buffer, emptied, to be reused for a later batch.
+    fn recycle(&mut self, spent: VecDeque<Bytes>);
+}
+
+/// A response extension carrying the body as [`Batches`] (the response's own body is then
+/// empty and ignored): only for a request with [`Direct`] in its extensions.
+#[derive(Clone)]
+pub(crate) struct BatchBody(pub(crate) Arc<Mutex<Option<Box<dyn Batches>>>>);
+
+impl BatchBody {
+    /// Wraps `body` to be put in a response's extensions.
+    pub(crate) fn new(body: impl Batches) -> Self {
+        BatchBody(Arc::new(Mutex::new(Some(Box::new(body)))))
+    }
+}
+
+/// Where a response's body comes from.
+enum Source {
+    Body(Body),
+    Batches(Box<dyn Batches>),
+}
 
 /// Whether the connection's first bytes are `GET <path>` followed by `?` or a space: a request
 /// for the SSE endpoint. Waits for the first bytes (at most [`HEAD_TIMEOUT`]) without
@@ -120,6 +158,7 @@ pub(crate) async fn serve<S: Stream>(
         };
     req.extensions_mut().insert(PeerAddr(peer));
     req.extensions_mut().insert(ShutdownToken(shutdown));
+    req.extensions_mut().insert(Direct);
     let http10 = req.version() == http::Version::HTTP_10;
     let resp = match router.call(req).await {
         Ok(r) => r,
@@ -127,8 +166,18 @@ pub(crate) async fn serve<S: Stream>(
     };
     // The head was read: the stream is counted by its route from here on.
     drop(ticket);
-    let (parts, body) = resp.into_parts();
-    let length = body.size_hint().exact();
+    let (mut parts, body) = resp.into_parts();
+    let batches = parts
+        .extensions
+        .remove::<BatchBody>()
+        .and_then(|b| b.0.lock().unwrap_or_else(PoisonError::into_inner).take());
+    let (source, length) = match batches {
+        Some(b) => (Source::Batches(b), None),
+        None => {
+            let length = body.size_hint().exact();
+            (Source::Body(body), length)
+        }
+    };
     let chunked = length.is_none() && !http10;
     let head = response_head(parts, length, chunked, http10);
     if let Err(e) = stream.write_all(&head).await {
@@ -137,7 +186,7 @@ pub(crate) async fn serve<S: Stream>(
     }
     Some(Streaming {
         stream,
-        body,
+        source,
         chunked,
     })
 }
@@ -145,7 +194,7 @@ pub(crate) async fn serve<S: Stream>(
 /// A response whose head was written and whose body is still to be written.
 pub(crate) struct Streaming<S> {
     stream: S,
-    body: Body,
+    source: Source,
     chunked: bool,
 }
 
@@ -154,9 +203,9 @@ impl<S: Stream> Streaming<S> {
     pub(crate) fn write(self) -> impl Future<Output = ()> + Send + 'static {
         Writer {
             stream: self.stream,
-            body: self.body,
+            source: self.source,
             chunked: self.chunked,
-            batch: Vec::new(),
+            batch: VecDeque::new(),
             written: 0,
             end: false,
             phase: Phase::Streaming,
@@ -238,11 +287,11 @@ async fn write_status_only<S: Stream>(
 /// of 512; this one is about 100, a task of 256: the test `the_stream_task_stays_small`).
 struct Writer<S> {
     stream: S,
-    body: Body,
+    source: Source,
     chunked: bool,
-    /// The frames of the chunk being written (empty between chunks: an idle stream holds no
-    /// buffer).
-    batch: Vec<Bytes>,
+    /// The frames of the chunk being written (empty between chunks, and without a buffer
+    /// once the body has nothing ready: an idle stream holds no buffer).
+    batch: VecDeque<Bytes>,
     /// Bytes of the chunk being written (head, frames and tail) that reached the socket.
     written: usize,
     /// The body ended while its last frames were gathered: they are the last chunk.
@@ -309,17 +358,16 @@ impl<S: Stream> Writer<S> {
     fn poll_stream(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
         loop {
             if self.batch.is_empty() {
-                match poll_data(&mut self.body, cx) {
-                    Poll::Ready(Next::Data(data)) => {
-                        self.batch = Vec::with_capacity(MAX_BATCH);
-                        self.batch.push(data);
-                    }
+                match self.fill(cx) {
+                    Poll::Ready(Next::Data(())) => {}
                     Poll::Ready(Next::Skip) => continue,
                     Poll::Ready(Next::End) => return Poll::Ready(Ok(true)),
                     Poll::Ready(Next::Broken) => return Poll::Ready(Ok(false)),
                     // A listening client sends nothing: EOF, an error or bytes all end the
                     // stream. Read readiness is polled: the task keeps no read state.
                     Poll::Pending => loop {
+                        // Idle: the batch buffer goes (kept only while events keep coming).
+                        self.batch = VecDeque::new();
                         match self.stream.poll_read_ready(cx) {
                             Poll::Pending => return Poll::Pending,
                             Poll::Ready(Err(_)) => return Poll::Ready(Ok(false)),
@@ -331,29 +379,58 @@ impl<S: Stream> Writer<S> {
                         }
                     },
                 }
-                // What else the body has ready goes out in the same chunk and the same
-                // write: a stream's queued events are shared bytes, one frame each.
-                while self.batch.len() < MAX_BATCH {
-                    match poll_data(&mut self.body, cx) {
-                        Poll::Ready(Next::Data(data)) => self.batch.push(data),
-                        Poll::Ready(Next::Skip) => {}
-                        Poll::Ready(Next::End | Next::Broken) => {
-                            self.end = true;
-                            break;
-                        }
-                        Poll::Pending => break,
-                    }
-                }
                 self.written = 0;
             }
             if let Err(e) = ready!(self.poll_write_chunk(cx)) {
                 return Poll::Ready(Err(e));
             }
-            self.batch = Vec::new();
+            match &mut self.source {
+                Source::Batches(b) => b.recycle(std::mem::take(&mut self.batch)),
+                Source::Body(_) => self.batch.clear(),
+            }
             if self.end {
                 return Poll::Ready(Ok(true));
             }
         }
+    }
+
+    /// Fills the empty `batch` with what the body has ready: a batch source's next batch, or
+    /// an HTTP body's frames, as many as are ready (up to [`MAX_BATCH`]), so that they go out
+    /// in the same chunk and the same write.
+    fn fill(&mut self, cx: &mut Context<'_>) -> Poll<Next<()>> {
+        let body = match &mut self.source {
+            Source::Batches(b) => {
+                return b.poll_batch(cx).map(|batch| match batch {
+                    Some(batch) => {
+                        self.batch = batch;
+                        Next::Data(())
+                    }
+                    None => Next::End,
+                });
+            }
+            Source::Body(body) => body,
+        };
+        match ready!(poll_data(body, cx)) {
+            Next::Data(data) => {
+                self.batch.reserve_exact(MAX_BATCH);
+                self.batch.push_back(data);
+            }
+            Next::Skip => return Poll::Ready(Next::Skip),
+            Next::End => return Poll::Ready(Next::End),
+            Next::Broken => return Poll::Ready(Next::Broken),
+        }
+        while self.batch.len() < MAX_BATCH {
+            match poll_data(body, cx) {
+                Poll::Ready(Next::Data(data)) => self.batch.push_back(data),
+                Poll::Ready(Next::Skip) => {}
+                Poll::Ready(Next::End | Next::Broken) => {
+                    self.end = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Next::Data(()))
     }
 
     /// Writes `batch` as one chunk (or as it is, when not `chunked`), with vectored writes,
@@ -376,6 +453,10 @@ impl<S: Stream> Writer<S> {
                 .chain(self.batch.iter().map(|b| &b[..]))
                 .chain(std::iter::once(tail));
             for part in parts {
+                if count == slices.len() {
+                    // A batch source's batch may be longer: the rest in the next write.
+                    break;
+                }
                 if skip >= part.len() {
                     skip -= part.len();
                     continue;
@@ -396,8 +477,8 @@ impl<S: Stream> Writer<S> {
 
 /// What the body gave: a small value, so that the writer's future keeps no `Frame` (a frame
 /// may hold trailers, a whole header map).
-enum Next {
-    Data(Bytes),
+enum Next<D = Bytes> {
+    Data(D),
     /// Not data (trailers): nothing to write.
     Skip,
     /// The body ended as the server meant it to.
@@ -510,7 +591,7 @@ mod tests {
         let writer = tokio::spawn(
             Streaming {
                 stream,
-                body: Body::new(Frames(frames.iter().cloned().collect())),
+                source: Source::Body(Body::new(Frames(frames.iter().cloned().collect()))),
                 chunked: true,
             }
             .write(),
@@ -537,7 +618,7 @@ mod tests {
         let stream = TcpStream::connect(addr).await.unwrap();
         let task = Streaming {
             stream,
-            body: Body::empty(),
+            source: Source::Body(Body::empty()),
             chunked: true,
         }
         .write();

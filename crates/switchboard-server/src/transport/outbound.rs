@@ -227,6 +227,20 @@ impl Outbound {
         false
     }
 
+    /// Takes back a buffer whose frames were all written, when the queue has none: a stream
+    /// that writes bursts reuses it as [`Outbound::put_back`] lets a WebSocket connection,
+    /// until the sweeper trims it ([`Outbound::trim`]).
+    pub(crate) fn recycle(&self, mut spent: VecDeque<Bytes>) {
+        if spent.capacity() <= SMALL {
+            return;
+        }
+        spent.clear();
+        let mut inner = self.lock();
+        if inner.state == State::Open && inner.frames.capacity() == 0 {
+            inner.frames = spent;
+        }
+    }
+
     /// Releases the buffer of an empty queue (the sweeper calls it on every visit, so a
     /// connection that went quiet holds no buffer after one ping interval).
     pub(crate) fn trim(&self) {

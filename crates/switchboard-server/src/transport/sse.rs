@@ -20,7 +20,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{Arc, OnceLock},
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -35,9 +35,9 @@ use switchboard_protocol::{
     wire::{self, ErrorCode},
 };
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::{
+    direct,
     outbound::Overflowed,
     registry::{Registry, run_sweeper},
 };
@@ -51,13 +51,8 @@ use crate::{
     node::{Member, Node, Subscribed},
     origin::OriginPolicy,
     proxy::ProxyKind,
-    route::{PeerAddr, refusal_response},
+    route::{PeerAddr, ShutdownToken, refusal_response},
 };
-
-/// The shutdown token of the server, which it puts on every request (the SSE registry's sweeper
-/// ends every stream with it).
-#[derive(Debug, Clone)]
-pub(crate) struct ShutdownToken(pub(crate) CancellationToken);
 
 /// What every stream of a node shares.
 #[derive(Debug)]
@@ -124,6 +119,7 @@ fn bad_request(reason: &str) -> Response<Body> {
 
 /// Opens a stream, or refuses it before it starts.
 async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response<Body> {
+    let direct = req.extensions().get::<direct::Direct>().is_some();
     let shutdown = req
         .extensions()
         .get::<ShutdownToken>()
@@ -417,7 +413,14 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
         pending: VecDeque::new(),
         controls: None,
     };
-    let mut resp = Response::new(Body::new(body));
+    // Written off hyper, the body goes to the writer in batches (`transport::direct`).
+    let mut resp = if direct {
+        let mut resp = Response::new(Body::empty());
+        resp.extensions_mut().insert(direct::BatchBody::new(body));
+        resp
+    } else {
+        Response::new(Body::new(body))
+    };
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -733,6 +736,61 @@ struct SseBody {
 /// A stream carrying out its control requests.
 type Controls = Pin<Box<dyn Future<Output = (Stream, bool)> + Send>>;
 
+impl SseBody {
+    /// The stream's next frames, or `None` once it ended.
+    fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<Option<VecDeque<Bytes>>> {
+        loop {
+            if let Some(controls) = &mut self.controls {
+                let Poll::Ready((stream, end)) = controls.as_mut().poll(cx) else {
+                    return Poll::Pending;
+                };
+                self.controls = None;
+                if end {
+                    return Poll::Ready(None);
+                }
+                self.stream = Some(stream);
+            }
+            let Some(stream) = &mut self.stream else {
+                return Poll::Ready(None);
+            };
+            match stream.poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Step::Write(out)) => return Poll::Ready(Some(out)),
+                Poll::Ready(Step::Controls) => {
+                    if let Some(stream) = self.stream.take() {
+                        self.controls = Some(Box::pin(stream.run_controls()));
+                    }
+                }
+                Poll::Ready(Step::End) => {
+                    // The guard leaves the stream's rooms now, not when the writer is done.
+                    self.stream = None;
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+
+    /// Gives a spent buffer back to the queue for the next burst (the sweeper frees it once
+    /// the stream is idle): an idle stream keeps no buffer.
+    fn give_back(&mut self, spent: VecDeque<Bytes>) {
+        if let Some(stream) = &self.stream {
+            stream.guard.conn.outbound.recycle(spent);
+        }
+    }
+}
+
+/// Off hyper (`transport::direct`): the queue's frames a batch at a time.
+impl direct::Batches for SseBody {
+    fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<Option<VecDeque<Bytes>>> {
+        self.poll_more(cx)
+    }
+
+    fn recycle(&mut self, spent: VecDeque<Bytes>) {
+        self.give_back(spent);
+    }
+}
+
+/// Through hyper (a server built without the direct path): a frame at a time.
 impl hyper::body::Body for SseBody {
     type Data = Bytes;
     type Error = Infallible;
@@ -746,34 +804,11 @@ impl hyper::body::Body for SseBody {
             if let Some(bytes) = this.pending.pop_front() {
                 return Poll::Ready(Some(Ok(Frame::data(bytes))));
             }
-            // An idle stream keeps no buffer.
-            this.pending = VecDeque::new();
-            if let Some(controls) = &mut this.controls {
-                let Poll::Ready((stream, end)) = controls.as_mut().poll(cx) else {
-                    return Poll::Pending;
-                };
-                this.controls = None;
-                if end {
-                    return Poll::Ready(None);
-                }
-                this.stream = Some(stream);
-            }
-            let Some(stream) = &mut this.stream else {
-                return Poll::Ready(None);
-            };
-            match stream.poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Step::Write(out)) => this.pending = out,
-                Poll::Ready(Step::Controls) => {
-                    if let Some(stream) = this.stream.take() {
-                        this.controls = Some(Box::pin(stream.run_controls()));
-                    }
-                }
-                Poll::Ready(Step::End) => {
-                    // The guard leaves the stream's rooms now, not when the writer is done.
-                    this.stream = None;
-                    return Poll::Ready(None);
-                }
+            let spent = std::mem::take(&mut this.pending);
+            this.give_back(spent);
+            match ready!(this.poll_more(cx)) {
+                Some(out) => this.pending = out,
+                None => return Poll::Ready(None),
             }
         }
     }
