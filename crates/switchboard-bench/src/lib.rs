@@ -36,6 +36,7 @@ mod fanout;
 mod payload;
 mod plan;
 mod proc;
+mod redis_info;
 mod report;
 mod result;
 mod rooms;
@@ -48,8 +49,9 @@ pub use auth::TokenIssuer;
 /// Options of `switchboard bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// Boxed: the options are large, and the caller's command enum should not grow with them.
     #[command(subcommand)]
-    scenario: Scenario,
+    scenario: Box<Scenario>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,7 +75,7 @@ pub fn run(
     args: BenchArgs,
     tokens: Arc<dyn TokenIssuer>,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let result = match args.scenario {
+    let result = match *args.scenario {
         Scenario::Echo(a) => echo::run(a),
         Scenario::Fanout(a) => fanout::run(a, &tokens),
         Scenario::Rooms(a) => rooms::run(a, &tokens),

@@ -6,7 +6,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
     rc::Rc,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -16,6 +16,7 @@ use crate::{
     auth::Auth,
     conn::{Conn, ConnError, Dial},
     engine, payload, proc,
+    redis_info::{RedisProbe, RedisSample},
     target::Target,
 };
 
@@ -63,6 +64,10 @@ pub(crate) struct CommonArgs {
     /// No progress bars.
     #[arg(long, short)]
     pub(crate) quiet: bool,
+    /// The Redis the nodes share (redis://, loopback only): its memory and the commands it
+    /// processed are read with INFO before and during the run.
+    #[arg(long, value_name = "URL")]
+    pub(crate) redis: Option<String>,
 }
 
 /// `10`, `1.5` (seconds) or a humantime duration (`10s`, `500ms`, `1m`).
@@ -95,6 +100,8 @@ pub(crate) struct Plan {
     pub(crate) socketio: bool,
     /// Offer permessage-deflate on every connection (`connect --deflate`).
     pub(crate) deflate: bool,
+    /// The Redis of `--redis`, and what it held before any connection was opened.
+    pub(crate) redis: Option<(Arc<Mutex<RedisProbe>>, RedisSample)>,
 }
 
 impl Plan {
@@ -156,6 +163,15 @@ impl Plan {
                 ));
             }
         }
+        // Last of the checks: it reads the memory Redis uses before any connection.
+        let redis = match &common.redis {
+            Some(url) => {
+                let mut probe = RedisProbe::connect(url)?;
+                let before = probe.sample()?;
+                Some((Arc::new(Mutex::new(probe)), before))
+            }
+            None => None,
+        };
         Ok(Plan {
             progress: engine::Progress::new(common.quiet),
             common,
@@ -165,6 +181,7 @@ impl Plan {
             connections,
             socketio: false,
             deflate: false,
+            redis,
         })
     }
 
@@ -255,6 +272,7 @@ impl Plan {
             handles,
             self.progress,
             &self.common.server_pids,
+            self.redis.as_ref().map(|(probe, _)| probe.clone()),
         ))
     }
 
