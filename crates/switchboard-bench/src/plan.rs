@@ -49,6 +49,10 @@ pub(crate) struct CommonArgs {
     /// Connections being set up at once (keep it below the server's listen backlog).
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub(crate) concurrency: usize,
+    /// Time allowed for every connection to be set up. Default: 30 s plus 2 ms per
+    /// connection (raise it when several bench processes share the handshakes).
+    #[arg(long, value_parser = parse_duration, value_name = "D")]
+    pub(crate) setup_timeout: Option<Duration>,
     /// Time allowed for messages in flight to arrive after the measurement.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub(crate) drain_timeout: Duration,
@@ -245,7 +249,9 @@ impl Plan {
 
     /// Time allowed for set-up: generous, it depends on the server.
     pub(crate) fn setup_timeout(&self) -> Duration {
-        Duration::from_secs(30) + Duration::from_millis(self.connections as u64 * 2)
+        self.common.setup_timeout.unwrap_or_else(|| {
+            Duration::from_secs(30) + Duration::from_millis(self.connections as u64 * 2)
+        })
     }
 
     /// The run's name in reports.
