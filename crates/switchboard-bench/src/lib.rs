@@ -9,7 +9,9 @@
 //!
 //! This crate owns the command's options ([`BenchArgs`]), the connections and scenarios, the
 //! measurements (latency histograms, CPU and memory from `/proc`), the result format, the
-//! tables and the charts. It drives servers over sockets as a client and must know nothing of
+//! tables and the charts. Several `--url` load a cluster (connections spread round-robin over
+//! the nodes); `--redis` reads the memory and commands of the Redis its nodes share (see
+//! `redis_info`). It drives servers over sockets as a client and must know nothing of
 //! their internals: it takes from `switchboard-protocol` only what any client uses (the client
 //! handshake, permessage-deflate, the room-name rule), writes the few v1 JSON messages and
 //! Socket.IO packets it sends itself, and sends tokens minted by the [`TokenIssuer`] its caller
