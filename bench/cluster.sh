@@ -265,7 +265,8 @@ established() {
 if want idle; then
     # One bench process holds at most `ulimit -n` connections (this machine: 20,000, and the
     # hard limit cannot be raised without CAP_SYS_RESOURCE), so N connections take
-    # ceil(N / 19,000) processes side by side. Their hold (--warmup) outlasts everyone's set-up:
+    # ceil(N / 19,000) processes side by side. Their hold (--warmup: 3 minutes, 30 s for one
+    # process) outlasts everyone's set-up and the 5 s of settling:
     # the script reads each node's VmRSS and Redis's used_memory itself once all N are
     # established, against the figures read before the first connection.
     PER=$((19000 < $(ulimit -n) - 100 ? 19000 : $(ulimit -n) - 100))
@@ -284,7 +285,7 @@ if want idle; then
         n=$((IDLE / K + (k <= IDLE % K ? 1 : 0)))
         (SWITCHBOARD_DEV_SECRET_FILE=$SECRET exec "$SB" bench connect "${ARGS[@]}" --cpu-list 1 \
             --connections "$n" --subscribe bench:idle --concurrency $((100 / K + 1)) \
-            --warmup $((K > 1 ? 180 : WARMUP)) --duration "$DURATION" --setup-timeout 10m --quiet \
+            --warmup $((K > 1 ? 180 : 30)) --duration "$DURATION" --setup-timeout 10m --quiet \
             --name "idle-$IDLE_NODES-nodes-$k" --json "$OUT/idle-$k.json") >"$TMP/logs/idle-bench-$k.log" 2>&1 9>&- &
         BENCHES+=("$!")
         PIDS+=("$!")
@@ -298,6 +299,7 @@ if want idle; then
         for i in "${!NODE_PIDS[@]}"; do
             after=$(rss "${NODE_PIDS[$i]}")
             conns=$(ss -Htn state established "( sport = :${PORTS[$i]} )" | wc -l)
+            ((conns > 0)) || die "node $((i + 1)) has no connection left: the bench processes ended early"
             total=$((total + after - BEFORE[i]))
             echo "node $((i + 1)) (${NODE_URLS[$i]}): $conns connections, RSS ${BEFORE[$i]} -> $after B, $(((after - BEFORE[i]) / conns)) B per connection"
         done
