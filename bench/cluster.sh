@@ -46,7 +46,8 @@ Options:
   --fanout-nodes N nodes of the fan-out cluster (default 3)
   --subscribers N  fan-out subscribers (default 1000)
   --rounds N       rounds of the three fan-out set-ups (default 2)
-  --window W       publications in flight (default 64)
+  --publishers P   fan-out publishers (default 1), continuing the round-robin over the nodes
+  --window W       publications in flight per publisher (default 64)
   --rate R         publications per second instead of a window (the same load for every
                    set-up: compare their server CPU)
   --only NAME      idle or fanout
@@ -61,6 +62,7 @@ FANOUT_NODES=3
 SUBSCRIBERS=1000
 ROUNDS=2
 WINDOW=64
+PUBLISHERS=1
 RATE=
 ONLY=
 DURATION=10
@@ -74,6 +76,7 @@ while (($#)); do
     --subscribers) SUBSCRIBERS=${2:?--subscribers needs N} && shift ;;
     --rounds) ROUNDS=${2:?--rounds needs N} && shift ;;
     --window) WINDOW=${2:?--window needs W} && shift ;;
+    --publishers) PUBLISHERS=${2:?--publishers needs P} && shift ;;
     --rate) RATE=${2:?--rate needs R} && shift ;;
     --only) ONLY=${2:?--only needs idle or fanout} && shift ;;
     -h | --help) usage && exit 0 ;;
@@ -82,7 +85,7 @@ while (($#)); do
     shift
 done
 case $ONLY in '' | idle | fanout) ;; *) echo "cluster.sh: --only $ONLY: idle or fanout" >&2 && exit 2 ;; esac
-for n in "$IDLE" "$IDLE_NODES" "$FANOUT_NODES" "$SUBSCRIBERS" "$ROUNDS" "$WINDOW"; do
+for n in "$IDLE" "$IDLE_NODES" "$FANOUT_NODES" "$SUBSCRIBERS" "$ROUNDS" "$WINDOW" "$PUBLISHERS"; do
     [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "cluster.sh: $n: a positive number is needed" >&2 && exit 2; }
 done
 if ((QUICK)); then
@@ -324,7 +327,7 @@ if want fanout; then
             esac
             if [[ $setup != single ]]; then ARGS+=(--server-pid "$REDIS_PID"); fi
             if [[ -n $RATE ]]; then ARGS+=(--rate "$RATE"); else ARGS+=(--window "$WINDOW"); fi
-            bench fanout "${ARGS[@]}" --subscribers "$SUBSCRIBERS" --publishers 1 \
+            bench fanout "${ARGS[@]}" --subscribers "$SUBSCRIBERS" --publishers "$PUBLISHERS" \
                 --size 64 --room bench:fanout --warmup "$WARMUP" --duration "$DURATION" \
                 --name "$setup" --json "$OUT/fanout-$setup-$round.json"
             stop_all
