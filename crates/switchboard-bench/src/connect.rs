@@ -36,7 +36,7 @@ use crate::{
     fanout::Transport,
     plan::{self, CommonArgs, Plan},
     proc, report,
-    result::{BenchResult, Latency, Load, round1},
+    result::{BenchResult, Latency, Load, NodeMemory, round1},
     socketio,
     sse::SseConn,
 };
@@ -111,7 +111,7 @@ pub(crate) fn run(args: ConnectArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<Ex
         .server_pids
         .iter()
         .map(|p| proc::rss_bytes(*p))
-        .sum::<Result<u64, String>>()?;
+        .collect::<Result<Vec<u64>, String>>()?;
     let room: Option<Arc<str>> = args.subscribe.as_deref().map(Into::into);
     let auth = Arc::new(auth);
     let task_plan = Arc::new(plan.clone());
@@ -168,7 +168,7 @@ pub(crate) fn run(args: ConnectArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<Ex
         .server_pids
         .iter()
         .map(|p| proc::rss_bytes(*p))
-        .sum::<Result<u64, String>>();
+        .collect::<Result<Vec<u64>, String>>();
     let outcome = driver.outcome();
     let totals = outcome.totals;
     let hist = driver.finish()?;
@@ -188,6 +188,7 @@ pub(crate) fn run(args: ConnectArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<Ex
     );
     let mut result = BenchResult::new(&plan, "connect", p);
     result.set_window(&w);
+    result.set_redis(&plan, &w, Some(totals.ready), None);
     result.set_outcome(&outcome, setup);
     let r = &mut result.results;
     let cps = round1(totals.ready as f64 / setup.as_secs_f64().max(1e-9));
@@ -199,18 +200,51 @@ pub(crate) fn run(args: ConnectArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<Ex
     r.latency_us = Latency::from_ns(&hist.latency);
     r.deflate_negotiated = args.deflate.then(|| negotiated.load(Relaxed));
     if let Some(s) = &mut r.server {
-        s.rss_before_bytes = Some(rss_before);
-        if let Ok(after) = rss_after {
-            s.rss_after_bytes = Some(after);
-            if totals.ready > 0 {
-                s.memory_per_connection_bytes = Some(round1(
-                    (after as f64 - rss_before as f64) / totals.ready as f64,
-                ));
-            }
-        }
+        let after = rss_after.ok();
+        let total_before = rss_before.iter().sum::<u64>();
+        let total_after = after.as_ref().map(|a| a.iter().sum::<u64>());
+        s.rss_before_bytes = Some(total_before);
+        s.rss_after_bytes = total_after;
+        s.memory_per_connection_bytes = total_after
+            .filter(|_| totals.ready > 0)
+            .map(|a| round1((a as f64 - total_before as f64) / totals.ready as f64));
+        s.nodes = node_memory(&plan, &rss_before, after.as_deref());
+    }
+    let (urls, pids) = (plan.targets.len(), plan.common.server_pids.len());
+    if urls > 1 && pids > 0 && pids != urls {
+        result.warnings.push(format!(
+            "{urls} --url but {pids} --server-pid: memory per node needs one --server-pid per \
+             --url, in the same order (the total is still reported)"
+        ));
     }
     result.check(Load::Paced);
     report::finish(&plan, &result, true)
+}
+
+/// Each node's memory when there is one `--server-pid` per `--url` (in the same order) and
+/// more than one of them; connection *i* went to URL *i mod n*.
+fn node_memory(plan: &Plan, before: &[u64], after: Option<&[u64]>) -> Vec<NodeMemory> {
+    let pids = &plan.common.server_pids;
+    let n = plan.targets.len();
+    if n < 2 || pids.len() != n {
+        return Vec::new();
+    }
+    (0..n)
+        .map(|k| {
+            let connections = (plan.connections - k).div_ceil(n) as u64;
+            let rss_after_bytes = after.map(|a| a[k]);
+            NodeMemory {
+                pid: pids[k],
+                url: plan.targets[k].url.clone(),
+                connections,
+                rss_before_bytes: before[k],
+                rss_after_bytes,
+                memory_per_connection_bytes: rss_after_bytes
+                    .filter(|_| connections > 0)
+                    .map(|a| round1((a as f64 - before[k] as f64) / connections as f64)),
+            }
+        })
+        .collect()
 }
 
 async fn open(

@@ -113,6 +113,7 @@ pub(crate) fn run(args: EchoArgs) -> Result<ExitCode, String> {
     params.insert("socketio".into(), json!(args.socketio));
     let mut result = BenchResult::new(&plan, "echo", params);
     result.set_window(&window);
+    result.set_redis(&plan, &window, None, None);
     result.set_outcome(&outcome, setup);
     let r = &mut result.results;
     let received = window.end.received - window.start.received;

@@ -27,7 +27,10 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use crate::proc::{self, CpuSample};
+use crate::{
+    proc::{self, CpuSample},
+    redis_info::{RedisProbe, RedisSample},
+};
 
 /// Connecting and setting up.
 const SETUP: u8 = 0;
@@ -329,6 +332,8 @@ pub(crate) struct Window {
     pub(crate) client_cpu: Option<f64>,
     /// The whole machine's CPU use over it, percent of one core.
     pub(crate) machine_cpu: Option<f64>,
+    /// With `--redis`: Redis at its start and at its end, or why it could not be read.
+    pub(crate) redis: Option<Result<(RedisSample, RedisSample), String>>,
 }
 
 /// What every scenario reports at the end of a run.
@@ -351,6 +356,7 @@ pub(crate) struct Driver {
     progress: Progress,
     server_pids: Vec<Option<u32>>,
     overflows_at_start: Option<u64>,
+    redis: Option<Arc<Mutex<RedisProbe>>>,
 }
 
 impl Driver {
@@ -360,6 +366,7 @@ impl Driver {
         handles: Vec<JoinHandle<Result<ThreadResult, String>>>,
         progress: Progress,
         server_pids: &[u32],
+        redis: Option<Arc<Mutex<RedisProbe>>>,
     ) -> Driver {
         Driver {
             shared,
@@ -367,7 +374,14 @@ impl Driver {
             progress,
             server_pids: server_pids.iter().map(|p| Some(*p)).collect(),
             overflows_at_start: proc::listen_overflows(),
+            redis,
         }
+    }
+
+    /// Redis now (`--redis`); `None` without it.
+    fn redis_sample(&self) -> Option<Result<RedisSample, String>> {
+        let probe = self.redis.as_ref()?;
+        Some(probe.lock().unwrap_or_else(|p| p.into_inner()).sample())
     }
 
     /// Listen queue overflows on this machine since the driver was made.
@@ -479,6 +493,7 @@ impl Driver {
         let server_a = self.server_cpu_sample()?;
         let client_a = CpuSample::read(&[None]).ok();
         let machine_a = CpuSample::read_machine();
+        let redis_a = self.redis_sample();
         let start = self.shared.totals();
         let t_start = Instant::now();
         self.shared.phase.store(MEASURE, Relaxed);
@@ -493,6 +508,7 @@ impl Driver {
         let server_b = self.server_cpu_sample()?;
         let client_b = CpuSample::read(&[None]).ok();
         let machine_b = CpuSample::read_machine();
+        let redis_b = self.redis_sample();
         self.shared.phase.store(STOP, Relaxed);
         self.shared.stop.cancel();
         bar.finish_and_clear();
@@ -503,6 +519,7 @@ impl Driver {
             server_cpu: server_a.zip(server_b).map(|(a, b)| b.percent_since(&a)),
             client_cpu: client_a.zip(client_b).map(|(a, b)| b.percent_since(&a)),
             machine_cpu: machine_a.zip(machine_b).map(|(a, b)| b.percent_since(&a)),
+            redis: redis_a.zip(redis_b).map(|(a, b)| Ok((a?, b?))),
         })
     }
 

@@ -320,6 +320,8 @@ pub(crate) fn run(args: FanoutArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<Exi
         ));
     }
     result.set_window(&window_stats);
+    let window_publications = window_stats.end.sent - window_stats.start.sent;
+    result.set_redis(&plan, &window_stats, None, Some(window_publications));
     result.set_outcome(&outcome, setup);
     let w = &window_stats;
     let r = &mut result.results;

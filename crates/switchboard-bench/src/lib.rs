@@ -9,7 +9,9 @@
 //!
 //! This crate owns the command's options ([`BenchArgs`]), the connections and scenarios, the
 //! measurements (latency histograms, CPU and memory from `/proc`), the result format, the
-//! tables and the charts. It drives servers over sockets as a client and must know nothing of
+//! tables and the charts. Several `--url` load a cluster (connections spread round-robin over
+//! the nodes); `--redis` reads the memory and commands of the Redis its nodes share (see
+//! `redis_info`). It drives servers over sockets as a client and must know nothing of
 //! their internals: it takes from `switchboard-protocol` only what any client uses (the client
 //! handshake, permessage-deflate, the room-name rule), writes the few v1 JSON messages and
 //! Socket.IO packets it sends itself, and sends tokens minted by the [`TokenIssuer`] its caller
@@ -36,6 +38,7 @@ mod fanout;
 mod payload;
 mod plan;
 mod proc;
+mod redis_info;
 mod report;
 mod result;
 mod rooms;
@@ -48,8 +51,9 @@ pub use auth::TokenIssuer;
 /// Options of `switchboard bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// Boxed: the options are large, and the caller's command enum should not grow with them.
     #[command(subcommand)]
-    scenario: Scenario,
+    scenario: Box<Scenario>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,7 +77,7 @@ pub fn run(
     args: BenchArgs,
     tokens: Arc<dyn TokenIssuer>,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let result = match args.scenario {
+    let result = match *args.scenario {
         Scenario::Echo(a) => echo::run(a),
         Scenario::Fanout(a) => fanout::run(a, &tokens),
         Scenario::Rooms(a) => rooms::run(a, &tokens),

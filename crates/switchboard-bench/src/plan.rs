@@ -6,7 +6,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
     rc::Rc,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -16,6 +16,7 @@ use crate::{
     auth::Auth,
     conn::{Conn, ConnError, Dial},
     engine, payload, proc,
+    redis_info::{RedisProbe, RedisSample},
     target::Target,
 };
 
@@ -48,6 +49,10 @@ pub(crate) struct CommonArgs {
     /// Connections being set up at once (keep it below the server's listen backlog).
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub(crate) concurrency: usize,
+    /// Time allowed for every connection to be set up. Default: 30 s plus 2 ms per
+    /// connection (raise it when several bench processes share the handshakes).
+    #[arg(long, value_parser = parse_duration, value_name = "D")]
+    pub(crate) setup_timeout: Option<Duration>,
     /// Time allowed for messages in flight to arrive after the measurement.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub(crate) drain_timeout: Duration,
@@ -63,6 +68,10 @@ pub(crate) struct CommonArgs {
     /// No progress bars.
     #[arg(long, short)]
     pub(crate) quiet: bool,
+    /// The Redis the nodes share (redis://, loopback only): its memory and the commands it
+    /// processed are read with INFO before and during the run.
+    #[arg(long, value_name = "URL")]
+    pub(crate) redis: Option<String>,
 }
 
 /// `10`, `1.5` (seconds) or a humantime duration (`10s`, `500ms`, `1m`).
@@ -95,6 +104,8 @@ pub(crate) struct Plan {
     pub(crate) socketio: bool,
     /// Offer permessage-deflate on every connection (`connect --deflate`).
     pub(crate) deflate: bool,
+    /// The Redis of `--redis`, and what it held before any connection was opened.
+    pub(crate) redis: Option<(Arc<Mutex<RedisProbe>>, RedisSample)>,
 }
 
 impl Plan {
@@ -156,6 +167,15 @@ impl Plan {
                 ));
             }
         }
+        // Last of the checks: it reads the memory Redis uses before any connection.
+        let redis = match &common.redis {
+            Some(url) => {
+                let mut probe = RedisProbe::connect(url)?;
+                let before = probe.sample()?;
+                Some((Arc::new(Mutex::new(probe)), before))
+            }
+            None => None,
+        };
         Ok(Plan {
             progress: engine::Progress::new(common.quiet),
             common,
@@ -165,6 +185,7 @@ impl Plan {
             connections,
             socketio: false,
             deflate: false,
+            redis,
         })
     }
 
@@ -228,7 +249,9 @@ impl Plan {
 
     /// Time allowed for set-up: generous, it depends on the server.
     pub(crate) fn setup_timeout(&self) -> Duration {
-        Duration::from_secs(30) + Duration::from_millis(self.connections as u64 * 2)
+        self.common.setup_timeout.unwrap_or_else(|| {
+            Duration::from_secs(30) + Duration::from_millis(self.connections as u64 * 2)
+        })
     }
 
     /// The run's name in reports.
@@ -255,6 +278,7 @@ impl Plan {
             handles,
             self.progress,
             &self.common.server_pids,
+            self.redis.as_ref().map(|(probe, _)| probe.clone()),
         ))
     }
 

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     chart,
     plan::Plan,
+    redis_info::RedisStats,
     result::{BenchResult, Latency, round1, round3},
 };
 
@@ -182,6 +183,21 @@ pub(crate) fn single_table(r: &BenchResult) -> String {
             res.connections
         ));
     }
+    if let Some(s) = &res.server {
+        for n in &s.nodes {
+            notes.push(format!(
+                "node {} (pid {}): {} connections, {} per connection",
+                n.url.trim_start_matches("ws://"),
+                n.pid,
+                n.connections,
+                n.memory_per_connection_bytes
+                    .map_or("?".into(), |m| format!("{:.1} KiB", m / 1024.0)),
+            ));
+        }
+    }
+    if let Some(redis) = &res.redis {
+        notes.push(redis_note(redis));
+    }
     notes.push(format!(
         "generator: {} thread(s), {} CPU; machine: {} CPU ({} of it other processes); \
          measured {:.2} s",
@@ -214,6 +230,34 @@ pub(crate) fn single_table(r: &BenchResult) -> String {
         let _ = writeln!(out, "warning: {w}");
     }
     out
+}
+
+/// The `--redis` line of a run's notes.
+fn redis_note(r: &RedisStats) -> String {
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
+    let mut parts = vec![format!(
+        "redis: used_memory {} -> {}",
+        r.used_memory_before_bytes.map_or("?".into(), mib),
+        r.used_memory_after_bytes.map_or("?".into(), mib)
+    )];
+    if let Some(m) = r.memory_per_connection_bytes {
+        parts.push(format!("{m:.0} B per connection"));
+    }
+    if let (Some(c), Some(per_s)) = (r.commands, r.commands_per_s) {
+        parts.push(format!("{c} commands in the window ({per_s:.0}/s)"));
+    }
+    if let Some(per) = r.commands_per_publication {
+        let calls: Vec<String> = r
+            .calls_per_publication
+            .iter()
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        parts.push(format!(
+            "{per:.3} commands per publication (calls: {})",
+            calls.join(", ")
+        ));
+    }
+    parts.join(", ")
 }
 
 /// Prints, saves and charts a result; the exit code says whether it was clean: no failed

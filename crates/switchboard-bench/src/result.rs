@@ -16,6 +16,7 @@ use crate::{
     engine::{Outcome, Window},
     plan::Plan,
     proc::Machine,
+    redis_info::RedisStats,
 };
 
 /// The `format` of one result.
@@ -128,6 +129,8 @@ pub(crate) struct Results {
     /// Times a listen queue on this machine overflowed during the run (`ListenOverflows`):
     /// each is a handshake retried a second later.
     pub(crate) listen_overflows: Option<u64>,
+    /// The Redis the nodes share (`--redis`).
+    pub(crate) redis: Option<RedisStats>,
 }
 
 /// What was read about the servers from `/proc`.
@@ -143,6 +146,27 @@ pub(crate) struct ServerStats {
     /// Resident memory with every connection open and settled (connect).
     pub(crate) rss_after_bytes: Option<u64>,
     /// `(rss_after - rss_before) / connections` (connect).
+    pub(crate) memory_per_connection_bytes: Option<f64>,
+    /// Each node's memory (connect, with one `--server-pid` per `--url`, in the same order).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) nodes: Vec<NodeMemory>,
+}
+
+/// One node's memory in `connect` (`--server-pid` *k* is the process of `--url` *k*).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub(crate) struct NodeMemory {
+    /// The process.
+    pub(crate) pid: u32,
+    /// The node's URL.
+    pub(crate) url: String,
+    /// Connections opened to it (every *n*-th of the run's, *n* the number of URLs).
+    pub(crate) connections: u64,
+    /// Resident memory before connecting.
+    pub(crate) rss_before_bytes: u64,
+    /// Resident memory with its connections open and settled.
+    pub(crate) rss_after_bytes: Option<u64>,
+    /// `(rss_after - rss_before) / connections`.
     pub(crate) memory_per_connection_bytes: Option<f64>,
 }
 
@@ -275,6 +299,43 @@ impl BenchResult {
             (Some(m), Some(s), Some(c)) => Some(round1((m - s - c).max(0.0))),
             _ => None,
         };
+    }
+
+    /// Fills in `results.redis` (with `--redis`): the memory before the run and the window's
+    /// samples; `connections` for Redis memory per connection (connect), `publications` sent
+    /// in the window for the per-publication figures (fanout, rooms).
+    pub(crate) fn set_redis(
+        &mut self,
+        plan: &Plan,
+        w: &Window,
+        connections: Option<u64>,
+        publications: Option<u64>,
+    ) {
+        let Some((probe, before)) = &plan.redis else {
+            return;
+        };
+        let url = probe
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .url()
+            .to_string();
+        let window = match &w.redis {
+            Some(Ok((a, b))) => Some((a, b)),
+            Some(Err(e)) => {
+                self.warnings
+                    .push(format!("Redis could not be read during the run: {e}"));
+                None
+            }
+            None => None,
+        };
+        self.results.redis = Some(RedisStats::new(
+            &url,
+            Some(before),
+            window,
+            w.seconds,
+            connections,
+            publications,
+        ));
     }
 
     /// Adds the warnings every scenario shares.

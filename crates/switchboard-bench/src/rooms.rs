@@ -144,6 +144,7 @@ pub(crate) fn run(args: RoomsArgs, tokens: &Arc<dyn TokenIssuer>) -> Result<Exit
     p.insert("auth".into(), json!(auth_kind));
     let mut result = BenchResult::new(&plan, "rooms", p);
     result.set_window(&w);
+    result.set_redis(&plan, &w, None, Some(w.end.sent - w.start.sent));
     result.set_outcome(&outcome, setup);
     let r = &mut result.results;
     let expected = totals.sent * members;

@@ -82,7 +82,7 @@ impl Target {
 }
 
 /// `host[:port]` or `[v6][:port]`.
-fn split_host_port(authority: &str) -> Option<(&str, Option<&str>)> {
+pub(crate) fn split_host_port(authority: &str) -> Option<(&str, Option<&str>)> {
     if let Some(rest) = authority.strip_prefix('[') {
         let end = rest.find(']')?;
         let host = &rest[..end];
@@ -103,7 +103,7 @@ fn split_host_port(authority: &str) -> Option<(&str, Option<&str>)> {
 }
 
 /// The address of a loopback host, or `None` for anything else.
-fn loopback_ip(host: &str) -> Option<IpAddr> {
+pub(crate) fn loopback_ip(host: &str) -> Option<IpAddr> {
     if host.eq_ignore_ascii_case("localhost") {
         return Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
