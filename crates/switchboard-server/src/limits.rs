@@ -410,6 +410,51 @@ pub trait Admission: Send + Sync + fmt::Debug + 'static {
     fn open_user(&self, user: &str) -> Result<(), AdmissionRefused>;
     /// The connection counted by [`Admission::open_user`] closed.
     fn close_user(&self, user: &str);
+    /// The cluster-wide count of `ip`'s connections, asked after [`Admission::open_ip`]
+    /// admitted it here (a refusal here costs no round trip). `Ok(None)`: nothing counted
+    /// beyond this node.
+    fn open_ip_cluster<'a>(&'a self, _ip: IpAddr) -> AdmitFuture<'a> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+    /// The cluster-wide count of `user`'s connections, asked after [`Admission::open_user`]
+    /// admitted it here.
+    fn open_user_cluster<'a>(&'a self, _user: &'a str) -> AdmitFuture<'a> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+    /// The connection counted by `open_*_cluster` with `slot` closed.
+    fn close_cluster(&self, _slot: ClusterSlot) {}
+}
+
+/// What [`Admission::open_ip_cluster`], [`Admission::open_user_cluster`] and
+/// [`ClusterAdmission::admit`] answer: the place taken in the cluster's count, if any.
+pub type AdmitFuture<'a> = std::pin::Pin<
+    Box<dyn Future<Output = Result<Option<ClusterSlot>, AdmissionRefused>> + Send + 'a>,
+>;
+
+/// What a cluster-wide count counts: one user's or one IP's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountKey<'a> {
+    /// `limits.connections_per_user`.
+    User(&'a str),
+    /// `limits.connections_per_ip`.
+    Ip(IpAddr),
+}
+
+/// One connection's place in a cluster-wide count, handed back with
+/// [`ClusterAdmission::release`]: an id the cluster admission chose.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ClusterSlot(pub u64);
+
+/// Connection counts kept across every node of a deployment (a broker shared by the nodes
+/// keeps them), asked after the node's own counts admitted a connection.
+pub trait ClusterAdmission: Send + Sync + fmt::Debug + 'static {
+    /// Counts one more connection of `key` unless `limit` of them are open in the cluster
+    /// (then [`AdmissionRefused::ConnectionsPerUser`] or
+    /// [`AdmissionRefused::ConnectionsPerIp`]). When the shared counts cannot be reached, an
+    /// implementation decides between admitting and refusing, and documents it.
+    fn admit<'a>(&'a self, key: CountKey<'a>, limit: u32) -> AdmitFuture<'a>;
+    /// The connection counted with `slot` closed. Never waits.
+    fn release(&self, slot: ClusterSlot);
 }
 
 /// A handshake in progress, counted per IP until dropped.
@@ -435,37 +480,55 @@ impl Drop for HandshakeTicket {
     }
 }
 
-/// An admitted connection's place in the counts, given back when dropped (with the
-/// connection).
+/// An admitted connection's place in the counts, this node's and the cluster's, given back
+/// when dropped (with the connection).
 #[derive(Debug)]
 pub struct Admitted {
     admission: Arc<dyn Admission>,
     ip: IpAddr,
     user: Option<Arc<str>>,
+    ip_slot: Option<ClusterSlot>,
+    user_slot: Option<ClusterSlot>,
 }
 
 impl Admitted {
-    /// Counts a connection from `ip` (connections and new connections per IP).
-    pub fn open_ip(
+    /// Counts a connection from `ip` (connections and new connections per IP): on this node
+    /// first, then in the cluster.
+    pub async fn open_ip(
         admission: &Arc<dyn Admission>,
         ip: IpAddr,
     ) -> Result<Admitted, AdmissionRefused> {
         admission.open_ip(ip)?;
-        Ok(Admitted {
+        // Built before the cluster step: a refusal there gives the local count back on drop.
+        let mut admitted = Admitted {
             admission: admission.clone(),
             ip,
             user: None,
-        })
+            ip_slot: None,
+            user_slot: None,
+        };
+        admitted.ip_slot = admission.open_ip_cluster(ip).await?;
+        Ok(admitted)
     }
 
-    /// Counts the connection against `user`'s too (anonymous connections are not counted).
-    pub fn open_user(&mut self, user: &Arc<str>) -> Result<(), AdmissionRefused> {
+    /// Counts the connection against `user`'s too (anonymous connections are not counted):
+    /// on this node first, then in the cluster.
+    pub async fn open_user(&mut self, user: &Arc<str>) -> Result<(), AdmissionRefused> {
         if user.is_empty() || self.user.is_some() {
             return Ok(());
         }
         self.admission.open_user(user)?;
-        self.user = Some(user.clone());
-        Ok(())
+        match self.admission.open_user_cluster(user).await {
+            Ok(slot) => {
+                self.user = Some(user.clone());
+                self.user_slot = slot;
+                Ok(())
+            }
+            Err(refused) => {
+                self.admission.close_user(user);
+                Err(refused)
+            }
+        }
     }
 }
 
@@ -474,6 +537,12 @@ impl Drop for Admitted {
         self.admission.close_ip(self.ip);
         if let Some(user) = &self.user {
             self.admission.close_user(user);
+        }
+        for slot in [self.ip_slot.take(), self.user_slot.take()]
+            .into_iter()
+            .flatten()
+        {
+            self.admission.close_cluster(slot);
         }
     }
 }
@@ -507,6 +576,8 @@ pub struct LocalAdmission {
     per_ip: u32,
     rate: Option<CommandRate>,
     counts: Mutex<Counts>,
+    /// The cluster-wide counts, when the broker keeps them.
+    cluster: Option<Arc<dyn ClusterAdmission>>,
 }
 
 impl LocalAdmission {
@@ -538,7 +609,15 @@ impl LocalAdmission {
                 sweep_at: SWEEP_MIN,
                 ..Counts::default()
             }),
+            cluster: None,
         }
+    }
+
+    /// Counts connections per user and per IP across the cluster too, with `cluster`, after
+    /// this node's counts admitted them.
+    pub fn with_cluster(mut self, cluster: Arc<dyn ClusterAdmission>) -> LocalAdmission {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Whether this admission limits anything at all.
@@ -666,6 +745,28 @@ impl Admission for LocalAdmission {
             if *n == 0 {
                 counts.users.remove(user);
             }
+        }
+    }
+
+    fn open_ip_cluster<'a>(&'a self, ip: IpAddr) -> AdmitFuture<'a> {
+        match &self.cluster {
+            Some(cluster) if self.per_ip > 0 => cluster.admit(CountKey::Ip(ip), self.per_ip),
+            _ => Box::pin(std::future::ready(Ok(None))),
+        }
+    }
+
+    fn open_user_cluster<'a>(&'a self, user: &'a str) -> AdmitFuture<'a> {
+        match &self.cluster {
+            Some(cluster) if self.per_user > 0 => {
+                cluster.admit(CountKey::User(user), self.per_user)
+            }
+            _ => Box::pin(std::future::ready(Ok(None))),
+        }
+    }
+
+    fn close_cluster(&self, slot: ClusterSlot) {
+        if let Some(cluster) = &self.cluster {
+            cluster.release(slot);
         }
     }
 }
@@ -925,6 +1026,80 @@ mod tests {
         assert_eq!(
             client_ip(v6, &xff(&["198.51.100.1:8080"]), &trusted),
             ip("198.51.100.1")
+        );
+    }
+
+    /// A cluster of one count per key kind, in memory: enough to see what `Admitted` asks and
+    /// gives back (the Redis one is tested in `broker/redis/caps_tests.rs`).
+    #[derive(Debug, Default)]
+    struct Shared {
+        users: Mutex<u32>,
+        released: Mutex<Vec<u64>>,
+    }
+
+    impl ClusterAdmission for Shared {
+        fn admit<'a>(&'a self, key: CountKey<'a>, limit: u32) -> AdmitFuture<'a> {
+            let mut users = self.users.lock().unwrap();
+            let r = match key {
+                CountKey::User(_) if *users >= limit => Err(AdmissionRefused::ConnectionsPerUser),
+                CountKey::User(_) => {
+                    *users += 1;
+                    Ok(Some(ClusterSlot(u64::from(*users))))
+                }
+                CountKey::Ip(_) => Ok(None),
+            };
+            Box::pin(std::future::ready(r))
+        }
+
+        fn release(&self, slot: ClusterSlot) {
+            let mut users = self.users.lock().unwrap();
+            *users = users.saturating_sub(1);
+            self.released.lock().unwrap().push(slot.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cluster_refusal_gives_the_local_count_back() {
+        let limits = LimitsConfig {
+            connections_per_user: 2,
+            ..LimitsConfig::default()
+        };
+        let shared = Arc::new(Shared::default());
+        // Another node holds one of the user's connections.
+        *shared.users.lock().unwrap() = 1;
+        let local = LocalAdmission::from_config(&limits, false).with_cluster(shared.clone());
+        let admission: Arc<dyn Admission> = Arc::new(local);
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let user: Arc<str> = Arc::from("u");
+        let mut first = Admitted::open_ip(&admission, ip).await.unwrap();
+        first.open_user(&user).await.unwrap();
+        let mut second = Admitted::open_ip(&admission, ip).await.unwrap();
+        assert_eq!(
+            second.open_user(&user).await,
+            Err(AdmissionRefused::ConnectionsPerUser)
+        );
+        // Refused by the cluster, not counted here: after the first closes, this node's count
+        // is empty and the cluster's is the other node's one.
+        drop(second);
+        drop(first);
+        assert_eq!(*shared.released.lock().unwrap(), [2]);
+        assert_eq!(*shared.users.lock().unwrap(), 1);
+        let mut a = Admitted::open_ip(&admission, ip).await.unwrap();
+        a.open_user(&user).await.unwrap();
+        // The node's own count refuses before the cluster is asked: with the cluster's count
+        // lowered, only this node's two connections can refuse the third.
+        *shared.users.lock().unwrap() = 0;
+        let mut b = Admitted::open_ip(&admission, ip).await.unwrap();
+        b.open_user(&user).await.unwrap();
+        let mut c = Admitted::open_ip(&admission, ip).await.unwrap();
+        assert_eq!(
+            c.open_user(&user).await,
+            Err(AdmissionRefused::ConnectionsPerUser)
+        );
+        assert_eq!(
+            *shared.users.lock().unwrap(),
+            1,
+            "the local refusal asked the cluster"
         );
     }
 
