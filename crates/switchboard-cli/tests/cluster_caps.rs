@@ -106,6 +106,20 @@ impl Node {
         assert!(text.to_ascii_lowercase().contains("retry-after:"), "{text}");
     }
 
+    /// An SSE stream as `user` that must be refused with 429 and `reason`.
+    fn assert_sse_refused(&self, user: &str, reason: &str) {
+        let (status, text) = http(
+            self.process.addr,
+            &format!(
+                "GET /sse?room=r HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\
+                 Authorization: Bearer {}\r\n\r\n",
+                token(user)
+            ),
+        );
+        assert_eq!(status, 429, "{text}");
+        assert!(text.contains(&format!("\"{reason}\"")), "{text}");
+    }
+
     fn ready(&self) -> u16 {
         get(self.process.addr, "/readyz").0
     }
@@ -118,8 +132,9 @@ async fn connections_per_user_count_across_nodes_and_a_killed_nodes_expire() {
     let (mut n1, n2) = (Node::start(&redis, &env), Node::start(&redis, &env));
     let a1 = n1.connect("ursula").await;
     let a2 = n1.connect("ursula").await;
-    // n2 holds none of hers: the cluster's count refuses.
+    // n2 holds none of hers: the cluster's count refuses, WebSocket and SSE alike.
     n2.assert_refused("ursula", "connections_per_user");
+    n2.assert_sse_refused("ursula", "connections_per_user");
     // Another user is counted apart.
     let _victor = n2.connect("victor").await;
 
