@@ -1,8 +1,8 @@
 //! Abuse limits that are pure bookkeeping (docs/protocol.md 7.4, docs/security.md "Limits"):
 //! the per-connection command rate limit, and admission: connections per user and per IP,
 //! new connections per second per IP and handshakes in progress per IP, behind the
-//! [`Admission`] trait so that a broker can hold the counts cluster-wide; and the node's
-//! memory budget ([`MemoryBudget`]).
+//! [`Admission`] trait, with the connection counts also asked of a [`ClusterAdmission`] when
+//! a broker keeps them cluster-wide; and the node's memory budget ([`MemoryBudget`]).
 //!
 //! It owns no connection and no task: the listener (`server`), the upgrade (`route`) and the
 //! protocol surface (`v1`) ask it and answer with the documented status or error. It must not
@@ -411,25 +411,32 @@ pub trait Admission: Send + Sync + fmt::Debug + 'static {
     /// The connection counted by [`Admission::open_user`] closed.
     fn close_user(&self, user: &str);
     /// The cluster-wide count of `ip`'s connections, asked after [`Admission::open_ip`]
-    /// admitted it here (a refusal here costs no round trip). `Ok(None)`: nothing counted
-    /// beyond this node.
-    fn open_ip_cluster<'a>(&'a self, _ip: IpAddr) -> AdmitFuture<'a> {
-        Box::pin(std::future::ready(Ok(None)))
+    /// admitted it here (a refusal here costs no round trip). What it counts is recorded in
+    /// `slot` (left `None` when nothing is counted beyond this node).
+    fn open_ip_cluster<'a>(
+        &'a self,
+        _ip: IpAddr,
+        _slot: &'a mut Option<ClusterSlot>,
+    ) -> AdmitFuture<'a> {
+        Box::pin(std::future::ready(Ok(())))
     }
     /// The cluster-wide count of `user`'s connections, asked after [`Admission::open_user`]
-    /// admitted it here.
-    fn open_user_cluster<'a>(&'a self, _user: &'a str) -> AdmitFuture<'a> {
-        Box::pin(std::future::ready(Ok(None)))
+    /// admitted it here; likewise recorded in `slot`.
+    fn open_user_cluster<'a>(
+        &'a self,
+        _user: &'a str,
+        _slot: &'a mut Option<ClusterSlot>,
+    ) -> AdmitFuture<'a> {
+        Box::pin(std::future::ready(Ok(())))
     }
-    /// The connection counted by `open_*_cluster` with `slot` closed.
+    /// The connection counted by `open_*_cluster` in `slot` closed.
     fn close_cluster(&self, _slot: ClusterSlot) {}
 }
 
 /// What [`Admission::open_ip_cluster`], [`Admission::open_user_cluster`] and
-/// [`ClusterAdmission::admit`] answer: the place taken in the cluster's count, if any.
-pub type AdmitFuture<'a> = std::pin::Pin<
-    Box<dyn Future<Output = Result<Option<ClusterSlot>, AdmissionRefused>> + Send + 'a>,
->;
+/// [`ClusterAdmission::admit`] answer.
+pub type AdmitFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<(), AdmissionRefused>> + Send + 'a>>;
 
 /// What a cluster-wide count counts: one user's or one IP's connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -440,19 +447,27 @@ pub enum CountKey<'a> {
     Ip(IpAddr),
 }
 
-/// One connection's place in a cluster-wide count, handed back with
-/// [`ClusterAdmission::release`]: an id the cluster admission chose.
+/// One connection's places in the cluster-wide counts (per IP and per user), handed back
+/// with [`ClusterAdmission::release`]: an id the cluster admission chose. Four bytes, never
+/// 0: an `Option` of it fits in the padding of every connection's [`Admitted`] (an SSE
+/// stream must stay one small allocation).
 #[derive(Debug, PartialEq, Eq)]
-pub struct ClusterSlot(pub u64);
+pub struct ClusterSlot(pub std::num::NonZeroU32);
 
 /// Connection counts kept across every node of a deployment (a broker shared by the nodes
 /// keeps them), asked after the node's own counts admitted a connection.
 pub trait ClusterAdmission: Send + Sync + fmt::Debug + 'static {
     /// Counts one more connection of `key` unless `limit` of them are open in the cluster
     /// (then [`AdmissionRefused::ConnectionsPerUser`] or
-    /// [`AdmissionRefused::ConnectionsPerIp`]). When the shared counts cannot be reached, an
-    /// implementation decides between admitting and refusing, and documents it.
-    fn admit<'a>(&'a self, key: CountKey<'a>, limit: u32) -> AdmitFuture<'a>;
+    /// [`AdmissionRefused::ConnectionsPerIp`]). A connection's counts share one `slot`: the
+    /// first admission sets it, the next adds to it. When the shared counts cannot be
+    /// reached, an implementation decides between admitting and refusing, and documents it.
+    fn admit<'a>(
+        &'a self,
+        key: CountKey<'a>,
+        limit: u32,
+        slot: &'a mut Option<ClusterSlot>,
+    ) -> AdmitFuture<'a>;
     /// The connection counted with `slot` closed. Never waits.
     fn release(&self, slot: ClusterSlot);
 }
@@ -487,8 +502,8 @@ pub struct Admitted {
     admission: Arc<dyn Admission>,
     ip: IpAddr,
     user: Option<Arc<str>>,
-    ip_slot: Option<ClusterSlot>,
-    user_slot: Option<ClusterSlot>,
+    /// Its places in the cluster's counts.
+    slot: Option<ClusterSlot>,
 }
 
 impl Admitted {
@@ -504,10 +519,9 @@ impl Admitted {
             admission: admission.clone(),
             ip,
             user: None,
-            ip_slot: None,
-            user_slot: None,
+            slot: None,
         };
-        admitted.ip_slot = admission.open_ip_cluster(ip).await?;
+        admission.open_ip_cluster(ip, &mut admitted.slot).await?;
         Ok(admitted)
     }
 
@@ -518,10 +532,9 @@ impl Admitted {
             return Ok(());
         }
         self.admission.open_user(user)?;
-        match self.admission.open_user_cluster(user).await {
-            Ok(slot) => {
+        match self.admission.open_user_cluster(user, &mut self.slot).await {
+            Ok(()) => {
                 self.user = Some(user.clone());
-                self.user_slot = slot;
                 Ok(())
             }
             Err(refused) => {
@@ -538,10 +551,7 @@ impl Drop for Admitted {
         if let Some(user) = &self.user {
             self.admission.close_user(user);
         }
-        for slot in [self.ip_slot.take(), self.user_slot.take()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(slot) = self.slot.take() {
             self.admission.close_cluster(slot);
         }
     }
@@ -748,19 +758,27 @@ impl Admission for LocalAdmission {
         }
     }
 
-    fn open_ip_cluster<'a>(&'a self, ip: IpAddr) -> AdmitFuture<'a> {
+    fn open_ip_cluster<'a>(
+        &'a self,
+        ip: IpAddr,
+        slot: &'a mut Option<ClusterSlot>,
+    ) -> AdmitFuture<'a> {
         match &self.cluster {
-            Some(cluster) if self.per_ip > 0 => cluster.admit(CountKey::Ip(ip), self.per_ip),
-            _ => Box::pin(std::future::ready(Ok(None))),
+            Some(cluster) if self.per_ip > 0 => cluster.admit(CountKey::Ip(ip), self.per_ip, slot),
+            _ => Box::pin(std::future::ready(Ok(()))),
         }
     }
 
-    fn open_user_cluster<'a>(&'a self, user: &'a str) -> AdmitFuture<'a> {
+    fn open_user_cluster<'a>(
+        &'a self,
+        user: &'a str,
+        slot: &'a mut Option<ClusterSlot>,
+    ) -> AdmitFuture<'a> {
         match &self.cluster {
             Some(cluster) if self.per_user > 0 => {
-                cluster.admit(CountKey::User(user), self.per_user)
+                cluster.admit(CountKey::User(user), self.per_user, slot)
             }
-            _ => Box::pin(std::future::ready(Ok(None))),
+            _ => Box::pin(std::future::ready(Ok(()))),
         }
     }
 
@@ -1034,19 +1052,25 @@ mod tests {
     #[derive(Debug, Default)]
     struct Shared {
         users: Mutex<u32>,
-        released: Mutex<Vec<u64>>,
+        released: Mutex<Vec<u32>>,
     }
 
     impl ClusterAdmission for Shared {
-        fn admit<'a>(&'a self, key: CountKey<'a>, limit: u32) -> AdmitFuture<'a> {
+        fn admit<'a>(
+            &'a self,
+            key: CountKey<'a>,
+            limit: u32,
+            slot: &'a mut Option<ClusterSlot>,
+        ) -> AdmitFuture<'a> {
             let mut users = self.users.lock().unwrap();
             let r = match key {
                 CountKey::User(_) if *users >= limit => Err(AdmissionRefused::ConnectionsPerUser),
                 CountKey::User(_) => {
                     *users += 1;
-                    Ok(Some(ClusterSlot(u64::from(*users))))
+                    *slot = std::num::NonZeroU32::new(*users).map(ClusterSlot);
+                    Ok(())
                 }
-                CountKey::Ip(_) => Ok(None),
+                CountKey::Ip(_) => Ok(()),
             };
             Box::pin(std::future::ready(r))
         }
@@ -1054,7 +1078,7 @@ mod tests {
         fn release(&self, slot: ClusterSlot) {
             let mut users = self.users.lock().unwrap();
             *users = users.saturating_sub(1);
-            self.released.lock().unwrap().push(slot.0);
+            self.released.lock().unwrap().push(slot.0.get());
         }
     }
 

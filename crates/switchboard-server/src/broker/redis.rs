@@ -52,6 +52,12 @@
 //! entries every [`RedisBrokerConfig::sweep_interval`] (`presence.lua`), publishing a `leave`
 //! for each on its room's channel: the entries of a killed node disappear, with `leave`
 //! events, within `presence_ttl + sweep_interval`.
+//!
+//! # Connection limits
+//!
+//! `caps` counts connections per user and per IP across the nodes (`admit.lua`), for the
+//! node's admission ([`Broker::admission`]); a killed node's connections stop counting within
+//! `presence_ttl`.
 
 use std::collections::HashMap;
 use std::fmt;

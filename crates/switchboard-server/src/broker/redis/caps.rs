@@ -17,7 +17,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -33,15 +34,19 @@ const RELEASES: usize = 4096;
 /// Commands per pipeline of the writer.
 const BATCH: usize = 256;
 
+/// The keys one connection is counted in: its IP's and its user's, each when counted.
+type Keys = [Option<Box<str>>; 2];
+
 /// One node's share of the cluster-wide connection counts.
 pub(super) struct RedisAdmission {
     inner: Arc<Inner>,
     /// This process's name in the members: a node that restarts starts with no members.
     node: String,
-    next: AtomicU64,
-    /// The slots this node holds and their keys: what the refresh adds again.
-    held: Mutex<HashMap<u64, Box<str>>>,
-    releases: mpsc::Sender<(u64, Box<str>)>,
+    next: AtomicU32,
+    /// The slots this node holds and their keys (the IP's, the user's): what the refresh
+    /// adds again.
+    held: Mutex<HashMap<u32, Keys>>,
+    releases: mpsc::Sender<(u32, Box<str>)>,
     script: Script,
     /// Whether the last admission failed open (to log the change once).
     degraded: AtomicBool,
@@ -63,7 +68,7 @@ impl RedisAdmission {
         let admission = Arc::new(RedisAdmission {
             inner,
             node: crate::ids::random_base62(12),
-            next: AtomicU64::new(1),
+            next: AtomicU32::new(1),
             held: Mutex::new(HashMap::new()),
             releases: tx,
             script: Script::new(include_str!("admit.lua")),
@@ -73,7 +78,7 @@ impl RedisAdmission {
         (admission, task)
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Box<str>>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Keys>> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -85,7 +90,17 @@ impl RedisAdmission {
         }
     }
 
-    fn member(&self, slot: u64) -> String {
+    /// A new slot id. Ids wrap after 2^32 connections of this process: one would be taken
+    /// twice only by a connection that outlived four billion others.
+    fn next_slot(&self) -> NonZeroU32 {
+        loop {
+            if let Some(id) = NonZeroU32::new(self.next.fetch_add(1, Ordering::Relaxed)) {
+                return id;
+            }
+        }
+    }
+
+    fn member(&self, slot: u32) -> String {
         format!("{}:{slot}", self.node)
     }
 
@@ -99,7 +114,7 @@ impl RedisAdmission {
     }
 
     /// Removes the members of closed connections.
-    async fn remove(&self, released: &[(u64, Box<str>)]) {
+    async fn remove(&self, released: &[(u32, Box<str>)]) {
         let mut pipe = redis::pipe();
         for (slot, key) in released {
             pipe.cmd("ZREM")
@@ -120,10 +135,10 @@ impl RedisAdmission {
         }
         let ttl = millis(self.inner.config.presence_ttl);
         // A copy, so that no lock is held across the round trips; one a third of the ttl.
-        let held: Vec<(u64, Box<str>)> = self
+        let held: Vec<(u32, Box<str>)> = self
             .held()
             .iter()
-            .map(|(slot, key)| (*slot, key.clone()))
+            .flat_map(|(slot, keys)| keys.iter().flatten().map(|key| (*slot, key.clone())))
             .collect();
         for chunk in held.chunks(BATCH / 2) {
             let expiry = wall_millis() + ttl;
@@ -148,14 +163,23 @@ impl RedisAdmission {
 }
 
 impl ClusterAdmission for RedisAdmission {
-    fn admit<'a>(&'a self, key: CountKey<'a>, limit: u32) -> AdmitFuture<'a> {
+    fn admit<'a>(
+        &'a self,
+        key: CountKey<'a>,
+        limit: u32,
+        slot: &'a mut Option<ClusterSlot>,
+    ) -> AdmitFuture<'a> {
         Box::pin(async move {
             let refused = match key {
                 CountKey::User(_) => AdmissionRefused::ConnectionsPerUser,
                 CountKey::Ip(_) => AdmissionRefused::ConnectionsPerIp,
             };
             let redis_key = self.key(key);
-            let slot = self.next.fetch_add(1, Ordering::Relaxed);
+            // The connection's second count (its user's after its IP's) joins its first.
+            let id = match slot {
+                Some(s) => s.0,
+                None => self.next_slot(),
+            };
             // Down: no round trip that would only time out.
             if self.inner.connected.load(Ordering::Relaxed) {
                 let ttl = millis(self.inner.config.presence_ttl);
@@ -164,7 +188,7 @@ impl ClusterAdmission for RedisAdmission {
                 let mut invocation = self.script.key(&redis_key);
                 invocation
                     .arg(now)
-                    .arg(self.member(slot))
+                    .arg(self.member(id.get()))
                     .arg(now + ttl)
                     .arg(limit)
                     .arg(ttl);
@@ -185,16 +209,24 @@ impl ClusterAdmission for RedisAdmission {
                 self.fail_open("the connection is down");
             }
             // Counted in Redis, or to be by the next refresh once Redis is back.
-            self.held().insert(slot, redis_key.into_boxed_str());
-            Ok(Some(ClusterSlot(slot)))
+            {
+                let mut held = self.held();
+                let keys = held.entry(id.get()).or_default();
+                if let Some(free) = keys.iter_mut().find(|k| k.is_none()) {
+                    *free = Some(redis_key.into_boxed_str());
+                }
+            }
+            *slot = Some(ClusterSlot(id));
+            Ok(())
         })
     }
 
     fn release(&self, slot: ClusterSlot) {
-        let key = self.held().remove(&slot.0);
-        if let Some(key) = key {
+        let slot = slot.0.get();
+        let keys = self.held().remove(&slot);
+        for key in keys.into_iter().flatten().flatten() {
             // Full (Redis slow or down): the member expires by itself within presence_ttl.
-            let _ = self.releases.try_send((slot.0, key));
+            let _ = self.releases.try_send((slot, key));
         }
     }
 }
@@ -202,7 +234,7 @@ impl ClusterAdmission for RedisAdmission {
 /// Removes released members and refreshes held ones, one after the other: a refresh never
 /// adds again a member whose removal was already sent, so that a closed connection does not
 /// linger.
-async fn run_writer(admission: Arc<RedisAdmission>, mut releases: mpsc::Receiver<(u64, Box<str>)>) {
+async fn run_writer(admission: Arc<RedisAdmission>, mut releases: mpsc::Receiver<(u32, Box<str>)>) {
     let period = (admission.inner.config.presence_ttl / 3).max(Duration::from_millis(10));
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::super::{RedisBroker, RedisBrokerConfig};
 use crate::broker::{Broker, NodeEvent, NodeSink};
-use crate::limits::{AdmissionRefused, ClusterAdmission, CountKey};
+use crate::limits::{AdmissionRefused, ClusterAdmission, ClusterSlot, CountKey};
 
 // The broker's tests load the support file; a second `mod` of it would be a second copy.
 use super::super::tests::redis_server::RedisServer;
@@ -31,6 +31,17 @@ async fn node(redis: &RedisServer, ttl: Duration) -> (RedisBroker, Arc<dyn Clust
     (broker, admission)
 }
 
+/// One new connection counted in `key`: its slot.
+async fn admit(
+    a: &Arc<dyn ClusterAdmission>,
+    key: CountKey<'_>,
+    limit: u32,
+) -> Result<ClusterSlot, AdmissionRefused> {
+    let mut slot = None;
+    a.admit(key, limit, &mut slot).await?;
+    Ok(slot.expect("an admitted connection has a slot"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_admissions_on_two_nodes_never_exceed_the_limit() {
     let redis = RedisServer::start();
@@ -39,7 +50,7 @@ async fn racing_admissions_on_two_nodes_never_exceed_the_limit() {
     let tries = (0..40).map(|i| {
         let a = if i % 2 == 0 { a1.clone() } else { a2.clone() };
         tokio::spawn(async move {
-            let r = a.admit(CountKey::User("u"), 5).await;
+            let r = admit(&a, CountKey::User("u"), 5).await;
             (a, r)
         })
     });
@@ -47,7 +58,7 @@ async fn racing_admissions_on_two_nodes_never_exceed_the_limit() {
     let mut refused = 0;
     for t in tries.collect::<Vec<_>>() {
         match t.await.unwrap() {
-            (a, Ok(Some(slot))) => admitted.push((a, slot)),
+            (a, Ok(slot)) => admitted.push((a, slot)),
             (_, Err(AdmissionRefused::ConnectionsPerUser)) => refused += 1,
             (_, other) => panic!("{other:?}"),
         }
@@ -55,9 +66,9 @@ async fn racing_admissions_on_two_nodes_never_exceed_the_limit() {
     assert_eq!((admitted.len(), refused), (5, 35));
     // Per IP is another count.
     let ip = "192.0.2.1".parse().unwrap();
-    assert!(a1.admit(CountKey::Ip(ip), 1).await.unwrap().is_some());
+    let by_ip = admit(&a1, CountKey::Ip(ip), 1).await.unwrap();
     assert_eq!(
-        a2.admit(CountKey::Ip(ip), 1).await,
+        admit(&a2, CountKey::Ip(ip), 1).await,
         Err(AdmissionRefused::ConnectionsPerIp)
     );
 
@@ -66,7 +77,7 @@ async fn racing_admissions_on_two_nodes_never_exceed_the_limit() {
     a.release(slot);
     let deadline = Instant::now() + Duration::from_secs(5);
     let slot = loop {
-        match a2.admit(CountKey::User("u"), 5).await {
+        match admit(&a2, CountKey::User("u"), 5).await {
             Ok(slot) => break slot,
             Err(_) => {
                 assert!(Instant::now() < deadline, "the release was not applied");
@@ -74,8 +85,42 @@ async fn racing_admissions_on_two_nodes_never_exceed_the_limit() {
             }
         }
     };
-    assert!(slot.is_some());
-    assert!(a1.admit(CountKey::User("u"), 5).await.is_err());
+    assert!(admit(&a1, CountKey::User("u"), 5).await.is_err());
+    a2.release(slot);
+
+    // One connection counted per IP and per user in one slot: its release gives both back.
+    let ip2 = "192.0.2.2".parse().unwrap();
+    let mut both = None;
+    a1.admit(CountKey::Ip(ip2), 1, &mut both).await.unwrap();
+    a1.admit(CountKey::User("w"), 1, &mut both).await.unwrap();
+    assert_eq!(
+        admit(&a2, CountKey::User("w"), 1).await,
+        Err(AdmissionRefused::ConnectionsPerUser)
+    );
+    // A refusal leaves the slot's other count alone.
+    let mut refused_slot = None;
+    a2.admit(CountKey::Ip(ip2), 1, &mut refused_slot)
+        .await
+        .unwrap_err();
+    assert_eq!(refused_slot, None);
+    a1.release(both.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (user, ip) = (
+            admit(&a2, CountKey::User("w"), 1).await,
+            admit(&a2, CountKey::Ip(ip2), 1).await,
+        );
+        if let (Ok(_), Ok(_)) = (&user, &ip) {
+            break;
+        }
+        // One of the two may have got in already: give it back and try both again.
+        for slot in [user.ok(), ip.ok()].into_iter().flatten() {
+            a2.release(slot);
+        }
+        assert!(Instant::now() < deadline, "the release was not applied");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a1.release(by_ip);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,20 +130,20 @@ async fn a_live_nodes_connections_are_refreshed_and_a_vanished_nodes_expire() {
     let (b1, a1) = node(&redis, ttl).await;
     let (_b2, a2) = node(&redis, ttl).await;
     let held = [
-        a1.admit(CountKey::User("v"), 2).await.unwrap(),
-        a1.admit(CountKey::User("v"), 2).await.unwrap(),
+        admit(&a1, CountKey::User("v"), 2).await.unwrap(),
+        admit(&a1, CountKey::User("v"), 2).await.unwrap(),
     ];
     // Three ttls later the refresh has kept them.
     tokio::time::sleep(ttl * 3).await;
     assert_eq!(
-        a2.admit(CountKey::User("v"), 2).await,
+        admit(&a2, CountKey::User("v"), 2).await,
         Err(AdmissionRefused::ConnectionsPerUser)
     );
     // The node vanishes without releasing anything: its members expire.
     let gone = Instant::now();
     drop((b1, a1, held));
     let deadline = gone + Duration::from_secs(5);
-    while a2.admit(CountKey::User("v"), 2).await.is_err() {
+    while admit(&a2, CountKey::User("v"), 2).await.is_err() {
         assert!(Instant::now() < deadline, "the vanished node still counts");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
