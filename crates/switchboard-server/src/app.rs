@@ -98,7 +98,11 @@ impl Node {
             .trusted_proxies(c.trusted_proxies.clone());
         // Development mode serves one developer and benchmarks from one machine: no limits
         // per user or per IP there (docs/security.md).
-        let local = crate::limits::LocalAdmission::from_config(&c.limits, c.dev == Some(true));
+        let mut local = crate::limits::LocalAdmission::from_config(&c.limits, c.dev == Some(true));
+        // A broker shared by several nodes counts their connections together.
+        if let Some(cluster) = self.broker().admission() {
+            local = local.with_cluster(cluster);
+        }
         let admission = local
             .limits_anything()
             .then(|| std::sync::Arc::new(local) as std::sync::Arc<dyn crate::limits::Admission>);

@@ -1,8 +1,8 @@
 //! Abuse limits that are pure bookkeeping (docs/protocol.md 7.4, docs/security.md "Limits"):
 //! the per-connection command rate limit, and admission: connections per user and per IP,
 //! new connections per second per IP and handshakes in progress per IP, behind the
-//! [`Admission`] trait so that a broker can hold the counts cluster-wide; and the node's
-//! memory budget ([`MemoryBudget`]).
+//! [`Admission`] trait, with the connection counts also asked of a [`ClusterAdmission`] when
+//! a broker keeps them cluster-wide; and the node's memory budget ([`MemoryBudget`]).
 //!
 //! It owns no connection and no task: the listener (`server`), the upgrade (`route`) and the
 //! protocol surface (`v1`) ask it and answer with the documented status or error. It must not
@@ -410,6 +410,66 @@ pub trait Admission: Send + Sync + fmt::Debug + 'static {
     fn open_user(&self, user: &str) -> Result<(), AdmissionRefused>;
     /// The connection counted by [`Admission::open_user`] closed.
     fn close_user(&self, user: &str);
+    /// The cluster-wide count of `ip`'s connections, asked after [`Admission::open_ip`]
+    /// admitted it here (a refusal here costs no round trip). What it counts is recorded in
+    /// `slot` (left `None` when nothing is counted beyond this node).
+    fn open_ip_cluster<'a>(
+        &'a self,
+        _ip: IpAddr,
+        _slot: &'a mut Option<ClusterSlot>,
+    ) -> AdmitFuture<'a> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    /// The cluster-wide count of `user`'s connections, asked after [`Admission::open_user`]
+    /// admitted it here; likewise recorded in `slot`.
+    fn open_user_cluster<'a>(
+        &'a self,
+        _user: &'a str,
+        _slot: &'a mut Option<ClusterSlot>,
+    ) -> AdmitFuture<'a> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    /// The connection counted by `open_*_cluster` in `slot` closed.
+    fn close_cluster(&self, _slot: ClusterSlot) {}
+}
+
+/// What [`Admission::open_ip_cluster`], [`Admission::open_user_cluster`] and
+/// [`ClusterAdmission::admit`] answer.
+pub type AdmitFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<(), AdmissionRefused>> + Send + 'a>>;
+
+/// What a cluster-wide count counts: one user's or one IP's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountKey<'a> {
+    /// `limits.connections_per_user`.
+    User(&'a str),
+    /// `limits.connections_per_ip`.
+    Ip(IpAddr),
+}
+
+/// One connection's places in the cluster-wide counts (per IP and per user), handed back
+/// with [`ClusterAdmission::release`]: an id the cluster admission chose. Four bytes, never
+/// 0: an `Option` of it fits in the padding of every connection's [`Admitted`] (an SSE
+/// stream must stay one small allocation).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ClusterSlot(pub std::num::NonZeroU32);
+
+/// Connection counts kept across every node of a deployment (a broker shared by the nodes
+/// keeps them), asked after the node's own counts admitted a connection.
+pub trait ClusterAdmission: Send + Sync + fmt::Debug + 'static {
+    /// Counts one more connection of `key` unless `limit` of them are open in the cluster
+    /// (then [`AdmissionRefused::ConnectionsPerUser`] or
+    /// [`AdmissionRefused::ConnectionsPerIp`]). A connection's counts share one `slot`: the
+    /// first admission sets it, the next adds to it. When the shared counts cannot be
+    /// reached, an implementation decides between admitting and refusing, and documents it.
+    fn admit<'a>(
+        &'a self,
+        key: CountKey<'a>,
+        limit: u32,
+        slot: &'a mut Option<ClusterSlot>,
+    ) -> AdmitFuture<'a>;
+    /// The connection counted with `slot` closed. Never waits.
+    fn release(&self, slot: ClusterSlot);
 }
 
 /// A handshake in progress, counted per IP until dropped.
@@ -435,37 +495,53 @@ impl Drop for HandshakeTicket {
     }
 }
 
-/// An admitted connection's place in the counts, given back when dropped (with the
-/// connection).
+/// An admitted connection's place in the counts, this node's and the cluster's, given back
+/// when dropped (with the connection).
 #[derive(Debug)]
 pub struct Admitted {
     admission: Arc<dyn Admission>,
     ip: IpAddr,
     user: Option<Arc<str>>,
+    /// Its places in the cluster's counts.
+    slot: Option<ClusterSlot>,
 }
 
 impl Admitted {
-    /// Counts a connection from `ip` (connections and new connections per IP).
-    pub fn open_ip(
+    /// Counts a connection from `ip` (connections and new connections per IP): on this node
+    /// first, then in the cluster.
+    pub async fn open_ip(
         admission: &Arc<dyn Admission>,
         ip: IpAddr,
     ) -> Result<Admitted, AdmissionRefused> {
         admission.open_ip(ip)?;
-        Ok(Admitted {
+        // Built before the cluster step: a refusal there gives the local count back on drop.
+        let mut admitted = Admitted {
             admission: admission.clone(),
             ip,
             user: None,
-        })
+            slot: None,
+        };
+        admission.open_ip_cluster(ip, &mut admitted.slot).await?;
+        Ok(admitted)
     }
 
-    /// Counts the connection against `user`'s too (anonymous connections are not counted).
-    pub fn open_user(&mut self, user: &Arc<str>) -> Result<(), AdmissionRefused> {
+    /// Counts the connection against `user`'s too (anonymous connections are not counted):
+    /// on this node first, then in the cluster.
+    pub async fn open_user(&mut self, user: &Arc<str>) -> Result<(), AdmissionRefused> {
         if user.is_empty() || self.user.is_some() {
             return Ok(());
         }
         self.admission.open_user(user)?;
-        self.user = Some(user.clone());
-        Ok(())
+        match self.admission.open_user_cluster(user, &mut self.slot).await {
+            Ok(()) => {
+                self.user = Some(user.clone());
+                Ok(())
+            }
+            Err(refused) => {
+                self.admission.close_user(user);
+                Err(refused)
+            }
+        }
     }
 }
 
@@ -474,6 +550,9 @@ impl Drop for Admitted {
         self.admission.close_ip(self.ip);
         if let Some(user) = &self.user {
             self.admission.close_user(user);
+        }
+        if let Some(slot) = self.slot.take() {
+            self.admission.close_cluster(slot);
         }
     }
 }
@@ -507,6 +586,8 @@ pub struct LocalAdmission {
     per_ip: u32,
     rate: Option<CommandRate>,
     counts: Mutex<Counts>,
+    /// The cluster-wide counts, when the broker keeps them.
+    cluster: Option<Arc<dyn ClusterAdmission>>,
 }
 
 impl LocalAdmission {
@@ -538,7 +619,15 @@ impl LocalAdmission {
                 sweep_at: SWEEP_MIN,
                 ..Counts::default()
             }),
+            cluster: None,
         }
+    }
+
+    /// Counts connections per user and per IP across the cluster too, with `cluster`, after
+    /// this node's counts admitted them.
+    pub fn with_cluster(mut self, cluster: Arc<dyn ClusterAdmission>) -> LocalAdmission {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Whether this admission limits anything at all.
@@ -666,6 +755,36 @@ impl Admission for LocalAdmission {
             if *n == 0 {
                 counts.users.remove(user);
             }
+        }
+    }
+
+    fn open_ip_cluster<'a>(
+        &'a self,
+        ip: IpAddr,
+        slot: &'a mut Option<ClusterSlot>,
+    ) -> AdmitFuture<'a> {
+        match &self.cluster {
+            Some(cluster) if self.per_ip > 0 => cluster.admit(CountKey::Ip(ip), self.per_ip, slot),
+            _ => Box::pin(std::future::ready(Ok(()))),
+        }
+    }
+
+    fn open_user_cluster<'a>(
+        &'a self,
+        user: &'a str,
+        slot: &'a mut Option<ClusterSlot>,
+    ) -> AdmitFuture<'a> {
+        match &self.cluster {
+            Some(cluster) if self.per_user > 0 => {
+                cluster.admit(CountKey::User(user), self.per_user, slot)
+            }
+            _ => Box::pin(std::future::ready(Ok(()))),
+        }
+    }
+
+    fn close_cluster(&self, slot: ClusterSlot) {
+        if let Some(cluster) = &self.cluster {
+            cluster.release(slot);
         }
     }
 }
@@ -925,6 +1044,86 @@ mod tests {
         assert_eq!(
             client_ip(v6, &xff(&["198.51.100.1:8080"]), &trusted),
             ip("198.51.100.1")
+        );
+    }
+
+    /// A cluster of one count per key kind, in memory: enough to see what `Admitted` asks and
+    /// gives back (the Redis one is tested in `broker/redis/caps_tests.rs`).
+    #[derive(Debug, Default)]
+    struct Shared {
+        users: Mutex<u32>,
+        released: Mutex<Vec<u32>>,
+    }
+
+    impl ClusterAdmission for Shared {
+        fn admit<'a>(
+            &'a self,
+            key: CountKey<'a>,
+            limit: u32,
+            slot: &'a mut Option<ClusterSlot>,
+        ) -> AdmitFuture<'a> {
+            let mut users = self.users.lock().unwrap();
+            let r = match key {
+                CountKey::User(_) if *users >= limit => Err(AdmissionRefused::ConnectionsPerUser),
+                CountKey::User(_) => {
+                    *users += 1;
+                    *slot = std::num::NonZeroU32::new(*users).map(ClusterSlot);
+                    Ok(())
+                }
+                CountKey::Ip(_) => Ok(()),
+            };
+            Box::pin(std::future::ready(r))
+        }
+
+        fn release(&self, slot: ClusterSlot) {
+            let mut users = self.users.lock().unwrap();
+            *users = users.saturating_sub(1);
+            self.released.lock().unwrap().push(slot.0.get());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cluster_refusal_gives_the_local_count_back() {
+        let limits = LimitsConfig {
+            connections_per_user: 2,
+            ..LimitsConfig::default()
+        };
+        let shared = Arc::new(Shared::default());
+        // Another node holds one of the user's connections.
+        *shared.users.lock().unwrap() = 1;
+        let local = LocalAdmission::from_config(&limits, false).with_cluster(shared.clone());
+        let admission: Arc<dyn Admission> = Arc::new(local);
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let user: Arc<str> = Arc::from("u");
+        let mut first = Admitted::open_ip(&admission, ip).await.unwrap();
+        first.open_user(&user).await.unwrap();
+        let mut second = Admitted::open_ip(&admission, ip).await.unwrap();
+        assert_eq!(
+            second.open_user(&user).await,
+            Err(AdmissionRefused::ConnectionsPerUser)
+        );
+        // Refused by the cluster, not counted here: after the first closes, this node's count
+        // is empty and the cluster's is the other node's one.
+        drop(second);
+        drop(first);
+        assert_eq!(*shared.released.lock().unwrap(), [2]);
+        assert_eq!(*shared.users.lock().unwrap(), 1);
+        let mut a = Admitted::open_ip(&admission, ip).await.unwrap();
+        a.open_user(&user).await.unwrap();
+        // The node's own count refuses before the cluster is asked: with the cluster's count
+        // lowered, only this node's two connections can refuse the third.
+        *shared.users.lock().unwrap() = 0;
+        let mut b = Admitted::open_ip(&admission, ip).await.unwrap();
+        b.open_user(&user).await.unwrap();
+        let mut c = Admitted::open_ip(&admission, ip).await.unwrap();
+        assert_eq!(
+            c.open_user(&user).await,
+            Err(AdmissionRefused::ConnectionsPerUser)
+        );
+        assert_eq!(
+            *shared.users.lock().unwrap(),
+            1,
+            "the local refusal asked the cluster"
         );
     }
 

@@ -236,7 +236,7 @@ async fn upgrade<H: Handler>(
         return refusal_response(limits::MemoryBudget::refusal());
     }
     let mut admitted = match (&ctx.admission, client_ip) {
-        (Some(admission), Some(ip)) => match Admitted::open_ip(admission, ip) {
+        (Some(admission), Some(ip)) => match Admitted::open_ip(admission, ip).await {
             Ok(a) => Some(Box::new(a)),
             Err(r) => return refusal_response(r.refusal()),
         },
@@ -260,7 +260,7 @@ async fn upgrade<H: Handler>(
         }
     };
     if let Some(admitted) = &mut admitted
-        && let Err(r) = admitted.open_user(&accepted.user.id)
+        && let Err(r) = admitted.open_user(&accepted.user.id).await
     {
         return refusal_response(r.refusal());
     }

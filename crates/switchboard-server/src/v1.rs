@@ -353,7 +353,7 @@ impl Protocol {
         };
         let user: Arc<User> = User::shared(user_from(claims));
         if let Some(admitted) = &mut conn.admitted
-            && let Err(r) = admitted.open_user(&user.id)
+            && let Err(r) = admitted.open_user(&user.id).await
         {
             // At the handshake this is a 429; here the client retries with its backoff.
             tracing::info!(conn = %conn.id(), user = %user.id, reason = r.reason(), "first-message auth: refused by the per-user limit");

@@ -714,6 +714,13 @@ pub trait Broker: Presence {
     fn cluster(&self) -> BoxFuture<'_, Result<Option<Vec<NodeReport>>, BrokerError>> {
         Box::pin(std::future::ready(Ok(None)))
     }
+
+    /// The cluster-wide connection counts of `limits.connections_per_user` and
+    /// `limits.connections_per_ip`, when the broker keeps them; `None` when the broker serves
+    /// one node only (the node's own counts are the deployment's).
+    fn admission(&self) -> Option<Arc<dyn crate::limits::ClusterAdmission>> {
+        None
+    }
 }
 
 /// One node's figures and rooms, as reported to the cluster ([`Broker::report`]).

@@ -34,6 +34,7 @@
 //! | `P:{R}:p`, `:pl`, `:pe`, `:pu` | hash, zset, zset, hash | presence: entries, connections in order, expiries, connections per user |
 //! | `P:presence` | zset | every presence entry of the deployment by expiry, for the sweeps |
 //! | `P:cmd` | channel | cluster commands ([`Broker::command`]) |
+//! | `P:{u:<user>}:n`, `P:{ip:<ip>}:n` | zset | connections per user and per IP of the deployment (`caps`) |
 //!
 //! # Ordering and atomicity
 //!
@@ -51,6 +52,12 @@
 //! entries every [`RedisBrokerConfig::sweep_interval`] (`presence.lua`), publishing a `leave`
 //! for each on its room's channel: the entries of a killed node disappear, with `leave`
 //! events, within `presence_ttl + sweep_interval`.
+//!
+//! # Connection limits
+//!
+//! `caps` counts connections per user and per IP across the nodes (`admit.lua`), for the
+//! node's admission ([`Broker::admission`]); a killed node's connections stop counting within
+//! `presence_ttl`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -136,6 +143,8 @@ impl Scripts {
 pub struct RedisBroker {
     inner: Arc<Inner>,
     tasks: Vec<JoinHandle<()>>,
+    /// The cluster-wide connection counts (`caps`).
+    admission: Arc<caps::RedisAdmission>,
 }
 
 struct Inner {
@@ -224,9 +233,11 @@ impl RedisBroker {
         let (pushes, conn) = inner.connect_pubsub().await?;
         let pubsub = tokio::spawn(run_pubsub(inner.clone(), Some((pushes, conn))));
         let sweep = tokio::spawn(run_sweep(inner.clone()));
+        let (admission, caps_writer) = caps::RedisAdmission::start(inner.clone());
         Ok(RedisBroker {
             inner,
-            tasks: vec![pubsub, sweep],
+            tasks: vec![pubsub, sweep, caps_writer],
+            admission,
         })
     }
 
@@ -985,6 +996,10 @@ impl Broker for RedisBroker {
         Box::pin(async move { self.inner.cluster().await.map(Some) })
     }
 
+    fn admission(&self) -> Option<Arc<dyn crate::limits::ClusterAdmission>> {
+        Some(self.admission.clone())
+    }
+
     fn ready(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
             let inner = &self.inner;
@@ -1212,6 +1227,8 @@ impl Presence for RedisBroker {
         })
     }
 }
+
+mod caps;
 
 #[cfg(test)]
 mod tests;

@@ -160,7 +160,7 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
     let client_ip = peer.map(|p| limits::client_ip(p, req.headers(), &config.trusted_proxies));
     let mut admitted = match (&shared.admission, client_ip) {
-        (Some(admission), Some(ip)) => match Admitted::open_ip(admission, ip) {
+        (Some(admission), Some(ip)) => match Admitted::open_ip(admission, ip).await {
             Ok(a) => Some(a),
             Err(r) => return limited(r.refusal()),
         },
@@ -217,7 +217,7 @@ async fn open(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response
     };
     let user = User::shared(user);
     if let Some(admitted) = &mut admitted
-        && let Err(r) = admitted.open_user(&user.id)
+        && let Err(r) = admitted.open_user(&user.id).await
     {
         return limited(r.refusal());
     }

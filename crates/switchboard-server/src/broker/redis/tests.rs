@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use super::*;
 
 #[path = "../../../tests/support/redis_server.rs"]
-mod redis_server;
+pub(super) mod redis_server;
 
 use redis_server::RedisServer;
 
