@@ -6,35 +6,12 @@ mod common;
 use std::{
     net::TcpListener,
     path::Path,
-    process::{Command, Output},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use common::ServerProcess;
+use common::{ServerProcess, bench, read_json, text};
 use serde_json::Value;
-
-/// Runs `switchboard bench ARGS…` with `env`, returning its output.
-fn bench(args: &[&str], env: &[(&str, &Path)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-    cmd.arg("bench").args(args).env("NO_COLOR", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run switchboard bench")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 const SHORT: [&str; 5] = ["--duration", "1", "--warmup", "0", "--quiet"];
 

@@ -5,41 +5,20 @@
 
 mod common;
 
-use std::{
-    path::Path,
-    process::{Command, Output},
-};
+use std::{path::Path, process::Output};
 
-use common::ServerProcess;
-use serde_json::Value;
+use common::{ServerProcess, read_json, text};
 
 #[path = "../../switchboard-server/tests/support/redis_server.rs"]
 mod redis_server;
 
 use redis_server::RedisServer;
 
+/// `switchboard bench ARGS… --duration 1 --warmup 0 --quiet` with the development secret at
+/// `secret`.
 fn bench(args: &[&str], secret: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .arg("bench")
-        .args(args)
-        .args(["--duration", "1", "--warmup", "0", "--quiet"])
-        .env("NO_COLOR", "1")
-        .env("SWITCHBOARD_DEV_SECRET_FILE", secret)
-        .output()
-        .expect("run switchboard bench")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    let args = [args, &["--duration", "1", "--warmup", "0", "--quiet"]].concat();
+    common::bench(&args, &[("SWITCHBOARD_DEV_SECRET_FILE", secret)])
 }
 
 /// A node in development mode on `redis`, sharing the development secret at `secret` with

@@ -395,9 +395,6 @@ async fn serve_http<S>(
         // hyper's default (about 400 KiB) would let every unauthenticated connection hold
         // that much; heads larger than this are answered 431.
         .max_buf_size(max_request_head.max(8192))
-        // A client that pipelines its requests (a backend publishing fast) gets their answers
-        // in one write instead of one each.
-        .pipeline_flush(true)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
