@@ -796,14 +796,18 @@ impl Config {
             .as_ref()
             .map(|p| format!("config file {}", p.display()))
             .unwrap_or_else(|| "configuration".into());
-        let config = deserialize(toml::Value::Table(table), &|key: &str| {
+        // Where a key's value came from: the last environment variable or flag that set it or
+        // a table above it, else the file. A key given as `name[3]` is looked up as `name`.
+        let source_of = |key: &str| {
+            let key = key.split('[').next().unwrap_or(key);
             origin
                 .iter()
                 .find(|(k, _)| key == k.as_str() || key.starts_with(&format!("{k}.")))
                 .map(|(_, o)| o.clone())
                 .unwrap_or_else(|| file_name.clone())
-        })?;
-        config.validate(&file_name)?;
+        };
+        let config = deserialize(toml::Value::Table(table), &source_of)?;
+        config.validate(&source_of)?;
         Ok(config)
     }
 
@@ -890,9 +894,9 @@ impl Config {
         Ok(())
     }
 
-    fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+    fn validate(&self, source_of: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
         let err = |key: &str, message: String| ConfigError::Key {
-            source_name: source_name.to_string(),
+            source_name: source_of(key),
             key: key.to_string(),
             message,
         };
@@ -1375,6 +1379,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("broker.url"), "{e}");
+    }
+
+    #[test]
+    fn validation_errors_name_the_variable_that_set_the_key() {
+        let e = Config::load(&Sources {
+            env: vec![
+                ("SWITCHBOARD_BROKER__KIND".into(), "redis".into()),
+                ("SWITCHBOARD_BROKER__URL".into(), "http://x".into()),
+            ],
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("environment variable SWITCHBOARD_BROKER__URL: key 'broker.url'"),
+            "{e}"
+        );
+        let e = Config::load(&Sources {
+            flags: vec![("broker.prefix".into(), toml::Value::String("{x}".into()))],
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("flag --broker-prefix: key 'broker.prefix'"), "{e}");
     }
 
     #[test]
