@@ -1,5 +1,6 @@
 //! Several `switchboard serve` processes on one Redis (`SWITCHBOARD_BROKER__KIND=redis`)
-//! behave as one server: the same offsets on every node, recovery on another node, Redis
+//! behave as one server: the same offsets on every node, three nodes' clients agreeing on one
+//! order, on presence, joins and leaves, recovery on another node, Redis
 //! going away and coming back without a lost publication, and the presence of a killed node
 //! expiring with `leave` events. Each test starts its own `redis-server` on a free port.
 
@@ -366,4 +367,128 @@ async fn api_info_and_rooms_list_every_live_node_and_room() {
         [("chat:both".to_owned(), 1), ("chat:one".to_owned(), 1)],
         "{rooms}"
     );
+}
+
+/// The `connection` of every member in a `presence` reply, sorted.
+fn member_ids(present: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = present["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["connection"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_agree_on_order_presence_joins_and_leaves() {
+    let redis = RedisServer::start();
+    let nodes = [
+        Node::start(&redis, &[]),
+        Node::start(&redis, &[]),
+        Node::start(&redis, &[]),
+    ];
+    // Two subscribers on each node, one after another: each sees the joins of those after it.
+    let mut subs = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for j in 0..2 {
+            let mut c = node.connect(&format!("user{i}{j}")).await;
+            c.subscribe("pres:all").await;
+            subs.push(c);
+        }
+    }
+    let ids: Vec<String> = subs.iter().map(Client::id).collect();
+    for (k, c) in subs.iter_mut().enumerate() {
+        let mut joined = Vec::new();
+        for _ in k + 1..ids.len() {
+            let join = c.push("join", "pres:all").await;
+            joined.push(join["member"]["connection"].as_str().unwrap().to_string());
+        }
+        assert_eq!(joined, ids[k + 1..], "joins seen by subscriber {k}");
+    }
+    // Every node lists the same members.
+    let mut expected = ids.clone();
+    expected.sort();
+    for (k, c) in subs.iter_mut().enumerate() {
+        let present = c.ok(json!({"type": "presence", "room": "pres:all"})).await;
+        assert_eq!(
+            member_ids(&present),
+            expected,
+            "presence on subscriber {k}'s node"
+        );
+    }
+
+    // A publisher on each node (publishing needs a subscription), all at once: one order,
+    // seen by everyone.
+    const EACH: u64 = 30;
+    let mut sends = tokio::task::JoinSet::new();
+    for (p, node) in nodes.iter().enumerate() {
+        let mut client = node.connect(&format!("pub{p}")).await;
+        client.subscribe("pres:all").await;
+        expected.push(client.id());
+        sends.spawn(async move {
+            for n in 1..=EACH {
+                client.publish("pres:all", json!({ "p": p, "n": n })).await;
+            }
+            client
+        });
+    }
+    let _publishers = sends.join_all().await;
+    let mut orders = Vec::new();
+    for c in &mut subs {
+        let mut order = Vec::new();
+        for _ in 0..3 * EACH {
+            let m = c.push("message", "pres:all").await;
+            order.push((
+                m["offset"].as_u64().unwrap(),
+                m["data"]["p"].as_u64().unwrap(),
+                m["data"]["n"].as_u64().unwrap(),
+            ));
+        }
+        let rest = c.sync().await;
+        assert!(
+            rest.iter().all(|m| m["type"] != "message"),
+            "a duplicate: {rest:?}"
+        );
+        orders.push(order);
+    }
+    let first = &orders[0];
+    let offsets: Vec<u64> = first.iter().map(|(o, _, _)| *o).collect();
+    assert_eq!(
+        offsets,
+        (1..=3 * EACH).collect::<Vec<_>>(),
+        "gap-free offsets"
+    );
+    for p in 0..3 {
+        let ns: Vec<u64> = first
+            .iter()
+            .filter(|(_, q, _)| *q == p)
+            .map(|(_, _, n)| *n)
+            .collect();
+        assert_eq!(
+            ns,
+            (1..=EACH).collect::<Vec<_>>(),
+            "publisher {p} in its order"
+        );
+    }
+    for (k, order) in orders.iter().enumerate() {
+        assert_eq!(order, first, "subscriber {k} saw another order");
+    }
+
+    // One leaves: everyone else sees its leave, and every node lists the rest.
+    let gone = subs.remove(0);
+    drop(gone);
+    expected.retain(|id| *id != ids[0]);
+    expected.sort();
+    for (k, c) in subs.iter_mut().enumerate() {
+        let leave = c.push("leave", "pres:all").await;
+        assert_eq!(
+            leave["member"]["connection"],
+            ids[0].as_str(),
+            "leave seen by {k}"
+        );
+        let present = c.ok(json!({"type": "presence", "room": "pres:all"})).await;
+        assert_eq!(member_ids(&present), expected, "presence after the leave");
+    }
 }

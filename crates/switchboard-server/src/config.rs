@@ -1402,7 +1402,10 @@ mod tests {
         })
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with("flag --broker-prefix: key 'broker.prefix'"), "{e}");
+        assert!(
+            e.starts_with("flag --broker-prefix: key 'broker.prefix'"),
+            "{e}"
+        );
     }
 
     #[test]
