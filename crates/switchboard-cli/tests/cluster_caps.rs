@@ -45,6 +45,17 @@ impl Node {
         Node { process, _dir: dir }
     }
 
+    /// `switchboard_admissions_unchecked_total` from the node's `/metrics`.
+    fn unchecked(&self) -> u64 {
+        let (status, text) = get(self.process.addr, "/metrics");
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix("switchboard_admissions_unchecked_total "))
+            .unwrap_or_else(|| panic!("no switchboard_admissions_unchecked_total in {text}"))
+            .parse()
+            .unwrap()
+    }
+
     async fn connect(&self, user: &str) -> Client {
         Client::connect(&self.process.ws_url("/ws"), Some(&token(user))).await
     }
@@ -193,6 +204,7 @@ async fn redis_down_admits_on_the_nodes_own_counts_and_the_counts_come_back() {
     let (n1, n2) = (Node::start(&redis, &env), Node::start(&redis, &env));
     let a1 = n1.connect("ursula").await;
     assert_eq!(members(&redis, "sb:{u:ursula}:n").await, 1);
+    assert_eq!(n1.unchecked(), 0);
 
     redis.stop();
     let deadline = Instant::now() + T;
@@ -204,6 +216,9 @@ async fn redis_down_admits_on_the_nodes_own_counts_and_the_counts_come_back() {
     let a2 = n1.connect("ursula").await;
     n1.assert_refused("ursula", "connections_per_user");
     let b1 = n2.connect("ursula").await;
+    // Each count (a connection's IP's, then its user's) was taken on the node alone, and
+    // /metrics says so: n1 admitted a2 (2) and counted the refused one's IP (1), n2 b1 (2).
+    assert_eq!((n1.unchecked(), n2.unchecked()), (3, 2));
 
     // Redis back without its data: the nodes add their connections again within a third
     // of presence_ttl, and the cluster's count refuses what is beyond it.

@@ -101,6 +101,7 @@ impl Node {
         let mut local = crate::limits::LocalAdmission::from_config(&c.limits, c.dev == Some(true));
         // A broker shared by several nodes counts their connections together.
         if let Some(cluster) = self.broker().admission() {
+            self.metrics().watch_cluster_admission(cluster.clone());
             local = local.with_cluster(cluster);
         }
         let admission = local

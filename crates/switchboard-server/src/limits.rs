@@ -470,6 +470,11 @@ pub trait ClusterAdmission: Send + Sync + fmt::Debug + 'static {
     ) -> AdmitFuture<'a>;
     /// The connection counted with `slot` closed. Never waits.
     fn release(&self, slot: ClusterSlot);
+    /// How many counts since the start were taken without the shared counts (they could
+    /// not be reached and the implementation admits then), for `/metrics`.
+    fn unchecked(&self) -> u64 {
+        0
+    }
 }
 
 /// A handshake in progress, counted per IP until dropped.

@@ -312,6 +312,8 @@ pub struct Metrics {
     shards: Box<[Shard]>,
     /// Configured namespaces, sorted: their index is their publications cell.
     namespaces: Vec<String>,
+    /// The cluster-wide connection counts, when the broker keeps them: read at scrape time.
+    cluster_admission: std::sync::OnceLock<Arc<dyn crate::limits::ClusterAdmission>>,
 }
 
 impl Default for Metrics {
@@ -332,7 +334,11 @@ impl Metrics {
                 ..Shard::default()
             })
             .collect();
-        Metrics { shards, namespaces }
+        Metrics {
+            shards,
+            namespaces,
+            cluster_admission: std::sync::OnceLock::new(),
+        }
     }
 
     #[inline]
@@ -360,6 +366,12 @@ impl Metrics {
             None => CLOSES - 2,
         };
         s.closes[transport as usize][i].fetch_add(1, Relaxed);
+    }
+
+    /// Reports, at each scrape, how many connections `admission` admitted without the
+    /// cluster-wide counts (`switchboard_admissions_unchecked_total`). Set once.
+    pub fn watch_cluster_admission(&self, admission: Arc<dyn crate::limits::ClusterAdmission>) {
+        let _ = self.cluster_admission.set(admission);
     }
 
     /// A connection attempt of `transport` was refused with `status` (before any
@@ -721,6 +733,15 @@ impl Collector for Metrics {
                     budget[Budget::RoomForgotten as usize],
                 ),
             ],
+        )?;
+        counters(
+            &mut e,
+            "admissions_unchecked",
+            "Per-user and per-IP connection counts taken on this node alone because the cluster-wide counts could not be reached (fail open)",
+            [(
+                vec![],
+                self.cluster_admission.get().map_or(0, |a| a.unchecked()),
+            )],
         )?;
         counters(
             &mut e,

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -50,6 +50,8 @@ pub(super) struct RedisAdmission {
     script: Script,
     /// Whether the last admission failed open (to log the change once).
     degraded: AtomicBool,
+    /// Counts that failed open since the start, for `/metrics`.
+    unchecked: AtomicU64,
 }
 
 impl fmt::Debug for RedisAdmission {
@@ -73,6 +75,7 @@ impl RedisAdmission {
             releases: tx,
             script: Script::new(include_str!("admit.lua")),
             degraded: AtomicBool::new(false),
+            unchecked: AtomicU64::new(0),
         });
         let task = tokio::spawn(run_writer(admission.clone(), rx));
         (admission, task)
@@ -105,6 +108,7 @@ impl RedisAdmission {
     }
 
     fn fail_open(&self, why: &str) {
+        self.unchecked.fetch_add(1, Ordering::Relaxed);
         if !self.degraded.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 reason = why,
@@ -219,6 +223,10 @@ impl ClusterAdmission for RedisAdmission {
             *slot = Some(ClusterSlot(id));
             Ok(())
         })
+    }
+
+    fn unchecked(&self) -> u64 {
+        self.unchecked.load(Ordering::Relaxed)
     }
 
     fn release(&self, slot: ClusterSlot) {
