@@ -116,7 +116,10 @@ async fn a_sentinel_failover_loses_no_acknowledged_publication() {
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     for n in 1..=5 {
-        assert_eq!(publish_until_acknowledged(&mut publisher, n, deadline).await, 0);
+        assert_eq!(
+            publish_until_acknowledged(&mut publisher, n, deadline).await,
+            0
+        );
     }
 
     let old = set.kill_primary();
@@ -162,7 +165,10 @@ async fn a_sentinel_failover_loses_no_acknowledged_publication() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while (n1.ready(), n2.ready()) != (200, 200) {
-        assert!(Instant::now() < deadline, "/readyz did not come back to 200");
+        assert!(
+            Instant::now() < deadline,
+            "/readyz did not come back to 200"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

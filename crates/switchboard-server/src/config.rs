@@ -1055,7 +1055,9 @@ impl Config {
                             .into(),
                     ));
                 }
-                (Some(u), None) if !u.starts_with("redis://") && !u.starts_with("redis+unix://") => {
+                (Some(u), None)
+                    if !u.starts_with("redis://") && !u.starts_with("redis+unix://") =>
+                {
                     return Err(err(
                         "broker.url",
                         "must start with redis:// (or redis+unix://)".into(),
@@ -1572,7 +1574,10 @@ mod tests {
         }
         // Neither: the error says both ways.
         let e = load_str(redis).unwrap_err().to_string();
-        assert!(e.contains("broker.url") && e.contains("broker.sentinel"), "{e}");
+        assert!(
+            e.contains("broker.url") && e.contains("broker.sentinel"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -441,7 +441,7 @@ async fn run_pubsub(
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "redis pub/sub reconnect failed");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(inner.config.max_backoff);
+                    backoff = (backoff * 2).min(inner.target.retry_cap(inner.config.max_backoff));
                     continue;
                 }
             },
@@ -792,7 +792,11 @@ impl Broker for RedisBroker {
                 .await
                 .map_err(|e| unavailable("publish", e))?;
             // On the same connection, so that WAIT covers this publication (sentinel.rs).
-            let replicas = inner.config.sentinel.as_ref().map_or(0, |s| s.wait_for_replicas);
+            let replicas = inner
+                .config
+                .sentinel
+                .as_ref()
+                .map_or(0, |s| s.wait_for_replicas);
             if replicas > 0 && !opts.ephemeral {
                 conn.wait_for_replicas(replicas, inner.config.timeout)
                     .await?;
@@ -1245,8 +1249,8 @@ impl Presence for RedisBroker {
 mod caps;
 mod sentinel;
 
-use sentinel::{Commands, Target};
 pub use sentinel::RedisSentinelConfig;
+use sentinel::{Commands, Target};
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,5 @@
 //! A Sentinel-monitored Redis for tests: one primary, its replicas (`--replicaof`) and three
-//! `redis-sentinel` processes (`sentinel monitor m 127.0.0.1 <primary> 2`, down after 1 s,
+//! sentinels (`redis-server --sentinel`) (`sentinel monitor m 127.0.0.1 <primary> 2`, down after 1 s,
 //! failover timeout 5 s), all on free ports of loopback with their files in a temporary
 //! directory, without persistence, killed when dropped. Included with `#[path]` by the tests
 //! that need one; it asks the processes with `redis-cli`.
@@ -113,7 +113,11 @@ fn data_node(dir: &Path, port: u16, primary: Option<u16>) -> Process {
     .collect();
     args.push(dir.display().to_string());
     if let Some(primary) = primary {
-        args.extend(["--replicaof".into(), "127.0.0.1".into(), primary.to_string()]);
+        args.extend([
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary.to_string(),
+        ]);
     }
     spawn("redis-server", &args, port)
 }
@@ -145,9 +149,10 @@ impl RedisSentinelSet {
                 ),
             )
             .unwrap();
+            // `redis-server --sentinel` is `redis-sentinel`, which not every package installs.
             sentinels.push(spawn(
-                "redis-sentinel",
-                &[conf.display().to_string()],
+                "redis-server",
+                &[conf.display().to_string(), "--sentinel".into()],
                 port,
             ));
         }
@@ -156,17 +161,20 @@ impl RedisSentinelSet {
             sentinels,
             dir,
         };
-        set.wait_until("the sentinels agree on the primary and see every replica", || {
-            set.sentinels.iter().all(|s| {
-                let Some(reply) = cli(s.port, &["SENTINEL", "MASTER", MASTER]) else {
-                    return false;
-                };
-                field(&reply, "port") == Some(&primary.to_string())
-                    && field(&reply, "num-slaves") == Some(&replicas.to_string())
-                    && field(&reply, "num-other-sentinels") == Some("2")
-                    && field(&reply, "flags") == Some("master")
-            })
-        });
+        set.wait_until(
+            "the sentinels agree on the primary and see every replica",
+            || {
+                set.sentinels.iter().all(|s| {
+                    let Some(reply) = cli(s.port, &["SENTINEL", "MASTER", MASTER]) else {
+                        return false;
+                    };
+                    field(&reply, "port") == Some(&primary.to_string())
+                        && field(&reply, "num-slaves") == Some(&replicas.to_string())
+                        && field(&reply, "num-other-sentinels") == Some("2")
+                        && field(&reply, "flags") == Some("master")
+                })
+            },
+        );
         // And every replica has its copy of the primary.
         set.wait_until("the replicas are in sync", || {
             set.nodes[1..].iter().all(|n| {
@@ -197,10 +205,7 @@ impl RedisSentinelSet {
     /// The port of the primary the first answering sentinel names.
     pub fn primary_port(&self) -> Option<u16> {
         self.sentinels.iter().find_map(|s| {
-            let reply = cli(
-                s.port,
-                &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER],
-            )?;
+            let reply = cli(s.port, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER])?;
             reply.lines().nth(1)?.parse().ok()
         })
     }

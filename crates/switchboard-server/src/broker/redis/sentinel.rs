@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
@@ -106,6 +108,17 @@ impl Target {
         })
     }
 
+    /// The longest wait between two attempts to reach the primary: with sentinels at most
+    /// 500 ms, since the sentinels (not the dead primary) are asked and a new primary is
+    /// named a few seconds after a failure; each extra second of backoff would be one more
+    /// second of unavailability.
+    pub(super) fn retry_cap(&self, max_backoff: Duration) -> Duration {
+        match self {
+            Target::Url(_) => max_backoff,
+            Target::Sentinel { .. } => max_backoff.min(Duration::from_millis(500)),
+        }
+    }
+
     /// Whether the primary can move (a failover): then failed commands re-resolve it.
     pub(super) fn is_sentinel(&self) -> bool {
         matches!(self, Target::Sentinel { .. })
@@ -181,7 +194,11 @@ struct Shared {
     current: Mutex<Current>,
     /// A rebuild is under way: other failures wait for it rather than start another.
     rebuilding: AtomicBool,
+    /// The generation of the newest manager, for calls that wait for a rebuild.
+    generations: watch::Sender<u64>,
     max_backoff: Duration,
+    /// How long a call waits for a rebuild under way (the broker's timeout).
+    timeout: Duration,
 }
 
 /// The node's commands connection: a multiplexed [`ConnectionManager`] on the target's
@@ -207,14 +224,16 @@ pub(super) async fn connect_commands(
         .await
         .map_err(|e| unavailable(format!("connecting to {}", target.describe()), e))?;
     let shared = Arc::new(Shared {
-        target,
+        target: target.clone(),
         settings,
         current: Mutex::new(Current {
             manager: manager.clone(),
             generation: 0,
         }),
         rebuilding: AtomicBool::new(false),
-        max_backoff: config.max_backoff,
+        generations: watch::Sender::new(0),
+        max_backoff: target.retry_cap(config.max_backoff),
+        timeout: config.timeout,
     });
     Ok(Commands {
         shared,
@@ -223,7 +242,10 @@ pub(super) async fn connect_commands(
     })
 }
 
-async fn manager(target: &Target, settings: &ConnectionManagerConfig) -> RedisResult<ConnectionManager> {
+async fn manager(
+    target: &Target,
+    settings: &ConnectionManagerConfig,
+) -> RedisResult<ConnectionManager> {
     let client = target.resolve().await?;
     client
         .get_connection_manager_with_config(settings.clone())
@@ -308,8 +330,10 @@ async fn rebuild(shared: Weak<Shared>) {
                 let mut current = s.current.lock().unwrap_or_else(PoisonError::into_inner);
                 current.manager = manager;
                 current.generation += 1;
+                let generation = current.generation;
                 drop(current);
                 s.rebuilding.store(false, Ordering::Release);
+                s.generations.send_replace(generation);
                 tracing::info!("redis commands connection moved to the new primary");
                 return;
             }
@@ -324,9 +348,34 @@ async fn rebuild(shared: Weak<Shared>) {
     }
 }
 
+impl Commands {
+    /// Before a call: while the primary is being looked for again, waits (at most the
+    /// broker's timeout) for the new manager rather than send the call to the old one, whose
+    /// own reconnection to the dead address would hold it for several seconds.
+    async fn current(&mut self) -> RedisResult<()> {
+        if !self.shared.rebuilding.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut generations = self.shared.generations.subscribe();
+        let newer = generations.wait_for(|g| *g > self.generation);
+        if tokio::time::timeout(self.shared.timeout, newer)
+            .await
+            .is_err()
+        {
+            return Err(RedisError::from((
+                ErrorKind::IoError,
+                "the primary is being looked for again (failover)",
+            )));
+        }
+        *self = self.get();
+        Ok(())
+    }
+}
+
 impl ConnectionLike for Commands {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
+            self.current().await?;
             let reply = self.manager.req_packed_command(cmd).await;
             if let Err(e) = &reply {
                 self.failed(e);
@@ -342,6 +391,7 @@ impl ConnectionLike for Commands {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
+            self.current().await?;
             let reply = self.manager.req_packed_commands(cmd, offset, count).await;
             if let Err(e) = &reply {
                 self.failed(e);
