@@ -287,6 +287,7 @@ impl Inner {
             .await
             .map_err(|e| unavailable(format!("finding {}", self.target.describe()), e))?;
         let mut info = primary.get_connection_info().clone();
+        self.commands.pubsub_at(&info.addr);
         info.redis.protocol = ProtocolVersion::RESP3;
         let client = Client::open(info).map_err(|e| unavailable("pub/sub client", e))?;
         let mut conn = client
@@ -451,8 +452,14 @@ async fn run_pubsub(
         let mut health = tokio::time::interval(inner.config.timeout);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         health.reset();
+        // The commands connection found a new primary: this one follows (sentinel.rs).
+        let mut moves = inner.commands.moves();
         loop {
             tokio::select! {
+                Ok(()) = moves.changed() => if inner.commands.pubsub_elsewhere() {
+                    tracing::warn!("the redis primary moved; moving pub/sub there");
+                    break;
+                },
                 push = pushes.recv() => match push {
                     Some(push) => match push.kind {
                         PushKind::Message => inner.on_message(&push.data),

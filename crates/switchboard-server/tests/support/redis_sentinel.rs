@@ -246,6 +246,32 @@ impl RedisSentinelSet {
         new
     }
 
+    /// The ports of the data nodes the sentinels do not name as primary (its replicas).
+    pub fn replica_ports(&self) -> Vec<u16> {
+        let primary = self.primary_port();
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some() && Some(n.port) != primary)
+            .map(|n| n.port)
+            .collect()
+    }
+
+    /// Kills the data node on `port` with SIGKILL.
+    pub fn kill(&mut self, port: u16) {
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port) {
+            node.kill();
+        }
+    }
+
+    /// Asks a sentinel for a graceful failover (`SENTINEL FAILOVER`): the primary stays up
+    /// and becomes a replica of the promoted one. Returns the old primary's port.
+    pub fn failover(&self) -> u16 {
+        let old = self.primary_port().expect("the sentinels name a primary");
+        let reply = cli(self.sentinels[0].port, &["SENTINEL", "FAILOVER", MASTER]);
+        assert_eq!(reply.as_deref(), Some("OK"), "SENTINEL FAILOVER");
+        old
+    }
+
     /// Starts the killed node on `port` again, empty: the sentinels make it a replica of the
     /// current primary.
     pub fn restart(&mut self, port: u16) {

@@ -186,6 +186,8 @@ struct Current {
     manager: ConnectionManager,
     /// Bumped at each rebuild, so that the failures of an older manager do not rebuild again.
     generation: u64,
+    /// The primary's address (`host:port`).
+    addr: String,
 }
 
 struct Shared {
@@ -194,6 +196,10 @@ struct Shared {
     current: Mutex<Current>,
     /// A rebuild is under way: other failures wait for it rather than start another.
     rebuilding: AtomicBool,
+    /// A check that the primary did not move is under way (after a `WAIT` shortfall).
+    checking: AtomicBool,
+    /// Where the pub/sub connection is, so that it follows the commands to a new primary.
+    pubsub_addr: Mutex<Option<String>>,
     /// The generation of the newest manager, for calls that wait for a rebuild.
     generations: watch::Sender<u64>,
     max_backoff: Duration,
@@ -220,7 +226,7 @@ pub(super) async fn connect_commands(
         .set_response_timeout(config.timeout)
         .set_number_of_retries(2)
         .set_max_delay(config.max_backoff.as_millis() as u64);
-    let manager = manager(&target, &settings)
+    let (manager, addr) = manager(&target, &settings)
         .await
         .map_err(|e| unavailable(format!("connecting to {}", target.describe()), e))?;
     let shared = Arc::new(Shared {
@@ -229,8 +235,11 @@ pub(super) async fn connect_commands(
         current: Mutex::new(Current {
             manager: manager.clone(),
             generation: 0,
+            addr,
         }),
         rebuilding: AtomicBool::new(false),
+        checking: AtomicBool::new(false),
+        pubsub_addr: Mutex::new(None),
         generations: watch::Sender::new(0),
         max_backoff: target.retry_cap(config.max_backoff),
         timeout: config.timeout,
@@ -242,14 +251,17 @@ pub(super) async fn connect_commands(
     })
 }
 
+/// A manager on the target's current primary, and the primary's address.
 async fn manager(
     target: &Target,
     settings: &ConnectionManagerConfig,
-) -> RedisResult<ConnectionManager> {
+) -> RedisResult<(ConnectionManager, String)> {
     let client = target.resolve().await?;
-    client
+    let addr = client.get_connection_info().addr.to_string();
+    let manager = client
         .get_connection_manager_with_config(settings.clone())
-        .await
+        .await?;
+    Ok((manager, addr))
 }
 
 impl Commands {
@@ -283,6 +295,9 @@ impl Commands {
             .await
             .map_err(|e| unavailable("waiting for replicas", e))?;
         if acked < replicas {
+            // Also what a primary that the sentinels replaced while it stayed up (a graceful
+            // failover, a partition) says until they demote it: look for a new one.
+            self.check_primary();
             return Err(BrokerError::Unavailable {
                 message: format!(
                     "redis: the publication reached {acked} of the {replicas} replicas it must \
@@ -326,15 +341,9 @@ async fn rebuild(shared: Weak<Shared>) {
     loop {
         let Some(s) = shared.upgrade() else { return };
         match manager(&s.target, &s.settings).await {
-            Ok(manager) => {
-                let mut current = s.current.lock().unwrap_or_else(PoisonError::into_inner);
-                current.manager = manager;
-                current.generation += 1;
-                let generation = current.generation;
-                drop(current);
+            Ok((manager, addr)) => {
+                s.replace(manager, addr);
                 s.rebuilding.store(false, Ordering::Release);
-                s.generations.send_replace(generation);
-                tracing::info!("redis commands connection moved to the new primary");
                 return;
             }
             Err(e) => {
@@ -348,7 +357,82 @@ async fn rebuild(shared: Weak<Shared>) {
     }
 }
 
+impl Shared {
+    /// Makes `manager` (on `addr`) the one of the next calls, and tells the calls waiting.
+    fn replace(&self, manager: ConnectionManager, addr: String) {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        tracing::info!(primary = %addr, "redis commands connection on the primary the sentinels name");
+        current.manager = manager;
+        current.addr = addr;
+        current.generation += 1;
+        let generation = current.generation;
+        drop(current);
+        self.generations.send_replace(generation);
+    }
+}
+
+/// Asks the sentinels once which node is the primary; moves the commands connection there
+/// when it is not the current one.
+async fn check(shared: Weak<Shared>) {
+    let Some(s) = shared.upgrade() else { return };
+    if let Ok(client) = s.target.resolve().await {
+        let addr = client.get_connection_info().addr.to_string();
+        let current = s
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .addr
+            .clone();
+        if addr != current {
+            match manager(&s.target, &s.settings).await {
+                Ok((manager, addr)) => s.replace(manager, addr),
+                Err(e) => tracing::warn!(error = %e, "redis: the new primary is not reachable yet"),
+            }
+        }
+    }
+    s.checking.store(false, Ordering::Release);
+}
+
 impl Commands {
+    /// In the background, asks the sentinels whether the primary moved, and follows it.
+    fn check_primary(&self) {
+        if self.shared.target.is_sentinel() && !self.shared.checking.swap(true, Ordering::AcqRel) {
+            tokio::spawn(check(Arc::downgrade(&self.shared)));
+        }
+    }
+
+    /// Records that the pub/sub connection was made to `addr`.
+    pub(super) fn pubsub_at(&self, addr: &redis::ConnectionAddr) {
+        *self
+            .shared
+            .pubsub_addr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(addr.to_string());
+    }
+
+    /// Changes of the commands connection's primary, for [`Commands::pubsub_elsewhere`].
+    pub(super) fn moves(&self) -> watch::Receiver<u64> {
+        self.shared.generations.subscribe()
+    }
+
+    /// Whether the commands connection is on another primary than the pub/sub connection:
+    /// then the pub/sub connection reconnects (and finds the new primary).
+    pub(super) fn pubsub_elsewhere(&self) -> bool {
+        let commands = self
+            .shared
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .addr
+            .clone();
+        self.shared
+            .pubsub_addr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|p| *p != commands)
+    }
+
     /// Before a call: while the primary is being looked for again, waits (at most the
     /// broker's timeout) for the new manager rather than send the call to the old one, whose
     /// own reconnection to the dead address would hold it for several seconds.
@@ -404,3 +488,7 @@ impl ConnectionLike for Commands {
         self.manager.get_db()
     }
 }
+
+#[cfg(test)]
+#[path = "sentinel_tests.rs"]
+mod tests;
