@@ -20,7 +20,7 @@
 //!   told `recovered: false`): never a silent skip. Until then [`Broker::ready`] fails
 //!   (`/readyz` 503) and subscribing fails with `unavailable`.
 //!
-//! Both go to a [`Target`] (`sentinel`): one Redis at a fixed address, or the primary that
+//! Both go to a target (`sentinel.rs`): one Redis at a fixed address, or the primary that
 //! a set of Redis Sentinels names, asked again at each pub/sub reconnect and whenever a
 //! command fails with `READONLY`, `NOREPLICAS`, `MASTERDOWN` or an I/O error. With
 //! sentinels, a stored publication is acknowledged once `wait_for_replicas` replicas have
@@ -162,7 +162,7 @@ struct Inner {
     config: RedisBrokerConfig,
     /// Where both connections go (a fixed address or the sentinels' primary).
     target: Arc<Target>,
-    commands: Commands,
+    commands: Primary,
     /// The pub/sub connection while it is up.
     pubsub: Mutex<Option<MultiplexedConnection>>,
     /// The channels this node is subscribed to, and their rooms: what a reconnect
@@ -255,7 +255,7 @@ impl Inner {
         format!("{}:{{{room}}}:{kind}", self.config.prefix)
     }
 
-    fn conn(&self) -> Commands {
+    fn conn(&self) -> Primary {
         self.commands.get()
     }
 
@@ -1257,7 +1257,7 @@ mod caps;
 mod sentinel;
 
 pub use sentinel::RedisSentinelConfig;
-use sentinel::{Commands, Target};
+use sentinel::{Primary, Target};
 
 #[cfg(test)]
 mod tests;

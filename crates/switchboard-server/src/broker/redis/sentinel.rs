@@ -4,10 +4,15 @@
 //!
 //! Owns the [`Target`] (resolving to a [`Client`] of the current primary, through
 //! [`redis::sentinel`]: this module does not speak the Sentinel protocol itself), the
-//! commands connection ([`Commands`]: a [`ConnectionManager`] that is rebuilt on a freshly
+//! commands connection ([`Primary`]: a [`ConnectionManager`] that is rebuilt on a freshly
 //! resolved primary when a command fails with `READONLY`, `NOREPLICAS`, `MASTERDOWN` or an
-//! I/O error) and the `WAIT` after a publication ([`Commands::wait_for_replicas`]).
-//! The pub/sub connection resolves the target at each of its reconnects (`connect_pubsub`).
+//! I/O error, and moved when a `WAIT` falls short and the sentinels name another primary)
+//! and the `WAIT` after a publication ([`Primary::wait_for_replicas`]). The pub/sub
+//! connection resolves the target at each of its reconnects (`connect_pubsub`), and
+//! reconnects when the commands connection moved elsewhere ([`Primary::moves`]).
+//!
+//! [`connect_commands`] is the one place the commands connection is set up: a Redis Cluster
+//! connection would be another arm there.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -210,7 +215,7 @@ struct Shared {
 /// The node's commands connection: a multiplexed [`ConnectionManager`] on the target's
 /// primary. Cheap to clone; each clone is a [`ConnectionLike`] for one call.
 #[derive(Clone)]
-pub(super) struct Commands {
+pub(super) struct Primary {
     shared: Arc<Shared>,
     manager: ConnectionManager,
     generation: u64,
@@ -220,7 +225,7 @@ pub(super) struct Commands {
 pub(super) async fn connect_commands(
     target: Arc<Target>,
     config: &RedisBrokerConfig,
-) -> Result<Commands, BrokerError> {
+) -> Result<Primary, BrokerError> {
     let settings = ConnectionManagerConfig::new()
         .set_connection_timeout(config.timeout)
         .set_response_timeout(config.timeout)
@@ -244,7 +249,7 @@ pub(super) async fn connect_commands(
         max_backoff: target.retry_cap(config.max_backoff),
         timeout: config.timeout,
     });
-    Ok(Commands {
+    Ok(Primary {
         shared,
         manager,
         generation: 0,
@@ -264,15 +269,15 @@ async fn manager(
     Ok((manager, addr))
 }
 
-impl Commands {
+impl Primary {
     /// The connection to use for the next call: the newest manager.
-    pub(super) fn get(&self) -> Commands {
+    pub(super) fn get(&self) -> Primary {
         let current = self
             .shared
             .current
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        Commands {
+        Primary {
             shared: self.shared.clone(),
             manager: current.manager.clone(),
             generation: current.generation,
@@ -393,7 +398,7 @@ async fn check(shared: Weak<Shared>) {
     s.checking.store(false, Ordering::Release);
 }
 
-impl Commands {
+impl Primary {
     /// In the background, asks the sentinels whether the primary moved, and follows it.
     fn check_primary(&self) {
         if self.shared.target.is_sentinel() && !self.shared.checking.swap(true, Ordering::AcqRel) {
@@ -410,7 +415,7 @@ impl Commands {
             .unwrap_or_else(PoisonError::into_inner) = Some(addr.to_string());
     }
 
-    /// Changes of the commands connection's primary, for [`Commands::pubsub_elsewhere`].
+    /// Changes of the commands connection's primary, for [`Primary::pubsub_elsewhere`].
     pub(super) fn moves(&self) -> watch::Receiver<u64> {
         self.shared.generations.subscribe()
     }
@@ -456,7 +461,7 @@ impl Commands {
     }
 }
 
-impl ConnectionLike for Commands {
+impl ConnectionLike for Primary {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             self.current().await?;
