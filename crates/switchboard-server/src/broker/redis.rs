@@ -9,8 +9,9 @@
 //!
 //! A node holds exactly two Redis connections, whatever its rooms and clients:
 //!
-//! - **commands**: a multiplexed [`ConnectionManager`] (publishes, history, presence), which
-//!   pipelines concurrent calls on one socket and reconnects by itself;
+//! - **commands**: a multiplexed [`ConnectionManager`](redis::aio::ConnectionManager)
+//!   (publishes, history, presence), which pipelines concurrent calls on one socket and
+//!   reconnects by itself (and, on Sentinel, is rebuilt on the new primary);
 //! - **pub/sub**: a RESP3 multiplexed connection whose pushes are this node's events. The node
 //!   subscribes to a room's channel once (the hub subscribes the node once per room) and to the
 //!   deployment's command channel. When it drops (or leaves a PING unanswered for
