@@ -10,7 +10,7 @@ use switchboard_protocol::wire;
 
 use crate::{
     Route, RouteOptions,
-    broker::{Broker, BrokerError, RedisBroker, RedisBrokerConfig},
+    broker::{Broker, BrokerError, RedisBroker, RedisBrokerConfig, RedisSentinelConfig},
     builtin::{Echo, RawFanout},
     config::{BrokerKind, Config},
     node::{Node, NodeError},
@@ -22,7 +22,7 @@ use crate::{
 impl Node {
     /// Builds the node its configuration describes, on the broker of `broker.kind`: the
     /// in-memory one, or Redis (connected before this returns; an unreachable Redis is an
-    /// error naming `broker.url`). Must be called inside a tokio runtime.
+    /// error naming `broker.url` or `broker.sentinel`). Must be called inside a tokio runtime.
     ///
     /// A key set of `auth.jwks` that is fetched over the network is loaded here too (an
     /// error names `auth.jwks`); [`Node::new`] leaves it to the first token with a `kid`.
@@ -39,17 +39,29 @@ impl Node {
                 let b = &config.broker;
                 let redis = RedisBrokerConfig {
                     url: b.url.clone().unwrap_or_default(),
+                    sentinel: b.sentinel.as_ref().map(|s| RedisSentinelConfig {
+                        urls: s.urls.clone(),
+                        master: s.master.clone(),
+                        username: s.username.clone(),
+                        password: s.password.clone(),
+                        wait_for_replicas: s.wait_for_replicas,
+                    }),
                     prefix: b.prefix.clone(),
                     presence_ttl: b.presence_ttl,
                     sweep_interval: b.sweep_interval,
                     timeout: b.timeout,
                     ..RedisBrokerConfig::default()
                 };
+                let key = if b.sentinel.is_some() {
+                    "broker.sentinel"
+                } else {
+                    "broker.url"
+                };
                 Node::with_broker(config, |sink| async move {
                     match RedisBroker::connect(redis, sink).await {
                         Ok(broker) => Ok(Arc::new(broker) as Arc<dyn Broker>),
                         Err(e) => Err(BrokerError::Unavailable {
-                            message: format!("{e} (key 'broker.url')"),
+                            message: format!("{e} (key '{key}')"),
                             source: None,
                         }),
                     }

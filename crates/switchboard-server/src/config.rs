@@ -529,7 +529,8 @@ pub enum BrokerKind {
     /// In-process: one node, nothing shared.
     #[default]
     Memory,
-    /// Several nodes on one Redis (`broker.url`).
+    /// Several nodes on one Redis (`broker.url`) or on a Sentinel-monitored Redis
+    /// (`broker.sentinel`).
     Redis,
 }
 
@@ -541,6 +542,9 @@ pub struct BrokerConfig {
     pub kind: BrokerKind,
     /// The Redis server of `kind = "redis"`: `redis://[user:password@]host:port[/db]`.
     pub url: Option<String>,
+    /// Instead of `url`: the sentinels of a Sentinel-monitored Redis, whose primary the node
+    /// follows through failovers.
+    pub sentinel: Option<SentinelConfig>,
     /// Prefix of every Redis key and channel. Default `sb`.
     pub prefix: String,
     /// How long a presence entry of a Redis deployment outlives its node's last refresh.
@@ -561,6 +565,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             kind: BrokerKind::Memory,
             url: None,
+            sentinel: None,
             prefix: "sb".into(),
             presence_ttl: Duration::from_secs(20),
             sweep_interval: Duration::from_secs(5),
@@ -572,24 +577,90 @@ impl Default for BrokerConfig {
 impl fmt::Debug for BrokerConfig {
     /// A password in the url stays out of logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let url = self
-            .url
-            .as_deref()
-            .map(|u| match (u.find("://"), u.rfind('@')) {
-                (Some(scheme), Some(at)) if at > scheme => {
-                    format!("{}<redacted>{}", &u[..scheme + 3], &u[at..])
-                }
-                _ => u.to_owned(),
-            });
         f.debug_struct("BrokerConfig")
             .field("kind", &self.kind)
-            .field("url", &url)
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("sentinel", &self.sentinel)
             .field("prefix", &self.prefix)
             .field("presence_ttl", &self.presence_ttl)
             .field("sweep_interval", &self.sweep_interval)
             .field("timeout", &self.timeout)
             .finish()
     }
+}
+
+/// A url with its password (`user:password@`) replaced, for logs.
+fn redact_url(u: &str) -> String {
+    match (u.find("://"), u.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}<redacted>{}", &u[..scheme + 3], &u[at..])
+        }
+        _ => u.to_owned(),
+    }
+}
+
+/// `broker.sentinel`: a Redis whose primary a set of Redis Sentinels names (docs/scaling.md).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SentinelConfig {
+    /// The sentinels: `redis://[user:password@]host:port` each. A list, or one string of
+    /// comma-separated urls (as an environment variable gives it).
+    #[serde(deserialize_with = "url_list")]
+    pub urls: Vec<String>,
+    /// The name the sentinels monitor the set under.
+    pub master: String,
+    /// The user of the data nodes, when they require one.
+    pub username: Option<String>,
+    /// The password of the data nodes, when they require one.
+    pub password: Option<String>,
+    /// How many replicas must have a stored publication before it is acknowledged (`WAIT`),
+    /// so that it survives a failover. Default 1; 0 acknowledges on the primary alone.
+    pub wait_for_replicas: u32,
+}
+
+impl Default for SentinelConfig {
+    fn default() -> Self {
+        SentinelConfig {
+            urls: Vec::new(),
+            master: String::new(),
+            username: None,
+            password: None,
+            wait_for_replicas: 1,
+        }
+    }
+}
+
+impl fmt::Debug for SentinelConfig {
+    /// Passwords stay out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|u| redact_url(u)).collect();
+        f.debug_struct("SentinelConfig")
+            .field("urls", &urls)
+            .field("master", &self.master)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("wait_for_replicas", &self.wait_for_replicas)
+            .finish()
+    }
+}
+
+/// A list of urls, or one string of them separated by commas.
+fn url_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Urls {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Urls::deserialize(d)? {
+        Urls::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+            .collect(),
+        Urls::Many(v) => v,
+    })
 }
 
 /// Shortest API key accepted, in bytes: shorter keys can be guessed.
@@ -823,6 +894,34 @@ impl Config {
             .get(if ns.is_empty() { "default" } else { ns })
     }
 
+    /// `broker.sentinel`: sentinels and the set's name are given, the sentinels as urls.
+    fn validate_sentinel(
+        s: &SentinelConfig,
+        err: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if s.urls.is_empty() {
+            return Err(err(
+                "broker.sentinel.urls",
+                "needs at least one sentinel (redis://host:26379)".into(),
+            ));
+        }
+        for (i, u) in s.urls.iter().enumerate() {
+            if !u.starts_with("redis://") {
+                return Err(err(
+                    &format!("broker.sentinel.urls[{i}]"),
+                    format!("'{}' must start with redis://", redact_url(u)),
+                ));
+            }
+        }
+        if s.master.is_empty() {
+            return Err(err(
+                "broker.sentinel.master",
+                "is required: the name the sentinels monitor the primary under".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The `[proxies]` section and the namespaces' `proxies` lists.
     fn validate_proxies(
         &self,
@@ -942,20 +1041,33 @@ impl Config {
         }
         let b = &self.broker;
         if b.kind == BrokerKind::Redis {
-            match b.url.as_deref() {
-                None => {
+            match (b.url.as_deref(), &b.sentinel) {
+                (Some(_), Some(_)) => {
                     return Err(err(
-                        "broker.url",
-                        "is required with kind = \"redis\" (redis://host:port)".into(),
+                        "broker.sentinel",
+                        "and broker.url are mutually exclusive: give broker.url for one Redis, \
+                         broker.sentinel for a Sentinel-monitored one"
+                            .into(),
                     ));
                 }
-                Some(u) if !u.starts_with("redis://") && !u.starts_with("redis+unix://") => {
+                (None, Some(s)) => Self::validate_sentinel(s, &err)?,
+                (None, None) => {
+                    return Err(err(
+                        "broker.url",
+                        "is required with kind = \"redis\" (redis://host:port), unless \
+                         broker.sentinel is given"
+                            .into(),
+                    ));
+                }
+                (Some(u), None)
+                    if !u.starts_with("redis://") && !u.starts_with("redis+unix://") =>
+                {
                     return Err(err(
                         "broker.url",
                         "must start with redis:// (or redis+unix://)".into(),
                     ));
                 }
-                Some(_) => {}
+                (Some(_), None) => {}
             }
         }
         if b.prefix.is_empty() || b.prefix.contains(['{', '}']) {
@@ -1404,6 +1516,97 @@ mod tests {
         .to_string();
         assert!(
             e.starts_with("flag --broker-prefix: key 'broker.prefix'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn broker_sentinel_from_file_and_environment() {
+        let c = load_str(
+            "[broker]\nkind = \"redis\"\n\
+             sentinel = { urls = [\"redis://127.0.0.1:26379\", \"redis://:s3cret@127.0.0.1:26380\"], \
+             master = \"mymaster\", password = \"hunter2\" }\n",
+        )
+        .unwrap();
+        let s = c.broker.sentinel.as_ref().unwrap();
+        assert_eq!(s.urls.len(), 2);
+        assert_eq!(s.master, "mymaster");
+        assert_eq!(s.password.as_deref(), Some("hunter2"));
+        assert_eq!(s.wait_for_replicas, 1, "the default");
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("s3cret"),
+            "{debug}"
+        );
+
+        // The environment: urls as one comma-separated string or a TOML array.
+        for urls in [
+            "redis://127.0.0.1:26379, redis://127.0.0.1:26380",
+            "[\"redis://127.0.0.1:26379\", \"redis://127.0.0.1:26380\"]",
+        ] {
+            let c = Config::load(&Sources {
+                env: vec![
+                    ("SWITCHBOARD_BROKER__KIND".into(), "redis".into()),
+                    ("SWITCHBOARD_BROKER__SENTINEL__URLS".into(), urls.into()),
+                    ("SWITCHBOARD_BROKER__SENTINEL__MASTER".into(), "m".into()),
+                    (
+                        "SWITCHBOARD_BROKER__SENTINEL__WAIT_FOR_REPLICAS".into(),
+                        "0".into(),
+                    ),
+                ],
+                ..Default::default()
+            })
+            .unwrap();
+            let s = c.broker.sentinel.unwrap();
+            assert_eq!(
+                s.urls,
+                ["redis://127.0.0.1:26379", "redis://127.0.0.1:26380"],
+                "{urls}"
+            );
+            assert_eq!((s.master.as_str(), s.wait_for_replicas), ("m", 0));
+        }
+    }
+
+    #[test]
+    fn broker_sentinel_errors_name_their_keys() {
+        let redis = "[broker]\nkind = \"redis\"\n";
+        let cases = [
+            (
+                "url = \"redis://x:6379\"\nsentinel = { urls = [\"redis://x:26379\"], master = \"m\" }\n",
+                &["broker.url", "broker.sentinel", "mutually exclusive"][..],
+            ),
+            (
+                "sentinel = { master = \"m\" }\n",
+                &["broker.sentinel.urls"][..],
+            ),
+            (
+                "sentinel = { urls = [\"redis://x:26379\"] }\n",
+                &["broker.sentinel.master"][..],
+            ),
+            (
+                "sentinel = { urls = [\"redis://x:26379\", \"http://:pw@y\"], master = \"m\" }\n",
+                &["broker.sentinel.urls[1]", "redis://"][..],
+            ),
+            (
+                "sentinel = { urls = [\"redis://x:26379\"], master = \"m\", wait_for_replica = 1 }\n",
+                &["broker.sentinel.wait_for_replica"][..],
+            ),
+            (
+                "sentinel = { urls = [\"redis://x:26379\"], master = \"m\", wait_for_replicas = -1 }\n",
+                &["broker.sentinel.wait_for_replicas"][..],
+            ),
+        ];
+        for (text, needles) in cases {
+            let e = load_str(&format!("{redis}{text}")).unwrap_err().to_string();
+            for needle in needles {
+                assert!(e.contains(needle), "{text}: {e}");
+            }
+            assert!(!e.contains(":pw@"), "{e}");
+        }
+        // Neither: the error says both ways.
+        let e = load_str(redis).unwrap_err().to_string();
+        assert!(
+            e.contains("broker.url") && e.contains("broker.sentinel"),
             "{e}"
         );
     }

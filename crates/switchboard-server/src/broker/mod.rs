@@ -162,7 +162,7 @@ pub mod memory;
 pub mod redis;
 
 pub use memory::{MemoryBroker, MemoryBrokerConfig};
-pub use redis::{RedisBroker, RedisBrokerConfig};
+pub use redis::{RedisBroker, RedisBrokerConfig, RedisSentinelConfig};
 
 /// A boxed, `Send` future: what [`Broker`]'s methods return, so that the trait
 /// stays object-safe and the hub can hold an `Arc<dyn Broker>`.

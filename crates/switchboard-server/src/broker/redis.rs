@@ -9,8 +9,9 @@
 //!
 //! A node holds exactly two Redis connections, whatever its rooms and clients:
 //!
-//! - **commands**: a multiplexed [`ConnectionManager`] (publishes, history, presence), which
-//!   pipelines concurrent calls on one socket and reconnects by itself;
+//! - **commands**: a multiplexed [`ConnectionManager`](redis::aio::ConnectionManager)
+//!   (publishes, history, presence), which pipelines concurrent calls on one socket and
+//!   reconnects by itself (and, on Sentinel, is rebuilt on the new primary);
 //! - **pub/sub**: a RESP3 multiplexed connection whose pushes are this node's events. The node
 //!   subscribes to a room's channel once (the hub subscribes the node once per room) and to the
 //!   deployment's command channel. When it drops (or leaves a PING unanswered for
@@ -19,6 +20,12 @@
 //!   [`NodeEvent::Lost`] for every room, so that subscribers are caught up from history (or
 //!   told `recovered: false`): never a silent skip. Until then [`Broker::ready`] fails
 //!   (`/readyz` 503) and subscribing fails with `unavailable`.
+//!
+//! Both go to a target (`sentinel.rs`): one Redis at a fixed address, or the primary that
+//! a set of Redis Sentinels names, asked again at each pub/sub reconnect and whenever a
+//! command fails with `READONLY`, `NOREPLICAS`, `MASTERDOWN` or an I/O error. With
+//! sentinels, a stored publication is acknowledged once `wait_for_replicas` replicas have
+//! it (`WAIT`), so that it survives a failover.
 //!
 //! # Key layout
 //!
@@ -67,7 +74,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, RedisError, Script, Value,
 };
@@ -84,8 +91,12 @@ use super::{
 /// Settings of a [`RedisBroker`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisBrokerConfig {
-    /// The Redis server: `redis://[user:password@]host:port[/db]`.
+    /// The Redis server: `redis://[user:password@]host:port[/db]`. Unused with
+    /// [`RedisBrokerConfig::sentinel`].
     pub url: String,
+    /// A Sentinel-monitored Redis instead of `url`: the node follows its primary through
+    /// failovers.
+    pub sentinel: Option<RedisSentinelConfig>,
     /// Prefix of every key and channel, so that several deployments can share one Redis.
     /// Default `sb`.
     pub prefix: String,
@@ -107,6 +118,7 @@ impl Default for RedisBrokerConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".to_owned(),
+            sentinel: None,
             prefix: "sb".to_owned(),
             presence_ttl: Duration::from_secs(20),
             sweep_interval: Duration::from_secs(5),
@@ -149,8 +161,9 @@ pub struct RedisBroker {
 
 struct Inner {
     config: RedisBrokerConfig,
-    client: Client,
-    commands: ConnectionManager,
+    /// Where both connections go (a fixed address or the sentinels' primary).
+    target: Arc<Target>,
+    commands: Primary,
     /// The pub/sub connection while it is up.
     pubsub: Mutex<Option<MultiplexedConnection>>,
     /// The channels this node is subscribed to, and their rooms: what a reconnect
@@ -203,22 +216,11 @@ impl RedisBroker {
         config: RedisBrokerConfig,
         sink: Arc<dyn NodeSink>,
     ) -> Result<RedisBroker, BrokerError> {
-        let client = Client::open(config.url.as_str()).map_err(|e| BrokerError::Unavailable {
-            message: format!("invalid redis url '{}': {e}", config.url),
-            source: Some(Box::new(e)),
-        })?;
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(config.timeout)
-            .set_response_timeout(config.timeout)
-            .set_number_of_retries(2)
-            .set_max_delay(config.max_backoff.as_millis() as u64);
-        let commands = client
-            .get_connection_manager_with_config(manager)
-            .await
-            .map_err(|e| unavailable(format!("connecting to {}", config.url), e))?;
+        let target = Arc::new(Target::new(&config)?);
+        let commands = sentinel::connect_commands(target.clone(), &config).await?;
         let command_channel = format!("{}:cmd", config.prefix);
         let inner = Arc::new(Inner {
-            client,
+            target,
             commands,
             pubsub: Mutex::new(None),
             channels: Mutex::new(HashMap::new()),
@@ -254,8 +256,8 @@ impl Inner {
         format!("{}:{{{room}}}:{kind}", self.config.prefix)
     }
 
-    fn conn(&self) -> ConnectionManager {
-        self.commands.clone()
+    fn conn(&self) -> Primary {
+        self.commands.get()
     }
 
     fn pubsub_conn(&self) -> Result<MultiplexedConnection, BrokerError> {
@@ -279,7 +281,14 @@ impl Inner {
             .set_connection_timeout(self.config.timeout)
             .set_response_timeout(self.config.timeout)
             .set_push_sender(tx);
-        let mut info = self.client.get_connection_info().clone();
+        // Resolved at every (re)connect: after a failover, the sentinels name the new primary.
+        let primary = self
+            .target
+            .resolve()
+            .await
+            .map_err(|e| unavailable(format!("finding {}", self.target.describe()), e))?;
+        let mut info = primary.get_connection_info().clone();
+        self.commands.pubsub_at(&info.addr);
         info.redis.protocol = ProtocolVersion::RESP3;
         let client = Client::open(info).map_err(|e| unavailable("pub/sub client", e))?;
         let mut conn = client
@@ -434,7 +443,7 @@ async fn run_pubsub(
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "redis pub/sub reconnect failed");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(inner.config.max_backoff);
+                    backoff = (backoff * 2).min(inner.target.retry_cap(inner.config.max_backoff));
                     continue;
                 }
             },
@@ -444,8 +453,14 @@ async fn run_pubsub(
         let mut health = tokio::time::interval(inner.config.timeout);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         health.reset();
+        // The commands connection found a new primary: this one follows (sentinel.rs).
+        let mut moves = inner.commands.moves();
         loop {
             tokio::select! {
+                Ok(()) = moves.changed() => if inner.commands.pubsub_elsewhere() {
+                    tracing::warn!("the redis primary moved; moving pub/sub there");
+                    break;
+                },
                 push = pushes.recv() => match push {
                     Some(push) => match push.kind {
                         PushKind::Message => inner.on_message(&push.data),
@@ -762,6 +777,7 @@ impl Broker for RedisBroker {
                 Some(key) => inner.key(room, &format!("k:{key}")),
                 None => inner.key(room, "k"),
             };
+            let mut conn = inner.conn();
             let reply: Vec<Value> = inner
                 .scripts
                 .publish
@@ -780,9 +796,19 @@ impl Broker for RedisBroker {
                 })
                 .arg(body)
                 .arg(inner.key(room, "c"))
-                .invoke_async(&mut inner.conn())
+                .invoke_async(&mut conn)
                 .await
                 .map_err(|e| unavailable("publish", e))?;
+            // On the same connection, so that WAIT covers this publication (sentinel.rs).
+            let replicas = inner
+                .config
+                .sentinel
+                .as_ref()
+                .map_or(0, |s| s.wait_for_replicas);
+            if replicas > 0 && !opts.ephemeral {
+                conn.wait_for_replicas(replicas, inner.config.timeout)
+                    .await?;
+            }
             let bad = || malformed("publish");
             let duplicate = reply.first().and_then(as_u64).ok_or_else(bad)? == 1;
             let position = if duplicate {
@@ -1229,6 +1255,10 @@ impl Presence for RedisBroker {
 }
 
 mod caps;
+mod sentinel;
+
+pub use sentinel::RedisSentinelConfig;
+use sentinel::{Primary, Target};
 
 #[cfg(test)]
 mod tests;
