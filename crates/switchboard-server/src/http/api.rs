@@ -16,7 +16,7 @@ use std::{
     sync::{Arc, OnceLock},
 };
 
-use ::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use ::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::{
     Json, Router,
     extract::{FromRequest, MatchedPath, Query, Request, State, rejection::QueryRejection},
@@ -24,8 +24,8 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{MethodRouter, any, get, post},
 };
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::value::RawValue;
 use subtle::{Choice, ConstantTimeEq};
@@ -67,30 +67,110 @@ type Shared = Arc<Api>;
 /// The server API's routes, to be merged into the server (`ServerBuilder::http`): every call
 /// of [`endpoints`] under `/api`, JSON 404 and 405 answers there, and the key check.
 pub fn router(node: Node) -> Router {
-    let c = &node.config().api;
-    let keys = c
-        .keys
-        .iter()
-        .map(|k| (k.name.clone(), k.key.trim().as_bytes().into()))
-        .collect();
-    let api = Arc::new(Api {
-        max_body: c.max_body_size.as_usize(),
-        keys,
-        node,
-    });
-    // The full paths, not a router nested under /api: nesting costs every call a prefix
-    // strip and a second routing. Unknown paths under /api get the JSON 404 from a catch-all.
-    let mut calls = Router::new();
-    for (_, path, route) in endpoints() {
-        calls = calls.route(path, route);
+    ServerApi::new(node).router()
+}
+
+/// The server API of a node: its [`router`](ServerApi::router), and a fast path for its
+/// busiest call, `POST /api/publish`, that the server calls before the router
+/// (`ServerBuilder::api`).
+///
+/// A backend's publishes are most of the API's traffic, and through axum each paid for the
+/// routing, the middleware's boxed futures, the extractors and a boxed body, about half of the
+/// server's user-space work per call (docs/benchmarks.md). The fast path answers exactly as the
+/// router would: the same key check, body rules (415, 413, 400 naming the field), handler,
+/// JSON answer, log line and count by endpoint and status (the shared [`Api`] methods below).
+#[derive(Debug, Clone)]
+pub struct ServerApi(Shared);
+
+/// The body of an answer from [`ServerApi::call`]: the JSON of a served publish, or any other
+/// answer (the errors, built as the router builds them).
+pub type FastBody = Either<Full<Bytes>, axum::body::Body>;
+
+/// The path of the call served on the fast path.
+const PUBLISH_PATH: &str = "/api/publish";
+
+impl ServerApi {
+    /// The API of `node`, with its configured keys and body limit.
+    pub fn new(node: Node) -> Self {
+        let c = &node.config().api;
+        let keys = c
+            .keys
+            .iter()
+            .map(|k| (k.name.clone(), k.key.trim().as_bytes().into()))
+            .collect();
+        ServerApi(Arc::new(Api {
+            max_body: c.max_body_size.as_usize(),
+            keys,
+            node,
+        }))
     }
-    for path in ["/api", "/api/", "/api/{*rest}"] {
-        calls = calls.route(path, any(not_found));
+
+    /// The routes of every call, to be merged into the server's router.
+    pub fn router(&self) -> Router {
+        // The full paths, not a router nested under /api: nesting costs every call a prefix
+        // strip and a second routing. Unknown paths under /api get the JSON 404 from a
+        // catch-all.
+        let mut calls = Router::new();
+        for (_, path, route) in endpoints() {
+            calls = calls.route(path, route);
+        }
+        for path in ["/api", "/api/", "/api/{*rest}"] {
+            calls = calls.route(path, any(not_found));
+        }
+        calls
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(middleware::from_fn_with_state(self.0.clone(), call))
+            .with_state(self.0.clone())
     }
-    calls
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(api.clone(), call))
-        .with_state(api)
+
+    /// Whether [`ServerApi::call`] serves a request with this method and path (otherwise the
+    /// router does).
+    pub fn serves(method: &Method, path: &str) -> bool {
+        method == Method::POST && path == PUBLISH_PATH
+    }
+
+    /// Answers a request that [`ServerApi::serves`], as the router would.
+    pub async fn call<B>(&self, req: ::http::Request<B>) -> ::http::Response<FastBody>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let api = &*self.0;
+        let started = std::time::Instant::now();
+        let method = Method::POST;
+        let key = match api.admit(&method, PUBLISH_PATH, PUBLISH_PATH, req.headers()) {
+            Ok(key) => key,
+            Err(refused) => return refused.map(Either::Right),
+        };
+        let answer = match api.read_body(req).await {
+            Ok(body) => match parse::<PublishRequest>(&body) {
+                Ok(req) => do_publish(api, req).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let response = match answer {
+            Ok(answer) => {
+                let body = answer.to_json();
+                let mut response = ::http::Response::new(Either::Left(Full::new(body)));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, JSON_CONTENT_TYPE);
+                response
+            }
+            Err(e) => e.into_response().map(Either::Right),
+        };
+        api.served(&method, PUBLISH_PATH, response.status(), key, started);
+        response
+    }
+}
+
+/// The content type of every JSON answer (axum's `Json` sets the same).
+const JSON_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/json");
+
+/// Whether `s` is written in JSON as it is, between quotes: no escapes needed.
+fn plain_json_str(s: &str) -> bool {
+    s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
 /// Every call of the API: (method, path, handler). The router is built from this list and a
@@ -146,9 +226,15 @@ fn same_key(known: &[u8], presented: &[u8]) -> Choice {
         return Choice::from(0);
     }
     // Differences are gathered with OR, which has no early exit, and judged once at the end.
+    // (An index that wraps rather than a cycling iterator: the same comparisons, cheaper.)
     let mut diff = u8::from(known.len() != presented.len());
-    for (k, p) in known.iter().zip(presented.iter().cycle()) {
-        diff |= k ^ p;
+    let mut j = 0;
+    for &k in known {
+        diff |= k ^ presented[j];
+        j += 1;
+        if j == presented.len() {
+            j = 0;
+        }
     }
     diff.ct_eq(&0)
 }
@@ -270,7 +356,8 @@ async fn method_not_allowed() -> ApiError {
 /// The key a request presents: `X-API-Key: <key>` or `Authorization: apikey <key>` (the
 /// scheme in any case).
 fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
-    if let Some(v) = headers.get("x-api-key") {
+    static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+    if let Some(v) = headers.get(&X_API_KEY) {
         return Some(v.as_bytes().trim_ascii());
     }
     let auth = headers.get(header::AUTHORIZATION)?.as_bytes();
@@ -309,10 +396,50 @@ impl Api {
     }
 }
 
-/// Every request under `/api` passes here: the key check (all but the document), then one
-/// log line with the endpoint, the status and the key's name (never the key) — at `debug` for
-/// calls that were served, since a busy backend makes thousands a second, and at `info` for
-/// refused keys. Counting calls by endpoint and status belongs here too.
+impl Api {
+    /// The key check every call but the document's passes (before its body is read): the
+    /// key's name (`-` for the document), or the refusal, already counted and logged.
+    fn admit(
+        &self,
+        method: &Method,
+        path: &str,
+        label: &'static str,
+        headers: &HeaderMap,
+    ) -> Result<&str, Response> {
+        if path == OPENAPI_PATH || path == "/openapi.json" {
+            return Ok("-");
+        }
+        self.authenticate(headers).map_err(|e| {
+            let response = e.into_response();
+            let status = response.status().as_u16();
+            self.node.metrics().api_call(label, status, None);
+            tracing::info!(%method, endpoint = label, status, "api call refused: no valid key");
+            response
+        })
+    }
+
+    /// Counts and logs a call that was served (whatever its status): at `debug`, since a
+    /// busy backend makes thousands a second.
+    fn served(
+        &self,
+        method: &Method,
+        label: &'static str,
+        status: StatusCode,
+        key: &str,
+        started: std::time::Instant,
+    ) {
+        let status = status.as_u16();
+        self.node
+            .metrics()
+            .api_call(label, status, Some(started.elapsed()));
+        tracing::debug!(%method, endpoint = label, status, key, "api call");
+    }
+}
+
+/// Every request under `/api` that the router serves passes here: the key check (all but the
+/// document), then one log line with the endpoint, the status and the key's name (never the
+/// key) — at `debug` for calls that were served and at `info` for refused keys — and the
+/// count by endpoint and status. [`ServerApi::call`] does the same for the calls it serves.
 async fn call(State(api): State<Shared>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let endpoint = req.extensions().get::<MatchedPath>().cloned();
@@ -320,30 +447,12 @@ async fn call(State(api): State<Shared>, req: Request, next: Next) -> Response {
     // The metrics label: the route's own static path (never the request's), or "(unknown)".
     let label = route_label(endpoint);
     let started = std::time::Instant::now();
-    let metrics = api.node.metrics();
-    let path = req.uri().path();
-    let key = if path == OPENAPI_PATH || path == "/openapi.json" {
-        "-"
-    } else {
-        match api.authenticate(req.headers()) {
-            Ok(name) => name,
-            Err(e) => {
-                let response = e.into_response();
-                metrics.api_call(label, response.status().as_u16(), None);
-                tracing::info!(%method, endpoint, status = response.status().as_u16(), "api call refused: no valid key");
-                return response;
-            }
-        }
+    let key = match api.admit(&method, req.uri().path(), label, req.headers()) {
+        Ok(key) => key,
+        Err(refused) => return refused,
     };
     let response = next.run(req).await;
-    metrics.api_call(label, response.status().as_u16(), Some(started.elapsed()));
-    tracing::debug!(
-        %method,
-        endpoint,
-        status = response.status().as_u16(),
-        key,
-        "api call"
-    );
+    api.served(&method, label, response.status(), key, started);
     response
 }
 
@@ -359,6 +468,20 @@ impl<T: DeserializeOwned> FromRequest<Shared> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, api: &Shared) -> Result<Self, ApiError> {
+        let bytes = api.read_body(req).await?;
+        parse(&bytes).map(ApiJson)
+    }
+}
+
+impl Api {
+    /// A request's JSON body: `application/json` (415 otherwise), at most `api.max_body_size`
+    /// bytes (413). Generic over the body so that the router's calls and the fast path
+    /// ([`ServerApi::call`]) read bodies the same way.
+    async fn read_body<B>(&self, req: ::http::Request<B>) -> Result<Bytes, ApiError>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let json = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -378,19 +501,33 @@ impl<T: DeserializeOwned> FromRequest<Shared> for ApiJson<T> {
                 ErrorCode::LimitExceeded,
                 format!(
                     "the body is larger than api.max_body_size ({} bytes)",
-                    api.max_body
+                    self.max_body
                 ),
             )
         };
-        let bytes = Limited::new(req.into_body(), api.max_body)
-            .collect()
-            .await
-            .map_err(|e| match e.downcast_ref::<LengthLimitError>() {
-                Some(_) => too_big(),
-                None => ApiError::bad_request(format!("cannot read the body: {e}")),
-            })?
-            .to_bytes();
-        parse(&bytes).map(ApiJson)
+        let failed = |e: Box<dyn std::error::Error + Send + Sync>| match e
+            .downcast_ref::<LengthLimitError>()
+        {
+            Some(_) => too_big(),
+            None => ApiError::bad_request(format!("cannot read the body: {e}")),
+        };
+        // What `collect().to_bytes()` gives, without its queue of frames: a body almost always
+        // arrives in one frame, taken as it is.
+        let mut body = std::pin::pin!(Limited::new(req.into_body(), self.max_body));
+        let mut bytes = Bytes::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(failed)?.into_data() else {
+                continue; // trailers
+            };
+            if bytes.is_empty() {
+                bytes = data;
+            } else {
+                let mut joined = BytesMut::from(bytes);
+                joined.extend_from_slice(&data);
+                bytes = joined.freeze();
+            }
+        }
+        Ok(bytes)
     }
 }
 
@@ -506,6 +643,45 @@ impl PublishResponse {
             epoch: position.as_ref().map(|p| p.epoch.to_string()),
             offset: position.map(|p| p.offset),
         }
+    }
+}
+
+/// What a publish answers, before it is written: the fast path writes it without serde's
+/// machinery, which cost as much as the node's publish itself (test
+/// `publish_answers_are_written_as_serde_writes_them`).
+#[derive(Debug)]
+struct Published {
+    room: String,
+    position: Option<StreamPosition>,
+}
+
+impl Published {
+    /// The JSON of the [`PublishResponse`], byte for byte as serde_json writes it.
+    fn to_json(&self) -> Bytes {
+        let Published { room, position } = self;
+        let plain =
+            plain_json_str(room) && position.as_ref().is_none_or(|p| plain_json_str(&p.epoch));
+        if !plain {
+            // Rooms and epochs never need escapes (their alphabets have none), but should one
+            // ever, serde_json writes it.
+            let answer = PublishResponse::new(room.clone(), position.clone());
+            return serde_json::to_vec(&answer)
+                .expect("a publish answer serialises")
+                .into();
+        }
+        use std::io::Write;
+        let mut out = Vec::with_capacity(48 + room.len());
+        out.extend_from_slice(b"{\"room\":\"");
+        out.extend_from_slice(room.as_bytes());
+        out.push(b'"');
+        if let Some(p) = position {
+            out.extend_from_slice(b",\"epoch\":\"");
+            out.extend_from_slice(p.epoch.as_bytes());
+            out.extend_from_slice(b"\",\"offset\":");
+            let _ = write!(out, "{}", p.offset); // cannot fail: a Vec
+        }
+        out.push(b'}');
+        out.into()
     }
 }
 
@@ -762,6 +938,12 @@ async fn publish(
     State(api): State<Shared>,
     ApiJson(req): ApiJson<PublishRequest>,
 ) -> ApiResult<PublishResponse> {
+    let Published { room, position } = do_publish(&api, req).await?;
+    Ok(Json(PublishResponse::new(room, position)))
+}
+
+/// The publish call itself, for the router's handler and the fast path alike.
+async fn do_publish(api: &Api, req: PublishRequest) -> Result<Published, ApiError> {
     check_idempotency_key(req.idempotency_key.as_deref())?;
     check_data(&req.data)?;
     let publication = Publish {
@@ -772,7 +954,10 @@ async fn publish(
         exclude: None,
     };
     let result = api.node.publish(&req.room, publication).await?;
-    Ok(Json(PublishResponse::new(req.room, result.position)))
+    Ok(Published {
+        room: req.room,
+        position: result.position,
+    })
 }
 
 /// Publishes the same data to several rooms.
