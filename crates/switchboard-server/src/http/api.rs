@@ -1311,6 +1311,105 @@ mod tests {
         assert!(parse_body("/api/publish", br#"{"room":"a","data":[1]}"#).is_ok());
     }
 
+    /// The fast path ([`ServerApi::call`]) and the router answer every kind of publish, served
+    /// or refused, with the same status, headers and body.
+    #[tokio::test]
+    async fn the_fast_path_answers_as_the_router_does() {
+        use hyper::body::Body as _;
+        use tower::ServiceExt;
+        const KEY: &str = "fast-path-tests-key-0123456789";
+        let mut config = crate::config::Config {
+            personal_rooms: false,
+            ..Default::default()
+        };
+        config.auth.secret = Some("fast-path-tests-secret-0123456789".into());
+        config.api.max_body_size = crate::config::ByteSize(256);
+        config.api.keys.push(crate::config::ApiKeyConfig {
+            name: "tests".into(),
+            key: KEY.into(),
+        });
+        let api = ServerApi::new(Node::new(config).unwrap());
+        let key = format!("X-API-Key: {KEY}");
+        let auth = format!("Authorization: ApiKey {KEY}");
+        let json = "Content-Type: application/json; charset=utf-8";
+        let ok = r#"{"room":"r","data":{"a":[1,"x"]},"ephemeral":true}"#;
+        let big = format!(r#"{{"room":"r","data":"{}"}}"#, "x".repeat(300));
+        let cases: Vec<(Vec<&str>, &str)> = vec![
+            (vec![&key, json], ok),
+            (vec![&auth, json], ok),
+            (vec![json], ok),
+            (vec!["X-API-Key: not-the-key-0123456789", json], ok),
+            (vec![&key], ok),
+            (vec![&key, "Content-Type: text/plain"], ok),
+            (vec![&key, json], &big),
+            (vec![&key, json], "{not json"),
+            (vec![&key, json], r#"{"room":"r","data":1,"extra":2}"#),
+            (
+                vec![&key, json],
+                r#"{"room":"r","data":1,"ephemeral":"yes"}"#,
+            ),
+            (vec![&key, json], r#"{"room":"bad room!","data":1}"#),
+            (vec![&key, json], r#"{"room":"r","data":"\udc00"}"#),
+            (
+                vec![&key, json],
+                r#"{"room":"r","data":1,"idempotency_key":""}"#,
+            ),
+        ];
+        for (headers, body) in cases {
+            let request = || {
+                let mut r = ::http::Request::post(PUBLISH_PATH);
+                for h in &headers {
+                    let (name, value) = h.split_once(": ").unwrap();
+                    r = r.header(name, value);
+                }
+                r.body(axum::body::Body::from(body.to_string())).unwrap()
+            };
+            assert!(ServerApi::serves(&Method::POST, PUBLISH_PATH));
+            let fast = api.call(request()).await;
+            let routed = api.router().oneshot(request()).await.unwrap();
+            let case = format!("{headers:?} {body}");
+            assert_eq!(fast.status(), routed.status(), "{case}");
+            // axum's router sets the length; hyper writes it for the fast path's answer, whose
+            // body knows its exact size.
+            let mut routed_headers = routed.headers().clone();
+            let length = routed_headers.remove(header::CONTENT_LENGTH);
+            assert_eq!(fast.headers(), &routed_headers, "{case}");
+            assert_eq!(
+                fast.body().size_hint().exact().map(|n| n.to_string()),
+                length.map(|v| v.to_str().unwrap().to_string()),
+                "{case}"
+            );
+            let fast = fast.into_body().collect().await.unwrap().to_bytes();
+            let routed = routed.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(fast, routed, "{case}");
+        }
+    }
+
+    /// A publish's answer, written without serde, is what serde_json writes.
+    #[test]
+    fn publish_answers_are_written_as_serde_writes_them() {
+        let answers = [
+            ("chat:lobby", Some(StreamPosition::new("QmT6", 41))),
+            ("r", Some(StreamPosition::new("", u64::MAX))),
+            ("chat/a=b@c", None),
+            ("needs \"escapes\"", Some(StreamPosition::new("e\\", 0))),
+            ("r", Some(StreamPosition::new("tab\t", 7))),
+        ];
+        for (room, position) in answers {
+            let published = Published {
+                room: room.into(),
+                position: position.clone(),
+            };
+            let serde = serde_json::to_vec(&PublishResponse::new(room.into(), position)).unwrap();
+            assert_eq!(
+                published.to_json(),
+                serde,
+                "{}",
+                String::from_utf8_lossy(&serde)
+            );
+        }
+    }
+
     #[test]
     fn every_code_has_a_status() {
         for code in ErrorCode::ALL {
