@@ -140,7 +140,7 @@ impl ServerApi {
         let method = Method::POST;
         let key = match api.admit(&method, PUBLISH_PATH, PUBLISH_PATH, req.headers()) {
             Ok(key) => key,
-            Err(refused) => return refused.map(Either::Right),
+            Err(refused) => return refused.into_response().map(Either::Right),
         };
         let answer = match api.read_body(req).await {
             Ok(body) => match parse::<PublishRequest>(&body) {
@@ -405,16 +405,14 @@ impl Api {
         path: &str,
         label: &'static str,
         headers: &HeaderMap,
-    ) -> Result<&str, Response> {
+    ) -> Result<&str, ApiError> {
         if path == OPENAPI_PATH || path == "/openapi.json" {
             return Ok("-");
         }
-        self.authenticate(headers).map_err(|e| {
-            let response = e.into_response();
-            let status = response.status().as_u16();
+        self.authenticate(headers).inspect_err(|e| {
+            let status = e.status.as_u16();
             self.node.metrics().api_call(label, status, None);
             tracing::info!(%method, endpoint = label, status, "api call refused: no valid key");
-            response
         })
     }
 
@@ -449,7 +447,7 @@ async fn call(State(api): State<Shared>, req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     let key = match api.admit(&method, req.uri().path(), label, req.headers()) {
         Ok(key) => key,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let response = next.run(req).await;
     api.served(&method, label, response.status(), key, started);
