@@ -135,6 +135,6 @@ impl Node {
         if dev || c.demo {
             b = b.http(crate::demo::router(c.auth.secret.clone().filter(|_| dev)));
         }
-        b.http(crate::http::api::router(self.clone()))
+        b.api(crate::http::api::ServerApi::new(self.clone()))
     }
 }

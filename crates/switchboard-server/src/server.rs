@@ -16,6 +16,7 @@ use std::{
 
 use axum::{Router, body::Body, extract::State, routing::get};
 use http::{Request, StatusCode};
+use http_body_util::Either;
 use hyper_util::rt::TokioIo;
 use switchboard_protocol::codec::DecoderConfig;
 use tokio::net::{TcpListener, TcpSocket};
@@ -26,6 +27,7 @@ pub use crate::tls::{ServerTls, ServerTlsError};
 use crate::{
     broker::Broker,
     handler::RouteShared,
+    http::api::ServerApi,
     hub::Hub,
     limits::{Admission, Cidr, HandshakeTicket},
     metrics::{Metrics, Transport},
@@ -58,6 +60,8 @@ pub struct Server {
     trusted_proxies: Arc<[Cidr]>,
     /// TLS on every connection (`[tls]`); `None`: plain TCP.
     tls: Option<Arc<ServerTls>>,
+    /// The server API's fast path, asked before the router.
+    api: Option<ServerApi>,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +91,7 @@ pub struct ServerBuilder {
     direct_path: Option<Arc<str>>,
     trusted_proxies: Vec<Cidr>,
     tls: Option<Arc<ServerTls>>,
+    api: Option<ServerApi>,
 }
 
 impl Server {
@@ -108,6 +113,7 @@ impl Server {
             direct_path: None,
             trusted_proxies: Vec::new(),
             tls: None,
+            api: None,
         }
     }
 
@@ -143,6 +149,7 @@ impl Server {
             direct_path,
             trusted_proxies,
             tls,
+            api,
         } = self;
         for registry in sweeps {
             tracker.spawn(run_sweeper(Arc::downgrade(&registry), shutdown.clone()));
@@ -187,6 +194,7 @@ impl Server {
                     let router = router.clone();
                     let shutdown = shutdown.clone();
                     let direct_path = direct_path.clone();
+                    let router = Routers { router, api: api.clone() };
                     if let Some(tls) = &tls {
                         let conn = TlsConn {
                             peer,
@@ -207,7 +215,7 @@ impl Server {
                         {
                             // A stream outlives this task, which is sized for hyper too.
                             let answered = direct::serve(
-                                stream, peer, router, shutdown, ticket, max_request_head,
+                                stream, peer, router.router, shutdown, ticket, max_request_head,
                             );
                             if let Some(body) = answered.await {
                                 streams.spawn(body.write());
@@ -271,7 +279,7 @@ async fn refuse_tcp(mut stream: tokio::net::TcpStream) {
 /// What a TLS connection's plaintext side is served with (the arguments of a TCP one's).
 struct TlsConn {
     peer: SocketAddr,
-    router: Router,
+    router: Routers,
     shutdown: CancellationToken,
     ticket: Option<HandshakeTicket>,
     max_request_head: usize,
@@ -350,7 +358,14 @@ async fn serve_tls(
     if direct {
         let streams = conn.tracker.clone();
         conn.tracker.spawn(async move {
-            let answered = direct::serve(local, peer, router, shutdown, ticket, max_request_head);
+            let answered = direct::serve(
+                local,
+                peer,
+                router.router,
+                shutdown,
+                ticket,
+                max_request_head,
+            );
             if let Some(body) = answered.await {
                 streams.spawn(body.write());
             }
@@ -367,10 +382,18 @@ async fn serve_tls(
     }
 }
 
+/// What a connection's requests are answered by.
+#[derive(Clone)]
+struct Routers {
+    router: Router,
+    /// The server API's fast path, asked first ([`ServerApi::serves`]).
+    api: Option<ServerApi>,
+}
+
 async fn serve_http<S>(
     stream: S,
     peer: SocketAddr,
-    router: Router,
+    Routers { router, api }: Routers,
     shutdown: CancellationToken,
     ticket: Option<HandshakeTicket>,
     max_request_head: usize,
@@ -383,11 +406,27 @@ async fn serve_http<S>(
     // client send one small request and then hold unfinished heads uncounted.
     let _ticket = ticket;
     let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(PeerAddr(peer));
-        // SSE streams end with the server.
-        req.extensions_mut().insert(token.clone());
+        // The API's fast path first: it needs neither the router nor the extensions below
+        // (each of which costs an allocation).
+        let fast = api
+            .as_ref()
+            .filter(|_| ServerApi::serves(req.method(), req.uri().path()))
+            .cloned();
         let mut router = router.clone();
-        async move { router.call(req.map(Body::new)).await }
+        if fast.is_none() {
+            req.extensions_mut().insert(PeerAddr(peer));
+            // SSE streams end with the server.
+            req.extensions_mut().insert(token.clone());
+        }
+        async move {
+            match fast {
+                Some(api) => Ok(api.call(req).await),
+                None => router
+                    .call(req.map(Body::new))
+                    .await
+                    .map(|r| r.map(Either::Right)),
+            }
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -415,6 +454,14 @@ impl ServerBuilder {
     /// Adds a WebSocket route.
     pub fn route(mut self, route: Route) -> Self {
         self.routes.push(route);
+        self
+    }
+
+    /// Serves the server API: its routes, and its fast path ([`ServerApi::call`]) asked before
+    /// the router.
+    pub fn api(mut self, api: ServerApi) -> Self {
+        self = self.http(api.router());
+        self.api = Some(api);
         self
     }
 
@@ -608,6 +655,7 @@ impl ServerBuilder {
             direct_path: self.direct_path,
             trusted_proxies,
             tls: self.tls,
+            api: self.api,
         })
     }
 }
