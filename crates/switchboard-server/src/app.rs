@@ -39,17 +39,23 @@ impl Node {
                 let b = &config.broker;
                 let redis = RedisBrokerConfig {
                     url: b.url.clone().unwrap_or_default(),
+                    cluster: b.cluster.clone().unwrap_or_default(),
                     prefix: b.prefix.clone(),
                     presence_ttl: b.presence_ttl,
                     sweep_interval: b.sweep_interval,
                     timeout: b.timeout,
                     ..RedisBrokerConfig::default()
                 };
+                let key = if b.cluster.is_some() {
+                    "broker.cluster"
+                } else {
+                    "broker.url"
+                };
                 Node::with_broker(config, |sink| async move {
                     match RedisBroker::connect(redis, sink).await {
                         Ok(broker) => Ok(Arc::new(broker) as Arc<dyn Broker>),
                         Err(e) => Err(BrokerError::Unavailable {
-                            message: format!("{e} (key 'broker.url')"),
+                            message: format!("{e} (key '{key}')"),
                             source: None,
                         }),
                     }

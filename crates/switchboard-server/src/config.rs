@@ -529,7 +529,7 @@ pub enum BrokerKind {
     /// In-process: one node, nothing shared.
     #[default]
     Memory,
-    /// Several nodes on one Redis (`broker.url`).
+    /// Several nodes on one Redis (`broker.url`) or one Redis Cluster (`broker.cluster`).
     Redis,
 }
 
@@ -541,6 +541,11 @@ pub struct BrokerConfig {
     pub kind: BrokerKind,
     /// The Redis server of `kind = "redis"`: `redis://[user:password@]host:port[/db]`.
     pub url: Option<String>,
+    /// Instead of `url`: seed nodes of a Redis Cluster (7 or later), `redis://host:port`
+    /// each; a TOML array, or one comma-separated string (handy in
+    /// `SWITCHBOARD_BROKER__CLUSTER`).
+    #[serde(deserialize_with = "string_list")]
+    pub cluster: Option<Vec<String>>,
     /// Prefix of every Redis key and channel. Default `sb`.
     pub prefix: String,
     /// How long a presence entry of a Redis deployment outlives its node's last refresh.
@@ -561,6 +566,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             kind: BrokerKind::Memory,
             url: None,
+            cluster: None,
             prefix: "sb".into(),
             presence_ttl: Duration::from_secs(20),
             sweep_interval: Duration::from_secs(5),
@@ -572,18 +578,21 @@ impl Default for BrokerConfig {
 impl fmt::Debug for BrokerConfig {
     /// A password in the url stays out of logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let url = self
-            .url
-            .as_deref()
-            .map(|u| match (u.find("://"), u.rfind('@')) {
-                (Some(scheme), Some(at)) if at > scheme => {
-                    format!("{}<redacted>{}", &u[..scheme + 3], &u[at..])
-                }
-                _ => u.to_owned(),
-            });
+        let redact = |u: &str| match (u.find("://"), u.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}<redacted>{}", &u[..scheme + 3], &u[at..])
+            }
+            _ => u.to_owned(),
+        };
+        let url = self.url.as_deref().map(redact);
+        let cluster = self
+            .cluster
+            .as_ref()
+            .map(|seeds| seeds.iter().map(|u| redact(u)).collect::<Vec<_>>());
         f.debug_struct("BrokerConfig")
             .field("kind", &self.kind)
             .field("url", &url)
+            .field("cluster", &cluster)
             .field("prefix", &self.prefix)
             .field("presence_ttl", &self.presence_ttl)
             .field("sweep_interval", &self.sweep_interval)
@@ -678,6 +687,25 @@ impl<'de> Deserialize<'de> for ByteSize {
 }
 
 /// Deserializes a duration from a number of seconds or a string such as `"25s"`, `"5m"`, `"1h 30m"`.
+/// A list of strings: a TOML array, or one comma-separated string (environment variables).
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Array(Vec<String>),
+        Commas(String),
+    }
+    Ok(Some(match List::deserialize(d)? {
+        List::Array(items) => items,
+        List::Commas(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    }))
+}
+
 pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     struct V;
     impl de::Visitor<'_> for V {
@@ -938,20 +966,48 @@ impl Config {
         }
         let b = &self.broker;
         if b.kind == BrokerKind::Redis {
-            match b.url.as_deref() {
-                None => {
+            match (b.url.as_deref(), b.cluster.as_deref()) {
+                (Some(_), Some(_)) => {
                     return Err(err(
                         "broker.url",
-                        "is required with kind = \"redis\" (redis://host:port)".into(),
+                        "cannot be set with broker.cluster: set url for one Redis server, \
+                         or cluster for the seed nodes of a Redis Cluster"
+                            .into(),
                     ));
                 }
-                Some(u) if !u.starts_with("redis://") && !u.starts_with("redis+unix://") => {
+                (None, None) => {
+                    return Err(err(
+                        "broker.url",
+                        "is required with kind = \"redis\" (redis://host:port), or \
+                         broker.cluster for a Redis Cluster"
+                            .into(),
+                    ));
+                }
+                (Some(u), None)
+                    if !u.starts_with("redis://") && !u.starts_with("redis+unix://") =>
+                {
                     return Err(err(
                         "broker.url",
                         "must start with redis:// (or redis+unix://)".into(),
                     ));
                 }
-                Some(_) => {}
+                (None, Some([])) => {
+                    return Err(err(
+                        "broker.cluster",
+                        "must name at least one seed node (redis://host:port)".into(),
+                    ));
+                }
+                (None, Some(seeds)) => {
+                    for (i, u) in seeds.iter().enumerate() {
+                        if !u.starts_with("redis://") {
+                            return Err(err(
+                                &format!("broker.cluster[{i}]"),
+                                format!("'{u}' must start with redis://"),
+                            ));
+                        }
+                    }
+                }
+                (Some(_), None) => {}
             }
         }
         if b.prefix.is_empty() || b.prefix.contains(['{', '}']) {
@@ -1375,6 +1431,60 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("broker.url"), "{e}");
+    }
+
+    #[test]
+    fn broker_cluster_from_file_and_environment() {
+        let c = load_str(
+            "[broker]\nkind = \"redis\"\ncluster = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.broker.cluster.as_deref(),
+            Some(
+                &[
+                    "redis://127.0.0.1:7000".to_owned(),
+                    "redis://127.0.0.1:7001".to_owned()
+                ][..]
+            )
+        );
+        for value in [
+            "[\"redis://:pw@a:7000\", \"redis://b:7001\"]",
+            "redis://:pw@a:7000, redis://b:7001",
+        ] {
+            let c = Config::load(&Sources {
+                env: vec![
+                    ("SWITCHBOARD_BROKER__KIND".into(), "redis".into()),
+                    ("SWITCHBOARD_BROKER__CLUSTER".into(), value.into()),
+                ],
+                ..Default::default()
+            })
+            .unwrap();
+            assert_eq!(
+                c.broker.cluster.as_deref(),
+                Some(&["redis://:pw@a:7000".to_owned(), "redis://b:7001".to_owned()][..]),
+                "{value}"
+            );
+            assert!(c.broker.url.is_none());
+            assert!(!format!("{c:?}").contains("pw@"), "{c:?}");
+        }
+        let e = load_str(
+            "[broker]\nkind = \"redis\"\nurl = \"redis://a:1\"\ncluster = [\"redis://b:2\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("broker.url") && e.contains("broker.cluster"),
+            "{e}"
+        );
+        let e = load_str("[broker]\nkind = \"redis\"\ncluster = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("broker.cluster"), "{e}");
+        let e = load_str("[broker]\nkind = \"redis\"\ncluster = [\"http://b:2\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("broker.cluster[0]"), "{e}");
     }
 
     #[test]

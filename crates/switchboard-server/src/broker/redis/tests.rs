@@ -55,6 +55,49 @@ impl Backend for Redis {
 
 crate::broker_conformance_tests!(real_time Redis::start());
 
+#[path = "../../../tests/support/redis_cluster.rs"]
+pub(super) mod redis_cluster;
+
+/// The suite against a Redis Cluster of three primaries (one per test), through its seed
+/// nodes: sharded pub/sub, every room's keys on its own slot.
+mod on_a_cluster {
+    use super::redis_cluster::RedisCluster;
+    use super::*;
+
+    struct Cluster(RedisCluster);
+
+    impl Backend for Cluster {
+        fn nodes(&self, sinks: Vec<Arc<dyn NodeSink>>) -> BoxFuture<'_, Vec<Arc<dyn Broker>>> {
+            Box::pin(async move {
+                let prefix = format!("t{}", crate::ids::random_base62(8));
+                let mut brokers = Vec::new();
+                for sink in sinks {
+                    let config = RedisBrokerConfig {
+                        cluster: self.0.urls(),
+                        prefix: prefix.clone(),
+                        ..RedisBrokerConfig::default()
+                    };
+                    let broker = RedisBroker::connect(config, sink)
+                        .await
+                        .expect("connecting to the test's redis cluster");
+                    brokers.push(Arc::new(broker) as Arc<dyn Broker>);
+                }
+                brokers
+            })
+        }
+
+        fn advance(&self, by: Duration) -> BoxFuture<'_, ()> {
+            Box::pin(tokio::time::sleep(by))
+        }
+
+        fn quiet_period(&self) -> Duration {
+            Duration::from_millis(100)
+        }
+    }
+
+    crate::broker_conformance_tests!(real_time Cluster(RedisCluster::start(3)));
+}
+
 #[test]
 fn messages_round_trip() {
     let empty: Arc<str> = Arc::from("");

@@ -1,0 +1,276 @@
+//! The Redis broker's connections, to one server or to a Redis Cluster.
+//!
+//! Owns how a node reaches Redis: [`Connector`] builds both connections from the
+//! configuration (the one place that knows standalone from cluster), [`Commands`] carries
+//! commands, pipelines and scripts, and [`PubSub`] the node's subscriptions. The rest of the
+//! broker is written once for both topologies:
+//!
+//! - standalone: a [`ConnectionManager`] for commands and a RESP3
+//!   [`MultiplexedConnection`] whose pushes are the subscriptions' messages (`SUBSCRIBE`);
+//! - cluster: a cluster connection for commands (routed by key slot, following `MOVED`) and a
+//!   second RESP3 cluster connection whose node connections push the messages of sharded
+//!   channels (`SSUBSCRIBE`, one slot per call as Redis requires). Messages are published
+//!   with `SPUBLISH`, so that they travel only within the channel's shard.
+
+use std::time::Duration;
+
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, Pipeline, ProtocolVersion, PushInfo, RedisError,
+    RedisFuture, RedisResult, Value,
+};
+use tokio::sync::mpsc;
+
+use super::{RedisBrokerConfig, unavailable};
+use crate::broker::{BoxFuture, BrokerError};
+
+/// Calls in flight at once when one operation takes many single-slot calls (subscribing
+/// every room after a reconnect, a cross-slot batch on a cluster).
+const CONCURRENCY: usize = 64;
+
+/// Builds a node's connections from its configuration, again at every reconnect.
+pub(super) enum Connector {
+    /// One Redis server (`broker.url`).
+    Standalone(Client),
+    /// A Redis Cluster reached through its seed nodes (`broker.cluster`).
+    Cluster {
+        /// The commands connection's client: RESP2, no pushes.
+        commands: ClusterClient,
+        /// The seed nodes, for each new pub/sub client (RESP3, pushes to a new sender).
+        seeds: Vec<String>,
+    },
+}
+
+impl Connector {
+    /// The connector of `config`: cluster when `config.cluster` names seed nodes.
+    pub(super) fn new(config: &RedisBrokerConfig) -> Result<Connector, BrokerError> {
+        if config.cluster.is_empty() {
+            let client =
+                Client::open(config.url.as_str()).map_err(|e| BrokerError::Unavailable {
+                    message: format!("invalid redis url '{}': {e}", config.url),
+                    source: Some(Box::new(e)),
+                })?;
+            return Ok(Connector::Standalone(client));
+        }
+        // Built now, so that a bad seed url fails at start rather than at the first call.
+        let commands = cluster_builder(config, &config.cluster)
+            .build()
+            .map_err(|e| BrokerError::Unavailable {
+                message: format!("invalid redis cluster seed nodes {:?}: {e}", config.cluster),
+                source: Some(Box::new(e)),
+            })?;
+        Ok(Connector::Cluster {
+            commands,
+            seeds: config.cluster.clone(),
+        })
+    }
+
+    /// Whether messages go through sharded channels (`SPUBLISH`, `SSUBSCRIBE`).
+    pub(super) fn sharded(&self) -> bool {
+        matches!(self, Connector::Cluster { .. })
+    }
+
+    /// Where the node connects, for error messages.
+    pub(super) fn describe(&self, config: &RedisBrokerConfig) -> String {
+        match self {
+            Connector::Standalone(_) => config.url.clone(),
+            Connector::Cluster { seeds, .. } => format!("the redis cluster {seeds:?}"),
+        }
+    }
+
+    /// The commands connection; it reconnects by itself afterwards.
+    pub(super) async fn commands(&self, config: &RedisBrokerConfig) -> RedisResult<Commands> {
+        match self {
+            Connector::Standalone(client) => {
+                let manager = ConnectionManagerConfig::new()
+                    .set_connection_timeout(config.timeout)
+                    .set_response_timeout(config.timeout)
+                    .set_number_of_retries(2)
+                    .set_max_delay(config.max_backoff.as_millis() as u64);
+                let conn = client.get_connection_manager_with_config(manager).await?;
+                Ok(Commands::Standalone(conn))
+            }
+            Connector::Cluster { commands, .. } => {
+                let conn = commands.get_async_connection().await?;
+                Ok(Commands::Cluster(conn))
+            }
+        }
+    }
+
+    /// A new pub/sub connection whose pushes (messages, and `Disconnection` when a socket
+    /// drops) go to `pushes`.
+    pub(super) async fn pubsub(
+        &self,
+        config: &RedisBrokerConfig,
+        pushes: mpsc::UnboundedSender<PushInfo>,
+    ) -> RedisResult<PubSub> {
+        match self {
+            Connector::Standalone(client) => {
+                let async_config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(config.timeout)
+                    .set_response_timeout(config.timeout)
+                    .set_push_sender(pushes);
+                let mut info = client.get_connection_info().clone();
+                info.redis.protocol = ProtocolVersion::RESP3;
+                let conn = Client::open(info)?
+                    .get_multiplexed_async_connection_with_config(&async_config)
+                    .await?;
+                Ok(PubSub::Standalone(conn))
+            }
+            Connector::Cluster { seeds, .. } => {
+                let client: ClusterClient = cluster_builder(config, seeds)
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .push_sender(pushes)
+                    .build()?;
+                Ok(PubSub::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+}
+
+fn cluster_builder(config: &RedisBrokerConfig, seeds: &[String]) -> ClusterClientBuilder {
+    ClusterClientBuilder::new(seeds.to_vec())
+        .connection_timeout(config.timeout)
+        .response_timeout(config.timeout)
+        // A few quick retries ride out a failover's MOVED and reconnects; beyond, the call
+        // fails with `unavailable` like a standalone one.
+        .retries(2)
+        .min_retry_wait(10)
+        .max_retry_wait(millis(config.max_backoff))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The commands connection: scripts and commands go through it as through any
+/// [`ConnectionLike`]; on a cluster each is routed to the owner of its first key's slot.
+#[derive(Clone)]
+pub(super) enum Commands {
+    /// One server, reconnecting by itself.
+    Standalone(ConnectionManager),
+    /// A cluster: one multiplexed connection per node, routed by slot.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Commands {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Commands::Standalone(c) => c.req_packed_command(cmd),
+            Commands::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Commands::Standalone(c) => c.req_packed_commands(cmd, offset, count),
+            Commands::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Commands::Standalone(c) => c.get_db(),
+            Commands::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Commands {
+    /// Runs `pipe`'s commands, whose keys may be in different slots, ignoring their replies:
+    /// one pipeline on a single server; on a cluster each command on its own (a cluster
+    /// pipeline must stay within one slot), many in flight at once.
+    pub(super) async fn exec_any_slots(&self, pipe: &Pipeline) -> RedisResult<()> {
+        match self {
+            Commands::Standalone(c) => pipe.exec_async(&mut c.clone()).await,
+            Commands::Cluster(c) => {
+                let calls = pipe
+                    .cmd_iter()
+                    .map(|cmd| {
+                        let mut conn = c.clone();
+                        Box::pin(async move { cmd.exec_async(&mut conn).await }) as BoxFuture<'_, _>
+                    })
+                    .collect();
+                in_flight(calls).await.map(drop)
+            }
+        }
+    }
+}
+
+/// The pub/sub connection: subscriptions whose messages arrive as pushes.
+#[derive(Clone)]
+pub(super) enum PubSub {
+    /// One RESP3 connection: `SUBSCRIBE`.
+    Standalone(MultiplexedConnection),
+    /// RESP3 connections to every primary: `SSUBSCRIBE`, each channel at its slot's owner.
+    Cluster(ClusterConnection),
+}
+
+impl PubSub {
+    /// Subscribes to `channels`: one `SUBSCRIBE` on a single server; on a cluster one
+    /// `SSUBSCRIBE` per channel (a call may not span slots), many in flight at once.
+    pub(super) async fn subscribe(&self, channels: &[Vec<u8>]) -> RedisResult<()> {
+        match self {
+            PubSub::Standalone(c) => c.clone().subscribe(channels).await,
+            PubSub::Cluster(c) => {
+                let calls = channels
+                    .iter()
+                    .map(|channel| {
+                        let mut conn = c.clone();
+                        Box::pin(async move { conn.ssubscribe(channel).await }) as BoxFuture<'_, _>
+                    })
+                    .collect();
+                in_flight(calls).await.map(drop)
+            }
+        }
+    }
+
+    /// Unsubscribes from one channel.
+    pub(super) async fn unsubscribe(&self, channel: &[u8]) -> RedisResult<()> {
+        match self {
+            PubSub::Standalone(c) => c.clone().unsubscribe(channel).await,
+            PubSub::Cluster(c) => c.clone().sunsubscribe(channel).await,
+        }
+    }
+
+    /// A `PING` that must come back (from every primary, on a cluster).
+    pub(super) async fn ping(&self) -> RedisResult<()> {
+        match self {
+            PubSub::Standalone(c) => redis::cmd("PING").exec_async(&mut c.clone()).await,
+            PubSub::Cluster(c) => redis::cmd("PING").exec_async(&mut c.clone()).await,
+        }
+    }
+}
+
+/// Runs `calls`, [`CONCURRENCY`] at a time, until all succeed or one fails. (Boxed: the
+/// futures of a closure over borrowed data trip the compiler's `Send` proofs otherwise.)
+pub(super) async fn in_flight<'a, T, E>(
+    calls: Vec<BoxFuture<'a, Result<T, E>>>,
+) -> Result<Vec<T>, E> {
+    futures_util::stream::iter(calls)
+        .buffer_unordered(CONCURRENCY)
+        .try_collect()
+        .await
+}
+
+/// Connects the pub/sub connection and maps its failure for the broker.
+pub(super) async fn connect_pubsub(
+    connector: &Connector,
+    config: &RedisBrokerConfig,
+    pushes: mpsc::UnboundedSender<PushInfo>,
+) -> Result<PubSub, BrokerError> {
+    connector
+        .pubsub(config, pushes)
+        .await
+        .map_err(|e: RedisError| unavailable("connecting pub/sub", e))
+}
