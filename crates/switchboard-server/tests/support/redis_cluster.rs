@@ -1,7 +1,7 @@
 //! A Redis Cluster for tests: N primaries (no replicas), each a `redis-server
 //! --cluster-enabled yes` on a free port of loopback with its files in a temporary directory,
 //! joined by `redis-cli --cluster create`, ready once every node reports `cluster_state:ok`;
-//! killed when dropped. Included with `#[path]` by the tests that need one.
+//! a node can be killed and started again; all killed when dropped. Included with `#[path]` by the tests that need one.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 /// A running Redis Cluster of a test.
 pub struct RedisCluster {
-    nodes: Vec<Child>,
+    /// Each node's process, `None` while stopped.
+    nodes: Vec<Option<Child>>,
     ports: Vec<u16>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// A free port whose cluster bus port (+10000) is free too.
@@ -35,42 +36,13 @@ impl RedisCluster {
         let mut cluster = RedisCluster {
             nodes: Vec::new(),
             ports: Vec::new(),
-            _dir: dir,
+            dir,
         };
         for i in 0..primaries {
-            let port = free_port();
-            let node_dir = cluster._dir.path().join(format!("n{i}"));
-            std::fs::create_dir(&node_dir).unwrap();
-            let mut child = Command::new("redis-server")
-                .arg("--port")
-                .arg(port.to_string())
-                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-                .arg("--dir")
-                .arg(&node_dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot start redis-server ({e}): these tests need it on the PATH; \
-                         scripts/test installs it (Debian package redis-server)"
-                    )
-                });
-            let deadline = Instant::now() + Duration::from_secs(10);
-            // redis-server has no readiness signal but its port: try it until it answers.
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("redis-server on port {port} exited: {status}");
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "redis-server on port {port} did not accept connections within 10 s"
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            cluster.nodes.push(child);
-            cluster.ports.push(port);
+            std::fs::create_dir(cluster.dir.path().join(format!("n{i}"))).unwrap();
+            cluster.ports.push(free_port());
+            cluster.nodes.push(None);
+            cluster.launch(i);
         }
         let output = Command::new("redis-cli")
             .args(["--cluster", "create"])
@@ -87,6 +59,58 @@ impl RedisCluster {
         );
         cluster.wait_ok();
         cluster
+    }
+
+    /// Kills node `i` (SIGKILL) and waits for it to exit.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `i` again on its port with its cluster state file (stopping it first if
+    /// it runs): it rejoins the cluster with its slots, empty (no persistence). Waits until
+    /// every node reports the cluster ok again.
+    pub fn restart(&mut self, i: usize) {
+        self.launch(i);
+        self.wait_ok();
+    }
+
+    /// Starts node `i` (stopping it first if it runs) and waits until it accepts connections.
+    fn launch(&mut self, i: usize) {
+        self.stop(i);
+        let port = self.ports[i];
+        let node_dir = self.dir.path().join(format!("n{i}"));
+        let mut child = Command::new("redis-server")
+            .arg("--port")
+            .arg(port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+            .arg("--dir")
+            .arg(&node_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}): these tests need it on the PATH; \
+                     scripts/test installs it (Debian package redis-server)"
+                )
+            });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // redis-server has no readiness signal but its port: try it until it answers.
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("redis-server on port {port} exited: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {port} did not accept connections within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.nodes[i] = Some(child);
     }
 
     /// Waits until every node reports `cluster_state:ok` and knows every primary.
@@ -128,9 +152,8 @@ impl RedisCluster {
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        for child in &mut self.nodes {
-            let _ = child.kill();
-            let _ = child.wait();
+        for i in 0..self.nodes.len() {
+            self.stop(i);
         }
     }
 }
