@@ -391,8 +391,8 @@ impl Inner {
         call.key(self.key(room, "p"))
             .arg("expire")
             .arg(&self.config.prefix)
-            .arg(room)
-            .arg(self.publish);
+            .arg(self.publish)
+            .arg(room);
         for connection in connections {
             call.arg(connection);
         }
@@ -1207,8 +1207,8 @@ impl Presence for RedisBroker {
                 .key(inner.key(room, "p"))
                 .arg("add")
                 .arg(&inner.config.prefix)
-                .arg(room)
                 .arg(inner.publish)
+                .arg(room)
                 .arg(&*entry.connection)
                 .arg(&*entry.user)
                 .arg(encode_entry(&entry))
@@ -1235,8 +1235,8 @@ impl Presence for RedisBroker {
                 .key(inner.key(room, "p"))
                 .arg("remove")
                 .arg(&inner.config.prefix)
-                .arg(room)
                 .arg(inner.publish)
+                .arg(room)
                 .arg(connection)
                 .invoke_async::<()>(&mut inner.conn())
                 .await
@@ -1266,8 +1266,8 @@ impl Presence for RedisBroker {
                 .key(inner.key(room, "p"))
                 .arg("list")
                 .arg(&inner.config.prefix)
-                .arg(room)
                 .arg(inner.publish)
+                .arg(room)
                 .arg(after.as_deref().unwrap_or(""))
                 .arg(limit)
                 .invoke_async(&mut inner.conn())
@@ -1314,23 +1314,29 @@ impl Presence for RedisBroker {
         Box::pin(async move {
             let inner = &self.inner;
             let ttl = millis(inner.config.presence_ttl);
-            // One script call per room (its keys share a slot), many in flight at once.
-            let mut rooms: HashMap<&str, Vec<&PresenceEntry>> = HashMap::new();
-            for (room, entry) in entries {
-                rooms.entry(room).or_default().push(entry);
+            // A script call may only touch one slot: the entries grouped by their room's slot
+            // (one group on a single server), many calls in flight at once.
+            let mut slots: HashMap<u16, Vec<&(Arc<str>, PresenceEntry)>> = HashMap::new();
+            for item in entries {
+                let slot = if inner.connector.sharded() {
+                    conn::slot(&item.0)
+                } else {
+                    0
+                };
+                slots.entry(slot).or_default().push(item);
             }
             let mut calls: Vec<BoxFuture<'_, Result<(), BrokerError>>> = Vec::new();
-            for (room, entries) in &rooms {
-                for batch in entries.chunks(BATCH) {
+            for group in slots.values() {
+                for batch in group.chunks(BATCH) {
                     let mut call = inner.scripts.presence.prepare_invoke();
-                    call.key(inner.key(room, "p"))
+                    call.key(inner.key(&batch[0].0, "p"))
                         .arg("refresh")
                         .arg(&inner.config.prefix)
-                        .arg(*room)
                         .arg(inner.publish)
                         .arg(ttl);
-                    for entry in batch {
-                        call.arg(&*entry.connection)
+                    for (room, entry) in batch.iter().copied() {
+                        call.arg(&**room)
+                            .arg(&*entry.connection)
                             .arg(&*entry.user)
                             .arg(encode_entry(entry));
                     }

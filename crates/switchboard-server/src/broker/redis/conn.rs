@@ -252,6 +252,12 @@ impl PubSub {
     }
 }
 
+/// The Redis Cluster slot of a room's keys (`P:{R}:…`): that of their hash tag, the room's
+/// name (valid names have no braces, so the tag is the whole name), as Redis computes it.
+pub(super) fn slot(room: &str) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(room.as_bytes()) % 16384
+}
+
 /// Runs `calls`, [`CONCURRENCY`] at a time, until all succeed or one fails. (Boxed: the
 /// futures of a closure over borrowed data trip the compiler's `Send` proofs otherwise.)
 pub(super) async fn in_flight<'a, T, E>(

@@ -1,4 +1,4 @@
--- Presence of one room: entries per connection that expire unless their node adds them again.
+-- Presence of rooms: entries per connection that expire unless their node adds them again.
 --
 -- The room's keys (base = prefix .. ':{' .. room .. '}:', one hash tag, so one Redis Cluster
 -- slot): base..'p' hash connection -> entry, base..'pl' zset of connections (score 0, for
@@ -13,18 +13,24 @@
 -- be: an index entry without its room entry is dropped by the sweep ('expire' finds nothing),
 -- a room entry without its index entry is indexed again by its node's next refresh.
 --
--- KEYS[1] the room's base..'p' (routes the call to the room's slot)
--- ARGV[1] operation, ARGV[2] key prefix, ARGV[3] room, ARGV[4] PUBLISH or SPUBLISH, then:
---   add    connection user entry ttl-ms            -> 1
---   refresh ttl-ms, then connection user entry, repeated -> 1
---   remove connection                              -> 1
---   list   cursor ("" for the first page) limit    -> {connections, users, more, c1, e1, ...}
---   expire connection, repeated (taken from the index) -> {removed, c1, ms-left1, ...}: the
---          expired ones are removed with a leave; those still alive (refreshed since they
---          were indexed) are listed with the time they have left, to index again.
-local op, prefix, room, publish = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local base = prefix .. ':{' .. room .. '}:'
-local p, pl, pe, pu, channel = base .. 'p', base .. 'pl', base .. 'pe', base .. 'pu', base .. 'c'
+-- KEYS[1] a base..'p' of the (first) room: routes the call to its slot. Every room of one
+-- call must be on that slot (on a single server, any rooms).
+-- ARGV[1] operation, ARGV[2] key prefix, ARGV[3] PUBLISH or SPUBLISH, then:
+--   add    room connection user entry ttl-ms       -> 1
+--   refresh ttl-ms, then room connection user entry, repeated -> 1
+--   remove room connection                         -> 1
+--   list   room cursor ("" for the first page) limit -> {connections, users, more, c1, e1, ...}
+--   expire room, then connection, repeated (taken from the index) -> {removed, c1, ms-left1,
+--          ...}: the expired ones are removed with a leave; those still alive (refreshed
+--          since they were indexed) are listed with the time they have left, to index again.
+local op, prefix, publish = ARGV[1], ARGV[2], ARGV[3]
+local p, pl, pe, pu, channel
+
+-- Points p, pl, pe, pu and channel at `room`'s keys.
+local function use(room)
+  local base = prefix .. ':{' .. room .. '}:'
+  p, pl, pe, pu, channel = base .. 'p', base .. 'pl', base .. 'pe', base .. 'pu', base .. 'c'
+end
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -87,21 +93,25 @@ end
 
 if op == 'add' then
   local ttl = tonumber(ARGV[8])
+  use(ARGV[4])
   add(ARGV[5], ARGV[6], ARGV[7], now_ms() + ttl)
   keep(ttl)
   return 1
 elseif op == 'refresh' then
-  local ttl = tonumber(ARGV[5])
+  local ttl = tonumber(ARGV[4])
   local expiry = now_ms() + ttl
-  for i = 6, #ARGV, 3 do
-    add(ARGV[i], ARGV[i + 1], ARGV[i + 2], expiry)
+  for i = 5, #ARGV, 4 do
+    use(ARGV[i])
+    add(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], expiry)
+    keep(ttl)
   end
-  keep(ttl)
   return 1
 elseif op == 'remove' then
+  use(ARGV[4])
   remove(ARGV[5], false)
   return 1
 elseif op == 'list' then
+  use(ARGV[4])
   local cursor, limit = ARGV[5], tonumber(ARGV[6])
   for _, conn in ipairs(redis.call('ZRANGEBYSCORE', pe, '-inf', now_ms())) do
     remove(conn, true)
@@ -124,6 +134,7 @@ elseif op == 'list' then
   end
   return out
 elseif op == 'expire' then
+  use(ARGV[4])
   local now = now_ms()
   local out = {0}
   for i = 5, #ARGV do

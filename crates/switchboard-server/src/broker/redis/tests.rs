@@ -114,6 +114,21 @@ mod on_a_cluster {
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
     }
 
+    /// The slot the broker groups a room's calls by is the one Redis gives its keys.
+    #[test]
+    fn room_slots_are_redis_slots() {
+        let cluster = RedisCluster::start(3);
+        for room in ["r0", "chat:lobby", "user:alice", "a/b=c@d.e_f-g"] {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &cluster.ports()[0].to_string(), "cluster", "keyslot"])
+                .arg(format!("sb:{{{room}}}:p"))
+                .output()
+                .expect("redis-cli");
+            let slot: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+            assert_eq!(conn::slot(room), slot, "{room}");
+        }
+    }
+
     /// The index of expired entries and the rooms are on different slots: the sweep still
     /// removes each entry once, with its `leave`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
