@@ -1201,10 +1201,8 @@ impl Presence for RedisBroker {
         Box::pin(async move {
             let inner = &self.inner;
             let ttl = millis(inner.config.presence_ttl);
-            inner
-                .scripts
-                .presence
-                .key(inner.key(room, "p"))
+            let mut call = inner.scripts.presence.prepare_invoke();
+            call.key(inner.key(room, "p"))
                 .arg("add")
                 .arg(&inner.config.prefix)
                 .arg(inner.publish)
@@ -1212,13 +1210,16 @@ impl Presence for RedisBroker {
                 .arg(&*entry.connection)
                 .arg(&*entry.user)
                 .arg(encode_entry(&entry))
-                .arg(ttl)
-                .invoke_async::<()>(&mut inner.conn())
-                .await
-                .map_err(|e| unavailable("presence add", e))?;
-            inner
-                .index(vec![(index_member(room, entry.connection.as_bytes()), ttl)])
-                .await
+                .arg(ttl);
+            let add = async {
+                call.invoke_async::<()>(&mut inner.conn())
+                    .await
+                    .map_err(|e| unavailable("presence add", e))
+            };
+            // Both at once (one round trip of latency): either may land without the other,
+            // which the sweep and the refresh tolerate (module doc, Presence).
+            let index = inner.index(vec![(index_member(room, entry.connection.as_bytes()), ttl)]);
+            futures_util::future::try_join(add, index).await.map(drop)
         })
     }
 

@@ -272,20 +272,31 @@ mod on_a_cluster {
             Ok(Some(NodeEvent::Lost { room: None })) => {}
             other => panic!("no loss signal: {other:?}"),
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         for room in &rooms {
-            // The command connection reconnects on its own schedule.
-            while broker
-                .publish(room, Bytes::from_static(b"2"), None, opts.clone())
-                .await
-                .is_err()
-            {
-                assert!(tokio::time::Instant::now() < deadline, "{room}: no publish");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-                Ok(Some(NodeEvent::Publication(p))) => assert_eq!(&*p.room, &**room),
-                other => panic!("{room}: {other:?}"),
+            'delivered: loop {
+                // The command connection reconnects on its own schedule.
+                while broker
+                    .publish(room, Bytes::from_static(b"2"), None, opts.clone())
+                    .await
+                    .is_err()
+                {
+                    assert!(tokio::time::Instant::now() < deadline, "{room}: no publish");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                        Ok(Some(NodeEvent::Publication(p))) if &*p.room == &**room => {
+                            break 'delivered;
+                        }
+                        // A loaded machine may miss a PING: another reconnect, announced
+                        // (the hub would catch up from history); publish again.
+                        Ok(Some(NodeEvent::Lost { room: None })) => continue 'delivered,
+                        // An earlier round's publication of another room.
+                        Ok(Some(NodeEvent::Publication(_))) => {}
+                        other => panic!("{room}: {other:?}"),
+                    }
+                }
             }
         }
     }
