@@ -10,7 +10,11 @@
 //! - cluster: a cluster connection for commands (routed by key slot, following `MOVED`) and a
 //!   second RESP3 cluster connection whose node connections push the messages of sharded
 //!   channels (`SSUBSCRIBE`, one slot per call as Redis requires). Messages are published
-//!   with `SPUBLISH`, so that they travel only within the channel's shard.
+//!   with `SPUBLISH`, so that they travel only within the channel's shard. The cluster
+//!   connection's own resubscription after it reconnects a node (one `SSUBSCRIBE` of every
+//!   channel, which Redis refuses across slots) is not relied on: any node socket that drops
+//!   pushes `Disconnection`, and the broker then builds a new pub/sub connection and
+//!   resubscribes everything, as on a single server.
 
 use std::time::Duration;
 

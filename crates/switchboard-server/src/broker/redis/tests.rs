@@ -286,7 +286,7 @@ mod on_a_cluster {
                 }
                 loop {
                     match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-                        Ok(Some(NodeEvent::Publication(p))) if &*p.room == &**room => {
+                        Ok(Some(NodeEvent::Publication(p))) if *p.room == **room => {
                             break 'delivered;
                         }
                         // A loaded machine may miss a PING: another reconnect, announced
