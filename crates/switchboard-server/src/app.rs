@@ -46,6 +46,7 @@ impl Node {
                         password: s.password.clone(),
                         wait_for_replicas: s.wait_for_replicas,
                     }),
+                    cluster: b.cluster.clone().unwrap_or_default(),
                     prefix: b.prefix.clone(),
                     presence_ttl: b.presence_ttl,
                     sweep_interval: b.sweep_interval,
@@ -54,6 +55,8 @@ impl Node {
                 };
                 let key = if b.sentinel.is_some() {
                     "broker.sentinel"
+                } else if b.cluster.is_some() {
+                    "broker.cluster"
                 } else {
                     "broker.url"
                 };

@@ -529,8 +529,8 @@ pub enum BrokerKind {
     /// In-process: one node, nothing shared.
     #[default]
     Memory,
-    /// Several nodes on one Redis (`broker.url`) or on a Sentinel-monitored Redis
-    /// (`broker.sentinel`).
+    /// Several nodes on one Redis (`broker.url`), on a Sentinel-monitored Redis
+    /// (`broker.sentinel`) or on one Redis Cluster (`broker.cluster`).
     Redis,
 }
 
@@ -545,6 +545,11 @@ pub struct BrokerConfig {
     /// Instead of `url`: the sentinels of a Sentinel-monitored Redis, whose primary the node
     /// follows through failovers.
     pub sentinel: Option<SentinelConfig>,
+    /// Instead of `url`: seed nodes of a Redis Cluster (7 or later), `redis://host:port`
+    /// each; a TOML array, or one comma-separated string (handy in
+    /// `SWITCHBOARD_BROKER__CLUSTER`).
+    #[serde(deserialize_with = "string_list")]
+    pub cluster: Option<Vec<String>>,
     /// Prefix of every Redis key and channel. Default `sb`.
     pub prefix: String,
     /// How long a presence entry of a Redis deployment outlives its node's last refresh.
@@ -566,6 +571,7 @@ impl Default for BrokerConfig {
             kind: BrokerKind::Memory,
             url: None,
             sentinel: None,
+            cluster: None,
             prefix: "sb".into(),
             presence_ttl: Duration::from_secs(20),
             sweep_interval: Duration::from_secs(5),
@@ -577,10 +583,15 @@ impl Default for BrokerConfig {
 impl fmt::Debug for BrokerConfig {
     /// A password in the url stays out of logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cluster = self
+            .cluster
+            .as_ref()
+            .map(|seeds| seeds.iter().map(|u| redact_url(u)).collect::<Vec<_>>());
         f.debug_struct("BrokerConfig")
             .field("kind", &self.kind)
             .field("url", &self.url.as_deref().map(redact_url))
             .field("sentinel", &self.sentinel)
+            .field("cluster", &cluster)
             .field("prefix", &self.prefix)
             .field("presence_ttl", &self.presence_ttl)
             .field("sweep_interval", &self.sweep_interval)
@@ -749,6 +760,25 @@ impl<'de> Deserialize<'de> for ByteSize {
 }
 
 /// Deserializes a duration from a number of seconds or a string such as `"25s"`, `"5m"`, `"1h 30m"`.
+/// A list of strings: a TOML array, or one comma-separated string (environment variables).
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Array(Vec<String>),
+        Commas(String),
+    }
+    Ok(Some(match List::deserialize(d)? {
+        List::Array(items) => items,
+        List::Commas(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    }))
+}
+
 pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     struct V;
     impl de::Visitor<'_> for V {
@@ -1041,33 +1071,67 @@ impl Config {
         }
         let b = &self.broker;
         if b.kind == BrokerKind::Redis {
-            match (b.url.as_deref(), &b.sentinel) {
-                (Some(_), Some(_)) => {
-                    return Err(err(
-                        "broker.sentinel",
-                        "and broker.url are mutually exclusive: give broker.url for one Redis, \
-                         broker.sentinel for a Sentinel-monitored one"
-                            .into(),
-                    ));
-                }
-                (None, Some(s)) => Self::validate_sentinel(s, &err)?,
-                (None, None) => {
+            let given: Vec<&str> = [
+                ("broker.url", b.url.is_some()),
+                ("broker.sentinel", b.sentinel.is_some()),
+                ("broker.cluster", b.cluster.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(key, set)| set.then_some(key))
+            .collect();
+            match given[..] {
+                [] => {
                     return Err(err(
                         "broker.url",
                         "is required with kind = \"redis\" (redis://host:port), unless \
-                         broker.sentinel is given"
+                         broker.sentinel (a Sentinel-monitored Redis) or broker.cluster (a \
+                         Redis Cluster) is given"
                             .into(),
                     ));
                 }
-                (Some(u), None)
-                    if !u.starts_with("redis://") && !u.starts_with("redis+unix://") =>
-                {
+                [_] => {}
+                [first, ..] => {
                     return Err(err(
-                        "broker.url",
-                        "must start with redis:// (or redis+unix://)".into(),
+                        first,
+                        format!(
+                            "{} are mutually exclusive: give broker.url for one Redis, \
+                             broker.sentinel for a Sentinel-monitored one, broker.cluster for \
+                             a Redis Cluster",
+                            given.join(" and ")
+                        ),
                     ));
                 }
-                (Some(_), None) => {}
+            }
+            if let Some(u) = b.url.as_deref()
+                && !u.starts_with("redis://")
+                && !u.starts_with("redis+unix://")
+            {
+                return Err(err(
+                    "broker.url",
+                    "must start with redis:// (or redis+unix://)".into(),
+                ));
+            }
+            if let Some(s) = &b.sentinel {
+                Self::validate_sentinel(s, &err)?;
+            }
+            match b.cluster.as_deref() {
+                Some([]) => {
+                    return Err(err(
+                        "broker.cluster",
+                        "must name at least one seed node (redis://host:port)".into(),
+                    ));
+                }
+                Some(seeds) => {
+                    for (i, u) in seeds.iter().enumerate() {
+                        if !u.starts_with("redis://") {
+                            return Err(err(
+                                &format!("broker.cluster[{i}]"),
+                                format!("'{u}' must start with redis://"),
+                            ));
+                        }
+                    }
+                }
+                None => {}
             }
         }
         if b.prefix.is_empty() || b.prefix.contains(['{', '}']) {
@@ -1518,6 +1582,60 @@ mod tests {
             e.starts_with("flag --broker-prefix: key 'broker.prefix'"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn broker_cluster_from_file_and_environment() {
+        let c = load_str(
+            "[broker]\nkind = \"redis\"\ncluster = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.broker.cluster.as_deref(),
+            Some(
+                &[
+                    "redis://127.0.0.1:7000".to_owned(),
+                    "redis://127.0.0.1:7001".to_owned()
+                ][..]
+            )
+        );
+        for value in [
+            "[\"redis://:pw@a:7000\", \"redis://b:7001\"]",
+            "redis://:pw@a:7000, redis://b:7001",
+        ] {
+            let c = Config::load(&Sources {
+                env: vec![
+                    ("SWITCHBOARD_BROKER__KIND".into(), "redis".into()),
+                    ("SWITCHBOARD_BROKER__CLUSTER".into(), value.into()),
+                ],
+                ..Default::default()
+            })
+            .unwrap();
+            assert_eq!(
+                c.broker.cluster.as_deref(),
+                Some(&["redis://:pw@a:7000".to_owned(), "redis://b:7001".to_owned()][..]),
+                "{value}"
+            );
+            assert!(c.broker.url.is_none());
+            assert!(!format!("{c:?}").contains("pw@"), "{c:?}");
+        }
+        let e = load_str(
+            "[broker]\nkind = \"redis\"\nurl = \"redis://a:1\"\ncluster = [\"redis://b:2\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("broker.url") && e.contains("broker.cluster"),
+            "{e}"
+        );
+        let e = load_str("[broker]\nkind = \"redis\"\ncluster = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("broker.cluster"), "{e}");
+        let e = load_str("[broker]\nkind = \"redis\"\ncluster = [\"http://b:2\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("broker.cluster[0]"), "{e}");
     }
 
     #[test]

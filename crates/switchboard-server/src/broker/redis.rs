@@ -1,25 +1,31 @@
-//! The Redis broker: several nodes on one Redis behave as one server.
+//! The Redis broker: several nodes on one Redis, or one Redis Cluster, behave as one server.
 //!
 //! Owns the Redis side of the [`Broker`] contract: the key layout, the Lua scripts (kept as
-//! `.lua` files next to this module), the node's two connections and their reconnection. It
-//! knows nothing of connections, rooms' local members or the wire protocol: events go to the
-//! node's [`NodeSink`] as for every broker.
+//! `.lua` files next to this module), the node's two connections and their reconnection
+//! (built in `conn`, the one place that tells a single server from a cluster). It knows
+//! nothing of connections, rooms' local members or the wire protocol: events go to the node's
+//! [`NodeSink`] as for every broker.
 //!
 //! # Connections
 //!
-//! A node holds exactly two Redis connections, whatever its rooms and clients:
+//! A node holds two Redis connections (on a cluster, two per primary), whatever its rooms and
+//! clients:
 //!
-//! - **commands**: a multiplexed [`ConnectionManager`](redis::aio::ConnectionManager)
-//!   (publishes, history, presence), which pipelines concurrent calls on one socket and
-//!   reconnects by itself (and, on Sentinel, is rebuilt on the new primary);
+//! - **commands**: a multiplexed connection manager (publishes, history, presence), which
+//!   pipelines concurrent calls on one socket and reconnects by itself (and, on Sentinel, is
+//!   rebuilt on the new primary); on a cluster a cluster connection that routes each call to
+//!   its key's slot owner and follows `MOVED`;
 //! - **pub/sub**: a RESP3 multiplexed connection whose pushes are this node's events. The node
 //!   subscribes to a room's channel once (the hub subscribes the node once per room) and to the
 //!   deployment's command channel. When it drops (or leaves a PING unanswered for
 //!   [`RedisBrokerConfig::timeout`]), the node reconnects with backoff,
-//!   resubscribes every room in **one** `SUBSCRIBE`, and then tells the hub
+//!   resubscribes every room (in **one** `SUBSCRIBE`; on a cluster one `SSUBSCRIBE` per room,
+//!   many in flight), and then tells the hub
 //!   [`NodeEvent::Lost`] for every room, so that subscribers are caught up from history (or
 //!   told `recovered: false`): never a silent skip. Until then [`Broker::ready`] fails
-//!   (`/readyz` 503) and subscribing fails with `unavailable`.
+//!   (`/readyz` 503) and subscribing fails with `unavailable`. On a cluster the channels are
+//!   sharded (`SSUBSCRIBE`/`SPUBLISH`, Redis 7): a room's messages stay within the shard that
+//!   holds its keys, and losing any primary's connection counts as a drop of the whole.
 //!
 //! Both go to a target (`sentinel.rs`): one Redis at a fixed address, or the primary that
 //! a set of Redis Sentinels names, asked again at each pub/sub reconnect and whenever a
@@ -30,7 +36,8 @@
 //! # Key layout
 //!
 //! With the configured prefix `P` (default `sb`) and a room `R`; the room's keys share the
-//! hash tag `{R}` so that a room lives on one Redis Cluster slot later:
+//! hash tag `{R}`, so that a room lives on one Redis Cluster slot and its scripts may touch
+//! them all; the deployment's own keys share the tag `{g}`:
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -39,14 +46,15 @@
 //! | `P:{R}:k:<key>` | string | an idempotency key: the first publication's `epoch\noffset`, for `history_ttl` |
 //! | `P:{R}:c` | channel | the room's events: publications, ephemeral publications, join, leave, broadcasts |
 //! | `P:{R}:p`, `:pl`, `:pe`, `:pu` | hash, zset, zset, hash | presence: entries, connections in order, expiries, connections per user |
-//! | `P:presence` | zset | every presence entry of the deployment by expiry, for the sweeps |
-//! | `P:cmd` | channel | cluster commands ([`Broker::command`]) |
+//! | `P:{g}:presence` | zset | every presence entry of the deployment by expiry, for the sweeps |
+//! | `P:{g}:cmd` | channel | cluster commands ([`Broker::command`]) |
+//! | `P:{g}:nodes`, `P:{g}:node:<id>`, `:r` | zset, string, hash | the nodes' reports ([`Broker::report`]) |
 //! | `P:{u:<user>}:n`, `P:{ip:<ip>}:n` | zset | connections per user and per IP of the deployment (`caps`) |
 //!
 //! # Ordering and atomicity
 //!
 //! `publish.lua` checks the idempotency key, takes the next offset, appends to history and
-//! `PUBLISH`es in one script: Redis runs scripts one at a time, so offsets are gap-free and
+//! `PUBLISH`es (`SPUBLISH` on a cluster) in one script: Redis runs scripts one at a time, so offsets are gap-free and
 //! every node's pub/sub connection receives each room's publications in offset order. Join,
 //! leave and broadcasts are plain `PUBLISH`es on the same channel. The epoch lives in the
 //! stream's meta hash: when Redis loses it (flushed, restarted without persistence, expired),
@@ -56,9 +64,13 @@
 //!
 //! Entries expire [`RedisBrokerConfig::presence_ttl`] after they were last added; the node
 //! adds its entries again every third of it. Every node sweeps the deployment's expired
-//! entries every [`RedisBrokerConfig::sweep_interval`] (`presence.lua`), publishing a `leave`
-//! for each on its room's channel: the entries of a killed node disappear, with `leave`
-//! events, within `presence_ttl + sweep_interval`.
+//! entries every [`RedisBrokerConfig::sweep_interval`]: it takes them from the index
+//! (`presence_index.lua`, so that two sweeps never take the same entry) and removes them from
+//! their rooms (`presence.lua`, one call per room), publishing a `leave` for each on its
+//! room's channel: the entries of a killed node disappear, with `leave` events, within
+//! `presence_ttl + sweep_interval`. A room's entries and the index are in different slots and
+//! updated by two calls; an index entry without its room entry is dropped by the sweep, and a
+//! room entry without its index entry is indexed again by its node's next refresh.
 //!
 //! # Connection limits
 //!
@@ -74,13 +86,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::MultiplexedConnection;
-use redis::{
-    AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, RedisError, Script, Value,
-};
+use redis::{PushInfo, PushKind, RedisError, Script, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use self::conn::{Commands, Connector, PubSub};
 use super::memory::{decode_cursor, encode_cursor};
 use super::{
     BoxFuture, Broker, BrokerError, ClusterCommand, HistoryQuery, HistoryResult, NodeEvent,
@@ -92,11 +102,15 @@ use super::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisBrokerConfig {
     /// The Redis server: `redis://[user:password@]host:port[/db]`. Unused with
-    /// [`RedisBrokerConfig::sentinel`].
+    /// [`sentinel`](Self::sentinel) or [`cluster`](Self::cluster).
     pub url: String,
     /// A Sentinel-monitored Redis instead of `url`: the node follows its primary through
     /// failovers.
     pub sentinel: Option<RedisSentinelConfig>,
+    /// Seed nodes of a Redis Cluster (`redis://host:port` each); when not empty, the broker
+    /// connects to the cluster instead of [`url`](Self::url) and publishes through sharded
+    /// channels (`SPUBLISH`, Redis 7 or later).
+    pub cluster: Vec<String>,
     /// Prefix of every key and channel, so that several deployments can share one Redis.
     /// Default `sb`.
     pub prefix: String,
@@ -119,6 +133,7 @@ impl Default for RedisBrokerConfig {
         Self {
             url: "redis://127.0.0.1:6379".to_owned(),
             sentinel: None,
+            cluster: Vec::new(),
             prefix: "sb".to_owned(),
             presence_ttl: Duration::from_secs(20),
             sweep_interval: Duration::from_secs(5),
@@ -136,6 +151,7 @@ struct Scripts {
     read: Script,
     remove_history: Script,
     presence: Script,
+    presence_index: Script,
 }
 
 impl Scripts {
@@ -145,6 +161,7 @@ impl Scripts {
             read: Script::new(include_str!("redis/read.lua")),
             remove_history: Script::new(include_str!("redis/remove_history.lua")),
             presence: Script::new(include_str!("redis/presence.lua")),
+            presence_index: Script::new(include_str!("redis/presence_index.lua")),
         }
     }
 }
@@ -161,18 +178,23 @@ pub struct RedisBroker {
 
 struct Inner {
     config: RedisBrokerConfig,
-    /// Where both connections go (a fixed address or the sentinels' primary).
-    target: Arc<Target>,
-    commands: Primary,
+    /// Builds the connections: to one server (`url`, or the sentinels' primary) or a
+    /// cluster.
+    connector: Connector,
+    commands: Commands,
     /// The pub/sub connection while it is up.
-    pubsub: Mutex<Option<MultiplexedConnection>>,
+    pubsub: Mutex<Option<PubSub>>,
     /// The channels this node is subscribed to, and their rooms: what a reconnect
     /// resubscribes, and how a message finds its room without allocating its name.
     channels: Mutex<HashMap<Box<[u8]>, Arc<str>>>,
     connected: AtomicBool,
     sink: Arc<dyn NodeSink>,
     scripts: Scripts,
+    /// `PUBLISH`, or `SPUBLISH` on a cluster (sharded channels).
+    publish: &'static str,
     command_channel: String,
+    /// The deployment's presence expiry index.
+    presence_index: String,
     /// The epoch of ephemeral publications.
     empty: Arc<str>,
 }
@@ -216,12 +238,19 @@ impl RedisBroker {
         config: RedisBrokerConfig,
         sink: Arc<dyn NodeSink>,
     ) -> Result<RedisBroker, BrokerError> {
-        let target = Arc::new(Target::new(&config)?);
-        let commands = sentinel::connect_commands(target.clone(), &config).await?;
-        let command_channel = format!("{}:cmd", config.prefix);
+        let connector = Connector::new(&config)?;
+        let commands = connector.commands(&config).await?;
+        let command_channel = format!("{}:{{g}}:cmd", config.prefix);
+        let presence_index = format!("{}:{{g}}:presence", config.prefix);
         let inner = Arc::new(Inner {
-            target,
+            publish: if connector.sharded() {
+                "SPUBLISH"
+            } else {
+                "PUBLISH"
+            },
+            connector,
             commands,
+            presence_index,
             pubsub: Mutex::new(None),
             channels: Mutex::new(HashMap::new()),
             connected: AtomicBool::new(false),
@@ -256,11 +285,11 @@ impl Inner {
         format!("{}:{{{room}}}:{kind}", self.config.prefix)
     }
 
-    fn conn(&self) -> Primary {
+    fn conn(&self) -> Commands {
         self.commands.get()
     }
 
-    fn pubsub_conn(&self) -> Result<MultiplexedConnection, BrokerError> {
+    fn pubsub_conn(&self) -> Result<PubSub, BrokerError> {
         self.pubsub
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -272,29 +301,13 @@ impl Inner {
     }
 
     /// A new pub/sub connection subscribed to the command channel and every channel of
-    /// `channels`, in one `SUBSCRIBE`.
+    /// `channels`: in one `SUBSCRIBE` on a single server, one `SSUBSCRIBE` per channel on a
+    /// cluster.
     async fn connect_pubsub(
         &self,
-    ) -> Result<(mpsc::UnboundedReceiver<PushInfo>, MultiplexedConnection), BrokerError> {
+    ) -> Result<(mpsc::UnboundedReceiver<PushInfo>, PubSub), BrokerError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(self.config.timeout)
-            .set_response_timeout(self.config.timeout)
-            .set_push_sender(tx);
-        // Resolved at every (re)connect: after a failover, the sentinels name the new primary.
-        let primary = self
-            .target
-            .resolve()
-            .await
-            .map_err(|e| unavailable(format!("finding {}", self.target.describe()), e))?;
-        let mut info = primary.get_connection_info().clone();
-        self.commands.pubsub_at(&info.addr);
-        info.redis.protocol = ProtocolVersion::RESP3;
-        let client = Client::open(info).map_err(|e| unavailable("pub/sub client", e))?;
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| unavailable("connecting pub/sub", e))?;
+        let conn = conn::connect_pubsub(&self.connector, &self.commands, &self.config, tx).await?;
         let mut channels: Vec<Vec<u8>> = self
             .channels
             .lock()
@@ -303,7 +316,7 @@ impl Inner {
             .map(|c| c.to_vec())
             .collect();
         channels.push(self.command_channel.clone().into_bytes());
-        conn.subscribe(channels)
+        conn.subscribe(&channels)
             .await
             .map_err(|e| unavailable("resubscribing", e))?;
         *self.pubsub.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
@@ -340,24 +353,89 @@ impl Inner {
         }
     }
 
+    /// Takes the expired entries from the deployment's index and removes them from their
+    /// rooms (with their `leave`), one call per room; returns how many it removed.
     async fn sweep(&self) -> Result<usize, BrokerError> {
         const BATCH: usize = 1000;
         let mut total = 0;
         loop {
-            let n: usize = self
+            let taken: Vec<Vec<u8>> = self
                 .scripts
-                .presence
-                .arg("sweep")
-                .arg(&self.config.prefix)
+                .presence_index
+                .key(&self.presence_index)
+                .arg("take")
                 .arg(BATCH)
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(|e| unavailable("presence sweep", e))?;
-            total += n;
-            if n < BATCH {
+            let mut rooms: HashMap<&str, Vec<&[u8]>> = HashMap::new();
+            for member in &taken {
+                let mut connection = member.as_slice();
+                // Not written by this broker: nothing to remove.
+                let Some(room) = take_field(&mut connection) else {
+                    continue;
+                };
+                let Ok(room) = std::str::from_utf8(room) else {
+                    continue;
+                };
+                rooms.entry(room).or_default().push(connection);
+            }
+            // Taken out of the index: an entry whose room call fails stays in its room until
+            // its keys expire (twice presence_ttl), without its leave.
+            let calls = rooms
+                .into_iter()
+                .map(|(room, connections)| {
+                    Box::pin(self.expire(room, connections)) as BoxFuture<'_, _>
+                })
+                .collect();
+            total += conn::in_flight(calls).await?.into_iter().sum::<usize>();
+            if taken.len() < BATCH {
                 return Ok(total);
             }
         }
+    }
+
+    /// Removes the expired entries among `connections` of `room` (with their `leave`) and
+    /// indexes again those refreshed since the sweep took them; returns how many it removed.
+    async fn expire(&self, room: &str, connections: Vec<&[u8]>) -> Result<usize, BrokerError> {
+        let mut call = self.scripts.presence.prepare_invoke();
+        call.key(self.key(room, "p"))
+            .arg("expire")
+            .arg(&self.config.prefix)
+            .arg(self.publish)
+            .arg(room);
+        for connection in connections {
+            call.arg(connection);
+        }
+        let reply: Vec<Value> = call
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| unavailable("presence sweep", e))?;
+        let bad = || malformed("presence sweep");
+        let removed = reply.first().and_then(as_u64).ok_or_else(bad)? as usize;
+        let mut alive = Vec::new();
+        for pair in reply.get(1..).unwrap_or_default().chunks_exact(2) {
+            let connection = as_bytes(&pair[0]).ok_or_else(bad)?;
+            let left = as_u64(&pair[1]).ok_or_else(bad)?;
+            alive.push((index_member(room, connection), left));
+        }
+        self.index(alive).await?;
+        Ok(removed)
+    }
+
+    /// Adds (or moves) entries of the deployment's presence index: `(member, ms left)`.
+    async fn index(&self, entries: Vec<(Vec<u8>, u64)>) -> Result<(), BrokerError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut call = self.scripts.presence_index.prepare_invoke();
+        call.key(&self.presence_index).arg("add");
+        for (member, left) in entries {
+            call.arg(member).arg(left);
+        }
+        call.invoke_async::<()>(&mut self.conn())
+            .await
+            .map_err(|e| unavailable("presence index", e))
     }
 
     async fn read(
@@ -413,7 +491,7 @@ impl Inner {
 
     async fn publish_raw(&self, room: &str, message: Vec<u8>) -> Result<(), BrokerError> {
         let mut conn = self.conn();
-        redis::cmd("PUBLISH")
+        redis::cmd(self.publish)
             .arg(self.key(room, "c"))
             .arg(message)
             .exec_async(&mut conn)
@@ -426,7 +504,7 @@ impl Inner {
 /// backoff, resubscribes every room at once and signals the possible loss to the hub.
 async fn run_pubsub(
     inner: Arc<Inner>,
-    mut current: Option<(mpsc::UnboundedReceiver<PushInfo>, MultiplexedConnection)>,
+    mut current: Option<(mpsc::UnboundedReceiver<PushInfo>, PubSub)>,
 ) {
     let min = Duration::from_millis(50);
     let mut backoff = min;
@@ -443,7 +521,8 @@ async fn run_pubsub(
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "redis pub/sub reconnect failed");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(inner.target.retry_cap(inner.config.max_backoff));
+                    backoff =
+                        (backoff * 2).min(inner.connector.retry_cap(inner.config.max_backoff));
                     continue;
                 }
             },
@@ -454,25 +533,27 @@ async fn run_pubsub(
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         health.reset();
         // The commands connection found a new primary: this one follows (sentinel.rs).
-        let mut moves = inner.commands.moves();
+        let mut moves = inner.commands.primary().map(sentinel::Primary::moves);
         loop {
             tokio::select! {
-                Ok(()) = moves.changed() => if inner.commands.pubsub_elsewhere() {
+                Some(()) = primary_moved(&mut moves) => if inner
+                    .commands
+                    .primary()
+                    .is_some_and(sentinel::Primary::pubsub_elsewhere)
+                {
                     tracing::warn!("the redis primary moved; moving pub/sub there");
                     break;
                 },
                 push = pushes.recv() => match push {
                     Some(push) => match push.kind {
-                        PushKind::Message => inner.on_message(&push.data),
+                        PushKind::Message | PushKind::SMessage => inner.on_message(&push.data),
                         PushKind::Disconnection => break,
                         _ => {}
                     },
                     None => break,
                 },
                 _ = health.tick() => {
-                    let (mut pinger, ping) = (conn.clone(), redis::cmd("PING"));
-                    let answer = ping.exec_async(&mut pinger);
-                    match tokio::time::timeout(inner.config.timeout, answer).await {
+                    match tokio::time::timeout(inner.config.timeout, conn.ping()).await {
                         Ok(Ok(())) => {}
                         _ => {
                             tracing::warn!("redis pub/sub connection does not answer PING");
@@ -486,6 +567,15 @@ async fn run_pubsub(
         *inner.pubsub.lock().unwrap_or_else(PoisonError::into_inner) = None;
         drop(conn);
         tracing::warn!("redis pub/sub connection lost; reconnecting");
+    }
+}
+
+/// Resolves when the commands connection moved to another primary (Sentinel); never on a
+/// fixed server or a cluster.
+async fn primary_moved(moves: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Option<()> {
+    match moves {
+        Some(m) => m.changed().await.ok(),
+        None => std::future::pending().await,
     }
 }
 
@@ -756,6 +846,14 @@ pub fn fuzz_decode(payload: &[u8]) {
     }
 }
 
+/// A presence entry's member in the deployment's index: `<len>:<room><connection>`.
+fn index_member(room: &str, connection: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(room.len() + connection.len() + 8);
+    put_field(&mut out, room.as_bytes());
+    out.extend_from_slice(connection);
+    out
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -796,6 +894,7 @@ impl Broker for RedisBroker {
                 })
                 .arg(body)
                 .arg(inner.key(room, "c"))
+                .arg(inner.publish)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| unavailable("publish", e))?;
@@ -805,8 +904,12 @@ impl Broker for RedisBroker {
                 .sentinel
                 .as_ref()
                 .map_or(0, |s| s.wait_for_replicas);
-            if replicas > 0 && !opts.ephemeral {
-                conn.wait_for_replicas(replicas, inner.config.timeout)
+            if replicas > 0
+                && !opts.ephemeral
+                && let Some(primary) = conn.primary_mut()
+            {
+                primary
+                    .wait_for_replicas(replicas, inner.config.timeout)
                     .await?;
             }
             let bad = || malformed("publish");
@@ -869,8 +972,8 @@ impl Broker for RedisBroker {
                 .entry(channel.clone().into_boxed_slice())
                 .or_insert_with(|| Arc::from(room));
             let result = match inner.pubsub_conn() {
-                Ok(mut conn) => conn
-                    .subscribe(&channel)
+                Ok(conn) => conn
+                    .subscribe(std::slice::from_ref(&channel))
                     .await
                     .map_err(|e| unavailable("subscribe", e)),
                 Err(e) => Err(e),
@@ -896,7 +999,7 @@ impl Broker for RedisBroker {
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(channel.as_slice());
             // Down: the reconnect does not resubscribe it, which is the unsubscription.
-            if let Ok(mut conn) = inner.pubsub_conn() {
+            if let Ok(conn) = inner.pubsub_conn() {
                 conn.unsubscribe(&channel)
                     .await
                     .map_err(|e| unavailable("unsubscribe", e))?;
@@ -925,7 +1028,7 @@ impl Broker for RedisBroker {
                         .or_insert_with(|| room.clone());
                 }
             }
-            let mut conn = inner.pubsub_conn()?;
+            let conn = inner.pubsub_conn()?;
             conn.subscribe(&channels)
                 .await
                 .map_err(|e| unavailable("subscribe", e))
@@ -1005,7 +1108,7 @@ impl Broker for RedisBroker {
                 return Ok(());
             };
             let mut conn = self.inner.conn();
-            redis::cmd("PUBLISH")
+            redis::cmd(self.inner.publish)
                 .arg(&self.inner.command_channel)
                 .arg(payload)
                 .exec_async(&mut conn)
@@ -1052,10 +1155,15 @@ fn wall_millis() -> u64 {
 }
 
 impl Inner {
-    /// `P:nodes`: the reporting nodes by expiry; `P:node:<id>`: one's figures;
-    /// `P:node:<id>:r`: its rooms → local subscribers.
+    /// `P:{g}:nodes`: the reporting nodes by expiry; `P:{g}:node:<id>`: one's figures;
+    /// `P:{g}:node:<id>:r`: its rooms → local subscribers. One hash tag, so that a report is
+    /// one transaction on a cluster too.
     fn node_key(&self, id: &str, suffix: &str) -> String {
-        format!("{}:node:{id}{suffix}", self.config.prefix)
+        format!("{}:{{g}}:node:{id}{suffix}", self.config.prefix)
+    }
+
+    fn nodes_key(&self) -> String {
+        format!("{}:{{g}}:nodes", self.config.prefix)
     }
 
     async fn report(&self, report: NodeReport) -> Result<(), BrokerError> {
@@ -1085,7 +1193,7 @@ impl Inner {
             .arg(ttl)
             .ignore()
             .cmd("ZADD")
-            .arg(format!("{}:nodes", self.config.prefix))
+            .arg(self.nodes_key())
             .arg(wall_millis() + ttl)
             .arg(&report.id)
             .ignore();
@@ -1095,7 +1203,7 @@ impl Inner {
     }
 
     async fn cluster(&self) -> Result<Vec<NodeReport>, BrokerError> {
-        let nodes_key = format!("{}:nodes", self.config.prefix);
+        let nodes_key = self.nodes_key();
         let mut conn = self.conn();
         let (ids,): (Vec<String>,) = redis::pipe()
             .cmd("ZREMRANGEBYSCORE")
@@ -1138,19 +1246,26 @@ impl Presence for RedisBroker {
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             let inner = &self.inner;
-            inner
-                .scripts
-                .presence
+            let ttl = millis(inner.config.presence_ttl);
+            let mut call = inner.scripts.presence.prepare_invoke();
+            call.key(inner.key(room, "p"))
                 .arg("add")
                 .arg(&inner.config.prefix)
+                .arg(inner.publish)
                 .arg(room)
                 .arg(&*entry.connection)
                 .arg(&*entry.user)
                 .arg(encode_entry(&entry))
-                .arg(millis(inner.config.presence_ttl))
-                .invoke_async::<()>(&mut inner.conn())
-                .await
-                .map_err(|e| unavailable("presence add", e))
+                .arg(ttl);
+            let add = async {
+                call.invoke_async::<()>(&mut inner.conn())
+                    .await
+                    .map_err(|e| unavailable("presence add", e))
+            };
+            // Both at once (one round trip of latency): either may land without the other,
+            // which the sweep and the refresh tolerate (module doc, Presence).
+            let index = inner.index(vec![(index_member(room, entry.connection.as_bytes()), ttl)]);
+            futures_util::future::try_join(add, index).await.map(drop)
         })
     }
 
@@ -1164,11 +1279,20 @@ impl Presence for RedisBroker {
             inner
                 .scripts
                 .presence
+                .key(inner.key(room, "p"))
                 .arg("remove")
                 .arg(&inner.config.prefix)
+                .arg(inner.publish)
                 .arg(room)
                 .arg(connection)
                 .invoke_async::<()>(&mut inner.conn())
+                .await
+                .map_err(|e| unavailable("presence remove", e))?;
+            // Left behind on failure, the index entry is dropped by a sweep once it expires.
+            redis::cmd("ZREM")
+                .arg(&inner.presence_index)
+                .arg(index_member(room, connection.as_bytes()))
+                .exec_async(&mut inner.conn())
                 .await
                 .map_err(|e| unavailable("presence remove", e))
         })
@@ -1186,8 +1310,10 @@ impl Presence for RedisBroker {
             let reply: Vec<Value> = inner
                 .scripts
                 .presence
+                .key(inner.key(room, "p"))
                 .arg("list")
                 .arg(&inner.config.prefix)
+                .arg(inner.publish)
                 .arg(room)
                 .arg(after.as_deref().unwrap_or(""))
                 .arg(limit)
@@ -1234,20 +1360,48 @@ impl Presence for RedisBroker {
         const BATCH: usize = 256;
         Box::pin(async move {
             let inner = &self.inner;
-            for batch in entries.chunks(BATCH) {
-                let mut call = inner.scripts.presence.prepare_invoke();
-                call.arg("refresh")
-                    .arg(&inner.config.prefix)
-                    .arg(millis(inner.config.presence_ttl));
-                for (room, entry) in batch {
-                    call.arg(&**room)
-                        .arg(&*entry.connection)
-                        .arg(&*entry.user)
-                        .arg(encode_entry(entry));
+            let ttl = millis(inner.config.presence_ttl);
+            // A script call may only touch one slot: the entries grouped by their room's slot
+            // (one group on a single server), many calls in flight at once.
+            let mut slots: HashMap<u16, Vec<&(Arc<str>, PresenceEntry)>> = HashMap::new();
+            for item in entries {
+                let slot = if inner.connector.sharded() {
+                    conn::slot(&item.0)
+                } else {
+                    0
+                };
+                slots.entry(slot).or_default().push(item);
+            }
+            let mut calls: Vec<BoxFuture<'_, Result<(), BrokerError>>> = Vec::new();
+            for group in slots.values() {
+                for batch in group.chunks(BATCH) {
+                    let mut call = inner.scripts.presence.prepare_invoke();
+                    call.key(inner.key(&batch[0].0, "p"))
+                        .arg("refresh")
+                        .arg(&inner.config.prefix)
+                        .arg(inner.publish)
+                        .arg(ttl);
+                    for (room, entry) in batch.iter().copied() {
+                        call.arg(&**room)
+                            .arg(&*entry.connection)
+                            .arg(&*entry.user)
+                            .arg(encode_entry(entry));
+                    }
+                    calls.push(Box::pin(async move {
+                        call.invoke_async::<()>(&mut inner.conn())
+                            .await
+                            .map_err(|e| unavailable("presence refresh", e))
+                    }));
                 }
-                call.invoke_async::<()>(&mut inner.conn())
-                    .await
-                    .map_err(|e| unavailable("presence refresh", e))?;
+            }
+            conn::in_flight(calls).await?;
+            // The index entries: those the sweeps lost, or took while they were refreshed.
+            for batch in entries.chunks(BATCH) {
+                let members = batch
+                    .iter()
+                    .map(|(room, entry)| (index_member(room, entry.connection.as_bytes()), ttl))
+                    .collect();
+                inner.index(members).await?;
             }
             Ok(())
         })
@@ -1255,10 +1409,10 @@ impl Presence for RedisBroker {
 }
 
 mod caps;
+mod conn;
 mod sentinel;
 
 pub use sentinel::RedisSentinelConfig;
-use sentinel::{Primary, Target};
 
 #[cfg(test)]
 mod tests;

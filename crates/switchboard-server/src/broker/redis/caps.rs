@@ -126,7 +126,7 @@ impl RedisAdmission {
                 .arg(self.member(*slot))
                 .ignore();
         }
-        if let Err(e) = pipe.exec_async(&mut self.inner.conn()).await {
+        if let Err(e) = self.inner.conn().exec_any_slots(&pipe).await {
             // Not retried: the members expire within presence_ttl.
             tracing::debug!(error = %e, "releasing connection counts failed");
         }
@@ -158,7 +158,7 @@ impl RedisAdmission {
                     .arg(ttl)
                     .ignore();
             }
-            if let Err(e) = pipe.exec_async(&mut self.inner.conn()).await {
+            if let Err(e) = self.inner.conn().exec_any_slots(&pipe).await {
                 tracing::debug!(error = %e, "refreshing connection counts failed");
                 return;
             }

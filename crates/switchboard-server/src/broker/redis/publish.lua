@@ -3,6 +3,7 @@
 -- ARGV[1] a fresh epoch, used when the room has no stream (new, expired or lost)
 -- ARGV[2] "1": ephemeral   ARGV[3] history size   ARGV[4] history ttl (ms)
 -- ARGV[5] meta ttl (ms)   ARGV[6] "1": keyed   ARGV[7] body   ARGV[8] channel
+-- ARGV[9] PUBLISH, or SPUBLISH on a Redis Cluster (the channel shares the keys' slot)
 -- Returns {1, previous} for a duplicate (previous: "" or "epoch\noffset"),
 -- {0, ""} for an ephemeral publication, {0, epoch, offset} otherwise.
 local meta, hist, idem = KEYS[1], KEYS[2], KEYS[3]
@@ -11,7 +12,7 @@ local size = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
 local meta_ttl = tonumber(ARGV[5])
 local keyed = ARGV[6] == '1'
-local body, channel = ARGV[7], ARGV[8]
+local body, channel, publish = ARGV[7], ARGV[8], ARGV[9]
 
 if keyed then
   local previous = redis.call('GET', idem)
@@ -21,7 +22,7 @@ if keyed then
 end
 
 if ephemeral then
-  redis.call('PUBLISH', channel, 'e\n' .. body)
+  redis.call(publish, channel, 'e\n' .. body)
   if keyed then
     redis.call('SET', idem, '', 'PX', ttl)
   end
@@ -51,7 +52,7 @@ if size > 0 then
 else
   redis.call('DEL', hist)
 end
-redis.call('PUBLISH', channel, 'p' .. epoch .. '\n' .. top .. '\n' .. body)
+redis.call(publish, channel, 'p' .. epoch .. '\n' .. top .. '\n' .. body)
 if keyed then
   redis.call('SET', idem, epoch .. '\n' .. top, 'PX', ttl)
 end

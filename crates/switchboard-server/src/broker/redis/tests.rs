@@ -55,6 +55,253 @@ impl Backend for Redis {
 
 crate::broker_conformance_tests!(real_time Redis::start());
 
+#[path = "../../../tests/support/redis_cluster.rs"]
+pub(super) mod redis_cluster;
+
+/// The suite against a Redis Cluster of three primaries (one per test), through its seed
+/// nodes: sharded pub/sub, every room's keys on its own slot.
+mod on_a_cluster {
+    use super::redis_cluster::RedisCluster;
+    use super::*;
+
+    struct Cluster(RedisCluster);
+
+    impl Backend for Cluster {
+        fn nodes(&self, sinks: Vec<Arc<dyn NodeSink>>) -> BoxFuture<'_, Vec<Arc<dyn Broker>>> {
+            Box::pin(async move {
+                let prefix = format!("t{}", crate::ids::random_base62(8));
+                let mut brokers = Vec::new();
+                for sink in sinks {
+                    let config = RedisBrokerConfig {
+                        cluster: self.0.urls(),
+                        prefix: prefix.clone(),
+                        ..RedisBrokerConfig::default()
+                    };
+                    let broker = RedisBroker::connect(config, sink)
+                        .await
+                        .expect("connecting to the test's redis cluster");
+                    brokers.push(Arc::new(broker) as Arc<dyn Broker>);
+                }
+                brokers
+            })
+        }
+
+        fn advance(&self, by: Duration) -> BoxFuture<'_, ()> {
+            Box::pin(tokio::time::sleep(by))
+        }
+
+        fn quiet_period(&self) -> Duration {
+            Duration::from_millis(100)
+        }
+    }
+
+    crate::broker_conformance_tests!(real_time Cluster(RedisCluster::start(3)));
+
+    fn config(cluster: &RedisCluster) -> RedisBrokerConfig {
+        RedisBrokerConfig {
+            cluster: cluster.urls(),
+            prefix: format!("t{}", crate::ids::random_base62(8)),
+            ..RedisBrokerConfig::default()
+        }
+    }
+
+    /// Keys in the database of the node on `port`.
+    fn dbsize(port: u16) -> u64 {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "dbsize"])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+
+    /// The slot the broker groups a room's calls by is the one Redis gives its keys.
+    #[test]
+    fn room_slots_are_redis_slots() {
+        let cluster = RedisCluster::start(3);
+        for room in ["r0", "chat:lobby", "user:alice", "a/b=c@d.e_f-g"] {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &cluster.ports()[0].to_string(), "cluster", "keyslot"])
+                .arg(format!("sb:{{{room}}}:p"))
+                .output()
+                .expect("redis-cli");
+            let slot: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+            assert_eq!(conn::slot(room), slot, "{room}");
+        }
+    }
+
+    /// The index of expired entries and the rooms are on different slots: the sweep still
+    /// removes each entry once, with its `leave`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expired_presence_is_swept_on_every_slot() {
+        let cluster = RedisCluster::start(3);
+        let rooms = ["r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7"];
+        expired_presence_is_swept(config(&cluster), &rooms).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn presence_refresh_in_batches_over_slots() {
+        let cluster = RedisCluster::start(3);
+        presence_refresh_keeps_entries(config(&cluster)).await;
+    }
+
+    /// Node reports, server API commands and connection counts (one key per user, on many
+    /// slots) work across two nodes of a cluster.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reports_commands_and_counts() {
+        use crate::limits::CountKey;
+
+        let cluster = RedisCluster::start(3);
+        let config = RedisBrokerConfig {
+            presence_ttl: Duration::from_millis(600),
+            ..config(&cluster)
+        };
+        let (tx_a, _rx_a) = tokio::sync::mpsc::unbounded_channel();
+        let (tx_b, mut rx_b) = tokio::sync::mpsc::unbounded_channel();
+        let a = RedisBroker::connect(config.clone(), Arc::new(tx_a))
+            .await
+            .unwrap();
+        let b = RedisBroker::connect(config, Arc::new(tx_b)).await.unwrap();
+
+        a.report(NodeReport {
+            id: "a".into(),
+            info: "{}".into(),
+            rooms: vec![("r".into(), 2)],
+        })
+        .await
+        .unwrap();
+        let reports = b.cluster().await.unwrap().unwrap();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(
+            (reports[0].id.as_str(), &reports[0].rooms[..]),
+            ("a", &[("r".to_owned(), 2)][..])
+        );
+
+        let command = ClusterCommand::Disconnect {
+            user: "u".into(),
+            code: 4000,
+            reason: "bye".into(),
+        };
+        a.command(command.clone()).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(5), rx_b.recv()).await {
+            Ok(Some(NodeEvent::Command(c))) => assert_eq!(c, command),
+            other => panic!("no command: {other:?}"),
+        }
+
+        let (on_a, on_b) = (a.admission().unwrap(), b.admission().unwrap());
+        let users: Vec<String> = (0..12).map(|i| format!("u{i}")).collect();
+        let mut slots = Vec::new();
+        for user in &users {
+            let mut slot = None;
+            on_a.admit(CountKey::User(user), 1, &mut slot)
+                .await
+                .unwrap();
+            slots.push(slot.unwrap());
+        }
+        // Past the ttl: kept by a's refresh (a pipeline over many slots).
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        for user in &users {
+            let mut slot = None;
+            assert!(
+                on_b.admit(CountKey::User(user), 1, &mut slot)
+                    .await
+                    .is_err(),
+                "{user}"
+            );
+        }
+        // Released (removals over many slots): b admits each.
+        for slot in slots {
+            on_a.release(slot);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        for user in &users {
+            loop {
+                let mut slot = None;
+                if on_b.admit(CountKey::User(user), 1, &mut slot).await.is_ok() {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{user} never released"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// A primary killed and started again (empty): the node notices, resubscribes every
+    /// room on every primary once the cluster is back, signals the loss, and delivers again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn survives_a_primary_restart() {
+        let mut cluster = RedisCluster::start(3);
+        let config = RedisBrokerConfig {
+            timeout: Duration::from_millis(500),
+            max_backoff: Duration::from_millis(200),
+            ..config(&cluster)
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let broker = RedisBroker::connect(config, Arc::new(tx)).await.unwrap();
+        let rooms: Vec<Arc<str>> = (0..12).map(|i| Arc::from(format!("r{i}"))).collect();
+        broker.subscribe_many(&rooms).await.unwrap();
+        let opts = PublishOptions::default();
+        for room in &rooms {
+            broker
+                .publish(room, Bytes::from_static(b"1"), None, opts.clone())
+                .await
+                .unwrap();
+        }
+        for _ in &rooms {
+            assert!(matches!(rx.recv().await, Some(NodeEvent::Publication(_))));
+        }
+        assert!(
+            dbsize(cluster.ports()[0]) > 0,
+            "no room on the first primary"
+        );
+
+        cluster.stop(0);
+        let down = tokio::time::Instant::now();
+        while broker.inner.connected.load(Ordering::Relaxed) {
+            assert!(
+                down.elapsed() < Duration::from_secs(5),
+                "the loss was not noticed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(broker.ready().await.is_err());
+        tokio::task::block_in_place(|| cluster.restart(0));
+        match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+            Ok(Some(NodeEvent::Lost { room: None })) => {}
+            other => panic!("no loss signal: {other:?}"),
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        for room in &rooms {
+            'delivered: loop {
+                // The command connection reconnects on its own schedule.
+                while broker
+                    .publish(room, Bytes::from_static(b"2"), None, opts.clone())
+                    .await
+                    .is_err()
+                {
+                    assert!(tokio::time::Instant::now() < deadline, "{room}: no publish");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                        Ok(Some(NodeEvent::Publication(p))) if *p.room == **room => {
+                            break 'delivered;
+                        }
+                        // A loaded machine may miss a PING: another reconnect, announced
+                        // (the hub would catch up from history); publish again.
+                        Ok(Some(NodeEvent::Lost { room: None })) => continue 'delivered,
+                        // An earlier round's publication of another room.
+                        Ok(Some(NodeEvent::Publication(_))) => {}
+                        other => panic!("{room}: {other:?}"),
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn messages_round_trip() {
     let empty: Arc<str> = Arc::from("");
@@ -160,17 +407,25 @@ async fn survives_a_redis_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_presence_is_swept_with_a_leave() {
     let server = RedisServer::start();
-    let config = |sweep| RedisBrokerConfig {
+    let base = RedisBrokerConfig {
         url: server.url(),
+        ..RedisBrokerConfig::default()
+    };
+    expired_presence_is_swept(base, &["r"]).await;
+}
+
+/// A node with `base`'s Redis adds a member to each of `rooms` and vanishes; a watcher's
+/// sweep removes them with a `leave` each.
+async fn expired_presence_is_swept(base: RedisBrokerConfig, rooms: &[&str]) {
+    let config = |sweep| RedisBrokerConfig {
         presence_ttl: Duration::from_millis(300),
         sweep_interval: sweep,
-        ..RedisBrokerConfig::default()
+        ..base.clone()
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let watcher = RedisBroker::connect(config(Duration::from_millis(100)), Arc::new(tx))
         .await
         .unwrap();
-    watcher.subscribe("r").await.unwrap();
     let (gone_tx, _gone_rx) = tokio::sync::mpsc::unbounded_channel();
     let gone = RedisBroker::connect(config(Duration::ZERO), Arc::new(gone_tx))
         .await
@@ -180,25 +435,35 @@ async fn expired_presence_is_swept_with_a_leave() {
         user: "alice".into(),
         info: Some(Bytes::from_static(b"{\"a\":1}")),
     };
-    gone.presence_add("r", member.clone()).await.unwrap();
+    for room in rooms {
+        watcher.subscribe(room).await.unwrap();
+        gone.presence_add(room, member.clone()).await.unwrap();
+    }
     drop(gone);
     assert_eq!(
         watcher
-            .presence_list("r", None, 10)
+            .presence_list(rooms[0], None, 10)
             .await
             .unwrap()
             .connections,
         1
     );
-    match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-        Ok(Some(NodeEvent::Leave { room, member: m })) => {
-            assert_eq!(&*room, "r");
-            assert_eq!(m, member);
+    let mut left = std::collections::BTreeSet::new();
+    while left.len() < rooms.len() {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some(NodeEvent::Leave { room, member: m })) => {
+                assert_eq!(m, member);
+                assert!(left.insert(room.to_string()), "a second leave in {room}");
+            }
+            other => panic!("no leave after {left:?}: {other:?}"),
         }
-        other => panic!("no leave: {other:?}"),
     }
-    let page = watcher.presence_list("r", None, 10).await.unwrap();
-    assert_eq!((page.connections, page.users), (0, 0));
+    let rooms: std::collections::BTreeSet<String> = rooms.iter().map(|r| r.to_string()).collect();
+    assert_eq!(left, rooms);
+    for room in &rooms {
+        let page = watcher.presence_list(room, None, 10).await.unwrap();
+        assert_eq!((page.connections, page.users), (0, 0));
+    }
 }
 
 /// A frozen Redis (sockets open, nothing answers) is noticed by the pub/sub connection's PING:
@@ -267,11 +532,19 @@ async fn a_frozen_redis_is_noticed_and_survived() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_refresh_in_batches() {
     let server = RedisServer::start();
-    let config = RedisBrokerConfig {
+    let base = RedisBrokerConfig {
         url: server.url(),
+        ..RedisBrokerConfig::default()
+    };
+    presence_refresh_keeps_entries(base).await;
+}
+
+/// 600 entries over three rooms, refreshed past their ttl, stay; unrefreshed, they go.
+async fn presence_refresh_keeps_entries(base: RedisBrokerConfig) {
+    let config = RedisBrokerConfig {
         presence_ttl: Duration::from_millis(400),
         sweep_interval: Duration::from_millis(50),
-        ..RedisBrokerConfig::default()
+        ..base
     };
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let broker = RedisBroker::connect(config, Arc::new(tx)).await.unwrap();
