@@ -9,8 +9,7 @@ mod protocol_common;
 
 use std::time::{Duration, Instant};
 
-use common::{ServerProcess, get};
-use protocol_common::{Client, SECRET, T, token};
+use protocol_common::{Client, SECRET, T, TestServer};
 use serde_json::{Value, json};
 
 #[path = "../../switchboard-server/tests/support/redis_server.rs"]
@@ -19,39 +18,22 @@ mod redis_server;
 use redis_server::RedisServer;
 
 /// One node: a `switchboard serve` on the test's Redis.
-struct Node {
-    process: ServerProcess,
-    _dir: tempfile::TempDir,
-}
+type Node = TestServer;
 
-impl Node {
-    fn start(redis: &RedisServer, env: &[(&str, &str)]) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("switchboard.toml");
-        let config = format!(
-            "personal_rooms = false\n\
-             [auth]\nsecret = \"{SECRET}\"\n\
-             [namespaces.chat]\nsubscribe = \"anyone\"\njoin_leave = false\n\
-             [namespaces.pres]\nsubscribe = \"anyone\"\n"
-        );
-        std::fs::write(&path, config).unwrap();
-        let url = redis.url();
-        let mut vars = vec![
-            ("SWITCHBOARD_BROKER__KIND", "redis"),
-            ("SWITCHBOARD_BROKER__URL", url.as_str()),
-        ];
-        vars.extend_from_slice(env);
-        let process = ServerProcess::start_with_env(&["--config", path.to_str().unwrap()], &vars);
-        Node { process, _dir: dir }
-    }
-
-    async fn connect(&self, user: &str) -> Client {
-        Client::connect(&self.process.ws_url("/ws"), Some(&token(user))).await
-    }
-
-    fn ready(&self) -> u16 {
-        get(self.process.addr, "/readyz").0
-    }
+fn node(redis: &RedisServer, env: &[(&str, &str)]) -> Node {
+    let config = format!(
+        "personal_rooms = false\n\
+         [auth]\nsecret = \"{SECRET}\"\n\
+         [namespaces.chat]\nsubscribe = \"anyone\"\njoin_leave = false\n\
+         [namespaces.pres]\nsubscribe = \"anyone\"\n"
+    );
+    let url = redis.url();
+    let mut vars = vec![
+        ("SWITCHBOARD_BROKER__KIND", "redis"),
+        ("SWITCHBOARD_BROKER__URL", url.as_str()),
+    ];
+    vars.extend_from_slice(env);
+    TestServer::start_with_env(&config, &vars)
 }
 
 /// The next `message` push of `room`: its offset and its data's `n`.
@@ -71,7 +53,7 @@ async fn publish(client: &mut Client, room: &str, n: u64) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_deliver_each_others_publications_and_recover_on_the_other() {
     let redis = RedisServer::start();
-    let (n1, n2) = (Node::start(&redis, &[]), Node::start(&redis, &[]));
+    let (n1, n2) = (node(&redis, &[]), node(&redis, &[]));
     let mut a = n1.connect("alice").await;
     let mut b = n2.connect("bob").await;
     let ra = a.subscribe("chat:r").await;
@@ -130,7 +112,7 @@ async fn redis_stopped_and_restarted_mid_stream_loses_nothing() {
         ("SWITCHBOARD_BROKER__TIMEOUT", "500ms"),
         ("SWITCHBOARD_API__KEYS", keys.as_str()),
     ];
-    let (n1, n2) = (Node::start(&redis, &env), Node::start(&redis, &env));
+    let (n1, n2) = (node(&redis, &env), node(&redis, &env));
     let mut publisher = n1.connect("pat").await;
     let mut a = n1.connect("alice").await;
     let mut b = n2.connect("bob").await;
@@ -213,7 +195,7 @@ async fn a_killed_nodes_presence_expires_with_leave_events() {
         ("SWITCHBOARD_BROKER__PRESENCE_TTL", "1s"),
         ("SWITCHBOARD_BROKER__SWEEP_INTERVAL", "200ms"),
     ];
-    let (mut n1, n2) = (Node::start(&redis, &env), Node::start(&redis, &env));
+    let (mut n1, n2) = (node(&redis, &env), node(&redis, &env));
     let mut x = n2.connect("xavier").await;
     x.subscribe("pres:r").await;
     // A namespace without join and leave: presence, but no leave when the entry expires.
@@ -306,7 +288,7 @@ async fn api_info_and_rooms_list_every_live_node_and_room() {
         ("SWITCHBOARD_BROKER__PRESENCE_TTL", "1500ms"),
         ("SWITCHBOARD_API__KEYS", keys.as_str()),
     ];
-    let (n1, mut n2) = (Node::start(&redis, &env), Node::start(&redis, &env));
+    let (n1, mut n2) = (node(&redis, &env), node(&redis, &env));
     let mut a = n1.connect("alice").await;
     a.subscribe("chat:one").await;
     a.subscribe("chat:both").await;
@@ -384,11 +366,7 @@ fn member_ids(present: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_agree_on_order_presence_joins_and_leaves() {
     let redis = RedisServer::start();
-    let nodes = [
-        Node::start(&redis, &[]),
-        Node::start(&redis, &[]),
-        Node::start(&redis, &[]),
-    ];
+    let nodes = [node(&redis, &[]), node(&redis, &[]), node(&redis, &[])];
     // Two subscribers on each node, one after another: each sees the joins of those after it.
     let mut subs = Vec::new();
     for (i, node) in nodes.iter().enumerate() {

@@ -7,8 +7,7 @@
 mod common;
 mod protocol_common;
 
-use common::ServerProcess;
-use protocol_common::{Client, SECRET, token};
+use protocol_common::{SECRET, TestServer};
 use serde_json::json;
 
 #[path = "../../switchboard-server/tests/support/redis_cluster.rs"]
@@ -17,48 +16,33 @@ mod redis_cluster;
 use redis_cluster::RedisCluster;
 
 /// One node: a `switchboard serve` on the test's Redis Cluster.
-struct Node {
-    process: ServerProcess,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    fn start(cluster: &RedisCluster) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("switchboard.toml");
-        let config = format!(
-            "personal_rooms = false\n\
-             [auth]\nsecret = \"{SECRET}\"\n\
-             [namespaces.chat]\nsubscribe = \"anyone\"\njoin_leave = false\n"
-        );
-        std::fs::write(&path, config).unwrap();
-        // The TOML array form; a comma-separated list works too (docs/configuration.md).
-        let seeds = format!(
-            "[{}]",
-            cluster
-                .urls()
-                .iter()
-                .map(|u| format!("\"{u}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let vars = [
-            ("SWITCHBOARD_BROKER__KIND", "redis"),
-            ("SWITCHBOARD_BROKER__CLUSTER", seeds.as_str()),
-        ];
-        let process = ServerProcess::start_with_env(&["--config", path.to_str().unwrap()], &vars);
-        Node { process, _dir: dir }
-    }
-
-    async fn connect(&self, user: &str) -> Client {
-        Client::connect(&self.process.ws_url("/ws"), Some(&token(user))).await
-    }
+fn node(cluster: &RedisCluster) -> TestServer {
+    let config = format!(
+        "personal_rooms = false\n\
+         [auth]\nsecret = \"{SECRET}\"\n\
+         [namespaces.chat]\nsubscribe = \"anyone\"\njoin_leave = false\n"
+    );
+    // The TOML array form; a comma-separated list works too (docs/configuration.md).
+    let seeds = format!(
+        "[{}]",
+        cluster
+            .urls()
+            .iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let vars = [
+        ("SWITCHBOARD_BROKER__KIND", "redis"),
+        ("SWITCHBOARD_BROKER__CLUSTER", seeds.as_str()),
+    ];
+    TestServer::start_with_env(&config, &vars)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_on_a_redis_cluster_deliver_each_others_publications_in_order() {
     let cluster = RedisCluster::start(3);
-    let (n1, n2) = (Node::start(&cluster), Node::start(&cluster));
+    let (n1, n2) = (node(&cluster), node(&cluster));
     let mut a = n1.connect("alice").await;
     let mut b = n2.connect("bob").await;
     // Several rooms, so that they land on different slots (and most likely primaries).

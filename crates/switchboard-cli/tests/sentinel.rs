@@ -9,8 +9,7 @@ mod protocol_common;
 
 use std::time::{Duration, Instant};
 
-use common::{ServerProcess, get};
-use protocol_common::{Client, SECRET, token};
+use protocol_common::{Client, SECRET, TestServer};
 use serde_json::{Value, json};
 
 #[path = "../../switchboard-server/tests/support/redis_sentinel.rs"]
@@ -19,40 +18,21 @@ mod redis_sentinel;
 use redis_sentinel::{MASTER, RedisSentinelSet};
 
 /// One node: a `switchboard serve` on the test's Sentinel set.
-struct Node {
-    process: ServerProcess,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    fn start(set: &RedisSentinelSet) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("switchboard.toml");
-        let config = format!(
-            "personal_rooms = false\n\
-             [auth]\nsecret = \"{SECRET}\"\n\
-             [namespaces.chat]\nsubscribe = \"anyone\"\njoin_leave = false\n"
-        );
-        std::fs::write(&path, config).unwrap();
-        // One comma-separated variable, as an orchestrator would set it.
-        let urls = set.sentinel_urls().join(",");
-        let vars = [
-            ("SWITCHBOARD_BROKER__KIND", "redis"),
-            ("SWITCHBOARD_BROKER__SENTINEL__URLS", urls.as_str()),
-            ("SWITCHBOARD_BROKER__SENTINEL__MASTER", MASTER),
-            ("SWITCHBOARD_BROKER__TIMEOUT", "500ms"),
-        ];
-        let process = ServerProcess::start_with_env(&["--config", path.to_str().unwrap()], &vars);
-        Node { process, _dir: dir }
-    }
-
-    async fn connect(&self, user: &str) -> Client {
-        Client::connect(&self.process.ws_url("/ws"), Some(&token(user))).await
-    }
-
-    fn ready(&self) -> u16 {
-        get(self.process.addr, "/readyz").0
-    }
+fn node(set: &RedisSentinelSet) -> TestServer {
+    let config = format!(
+        "personal_rooms = false\n\
+         [auth]\nsecret = \"{SECRET}\"\n\
+         [namespaces.chat]\nsubscribe = \"anyone\"\njoin_leave = false\n"
+    );
+    // One comma-separated variable, as an orchestrator would set it.
+    let urls = set.sentinel_urls().join(",");
+    let vars = [
+        ("SWITCHBOARD_BROKER__KIND", "redis"),
+        ("SWITCHBOARD_BROKER__SENTINEL__URLS", urls.as_str()),
+        ("SWITCHBOARD_BROKER__SENTINEL__MASTER", MASTER),
+        ("SWITCHBOARD_BROKER__TIMEOUT", "500ms"),
+    ];
+    TestServer::start_with_env(&config, &vars)
 }
 
 /// Publishes `{"n": n}` with an idempotency key until it is acknowledged (retrying on
@@ -107,7 +87,7 @@ async fn a_sentinel_failover_loses_no_acknowledged_publication() {
     // Two replicas: with wait_for_replicas = 1 (the default) the new primary needs one left
     // to acknowledge publications.
     let mut set = RedisSentinelSet::start(2);
-    let (n1, n2) = (Node::start(&set), Node::start(&set));
+    let (n1, n2) = (node(&set), node(&set));
     let mut publisher = n1.connect("pat").await;
     let mut a = n1.connect("alice").await;
     let mut b = n2.connect("bob").await;

@@ -42,6 +42,21 @@ impl TestServer {
         TestServer { process, _dir: dir }
     }
 
+    /// Starts the server with `config` and the environment variables `env` (a broker's
+    /// settings, as an orchestrator would pass them).
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchboard.toml");
+        std::fs::write(&path, config).unwrap();
+        let process = ServerProcess::start_with_env(&["--config", path.to_str().unwrap()], env);
+        TestServer { process, _dir: dir }
+    }
+
+    /// The status of `GET /readyz`.
+    pub fn ready(&self) -> u16 {
+        super::common::get(self.process.addr, "/readyz").0
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.process.addr
     }
