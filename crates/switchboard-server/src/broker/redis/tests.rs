@@ -29,19 +29,28 @@ impl Redis {
     }
 }
 
+/// One broker per sink, each connected with `config` of one fresh prefix (so that tests
+/// sharing a Redis do not see each other's rooms).
+fn connect_nodes<'a>(
+    sinks: Vec<Arc<dyn NodeSink>>,
+    config: impl Fn(&str) -> RedisBrokerConfig + Send + 'a,
+) -> BoxFuture<'a, Vec<Arc<dyn Broker>>> {
+    Box::pin(async move {
+        let prefix = format!("t{}", crate::ids::random_base62(8));
+        let mut brokers = Vec::new();
+        for sink in sinks {
+            let broker = RedisBroker::connect(config(&prefix), sink)
+                .await
+                .expect("connecting to the test's redis");
+            brokers.push(Arc::new(broker) as Arc<dyn Broker>);
+        }
+        brokers
+    })
+}
+
 impl Backend for Redis {
     fn nodes(&self, sinks: Vec<Arc<dyn NodeSink>>) -> BoxFuture<'_, Vec<Arc<dyn Broker>>> {
-        Box::pin(async move {
-            let prefix = format!("t{}", crate::ids::random_base62(8));
-            let mut brokers = Vec::new();
-            for sink in sinks {
-                let broker = RedisBroker::connect(self.config(&prefix), sink)
-                    .await
-                    .expect("connecting to the test's redis-server");
-                brokers.push(Arc::new(broker) as Arc<dyn Broker>);
-            }
-            brokers
-        })
+        connect_nodes(sinks, |prefix| self.config(prefix))
     }
 
     fn advance(&self, by: Duration) -> BoxFuture<'_, ()> {
@@ -68,21 +77,10 @@ mod on_a_cluster {
 
     impl Backend for Cluster {
         fn nodes(&self, sinks: Vec<Arc<dyn NodeSink>>) -> BoxFuture<'_, Vec<Arc<dyn Broker>>> {
-            Box::pin(async move {
-                let prefix = format!("t{}", crate::ids::random_base62(8));
-                let mut brokers = Vec::new();
-                for sink in sinks {
-                    let config = RedisBrokerConfig {
-                        cluster: self.0.urls(),
-                        prefix: prefix.clone(),
-                        ..RedisBrokerConfig::default()
-                    };
-                    let broker = RedisBroker::connect(config, sink)
-                        .await
-                        .expect("connecting to the test's redis cluster");
-                    brokers.push(Arc::new(broker) as Arc<dyn Broker>);
-                }
-                brokers
+            connect_nodes(sinks, |prefix| RedisBrokerConfig {
+                cluster: self.0.urls(),
+                prefix: prefix.to_owned(),
+                ..RedisBrokerConfig::default()
             })
         }
 
