@@ -307,10 +307,10 @@ export class Subscription extends Emitter<SubscriptionEvents> {
       if (wasFirst) this.settle.resolve(r);
       this.emit('reset', { epoch: r.epoch, offset: r.offset });
     } else {
-      if (r.recovered !== true) {
-        this.epoch = r.epoch;
-        this.offset = r.offset;
-      }
+      // Recovered, the reply's epoch goes on from `since` even when it is a new one (a
+      // stream forked at a Redis failover, protocol 6.4).
+      this.epoch = r.epoch;
+      if (r.recovered !== true) this.offset = r.offset;
       if (wasFirst) this.settle.resolve(r);
       for (const p of r.publications) this.deliver({ ...p, room: this.room, epoch: r.epoch, recovered: true });
       // Nothing later than the reply's position was missed, whatever came before.
@@ -735,7 +735,8 @@ export class Switchboard extends Emitter<ClientEvents> {
     } else if (type === 'join' || type === 'leave') {
       sub?.presenceEvent(type, m.member as Member);
     } else if (type === 'subscribed' && sub) {
-      // A gap the server could not fill (4.4), or a server-side subscription.
+      // A gap the server could not fill or a stream going on in a new epoch (4.4), or a
+      // server-side subscription.
       sub.subscribed({ room, epoch: m.epoch as string, offset: m.offset as number, recovered: m.recovered as boolean | undefined, publications: [] }, true);
     } else if (type === 'unsubscribed' && sub) {
       this.subs.delete(room);

@@ -92,8 +92,8 @@ export function mint(secret, user, ttl, claims = {}) {
 /**
  * The `ws` WebSocket with fault injection, passed as the SDK's `WebSocket` option: every
  * instance is recorded, `cut()` destroys the TCP connection under it (a network failure, no
- * close frame), and `hooks.incoming(text, ws)` may drop (return false) or duplicate (return 2)
- * what the server sent.
+ * close frame), and `hooks.incoming(text, ws)` may drop (return false), duplicate (return 2)
+ * or replace (return an array of texts, handed over in order) what the server sent.
  */
 export function faultyWebSocket(hooks = {}) {
   const sockets = [];
@@ -106,6 +106,10 @@ export function faultyWebSocket(hooks = {}) {
       super.onmessage = fn && ((event) => {
         const verdict = hooks.incoming ? hooks.incoming(String(event.data), this) : true;
         if (verdict === false) return;
+        if (Array.isArray(verdict)) {
+          for (const data of verdict) fn(new MessageEvent('message', { data }));
+          return;
+        }
         fn(event);
         if (verdict === 2) fn(event);
       });

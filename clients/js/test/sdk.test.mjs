@@ -116,6 +116,38 @@ describe('reconnect and recovery', () => {
     writer.close();
   });
 
+  test('a stream announced to go on in a new epoch (subscribed, recovered: true) is not a reset', { timeout: TIMEOUT }, async () => {
+    // What a node sends when Redis was taken over without loss (protocol 4.4, 6.4): played
+    // here by rewriting the server's pushes from the second publication on.
+    const r = room();
+    let forked = false;
+    const c = client('alice', {
+      WebSocket: faultyWebSocket({
+        incoming: (text) => {
+          const m = JSON.parse(text);
+          if (m.type !== 'message' || m.room !== r || m.offset < 2) return true;
+          const moved = JSON.stringify({ ...m, epoch: 'forked' });
+          if (forked) return [moved];
+          forked = true;
+          return [JSON.stringify({ type: 'subscribed', room: r, epoch: 'forked', offset: m.offset - 1, recovered: true }), moved];
+        },
+      }),
+    });
+    await c.connect();
+    const sub = c.subscribe(r);
+    await sub.ready;
+    const seen = [];
+    const resets = [];
+    sub.on('message', (p) => seen.push([p.epoch, p.offset]));
+    sub.on('reset', (info) => resets.push(info));
+    for (let i = 0; i < 3; i++) await c.publish(r, i);
+    await until(sub, 'message', () => seen.length >= 3);
+    assert.deepEqual(seen.slice(1), [['forked', 2], ['forked', 3]]);
+    assert.deepEqual(resets, []);
+    assert.deepEqual(sub.position, { epoch: 'forked', offset: 3 });
+    c.close();
+  });
+
   test('recovered: false is surfaced as reset when the history cannot cover the gap', { timeout: TIMEOUT }, async () => {
     const r = room();
     const c = client();

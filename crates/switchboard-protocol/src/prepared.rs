@@ -86,12 +86,20 @@ impl PreparedMessage {
         self
     }
 
+    /// The same message for WebSocket peers only: SSE streams skip it (a push that an SSE
+    /// stream's cursor makes needless).
+    pub fn websocket_only(mut self) -> Self {
+        self.sse_name = "";
+        self
+    }
+
     /// The bytes for a recipient of `form`, each form built once and shared; `None` for a
-    /// form the message has none of (a binary message on an SSE stream).
+    /// form the message has none of (a binary message on an SSE stream, a
+    /// [`websocket_only`](Self::websocket_only) one).
     pub fn bytes_for(&self, form: &WireForm) -> Option<Bytes> {
         match form {
             WireForm::WebSocket(deflate) => Some(self.frame_for(deflate.as_ref())),
-            WireForm::Sse if self.opcode == OpCode::Text => Some(
+            WireForm::Sse if self.opcode == OpCode::Text && !self.sse_name.is_empty() => Some(
                 self.sse
                     .get_or_init(|| {
                         let mut event = Vec::with_capacity(self.payload.len() + 96);

@@ -299,6 +299,12 @@ impl Sub {
         self.position = Some(at);
     }
 
+    /// Takes `at`'s epoch as the same stream as the one held (the server said so: a
+    /// stream forked at a Redis failover), from `at`'s offset.
+    fn continue_in(&mut self, at: &StreamPosition) {
+        self.position = Some(at.clone());
+    }
+
     /// Moves the position forward to `at` (or to its epoch).
     fn advance_to(&mut self, at: &StreamPosition) {
         let behind = match &self.position {
@@ -1148,6 +1154,24 @@ impl Driver {
             }
             ServerMessage::Join(push) => self.emit(Event::Join(push)),
             ServerMessage::Leave(push) => self.emit(Event::Leave(push)),
+            ServerMessage::Subscribed(push) if push.recovered.is_some() => {
+                // About a live subscription (protocol 4.4): a loss, or a stream that goes on
+                // in a new epoch.
+                let at = StreamPosition::new(push.epoch.clone(), push.offset);
+                if let Some(sub) = self.subs.get_mut(&push.room) {
+                    if push.recovered == Some(true) {
+                        sub.continue_in(&at);
+                    } else {
+                        sub.reset(at);
+                    }
+                } else {
+                    if let Some(known) = self.server_rooms.get_mut(&push.room) {
+                        *known = at;
+                    }
+                    // A room whose messages go to the event stream: told there.
+                    self.emit(Event::Subscribed(push));
+                }
+            }
             ServerMessage::Subscribed(push) => {
                 self.server_rooms.insert(
                     push.room.clone(),
@@ -1279,6 +1303,10 @@ impl Driver {
         if let Some(sub) = self.subs.get_mut(room) {
             match reply.recovered {
                 Some(true) => {
+                    // Recovered, the reply's epoch goes on from `since`, even a new one.
+                    if let Some(p) = &sub.position {
+                        sub.continue_in(&StreamPosition::new(at.epoch.clone(), p.offset));
+                    }
                     for publication in reply.publications {
                         sub.deliver(message_of(room, &reply.epoch, publication));
                     }

@@ -203,6 +203,11 @@ pub struct SubscribedPush {
     pub epoch: String,
     /// The room's latest offset when the subscription took effect.
     pub offset: u64,
+    /// Present when the push is about a subscription that already existed (protocol 4.4):
+    /// `false`, publications before `offset + 1` were lost; `true`, the stream goes on in
+    /// the new `epoch` from `offset` with nothing missed.
+    #[serde(default)]
+    pub recovered: Option<bool>,
 }
 
 /// The `unsubscribed` push: `{"type": "unsubscribed", "room", "reason"}`.

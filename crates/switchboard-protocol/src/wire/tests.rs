@@ -985,6 +985,7 @@ fn small_pushes_round_trip() {
             room: "news:global".into(),
             epoch: "e8".into(),
             offset: 41,
+            recovered: None,
         })
     );
 

@@ -188,15 +188,17 @@ impl Dispatcher {
 
     async fn publication(&mut self, p: &Arc<Publication>) {
         if !p.ephemeral {
-            if let Some(last) = self.last.get(&p.room)
-                && last.epoch == p.epoch
-            {
-                if p.offset <= last.offset {
+            if let Some(last) = self.last.get(&p.room) {
+                if last.epoch != p.epoch {
+                    // The stream forked at a Redis takeover (what came before may go on in
+                    // the new epoch) or was lost: history tells which.
+                    tracing::info!(room = %p.room, from = %last.epoch, to = %p.epoch, "a room's stream has a new epoch; catching up from history");
+                    self.catch_up(&p.room, p.position()).await;
+                } else if p.offset <= last.offset {
                     return;
-                }
-                if p.offset > last.offset + 1 {
+                } else if p.offset > last.offset + 1 {
                     tracing::warn!(room = %p.room, after = last.offset, got = p.offset, "gap in a room's stream; catching up from history");
-                    self.catch_up(&p.room, Some(p.offset)).await;
+                    self.catch_up(&p.room, p.position()).await;
                 }
             }
             self.last.insert(
@@ -212,12 +214,12 @@ impl Dispatcher {
 
     /// Delivers what `room` missed after the last offset delivered: up to `before`
     /// (exclusive; the publication that showed the gap), or up to the stream's top.
-    async fn catch_up(&mut self, room: &Arc<str>, before: Option<u64>) {
+    async fn catch_up(&mut self, room: &Arc<str>, before: Option<StreamPosition>) {
         let Some(last) = self.last.get(room).cloned() else {
             return;
         };
-        let continues_at = |top: &StreamPosition| match before {
-            Some(b) => StreamPosition::new(last.epoch.clone(), b - 1),
+        let continues_at = |top: &StreamPosition| match &before {
+            Some(b) => StreamPosition::new(b.epoch.clone(), b.offset.saturating_sub(1)),
             None => top.clone(),
         };
         let lost = match self
@@ -226,8 +228,18 @@ impl Dispatcher {
             .await
         {
             Ok(h) if h.recoverable => {
+                if h.position.epoch != last.epoch {
+                    // A forked stream that goes on from `last` (redis/publish.lua): told
+                    // first, so that clients take the new epoch as the same stream.
+                    self.buf.clear();
+                    let at = StreamPosition::new(h.position.epoch.clone(), last.offset);
+                    encode_continued(&mut self.buf, room, &at);
+                    let message = self.prepared().websocket_only();
+                    self.hub.deliver(room, None, &message, None);
+                    self.last.insert(room.clone(), at);
+                }
                 for p in &h.publications {
-                    if before.is_some_and(|b| p.offset >= b) {
+                    if before.as_ref().is_some_and(|b| p.offset >= b.offset) {
                         break;
                     }
                     let _ = self.send_publication(p);
@@ -326,12 +338,22 @@ impl Dispatcher {
 /// `{"type":"subscribed","room":…,"epoch":…,"offset":…,"recovered":false}`: the room's
 /// stream continues at `offset + 1`, and what came before it could not be delivered.
 fn encode_lost(buf: &mut Vec<u8>, room: &str, at: &StreamPosition) {
+    encode_subscribed(buf, room, at, false);
+}
+
+/// `{"type":"subscribed",…,"recovered":true}`: the room's stream goes on in a new epoch
+/// from `offset`, with nothing missed.
+fn encode_continued(buf: &mut Vec<u8>, room: &str, at: &StreamPosition) {
+    encode_subscribed(buf, room, at, true);
+}
+
+fn encode_subscribed(buf: &mut Vec<u8>, room: &str, at: &StreamPosition, recovered: bool) {
     let push = serde_json::json!({
         "type": "subscribed",
         "room": room,
         "epoch": &*at.epoch,
         "offset": at.offset,
-        "recovered": false,
+        "recovered": recovered,
     });
     let _ = serde_json::to_writer(buf, &push);
 }

@@ -6,6 +6,15 @@
 -- ARGV[9] PUBLISH, or SPUBLISH on a Redis Cluster (the channel shares the keys' slot)
 -- Returns {1, previous} for a duplicate (previous: "" or "epoch\noffset"),
 -- {0, ""} for an ephemeral publication, {0, epoch, offset} otherwise.
+--
+-- The meta hash also keeps the `era` of the stream: the replication id of the Redis
+-- process that last wrote it. Another era means another process took over (a restart, a
+-- promoted replica), which may not have every publication the last one made and fanned
+-- out. Its stream forks: a new epoch that goes on from the offsets this process holds,
+-- with the old epoch kept as `prev` up to `fork`, where the two surely agree (read.lua
+-- recovers a `since` of `prev` up to `fork` as one of the new epoch). Without the fork, a
+-- lost offset would be given again to another publication and skipped, silently, by
+-- every subscriber that had the lost one.
 local meta, hist, idem = KEYS[1], KEYS[2], KEYS[3]
 local ephemeral = ARGV[2] == '1'
 local size = tonumber(ARGV[3])
@@ -31,15 +40,20 @@ end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local epoch = redis.call('HGET', meta, 'epoch')
-local top = 0
+local era = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+local m = redis.call('HMGET', meta, 'epoch', 'top', 'era')
+local epoch, top = m[1], 0
 if not epoch then
   -- A new stream, or one Redis lost: a new epoch, offsets from 1, no stale history.
   epoch = ARGV[1]
   redis.call('DEL', hist)
-  redis.call('HSET', meta, 'epoch', epoch)
+  redis.call('HSET', meta, 'epoch', epoch, 'era', era)
 else
-  top = tonumber(redis.call('HGET', meta, 'top') or '0')
+  top = tonumber(m[2] or '0')
+  if m[3] ~= era then
+    redis.call('HSET', meta, 'epoch', ARGV[1], 'prev', epoch, 'fork', top, 'era', era)
+    epoch = ARGV[1]
+  end
 end
 top = top + 1
 redis.call('HSET', meta, 'top', top)

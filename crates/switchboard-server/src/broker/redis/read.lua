@@ -5,7 +5,8 @@
 -- ARGV[4] "1": newest first (without since)   ARGV[5] since epoch ("" without since)
 -- ARGV[6] since offset
 -- Returns {epoch, top, status, offset1, body1, offset2, body2, ...}; status "1" recoverable,
--- "0" not recoverable, "m" since is from another epoch (no publications).
+-- "0" not recoverable, "m" since is from another epoch (no publications). A since of the
+-- epoch the stream forked from (publish.lua), up to the fork, counts as one of this epoch.
 local meta, hist = KEYS[1], KEYS[2]
 local meta_ttl = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
@@ -13,14 +14,15 @@ local reverse = ARGV[4] == '1'
 local since_epoch = ARGV[5]
 local since = tonumber(ARGV[6])
 
-local epoch = redis.call('HGET', meta, 'epoch')
-local top = 0
+local m = redis.call('HMGET', meta, 'epoch', 'top', 'prev', 'fork')
+local epoch, top = m[1], 0
 if not epoch then
   epoch = ARGV[1]
+  local era = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
   redis.call('DEL', hist)
-  redis.call('HSET', meta, 'epoch', epoch, 'top', 0)
+  redis.call('HSET', meta, 'epoch', epoch, 'top', 0, 'era', era)
 else
-  top = tonumber(redis.call('HGET', meta, 'top') or '0')
+  top = tonumber(m[2] or '0')
 end
 if redis.call('PTTL', meta) < meta_ttl then
   redis.call('PEXPIRE', meta, meta_ttl)
@@ -50,7 +52,7 @@ end
 local out = {epoch, top}
 local entries
 if since_epoch ~= '' then
-  if since_epoch ~= epoch then
+  if since_epoch ~= epoch and not (since_epoch == m[3] and since <= tonumber(m[4])) then
     out[3] = 'm'
     return out
   end

@@ -393,11 +393,101 @@ async fn survives_a_redis_restart() {
         }
     };
     let (first, next) = (first.position.unwrap(), next.position.unwrap());
-    assert_eq!(next.epoch, first.epoch);
+    // Another Redis process: the stream forks (publish.lua), going on from its offsets, and
+    // a position of the old epoch recovers in the new one.
+    assert_ne!(next.epoch, first.epoch);
     assert_eq!(next.offset, first.offset + 1);
     match rx.recv().await {
         Some(NodeEvent::Publication(p)) => assert_eq!(p.offset, next.offset),
         other => panic!("{other:?}"),
+    }
+    let h = broker
+        .history("r", HistoryQuery::recovery(first.clone()))
+        .await
+        .unwrap();
+    assert!(h.recoverable);
+    assert_eq!(h.position, next);
+    let offsets: Vec<u64> = h.publications.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, [next.offset]);
+}
+
+/// Redis restarted from a snapshot without the last publication, which a subscriber got:
+/// the next publication takes its offset in a new epoch, positions up to the snapshot
+/// recover in it, the lost one's does not, and removing the history ends the old epoch's
+/// positions too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_a_publication_forks_the_stream() {
+    let mut server = RedisServer::start();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let config = RedisBrokerConfig {
+        url: server.url(),
+        timeout: Duration::from_millis(500),
+        max_backoff: Duration::from_millis(200),
+        ..RedisBrokerConfig::default()
+    };
+    let broker = RedisBroker::connect(config, Arc::new(tx)).await.unwrap();
+    let opts = PublishOptions::default();
+    for body in ["1", "2"] {
+        broker
+            .publish("r", Bytes::from(body), None, opts.clone())
+            .await
+            .unwrap();
+    }
+    let mut admin = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("SAVE").exec_async(&mut admin).await.unwrap();
+    let lost = broker
+        .publish("r", Bytes::from_static(b"3"), None, opts.clone())
+        .await
+        .unwrap()
+        .position
+        .unwrap();
+    assert_eq!(lost.offset, 3);
+
+    server.restart();
+    match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+        Ok(Some(NodeEvent::Lost { room: None })) => {}
+        other => panic!("no loss signal: {other:?}"),
+    }
+    let next = loop {
+        match broker
+            .publish("r", Bytes::from_static(b"4"), None, opts.clone())
+            .await
+        {
+            Ok(r) => break r.position.unwrap(),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    assert_eq!(next.offset, 3);
+    assert_ne!(
+        next.epoch, lost.epoch,
+        "offset 3 given again in the same epoch"
+    );
+
+    let kept = StreamPosition::new(&*lost.epoch, 2);
+    let h = broker
+        .history("r", HistoryQuery::recovery(kept.clone()))
+        .await
+        .unwrap();
+    assert!(h.recoverable);
+    let got: Vec<(u64, &[u8], &str)> = h
+        .publications
+        .iter()
+        .map(|p| (p.offset, &p.data[..], &*p.epoch))
+        .collect();
+    assert_eq!(got, [(3, &b"4"[..], &*next.epoch)]);
+    match broker.history("r", HistoryQuery::recovery(lost)).await {
+        Err(BrokerError::EpochMismatch { current, .. }) => assert_eq!(current, next),
+        other => panic!("the lost publication's position recovered: {other:?}"),
+    }
+
+    broker.remove_history("r").await.unwrap();
+    match broker.history("r", HistoryQuery::recovery(kept)).await {
+        Err(BrokerError::EpochMismatch { .. }) => {}
+        other => panic!("a position from before the removal recovered: {other:?}"),
     }
 }
 
