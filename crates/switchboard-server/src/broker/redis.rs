@@ -324,6 +324,19 @@ impl Inner {
         Ok((rx, conn))
     }
 
+    /// Whether the channel of an `sunsubscribe` push (`[channel, count]`) is still one
+    /// this node subscribes to.
+    fn still_wanted(&self, data: &[Value]) -> bool {
+        data.first().and_then(as_bytes).is_some_and(|channel| {
+            channel == self.command_channel.as_bytes()
+                || self
+                    .channels
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains_key(channel)
+        })
+    }
+
     /// One pub/sub message: an event of a subscribed room, or a cluster command.
     fn on_message(&self, data: &[Value]) {
         let (Some(channel), Some(payload)) = (data.first(), data.get(1)) else {
@@ -548,6 +561,12 @@ async fn run_pubsub(
                     Some(push) => match push.kind {
                         PushKind::Message | PushKind::SMessage => inner.on_message(&push.data),
                         PushKind::Disconnection => break,
+                        // Not asked for (the room is still wanted): its slot moved to another
+                        // shard, which ends the subscription there. Reconnect on the new map.
+                        PushKind::SUnsubscribe if inner.still_wanted(&push.data) => {
+                            tracing::warn!("a redis cluster shard moved; resubscribing on the new slot map");
+                            break;
+                        }
                         _ => {}
                     },
                     None => break,

@@ -136,6 +136,53 @@ impl RedisCluster {
         }
     }
 
+    /// Moves `slot`, with its keys, to node `to`, as a reshard does (`SETSLOT IMPORTING` and
+    /// `MIGRATING`, `MIGRATE` of its keys, `SETSLOT NODE` on every node); returns the node
+    /// it came from.
+    pub fn move_slot(&self, slot: u16, to: usize) -> usize {
+        let ids: Vec<String> = self
+            .ports
+            .iter()
+            .map(|&p| redis_cli(p, &["cluster", "myid"]))
+            .collect();
+        let from = self
+            .ports
+            .iter()
+            .position(|&p| {
+                redis_cli(p, &["cluster", "countkeysinslot", &slot.to_string()]) != "0"
+                    || redis_cli(p, &["cluster", "nodes"]).lines().any(|line| {
+                        line.contains("myself")
+                            && line.split(' ').skip(8).any(|range| {
+                                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                                match (a.parse::<u16>(), b.parse::<u16>()) {
+                                    (Ok(a), Ok(b)) => (a..=b).contains(&slot),
+                                    _ => false,
+                                }
+                            })
+                    })
+            })
+            .expect("an owner of the slot");
+        assert_ne!(from, to, "slot {slot} is on node {to} already");
+        let s = slot.to_string();
+        let (src, dst) = (self.ports[from], self.ports[to]);
+        redis_cli(dst, &["cluster", "setslot", &s, "importing", &ids[from]]);
+        redis_cli(src, &["cluster", "setslot", &s, "migrating", &ids[to]]);
+        loop {
+            let keys = redis_cli(src, &["cluster", "getkeysinslot", &s, "100"]);
+            if keys.is_empty() {
+                break;
+            }
+            let port = dst.to_string();
+            let mut args = vec!["migrate", "127.0.0.1", &port, "", "0", "5000", "keys"];
+            args.extend(keys.lines());
+            assert_eq!(redis_cli(src, &args), "OK");
+        }
+        for &port in [dst, src].iter().chain(&self.ports) {
+            redis_cli(port, &["cluster", "setslot", &s, "node", &ids[to]]);
+        }
+        from
+    }
+
     /// The seed nodes' urls: `redis://127.0.0.1:<port>` of every node.
     pub fn urls(&self) -> Vec<String> {
         self.ports
@@ -156,4 +203,15 @@ impl Drop for RedisCluster {
             self.stop(i);
         }
     }
+}
+
+/// `redis-cli -p port args…`: its output, trimmed.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli (Debian package redis-tools) on the PATH");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

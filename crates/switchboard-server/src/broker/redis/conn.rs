@@ -9,13 +9,16 @@
 //!   `broker.sentinel` name, resolved by `sentinel::Target`): a `sentinel::Primary` (a
 //!   [`ConnectionManager`](redis::aio::ConnectionManager) that follows the primary) for commands and a RESP3
 //!   [`MultiplexedConnection`] whose pushes are the subscriptions' messages (`SUBSCRIBE`);
-//! - cluster: a cluster connection for commands (routed by key slot, following `MOVED`) and a
-//!   second RESP3 cluster connection whose node connections push the messages of sharded
-//!   channels (`SSUBSCRIBE`, one slot per call as Redis requires). Messages are published
-//!   with `SPUBLISH`, so that they travel only within the channel's shard. The cluster
-//!   connection's own resubscription after it reconnects a node (one `SSUBSCRIBE` of every
-//!   channel, which Redis refuses across slots) is not relied on: any node socket that drops
-//!   pushes `Disconnection`, and the broker then builds a new pub/sub connection and
+//! - cluster: a cluster connection for commands (routed by key slot, following `MOVED`) and,
+//!   for the subscriptions, one RESP3 [`MultiplexedConnection`] per primary, from the slot
+//!   map read at connect time (`CLUSTER SLOTS`), whose pushes are the messages of sharded
+//!   channels (`SSUBSCRIBE`, each channel at its slot's owner). Messages are published with
+//!   `SPUBLISH`, so that they travel only within the channel's shard. The pub/sub side is
+//!   not a cluster connection on purpose: that one replaces a node's socket by itself (after
+//!   a timeout, say) and resubscribes with one `SSUBSCRIBE` of every channel, which Redis
+//!   refuses across slots, so the subscriptions would end without a word. Here any socket
+//!   that drops pushes `Disconnection`, and a shard that moves away pushes `sunsubscribe`;
+//!   either way the broker builds a new pub/sub connection on the current slot map and
 //!   resubscribes everything, as on a single server.
 
 use std::time::Duration;
@@ -27,8 +30,8 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::{
-    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, Pipeline, ProtocolVersion, PushInfo,
-    RedisError, RedisFuture, RedisResult, Value,
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, IntoConnectionInfo as _, Pipeline,
+    ProtocolVersion, PushInfo, RedisError, RedisFuture, RedisResult, Value,
 };
 use tokio::sync::mpsc;
 
@@ -138,11 +141,8 @@ impl Connector {
                 Ok((PubSub::Standalone(conn), Some(addr)))
             }
             Connector::Cluster { seeds, .. } => {
-                let client: ClusterClient = cluster_builder(config, seeds)
-                    .use_protocol(ProtocolVersion::RESP3)
-                    .push_sender(pushes)
-                    .build()?;
-                Ok((PubSub::Cluster(client.get_async_connection().await?), None))
+                let shards = Shards::connect(seeds, config, pushes).await?;
+                Ok((PubSub::Cluster(Arc::new(shards)), None))
             }
         }
     }
@@ -252,21 +252,28 @@ pub(super) enum PubSub {
     /// One RESP3 connection: `SUBSCRIBE`.
     Standalone(MultiplexedConnection),
     /// RESP3 connections to every primary: `SSUBSCRIBE`, each channel at its slot's owner.
-    Cluster(ClusterConnection),
+    Cluster(Arc<Shards>),
 }
 
 impl PubSub {
     /// Subscribes to `channels`: one `SUBSCRIBE` on a single server; on a cluster one
-    /// `SSUBSCRIBE` per channel (a call may not span slots), many in flight at once.
+    /// `SSUBSCRIBE` per channel at its slot's owner (a call may not span slots), many in
+    /// flight at once. A shard that moved since the connection was made answers `MOVED`:
+    /// an error, and the broker reconnects on the new slot map.
     pub(super) async fn subscribe(&self, channels: &[Vec<u8>]) -> RedisResult<()> {
         match self {
             PubSub::Standalone(c) => c.clone().subscribe(channels).await,
-            PubSub::Cluster(c) => {
+            PubSub::Cluster(shards) => {
                 let calls = channels
                     .iter()
                     .map(|channel| {
-                        let mut conn = c.clone();
-                        Box::pin(async move { conn.ssubscribe(channel).await }) as BoxFuture<'_, _>
+                        let mut conn = shards.owner(channel);
+                        Box::pin(async move {
+                            redis::cmd("SSUBSCRIBE")
+                                .arg(channel)
+                                .exec_async(&mut conn)
+                                .await
+                        }) as BoxFuture<'_, _>
                     })
                     .collect();
                 in_flight(calls).await.map(drop)
@@ -278,7 +285,12 @@ impl PubSub {
     pub(super) async fn unsubscribe(&self, channel: &[u8]) -> RedisResult<()> {
         match self {
             PubSub::Standalone(c) => c.clone().unsubscribe(channel).await,
-            PubSub::Cluster(c) => c.clone().sunsubscribe(channel).await,
+            PubSub::Cluster(shards) => {
+                redis::cmd("SUNSUBSCRIBE")
+                    .arg(channel)
+                    .exec_async(&mut shards.owner(channel))
+                    .await
+            }
         }
     }
 
@@ -286,15 +298,170 @@ impl PubSub {
     pub(super) async fn ping(&self) -> RedisResult<()> {
         match self {
             PubSub::Standalone(c) => redis::cmd("PING").exec_async(&mut c.clone()).await,
-            PubSub::Cluster(c) => redis::cmd("PING").exec_async(&mut c.clone()).await,
+            PubSub::Cluster(shards) => {
+                let calls = shards
+                    .conns
+                    .iter()
+                    .map(|c| {
+                        let mut conn = c.clone();
+                        Box::pin(async move { redis::cmd("PING").exec_async(&mut conn).await })
+                            as BoxFuture<'_, _>
+                    })
+                    .collect();
+                in_flight(calls).await.map(drop)
+            }
         }
     }
+}
+
+/// The pub/sub connections to a Redis Cluster: one per primary, as the slot map stood when
+/// they were made.
+pub(super) struct Shards {
+    /// Each slot's owner, an index into `conns`.
+    owner: Box<[u16]>,
+    conns: Vec<MultiplexedConnection>,
+}
+
+/// The slots of a Redis Cluster.
+const SLOTS: usize = 16384;
+
+impl Shards {
+    /// Reads the slot map from the first seed that answers and connects to every primary
+    /// in it; fails unless every slot has an owner (a cluster that is down or resharding
+    /// is tried again by the broker's reconnect loop).
+    async fn connect(
+        seeds: &[String],
+        config: &RedisBrokerConfig,
+        pushes: mpsc::UnboundedSender<PushInfo>,
+    ) -> RedisResult<Shards> {
+        let async_config = || {
+            AsyncConnectionConfig::new()
+                .set_connection_timeout(config.timeout)
+                .set_response_timeout(config.timeout)
+        };
+        let mut last_error = None;
+        let mut map = None;
+        for seed in seeds {
+            let result = async {
+                let info = seed.as_str().into_connection_info()?;
+                let mut conn = Client::open(info.clone())?
+                    .get_multiplexed_async_connection_with_config(&async_config())
+                    .await?;
+                let slots: Value = redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query_async(&mut conn)
+                    .await?;
+                Ok::<_, RedisError>((info, slots))
+            }
+            .await;
+            match result {
+                Ok(found) => {
+                    map = Some(found);
+                    break;
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        let Some((seed, slots)) = map else {
+            return Err(last_error.unwrap_or_else(|| cluster_error("no seed nodes")));
+        };
+        let ranges = parse_cluster_slots(&slots)
+            .ok_or_else(|| cluster_error("malformed CLUSTER SLOTS reply"))?;
+        let mut primaries: Vec<(String, u16)> = Vec::new();
+        let mut owner = vec![u16::MAX; SLOTS].into_boxed_slice();
+        for (start, end, host, port) in ranges {
+            // An empty host is the node the question went to.
+            let host = match host.as_str() {
+                "" | "?" => match &seed.addr {
+                    ConnectionAddr::Tcp(h, _) => h.clone(),
+                    _ => host,
+                },
+                _ => host,
+            };
+            let index = match primaries.iter().position(|p| p.0 == host && p.1 == port) {
+                Some(i) => i,
+                None => {
+                    primaries.push((host, port));
+                    primaries.len() - 1
+                }
+            };
+            for slot in start..=end.min(SLOTS - 1) {
+                owner[slot] = index as u16;
+            }
+        }
+        if owner.contains(&u16::MAX) {
+            return Err(cluster_error("not every slot has a primary"));
+        }
+        let mut conns = Vec::with_capacity(primaries.len());
+        for (host, port) in primaries {
+            let mut info = seed.clone();
+            info.addr = ConnectionAddr::Tcp(host, port);
+            info.redis.protocol = ProtocolVersion::RESP3;
+            let config = async_config().set_push_sender(pushes.clone());
+            conns.push(
+                Client::open(info)?
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?,
+            );
+        }
+        Ok(Shards { owner, conns })
+    }
+
+    /// The connection of the primary that owns `channel`'s slot.
+    fn owner(&self, channel: &[u8]) -> MultiplexedConnection {
+        self.conns[usize::from(self.owner[usize::from(key_slot(channel))])].clone()
+    }
+}
+
+fn cluster_error(message: &'static str) -> RedisError {
+    RedisError::from((redis::ErrorKind::ClusterDown, message))
+}
+
+/// `CLUSTER SLOTS`: `(first slot, last slot, primary host, primary port)` of each range.
+fn parse_cluster_slots(reply: &Value) -> Option<Vec<(usize, usize, String, u16)>> {
+    let Value::Array(ranges) = reply else {
+        return None;
+    };
+    let int = |v: &Value| match v {
+        Value::Int(i) => usize::try_from(*i).ok(),
+        _ => None,
+    };
+    ranges
+        .iter()
+        .map(|range| {
+            let Value::Array(range) = range else {
+                return None;
+            };
+            let Some(Value::Array(primary)) = range.get(2) else {
+                return None;
+            };
+            let host = match primary.first()? {
+                Value::BulkString(b) => String::from_utf8(b.clone()).ok()?,
+                Value::SimpleString(s) => s.clone(),
+                Value::Nil => String::new(),
+                _ => return None,
+            };
+            let port = u16::try_from(int(primary.get(1)?)?).ok()?;
+            Some((int(range.first()?)?, int(range.get(1)?)?, host, port))
+        })
+        .collect()
+}
+
+/// The Redis Cluster slot of `key`: that of its hash tag (the part between the first `{`
+/// and the next `}`, when not empty), else of the whole key, as Redis computes it.
+pub(super) fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % SLOTS as u16
 }
 
 /// The Redis Cluster slot of a room's keys (`P:{R}:…`): that of their hash tag, the room's
 /// name (valid names have no braces, so the tag is the whole name), as Redis computes it.
 pub(super) fn slot(room: &str) -> u16 {
-    crc16::State::<crc16::XMODEM>::calculate(room.as_bytes()) % 16384
+    crc16::State::<crc16::XMODEM>::calculate(room.as_bytes()) % SLOTS as u16
 }
 
 /// Runs `calls`, [`CONCURRENCY`] at a time, until all succeed or one fails. (Boxed: the

@@ -112,6 +112,58 @@ mod on_a_cluster {
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
     }
 
+    /// A reshard that moves a subscribed room's slot ends its sharded subscription (Redis
+    /// pushes `sunsubscribe`): the node notices, resubscribes on the new slot map and
+    /// signals the possible loss, and the room's publications reach it again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follows_a_room_whose_slot_moves() {
+        let cluster = RedisCluster::start(3);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let broker = RedisBroker::connect(config(&cluster), Arc::new(tx))
+            .await
+            .unwrap();
+        let room: Arc<str> = Arc::from("r0");
+        broker
+            .subscribe_many(std::slice::from_ref(&room))
+            .await
+            .unwrap();
+        let opts = PublishOptions::default();
+        let publish =
+            |n: &'static [u8]| broker.publish(&room, Bytes::from_static(n), None, opts.clone());
+        publish(b"1").await.unwrap();
+        assert!(matches!(rx.recv().await, Some(NodeEvent::Publication(_))));
+
+        let slot = conn::slot(&room);
+        let owner = (0..3)
+            .find(|&i| dbsize(cluster.ports()[i]) > 0)
+            .expect("the room's keys on a primary");
+        tokio::task::block_in_place(|| cluster.move_slot(slot, (owner + 1) % 3));
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            Ok(Some(NodeEvent::Lost { room: None })) => {}
+            other => panic!("the ended subscription went unnoticed: {other:?}"),
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        'delivered: loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not delivered again"
+            );
+            if publish(b"2").await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                Ok(Some(NodeEvent::Publication(p))) => {
+                    assert_eq!(&*p.data, b"2");
+                    break 'delivered;
+                }
+                // Another reconnect, announced: publish again.
+                Ok(Some(NodeEvent::Lost { room: None })) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     /// The slot the broker groups a room's calls by is the one Redis gives its keys.
     #[test]
     fn room_slots_are_redis_slots() {
@@ -298,6 +350,20 @@ mod on_a_cluster {
             }
         }
     }
+}
+
+#[test]
+fn key_slots_follow_redis_hash_tags() {
+    use super::conn::{key_slot, slot};
+    // `CLUSTER KEYSLOT foo` and `somekey` on Redis 7.
+    assert_eq!(key_slot(b"foo"), 12182);
+    assert_eq!(key_slot(b"somekey"), 11058);
+    assert_eq!(key_slot(b"{foo}.bar"), 12182);
+    // An empty tag counts for nothing: the whole key is hashed; only the first `{` opens.
+    assert_eq!(key_slot(b"{}foo"), slot("{}foo"));
+    assert_eq!(key_slot(b"x{{foo}}"), slot("{foo"));
+    // A room's channel is in its room's slot, as its keys are.
+    assert_eq!(key_slot(b"P:{chat:lobby}:c"), slot("chat:lobby"));
 }
 
 #[test]
