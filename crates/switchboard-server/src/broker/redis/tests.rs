@@ -410,19 +410,25 @@ fn messages_round_trip() {
     assert!(decode_event(Arc::from("r"), b"x", &empty).is_none());
 }
 
+/// A broker on `url` that notices a lost Redis and reconnects quickly, for the restart tests.
+fn quick_reconnect(url: String) -> RedisBrokerConfig {
+    RedisBrokerConfig {
+        url,
+        timeout: Duration::from_millis(500),
+        max_backoff: Duration::from_millis(200),
+        ..RedisBrokerConfig::default()
+    }
+}
+
 /// A node whose Redis goes away: calls fail with `unavailable`, `ready` fails, and once
 /// Redis is back the node resubscribes its rooms, signals the loss, and delivers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_a_redis_restart() {
     let mut server = RedisServer::start_persistent();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let config = RedisBrokerConfig {
-        url: server.url(),
-        timeout: Duration::from_millis(500),
-        max_backoff: Duration::from_millis(200),
-        ..RedisBrokerConfig::default()
-    };
-    let broker = RedisBroker::connect(config, Arc::new(tx)).await.unwrap();
+    let broker = RedisBroker::connect(quick_reconnect(server.url()), Arc::new(tx))
+        .await
+        .unwrap();
     broker.subscribe("r").await.unwrap();
     let opts = PublishOptions::default();
     let first = broker
@@ -485,13 +491,9 @@ async fn survives_a_redis_restart() {
 async fn a_redis_that_lost_a_publication_forks_the_stream() {
     let mut server = RedisServer::start();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let config = RedisBrokerConfig {
-        url: server.url(),
-        timeout: Duration::from_millis(500),
-        max_backoff: Duration::from_millis(200),
-        ..RedisBrokerConfig::default()
-    };
-    let broker = RedisBroker::connect(config, Arc::new(tx)).await.unwrap();
+    let broker = RedisBroker::connect(quick_reconnect(server.url()), Arc::new(tx))
+        .await
+        .unwrap();
     let opts = PublishOptions::default();
     for body in ["1", "2"] {
         broker
