@@ -210,16 +210,18 @@ impl RedisStats {
         let Some((a, b)) = window else {
             return s;
         };
+        // One decimal, as `result::round1` (kept apart: `result` builds on this module).
+        let round1 = |v: f64| (v * 10.0).round() / 10.0;
         s.used_memory_after_bytes = Some(b.used_memory);
         if let (Some(before), Some(n)) = (before, connections.filter(|n| *n > 0)) {
-            s.memory_per_connection_bytes = Some(crate::result::round1(
+            s.memory_per_connection_bytes = Some(round1(
                 (b.used_memory as f64 - before.used_memory as f64) / n as f64,
             ));
         }
         let commands = b.commands.saturating_sub(a.commands);
         s.commands = Some(commands);
         if seconds > 0.0 {
-            s.commands_per_s = Some(crate::result::round1(commands as f64 / seconds));
+            s.commands_per_s = Some(round1(commands as f64 / seconds));
         }
         if let Some(p) = publications.filter(|p| *p > 0) {
             let per = |n: u64| (n as f64 / p as f64 * 1000.0).round() / 1000.0;

@@ -20,7 +20,24 @@ use jsonwebtoken::{
 };
 use tokio::time::Instant;
 
-use super::{config::AuthConfigError, jwt::PublicKey};
+use super::config::AuthConfigError;
+
+/// One public key: configured, or from the `auth.jwks` set.
+#[derive(Clone)]
+pub(super) struct PublicKey {
+    pub(super) kid: Option<String>,
+    pub(super) algorithm: Algorithm,
+    pub(super) key: DecodingKey,
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublicKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Refreshes asked for by unknown `kid`s happen at most this often: a client sending made-up
 /// key ids must not make the server hammer the identity provider.

@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 
 use super::config::{AuthConfig, AuthConfigError, PublicKeyConfig};
 use super::error::AuthError;
-use super::jwks::{Jwks, spawn_refresher};
+use super::jwks::{Jwks, PublicKey, spawn_refresher};
 
 /// The longest `sub` accepted, in bytes (protocol 2.1).
 pub const MAX_SUB_BYTES: usize = 128;
@@ -97,23 +97,6 @@ struct PeekHeader {
     /// any (or has a `crit` at all) must be refused.
     #[serde(default)]
     crit: Option<serde_json::Value>,
-}
-
-/// One public key: configured, or from the `auth.jwks` set.
-#[derive(Clone)]
-pub(super) struct PublicKey {
-    pub(super) kid: Option<String>,
-    pub(super) algorithm: Algorithm,
-    pub(super) key: DecodingKey,
-}
-
-impl fmt::Debug for PublicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PublicKey")
-            .field("kid", &self.kid)
-            .field("algorithm", &self.algorithm)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Verifies tokens against an [`AuthConfig`]. Built once at start-up; cheap to share
