@@ -200,16 +200,6 @@ async fn redis_stopped_and_restarted_mid_stream_loses_nothing() {
     }
 }
 
-/// Sends one inline command to the Redis at `port` and returns its reply line.
-fn redis_command(port: u16, command: &str) -> String {
-    use std::io::{BufRead as _, BufReader, Write as _};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("redis");
-    conn.write_all(format!("{command}\r\n").as_bytes()).unwrap();
-    let mut line = String::new();
-    BufReader::new(conn).read_line(&mut line).unwrap();
-    line.trim_end().to_owned()
-}
-
 /// A Redis that comes back without its last publication (restarted from an older
 /// snapshot, like a promoted replica the last writes had not reached) must not give that
 /// publication's offset to another one unnoticed: the subscriber that had the lost one is
@@ -226,7 +216,7 @@ async fn a_redis_that_lost_a_publication_forks_the_stream_never_reusing_its_offs
     for n in 1..=2 {
         publish(&mut publisher, "chat:r", n).await;
     }
-    assert_eq!(redis_command(redis.port(), "SAVE"), "+OK");
+    assert_eq!(redis.cli(&["SAVE"]).as_deref(), Some("OK"));
     publish(&mut publisher, "chat:r", 3).await;
     for n in 1..=3 {
         assert_eq!(message(&mut a, "chat:r").await, (n, n));

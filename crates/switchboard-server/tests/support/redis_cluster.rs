@@ -9,6 +9,13 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+// Each support file stands alone in the tests that include it, so two of them in one
+// test binary each bring their own copy of this one function.
+#[allow(clippy::duplicate_mod)]
+#[path = "redis_cli.rs"]
+mod redis_cli;
+pub use redis_cli::cli;
+
 /// A running Redis Cluster of a test.
 pub struct RedisCluster {
     /// Each node's process, `None` while stopped.
@@ -118,11 +125,7 @@ impl RedisCluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         for port in &self.ports {
             loop {
-                let info = Command::new("redis-cli")
-                    .args(["-p", &port.to_string(), "cluster", "info"])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
+                let info = cli(*port, &["cluster", "info"]).unwrap_or_default();
                 let known = format!("cluster_known_nodes:{}", self.ports.len());
                 if info.contains("cluster_state:ok") && info.contains(&known) {
                     break;
@@ -136,51 +139,55 @@ impl RedisCluster {
         }
     }
 
+    /// The node that owns `slot`, as it says itself (`CLUSTER NODES`, its `myself` line).
+    pub fn owner_of(&self, slot: u16) -> usize {
+        let owns = |line: &str| {
+            line.split(' ').skip(8).any(|range| {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+            })
+        };
+        self.ports
+            .iter()
+            .position(|&p| {
+                cli(p, &["cluster", "nodes"])
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|line| line.contains("myself") && owns(line))
+            })
+            .expect("an owner of the slot")
+    }
+
     /// Moves `slot`, with its keys, to node `to`, as a reshard does (`SETSLOT IMPORTING` and
-    /// `MIGRATING`, `MIGRATE` of its keys, `SETSLOT NODE` on every node); returns the node
-    /// it came from.
-    pub fn move_slot(&self, slot: u16, to: usize) -> usize {
+    /// `MIGRATING`, `MIGRATE` of its keys, `SETSLOT NODE` on every node).
+    pub fn move_slot(&self, slot: u16, to: usize) {
+        let run = |port: u16, args: &[&str]| {
+            cli(port, args).unwrap_or_else(|| panic!("redis-cli -p {port} {args:?} failed"))
+        };
         let ids: Vec<String> = self
             .ports
             .iter()
-            .map(|&p| redis_cli(p, &["cluster", "myid"]))
+            .map(|&p| run(p, &["cluster", "myid"]))
             .collect();
-        let from = self
-            .ports
-            .iter()
-            .position(|&p| {
-                redis_cli(p, &["cluster", "countkeysinslot", &slot.to_string()]) != "0"
-                    || redis_cli(p, &["cluster", "nodes"]).lines().any(|line| {
-                        line.contains("myself")
-                            && line.split(' ').skip(8).any(|range| {
-                                let (a, b) = range.split_once('-').unwrap_or((range, range));
-                                match (a.parse::<u16>(), b.parse::<u16>()) {
-                                    (Ok(a), Ok(b)) => (a..=b).contains(&slot),
-                                    _ => false,
-                                }
-                            })
-                    })
-            })
-            .expect("an owner of the slot");
+        let from = self.owner_of(slot);
         assert_ne!(from, to, "slot {slot} is on node {to} already");
         let s = slot.to_string();
         let (src, dst) = (self.ports[from], self.ports[to]);
-        redis_cli(dst, &["cluster", "setslot", &s, "importing", &ids[from]]);
-        redis_cli(src, &["cluster", "setslot", &s, "migrating", &ids[to]]);
+        run(dst, &["cluster", "setslot", &s, "importing", &ids[from]]);
+        run(src, &["cluster", "setslot", &s, "migrating", &ids[to]]);
         loop {
-            let keys = redis_cli(src, &["cluster", "getkeysinslot", &s, "100"]);
+            let keys = run(src, &["cluster", "getkeysinslot", &s, "100"]);
             if keys.is_empty() {
                 break;
             }
             let port = dst.to_string();
             let mut args = vec!["migrate", "127.0.0.1", &port, "", "0", "5000", "keys"];
             args.extend(keys.lines());
-            assert_eq!(redis_cli(src, &args), "OK");
+            assert_eq!(run(src, &args), "OK");
         }
         for &port in [dst, src].iter().chain(&self.ports) {
-            redis_cli(port, &["cluster", "setslot", &s, "node", &ids[to]]);
+            run(port, &["cluster", "setslot", &s, "node", &ids[to]]);
         }
-        from
     }
 
     /// The seed nodes' urls: `redis://127.0.0.1:<port>` of every node.
@@ -203,15 +210,4 @@ impl Drop for RedisCluster {
             self.stop(i);
         }
     }
-}
-
-/// `redis-cli -p port args…`: its output, trimmed.
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .arg("-p")
-        .arg(port.to_string())
-        .args(args)
-        .output()
-        .expect("redis-cli (Debian package redis-tools) on the PATH");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

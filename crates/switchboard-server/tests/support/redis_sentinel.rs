@@ -11,6 +11,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+// Each support file stands alone in the tests that include it, so two of them in one
+// test binary each bring their own copy of this one function.
+#[allow(clippy::duplicate_mod)]
+#[path = "redis_cli.rs"]
+mod redis_cli;
+use redis_cli::cli;
+
 /// The name the sentinels monitor the set under.
 pub const MASTER: &str = "m";
 
@@ -70,19 +77,6 @@ fn spawn(program: &str, args: &[String], port: u16) -> Process {
         child: Some(child),
         port,
     }
-}
-
-/// `redis-cli -p <port> <args>`, its output trimmed; `None` when it fails (a dead process).
-pub fn cli(port: u16, args: &[&str]) -> Option<String> {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// The value of `field` in a `field\nvalue\n…` reply.

@@ -8,6 +8,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+// Each support file stands alone in the tests that include it, so two of them in one
+// test binary each bring their own copy of this one function.
+#[allow(clippy::duplicate_mod)]
+#[path = "redis_cli.rs"]
+mod redis_cli;
+
 /// A running (or stopped) `redis-server` of a test.
 pub struct RedisServer {
     child: Option<Child>,
@@ -51,6 +57,11 @@ impl RedisServer {
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `redis-cli` on it: the reply, trimmed; `None` when the command fails.
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        redis_cli::cli(self.port, args)
     }
 
     /// Kills the server (SIGKILL) and waits for it to exit.

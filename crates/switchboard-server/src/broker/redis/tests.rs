@@ -105,11 +105,10 @@ mod on_a_cluster {
 
     /// Keys in the database of the node on `port`.
     fn dbsize(port: u16) -> u64 {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "dbsize"])
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        redis_cluster::cli(port, &["dbsize"])
+            .expect("redis-cli dbsize")
+            .parse()
+            .unwrap()
     }
 
     /// A reshard that moves a subscribed room's slot ends its sharded subscription (Redis
@@ -134,9 +133,7 @@ mod on_a_cluster {
         assert!(matches!(rx.recv().await, Some(NodeEvent::Publication(_))));
 
         let slot = conn::slot(&room);
-        let owner = (0..3)
-            .find(|&i| dbsize(cluster.ports()[i]) > 0)
-            .expect("the room's keys on a primary");
+        let owner = cluster.owner_of(slot);
         tokio::task::block_in_place(|| cluster.move_slot(slot, (owner + 1) % 3));
         match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
             Ok(Some(NodeEvent::Lost { room: None })) => {}
@@ -169,12 +166,11 @@ mod on_a_cluster {
     fn room_slots_are_redis_slots() {
         let cluster = RedisCluster::start(3);
         for room in ["r0", "chat:lobby", "user:alice", "a/b=c@d.e_f-g"] {
-            let out = std::process::Command::new("redis-cli")
-                .args(["-p", &cluster.ports()[0].to_string(), "cluster", "keyslot"])
-                .arg(format!("sb:{{{room}}}:p"))
-                .output()
-                .expect("redis-cli");
-            let slot: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+            let key = format!("sb:{{{room}}}:p");
+            let slot: u16 = redis_cluster::cli(cluster.ports()[0], &["cluster", "keyslot", &key])
+                .expect("redis-cli cluster keyslot")
+                .parse()
+                .unwrap();
             assert_eq!(conn::slot(room), slot, "{room}");
         }
     }
@@ -501,12 +497,7 @@ async fn a_redis_that_lost_a_publication_forks_the_stream() {
             .await
             .unwrap();
     }
-    let mut admin = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    redis::cmd("SAVE").exec_async(&mut admin).await.unwrap();
+    assert_eq!(server.cli(&["SAVE"]).as_deref(), Some("OK"));
     let lost = broker
         .publish("r", Bytes::from_static(b"3"), None, opts.clone())
         .await
