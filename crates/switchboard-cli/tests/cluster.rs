@@ -83,10 +83,7 @@ async fn two_nodes_deliver_each_others_publications_and_recover_on_the_other() {
         publish(&mut a, "chat:r", n).await;
     }
     let mut b = n1.connect("bob").await;
-    let reply = b
-        .ok(json!({"type": "subscribe", "room": "chat:r",
-                   "since": {"epoch": epoch, "offset": 10}}))
-        .await;
+    let reply = b.subscribe_since("chat:r", &epoch, 10).await;
     assert_eq!(reply["recovered"], true, "{reply}");
     assert_eq!(reply["epoch"], epoch);
     let recovered: Vec<u64> = reply["publications"]
@@ -267,10 +264,7 @@ async fn a_redis_that_lost_a_publication_forks_the_stream_never_reusing_its_offs
 
     // Recovery: from 2 (kept by Redis) exactly the new 3; from the lost 3, nothing.
     let mut b = n1.connect("bob").await;
-    let reply = b
-        .ok(json!({"type": "subscribe", "room": "chat:r",
-                   "since": {"epoch": epoch, "offset": 2}}))
-        .await;
+    let reply = b.subscribe_since("chat:r", &epoch, 2).await;
     assert_eq!(reply["recovered"], true, "{reply}");
     assert_eq!(reply["epoch"], result["epoch"], "{reply}");
     let recovered: Vec<(u64, u64)> = reply["publications"]
@@ -286,10 +280,7 @@ async fn a_redis_that_lost_a_publication_forks_the_stream_never_reusing_its_offs
         .collect();
     assert_eq!(recovered, [(3, 4), (4, 5)]);
     let mut c = n1.connect("carol").await;
-    let reply = c
-        .ok(json!({"type": "subscribe", "room": "chat:r",
-                   "since": {"epoch": epoch, "offset": 3}}))
-        .await;
+    let reply = c.subscribe_since("chat:r", &epoch, 3).await;
     assert_eq!(reply["recovered"], false, "{reply}");
 }
 

@@ -466,10 +466,7 @@ history_size = 0
                "publications": []})
     );
     // A room this server has never seen: a new stream, so any epoch is unknown.
-    let r = e
-        .ok(json!({"type": "subscribe", "room": "tiny:fresh",
-                   "since": {"epoch": epoch, "offset": 3}}))
-        .await;
+    let r = e.subscribe_since("tiny:fresh", &epoch, 3).await;
     assert_eq!(
         (&r["recovered"], &r["offset"]),
         (&json!(false), &json!(0)),
@@ -482,16 +479,10 @@ history_size = 0
     let none_epoch = r["epoch"].clone();
     e.publish("none:r", json!(1)).await;
     let mut f = s.connect("frank").await;
-    let r = f
-        .ok(json!({"type": "subscribe", "room": "none:r",
-                   "since": {"epoch": none_epoch, "offset": 1}}))
-        .await;
+    let r = f.subscribe_since("none:r", &none_epoch, 1).await;
     assert_eq!(r["recovered"], true, "{r}");
     let mut g = s.connect("gina").await;
-    let r = g
-        .ok(json!({"type": "subscribe", "room": "none:r",
-                   "since": {"epoch": none_epoch, "offset": 0}}))
-        .await;
+    let r = g.subscribe_since("none:r", &none_epoch, 0).await;
     assert_eq!(r["recovered"], false, "{r}");
 }
 

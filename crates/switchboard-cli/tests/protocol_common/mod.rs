@@ -290,6 +290,18 @@ impl Client {
         self.ok(json!({"type": "subscribe", "room": room})).await
     }
 
+    /// Subscribes with `since` (protocol 4.3): the reply's result.
+    pub async fn subscribe_since(
+        &mut self,
+        room: &str,
+        epoch: &impl serde::Serialize,
+        offset: u64,
+    ) -> Value {
+        self.ok(json!({"type": "subscribe", "room": room,
+                       "since": {"epoch": epoch, "offset": offset}}))
+            .await
+    }
+
     pub async fn publish(&mut self, room: &str, data: Value) -> Value {
         self.ok(json!({"type": "publish", "room": room, "data": data}))
             .await
