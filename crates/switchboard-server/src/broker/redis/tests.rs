@@ -126,10 +126,15 @@ mod on_a_cluster {
             .subscribe_many(std::slice::from_ref(&room))
             .await
             .unwrap();
-        let opts = PublishOptions::default();
-        let publish =
-            |n: &'static [u8]| broker.publish(&room, Bytes::from_static(n), None, opts.clone());
-        publish(b"1").await.unwrap();
+        broker
+            .publish(
+                &room,
+                Bytes::from_static(b"1"),
+                None,
+                PublishOptions::default(),
+            )
+            .await
+            .unwrap();
         assert!(matches!(rx.recv().await, Some(NodeEvent::Publication(_))));
 
         let slot = conn::slot(&room);
@@ -140,25 +145,8 @@ mod on_a_cluster {
             other => panic!("the ended subscription went unnoticed: {other:?}"),
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        'delivered: loop {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "not delivered again"
-            );
-            if publish(b"2").await.is_err() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-                Ok(Some(NodeEvent::Publication(p))) => {
-                    assert_eq!(&*p.data, b"2");
-                    break 'delivered;
-                }
-                // Another reconnect, announced: publish again.
-                Ok(Some(NodeEvent::Lost { room: None })) => {}
-                other => panic!("{other:?}"),
-            }
-        }
+        let p = deliver_when_back(&broker, &mut rx, &room, b"2", deadline).await;
+        assert_eq!(&*p.data, b"2");
     }
 
     /// The slot the broker groups a room's calls by is the one Redis gives its keys.
@@ -320,30 +308,7 @@ mod on_a_cluster {
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         for room in &rooms {
-            'delivered: loop {
-                // The command connection reconnects on its own schedule.
-                while broker
-                    .publish(room, Bytes::from_static(b"2"), None, opts.clone())
-                    .await
-                    .is_err()
-                {
-                    assert!(tokio::time::Instant::now() < deadline, "{room}: no publish");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                loop {
-                    match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-                        Ok(Some(NodeEvent::Publication(p))) if *p.room == **room => {
-                            break 'delivered;
-                        }
-                        // A loaded machine may miss a PING: another reconnect, announced
-                        // (the hub would catch up from history); publish again.
-                        Ok(Some(NodeEvent::Lost { room: None })) => continue 'delivered,
-                        // An earlier round's publication of another room.
-                        Ok(Some(NodeEvent::Publication(_))) => {}
-                        other => panic!("{room}: {other:?}"),
-                    }
-                }
-            }
+            deliver_when_back(&broker, &mut rx, room, b"2", deadline).await;
         }
     }
 }
@@ -416,6 +381,63 @@ fn quick_reconnect(url: String) -> RedisBrokerConfig {
     }
 }
 
+/// Publishes `body` to `room` until Redis takes it (the connections reconnect on their own
+/// schedule after a restart or a move), failing the test at `deadline`.
+async fn publish_when_back(
+    broker: &RedisBroker,
+    room: &str,
+    body: &'static [u8],
+    deadline: tokio::time::Instant,
+) -> PublishResult {
+    loop {
+        let published = broker
+            .publish(
+                room,
+                Bytes::from_static(body),
+                None,
+                PublishOptions::default(),
+            )
+            .await;
+        match published {
+            Ok(r) => return r,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{room}: no publish: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Publishes `body` to `room` until the node receives it back, publishing again after each
+/// reconnect it announces (a loaded machine may miss a PING; the hub would catch up from
+/// history) and passing over earlier publications of other rooms; fails at `deadline`.
+async fn deliver_when_back(
+    broker: &RedisBroker,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<NodeEvent>,
+    room: &str,
+    body: &'static [u8],
+    deadline: tokio::time::Instant,
+) -> Arc<Publication> {
+    'published: loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{room}: not delivered again"
+        );
+        publish_when_back(broker, room, body, deadline).await;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                Ok(Some(NodeEvent::Publication(p))) if *p.room == *room => return p,
+                Ok(Some(NodeEvent::Lost { room: None })) => continue 'published,
+                Ok(Some(NodeEvent::Publication(_))) => {}
+                other => panic!("{room}: {other:?}"),
+            }
+        }
+    }
+}
+
 /// A node whose Redis goes away: calls fail with `unavailable`, `ready` fails, and once
 /// Redis is back the node resubscribes its rooms, signals the loss, and delivers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -450,16 +472,8 @@ async fn survives_a_redis_restart() {
     }
     broker.ready().await.unwrap();
     // The room is subscribed again; the stream survived (persistent server).
-    let next = loop {
-        match broker
-            .publish("r", Bytes::from_static(b"3"), None, opts.clone())
-            .await
-        {
-            Ok(r) => break r,
-            // The command connection reconnects on its own schedule.
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let next = publish_when_back(&broker, "r", b"3", deadline).await;
     let (first, next) = (first.position.unwrap(), next.position.unwrap());
     // Another Redis process: the stream forks (publish.lua), going on from its offsets, and
     // a position of the old epoch recovers in the new one.
@@ -511,15 +525,11 @@ async fn a_redis_that_lost_a_publication_forks_the_stream() {
         Ok(Some(NodeEvent::Lost { room: None })) => {}
         other => panic!("no loss signal: {other:?}"),
     }
-    let next = loop {
-        match broker
-            .publish("r", Bytes::from_static(b"4"), None, opts.clone())
-            .await
-        {
-            Ok(r) => break r.position.unwrap(),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let next = publish_when_back(&broker, "r", b"4", deadline)
+        .await
+        .position
+        .unwrap();
     assert_eq!(next.offset, 3);
     assert_ne!(
         next.epoch, lost.epoch,
