@@ -173,22 +173,28 @@ impl Peer {
 
     /// Decodes whatever is queued now (as the task would write it) into `received`.
     fn drain(&mut self) {
-        let mut frames = VecDeque::new();
-        self.conn
-            .shared
-            .outbound
-            .take(&mut frames)
-            .expect("the queue did not overflow");
         let mut bytes = BytesMut::new();
-        for f in &frames {
-            bytes.extend_from_slice(f);
-        }
-        assert!(
+        loop {
+            let mut frames = VecDeque::new();
             self.conn
                 .shared
                 .outbound
-                .put_back(VecDeque::new(), bytes.len(), false)
-        );
+                .take(&mut frames)
+                .expect("the queue did not overflow");
+            let written = bytes.len();
+            for f in &frames {
+                bytes.extend_from_slice(f);
+            }
+            // All of it "written". The dispatcher runs on the runtime's other threads: what
+            // it queued meanwhile is still there (put_back says so) and is taken next round.
+            if self.conn.shared.outbound.put_back(
+                VecDeque::new(),
+                bytes.len() - written,
+                false,
+            ) {
+                break;
+            }
+        }
         while let Some(message) = self.decoder.decode(&mut bytes).expect("valid frames") {
             match message {
                 Message::Text(t) => self
