@@ -32,7 +32,9 @@ fn node(set: &RedisSentinelSet) -> TestServer {
         ("SWITCHBOARD_BROKER__KIND", "redis"),
         ("SWITCHBOARD_BROKER__SENTINEL__URLS", urls.as_str()),
         ("SWITCHBOARD_BROKER__SENTINEL__MASTER", MASTER),
-        ("SWITCHBOARD_BROKER__TIMEOUT", "500ms"),
+        // Half of it is the `WAIT` for a replica's ack (as in the broker's sentinel tests, a
+        // 500 ms timeout left 250 ms, which ran out on a loaded machine).
+        ("SWITCHBOARD_BROKER__TIMEOUT", "2s"),
     ];
     TestServer::start_with_env(&config, &vars)
 }

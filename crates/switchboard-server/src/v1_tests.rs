@@ -187,11 +187,12 @@ impl Peer {
             }
             // All of it "written". The dispatcher runs on the runtime's other threads: what
             // it queued meanwhile is still there (put_back says so) and is taken next round.
-            if self.conn.shared.outbound.put_back(
-                VecDeque::new(),
-                bytes.len() - written,
-                false,
-            ) {
+            if self
+                .conn
+                .shared
+                .outbound
+                .put_back(VecDeque::new(), bytes.len() - written, false)
+            {
                 break;
             }
         }

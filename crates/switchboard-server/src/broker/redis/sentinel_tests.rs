@@ -26,7 +26,9 @@ fn config(set: &RedisSentinelSet, wait_for_replicas: u32) -> RedisBrokerConfig {
             ..RedisSentinelConfig::default()
         }),
         prefix: format!("t{}", crate::ids::random_base62(8)),
-        timeout: Duration::from_millis(500),
+        // Half of it is the `WAIT` for the replica's ack: 1 s, for a loaded machine on which
+        // 250 ms was seen to run out before the first publication's ack.
+        timeout: Duration::from_secs(2),
         ..RedisBrokerConfig::default()
     }
 }
