@@ -60,7 +60,7 @@ pub struct Config {
     /// right-most untrusted address of its `X-Forwarded-For` (or `Forwarded: for=`), for
     /// limits, logs and connect info. Default: none (headers are ignored; the TCP peer is the
     /// client).
-    pub trusted_proxies: Vec<crate::limits::Cidr>,
+    pub trusted_proxies: Vec<crate::net::Cidr>,
     /// Calls to the application backend (docs/proxies.md, docs/protocol.md 9.1).
     pub proxies: ProxiesConfig,
     /// TLS on the listener (every surface of the port: wss://, SSE, the API, /metrics).

@@ -1,8 +1,13 @@
-//! The server library's error types: [`Error`] for a connection or the server, and
+//! The server library's error types: [`Error`] for a connection or the server,
 //! [`Refused`] for a request of the service that it will not carry out (what the v1
-//! protocol sends as an `error` frame and the server API as an HTTP status).
+//! protocol sends as an `error` frame and the server API as an HTTP status), and
+//! [`Refusal`] for an upgrade or stream request refused before a connection exists.
+//!
+//! It stands below every other module of the crate: it imports none of them.
 
 use std::borrow::Cow;
+
+use http::StatusCode;
 
 use switchboard_protocol::wire::ErrorCode;
 
@@ -58,18 +63,63 @@ impl Refused {
     pub fn limit_exceeded(message: impl Into<Cow<'static, str>>) -> Refused {
         Refused::new(ErrorCode::LimitExceeded, message)
     }
+}
 
-    /// A failed broker call: `limit_exceeded` when the broker is full (`limits.max_rooms`),
-    /// otherwise `unavailable` (the broker cannot serve the request now); nothing was done.
-    pub fn broker(error: &crate::broker::BrokerError) -> Refused {
-        if let crate::broker::BrokerError::LimitExceeded { message } = error {
-            tracing::debug!(error = %error, "broker refused: full");
-            return Refused::limit_exceeded(message.clone());
+/// A refused upgrade: the HTTP status and JSON body to answer with.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The status (401, 403, 429, 503, ...).
+    pub status: StatusCode,
+    /// The JSON body, `{"error": ..., "reason": ...}` by convention.
+    pub body: serde_json::Value,
+    /// Extra headers (e.g. `Retry-After`).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl Refusal {
+    /// A refusal with `{"error": error, "reason": reason}`.
+    pub fn new(status: StatusCode, error: &str, reason: &str) -> Self {
+        Refusal {
+            status,
+            body: serde_json::json!({"error": error, "reason": reason}),
+            headers: Vec::new(),
         }
-        tracing::warn!(error = %error, "broker call failed");
-        Refused::new(
-            ErrorCode::Unavailable,
-            "the broker cannot serve this now; nothing was done",
-        )
+    }
+
+    /// 400 `bad_request`: the upgrade request lacks something the route needs.
+    pub fn bad_request(reason: &str) -> Self {
+        Refusal::new(StatusCode::BAD_REQUEST, "bad_request", reason)
+    }
+
+    /// 401 `unauthorized`: no credentials, or credentials that do not verify.
+    pub fn unauthorized(reason: &str) -> Self {
+        Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", reason)
+    }
+
+    /// 403 `forbidden`: a known user who may not connect here.
+    pub fn forbidden(reason: &str) -> Self {
+        Refusal::new(StatusCode::FORBIDDEN, "forbidden", reason)
+    }
+
+    /// 429 `too_many_requests`, with `Retry-After` in whole seconds (at least 1).
+    pub fn too_many_requests(reason: &str, retry_after: std::time::Duration) -> Self {
+        Refusal::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", reason)
+            .retry_after(retry_after)
+    }
+
+    /// 503 `unavailable`, with `Retry-After` in whole seconds (at least 1).
+    pub fn unavailable(reason: &str, retry_after: std::time::Duration) -> Self {
+        Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason)
+            .retry_after(retry_after)
+    }
+
+    /// Adds `Retry-After` (whole seconds, rounded up, at least 1).
+    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        self.headers.push((
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(secs.max(1)),
+        ));
+        self
     }
 }

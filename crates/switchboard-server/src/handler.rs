@@ -11,7 +11,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, StatusCode, Uri};
+use http::{HeaderMap, Uri};
 use switchboard_protocol::{
     CloseFrame, Disconnect, PreparedMessage,
     codec::{Encoder, Utf8Bytes},
@@ -20,6 +20,8 @@ use switchboard_protocol::{
 use tokio::time::Instant;
 
 pub use crate::conn::User;
+// Where it lived first: `handler::Refusal` stays a path of the library API.
+pub use crate::error::Refusal;
 use crate::{
     broker::RawMessage,
     conn::{ConnShared, Control, RoomSet},
@@ -53,65 +55,6 @@ pub struct Accepted<S> {
     pub user: User,
     /// The handler's per-connection state.
     pub state: S,
-}
-
-/// A refused upgrade: the HTTP status and JSON body to answer with.
-#[derive(Debug, Clone)]
-pub struct Refusal {
-    /// The status (401, 403, 429, 503, ...).
-    pub status: StatusCode,
-    /// The JSON body, `{"error": ..., "reason": ...}` by convention.
-    pub body: serde_json::Value,
-    /// Extra headers (e.g. `Retry-After`).
-    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
-}
-
-impl Refusal {
-    /// A refusal with `{"error": error, "reason": reason}`.
-    pub fn new(status: StatusCode, error: &str, reason: &str) -> Self {
-        Refusal {
-            status,
-            body: serde_json::json!({"error": error, "reason": reason}),
-            headers: Vec::new(),
-        }
-    }
-
-    /// 400 `bad_request`: the upgrade request lacks something the route needs.
-    pub fn bad_request(reason: &str) -> Self {
-        Refusal::new(StatusCode::BAD_REQUEST, "bad_request", reason)
-    }
-
-    /// 401 `unauthorized`: no credentials, or credentials that do not verify.
-    pub fn unauthorized(reason: &str) -> Self {
-        Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", reason)
-    }
-
-    /// 403 `forbidden`: a known user who may not connect here.
-    pub fn forbidden(reason: &str) -> Self {
-        Refusal::new(StatusCode::FORBIDDEN, "forbidden", reason)
-    }
-
-    /// 429 `too_many_requests`, with `Retry-After` in whole seconds (at least 1).
-    pub fn too_many_requests(reason: &str, retry_after: std::time::Duration) -> Self {
-        Refusal::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", reason)
-            .retry_after(retry_after)
-    }
-
-    /// 503 `unavailable`, with `Retry-After` in whole seconds (at least 1).
-    pub fn unavailable(reason: &str, retry_after: std::time::Duration) -> Self {
-        Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason)
-            .retry_after(retry_after)
-    }
-
-    /// Adds `Retry-After` (whole seconds, rounded up, at least 1).
-    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
-        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-        self.headers.push((
-            http::header::RETRY_AFTER,
-            http::HeaderValue::from(secs.max(1)),
-        ));
-        self
-    }
 }
 
 /// How a broadcast is sent.

@@ -32,6 +32,7 @@ pub mod hub;
 pub mod ids;
 pub mod limits;
 pub mod metrics;
+mod net;
 pub mod node;
 pub mod origin;
 pub mod proxy;

@@ -4,7 +4,7 @@
 
 use http::{HeaderMap, header};
 
-use crate::handler::Refusal;
+use crate::error::Refusal;
 
 /// Which `Origin`s may open a connection. Requests without `Origin` (not from a browser:
 /// servers, native apps, the CLI) are always allowed: the header is what a browser adds.

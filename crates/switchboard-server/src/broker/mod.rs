@@ -525,6 +525,23 @@ pub enum BrokerError {
     },
 }
 
+// Here rather than in `error`, which stands below every module of the crate.
+impl crate::error::Refused {
+    /// A failed broker call: `limit_exceeded` when the broker is full (`limits.max_rooms`),
+    /// otherwise `unavailable` (the broker cannot serve the request now); nothing was done.
+    pub fn broker(error: &BrokerError) -> Self {
+        if let BrokerError::LimitExceeded { message } = error {
+            tracing::debug!(error = %error, "broker refused: full");
+            return Self::limit_exceeded(message.clone());
+        }
+        tracing::warn!(error = %error, "broker call failed");
+        Self::new(
+            switchboard_protocol::wire::ErrorCode::Unavailable,
+            "the broker cannot serve this now; nothing was done",
+        )
+    }
+}
+
 /// Who is in a room, across the cluster: one entry per subscribed connection.
 ///
 /// Its own trait so that a deployment may keep presence apart from publications (another
