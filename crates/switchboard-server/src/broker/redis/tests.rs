@@ -698,8 +698,12 @@ async fn presence_refresh_in_batches() {
 
 /// 600 entries over three rooms, refreshed past their ttl, stay; unrefreshed, they go.
 async fn presence_refresh_keeps_entries(base: RedisBrokerConfig) {
+    // A ttl of 1 s and a refresh every 200 ms: refreshed for 1.4 s, the entries outlive
+    // their ttl. A refresh of 600 entries may take several hundred ms on a loaded machine,
+    // which a ttl of 400 ms (twice the period) did not leave.
+    let ttl = Duration::from_secs(1);
     let config = RedisBrokerConfig {
-        presence_ttl: Duration::from_millis(400),
+        presence_ttl: ttl,
         sweep_interval: Duration::from_millis(50),
         ..base
     };
@@ -716,7 +720,7 @@ async fn presence_refresh_keeps_entries(base: RedisBrokerConfig) {
             (room, entry)
         })
         .collect();
-    for _ in 0..4 {
+    for _ in 0..7 {
         broker.presence_refresh(&entries).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -724,7 +728,7 @@ async fn presence_refresh_keeps_entries(base: RedisBrokerConfig) {
         let page = broker.presence_list(room, None, 0).await.unwrap();
         assert_eq!((page.connections, page.users), (200, 10), "{room}");
     }
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
     assert_eq!(
         broker
             .presence_list("r0", None, 0)
