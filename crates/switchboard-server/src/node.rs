@@ -100,17 +100,8 @@ pub enum NodeError {
     Broker(#[from] BrokerError),
 }
 
-impl From<crate::proxy::ProxyTlsError> for NodeError {
-    fn from(e: crate::proxy::ProxyTlsError) -> Self {
-        NodeError::Config {
-            key: e.key.into(),
-            message: e.message,
-        }
-    }
-}
-
-impl From<crate::tls::ServerTlsError> for NodeError {
-    fn from(e: crate::tls::ServerTlsError) -> Self {
+impl From<crate::tls::TlsConfigError> for NodeError {
+    fn from(e: crate::tls::TlsConfigError) -> Self {
         NodeError::Config {
             key: e.key.into(),
             message: e.message,

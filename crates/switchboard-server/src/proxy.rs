@@ -144,22 +144,13 @@ pub struct DataAnswer {
     pub data: Option<Box<RawValue>>,
 }
 
-/// Why the proxies' TLS client could not be built: the key (`proxies.ca` or `proxies`) and
-/// what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {message}")]
-pub struct ProxyTlsError {
-    /// `proxies.ca` or `proxies`.
-    pub key: &'static str,
-    /// What is wrong (the CA file's path included).
-    pub message: String,
-}
-
 impl Proxies {
     /// The TLS client of the `https://` endpoints: the system's trust store and
     /// `proxies.ca`. Without an `https://` URL nor a `proxies.ca` it trusts nothing, so that
     /// nodes without TLS backends do not read the system's store.
-    pub fn tls(config: &ProxiesConfig) -> Result<Arc<rustls::ClientConfig>, ProxyTlsError> {
+    pub fn tls(
+        config: &ProxiesConfig,
+    ) -> Result<Arc<rustls::ClientConfig>, crate::tls::TlsConfigError> {
         let https = [
             &config.connect,
             &config.subscribe,
@@ -171,11 +162,11 @@ impl Proxies {
         .any(|p| p.url.starts_with("https://"));
         let tls = if https || config.ca.is_some() {
             crate::tls::client_config(config.ca.as_deref(), "proxies").map_err(|e| match e {
-                crate::tls::TlsError::Ca(m) => ProxyTlsError {
+                crate::tls::TlsError::Ca(m) => crate::tls::TlsConfigError {
                     key: "proxies.ca",
                     message: m,
                 },
-                crate::tls::TlsError::Tls(m) => ProxyTlsError {
+                crate::tls::TlsError::Tls(m) => crate::tls::TlsConfigError {
                     key: "proxies",
                     message: m,
                 },
@@ -185,7 +176,7 @@ impl Proxies {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
-                .map_err(|e| ProxyTlsError {
+                .map_err(|e| crate::tls::TlsConfigError {
                     key: "proxies",
                     message: format!("TLS: {e}"),
                 })?

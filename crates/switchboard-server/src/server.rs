@@ -23,7 +23,10 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::Service;
 
-pub use crate::tls::{ServerTls, ServerTlsError};
+pub use crate::tls::{ServerTls, TlsConfigError};
+
+/// Why `[tls]` could not be loaded: the name [`TlsConfigError`] had first, kept for callers.
+pub type ServerTlsError = TlsConfigError;
 use crate::{
     broker::Broker,
     handler::RouteShared,

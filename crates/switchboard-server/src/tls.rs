@@ -67,11 +67,12 @@ pub struct ServerTls {
     current: RwLock<Arc<rustls::ServerConfig>>,
 }
 
-/// Why `[tls]` could not be loaded: the key (`tls.cert` or `tls.key`) and what is wrong.
+/// A TLS setting that cannot be used: its configuration key (`tls.cert` or `tls.key` of the
+/// server's `[tls]`, `proxies.ca` or `proxies` of the backend calls) and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {message}")]
-pub struct ServerTlsError {
-    /// `tls.cert` or `tls.key`.
+pub struct TlsConfigError {
+    /// The key's dotted path.
     pub key: &'static str,
     /// What is wrong with it (the file's path included).
     pub message: String,
@@ -79,7 +80,7 @@ pub struct ServerTlsError {
 
 impl ServerTls {
     /// Reads the certificate chain of `cert` and the private key of `key` (PEM files).
-    pub fn load(cert: &Path, key: &Path) -> Result<ServerTls, ServerTlsError> {
+    pub fn load(cert: &Path, key: &Path) -> Result<ServerTls, TlsConfigError> {
         let config = server_config(cert, key)?;
         Ok(ServerTls {
             cert: cert.to_owned(),
@@ -90,7 +91,7 @@ impl ServerTls {
 
     /// Reads the files again and serves the new certificate to the handshakes from now on.
     /// On an error the previous certificate stays (the error names the key).
-    pub fn reload(&self) -> Result<(), ServerTlsError> {
+    pub fn reload(&self) -> Result<(), TlsConfigError> {
         let config = server_config(&self.cert, &self.key)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
         Ok(())
@@ -113,12 +114,12 @@ impl ServerTls {
 }
 
 /// A rustls server configuration of the chain in `cert` and the key in `key`.
-fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, ServerTlsError> {
-    let cert_err = |message: String| ServerTlsError {
+fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsConfigError> {
+    let cert_err = |message: String| TlsConfigError {
         key: "tls.cert",
         message,
     };
-    let key_err = |message: String| ServerTlsError {
+    let key_err = |message: String| TlsConfigError {
         key: "tls.key",
         message,
     };
