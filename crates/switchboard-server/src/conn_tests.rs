@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 
-use bytes::BytesMut;
 use switchboard_protocol::{
     Role,
     codec::{Decoder, DecoderConfig, Message},
@@ -47,16 +46,11 @@ fn unnumbered(c: &ConnShared, room: &str, text: &str) {
 /// Every message queued since the last call, in order, as a client would decode them; the
 /// queue is then empty again, as after a write.
 fn written(c: &ConnShared) -> Vec<String> {
-    let mut frames = VecDeque::new();
-    c.outbound
-        .take(&mut frames)
-        .expect("the queue did not overflow");
-    let mut bytes = BytesMut::new();
-    for f in &frames {
-        bytes.extend_from_slice(f);
-    }
     // Every byte taken counts as written, so the bound stays honest for later pushes.
-    assert!(c.outbound.put_back(VecDeque::new(), bytes.len(), false));
+    let mut bytes = c
+        .outbound
+        .take_written()
+        .expect("the queue did not overflow");
     let mut decoder = Decoder::new(Role::Client, DecoderConfig::default(), None);
     let mut out = Vec::new();
     while let Some(message) = decoder.decode(&mut bytes).expect("valid frames") {

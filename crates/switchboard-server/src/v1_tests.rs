@@ -8,7 +8,6 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use bytes::BytesMut;
 use serde_json::{Value, json};
 use switchboard_protocol::{
     Role,
@@ -173,29 +172,12 @@ impl Peer {
 
     /// Decodes whatever is queued now (as the task would write it) into `received`.
     fn drain(&mut self) {
-        let mut bytes = BytesMut::new();
-        loop {
-            let mut frames = VecDeque::new();
-            self.conn
-                .shared
-                .outbound
-                .take(&mut frames)
-                .expect("the queue did not overflow");
-            let written = bytes.len();
-            for f in &frames {
-                bytes.extend_from_slice(f);
-            }
-            // All of it "written". The dispatcher runs on the runtime's other threads: what
-            // it queued meanwhile is still there (put_back says so) and is taken next round.
-            if self
-                .conn
-                .shared
-                .outbound
-                .put_back(VecDeque::new(), bytes.len() - written, false)
-            {
-                break;
-            }
-        }
+        let mut bytes = self
+            .conn
+            .shared
+            .outbound
+            .take_written()
+            .expect("the queue did not overflow");
         while let Some(message) = self.decoder.decode(&mut bytes).expect("valid frames") {
             match message {
                 Message::Text(t) => self

@@ -360,7 +360,6 @@ fn encode_subscribed(buf: &mut Vec<u8>, room: &str, at: &StreamPosition, recover
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
 
     use switchboard_protocol::{
         Role,
@@ -430,13 +429,7 @@ mod tests {
             tokio::time::timeout(std::time::Duration::from_secs(10), ready)
                 .await
                 .expect("the dispatcher delivers");
-            let mut frames = VecDeque::new();
-            conn.outbound.take(&mut frames).unwrap();
-            let written: usize = frames.iter().map(|f| f.len()).sum();
-            for frame in frames {
-                wire.extend_from_slice(&frame);
-            }
-            conn.outbound.put_back(VecDeque::new(), written, false);
+            wire.extend_from_slice(&conn.outbound.take_written().unwrap());
             while let Some(Message::Text(t)) = decoder.decode(&mut wire).unwrap() {
                 out.push(serde_json::from_str(t.as_str()).unwrap());
             }

@@ -280,6 +280,27 @@ fn enqueue(mut inner: MutexGuard<'_, Inner>, frame: Bytes) {
     unlock_and_wake(inner);
 }
 
+#[cfg(test)]
+impl Outbound {
+    /// For tests that stand in for the connection task: takes every queued frame, as one
+    /// buffer of wire bytes, and counts it written. Takes again until the queue is empty,
+    /// since a dispatcher on another thread may queue more meanwhile.
+    pub(crate) fn take_written(&self) -> Result<bytes::BytesMut, Overflowed> {
+        let mut bytes = bytes::BytesMut::new();
+        loop {
+            let mut frames = VecDeque::new();
+            self.take(&mut frames)?;
+            let before = bytes.len();
+            for f in &frames {
+                bytes.extend_from_slice(f);
+            }
+            if self.put_back(VecDeque::new(), bytes.len() - before, false) {
+                return Ok(bytes);
+            }
+        }
+    }
+}
+
 /// Lets go of the lock, then wakes the connection task if it was waiting for the queue.
 fn unlock_and_wake(mut inner: MutexGuard<'_, Inner>) {
     let waker = inner.waker.take();
